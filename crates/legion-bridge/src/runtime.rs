@@ -1,0 +1,184 @@
+//! Starting the Legion runtime (once per process) with a typed top-level task, and the
+//! registration callbacks Legion runs on every process before any task (where mappers are
+//! installed).
+
+use std::any::Any;
+use std::ffi::{c_char, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use legion_sys as raw;
+
+use crate::machine::{Machine, Processor};
+use crate::task::{register_unit_task, TaskContext, TaskError, VariantOptions};
+use crate::{panic, Error, Result};
+
+/// Task id of the top-level task; application task ids must differ from it.
+pub const TOP_LEVEL_TASK_ID: u32 = 1;
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+type TopLevelBody = Box<dyn FnOnce(&TaskContext) -> Result<Box<dyn Any + Send>, TaskError> + Send>;
+static TOP_LEVEL: Mutex<Option<TopLevelBody>> = Mutex::new(None);
+static TOP_LEVEL_RESULT: Mutex<Option<Result<Box<dyn Any + Send>>>> = Mutex::new(None);
+
+pub(crate) fn has_started() -> bool {
+    STARTED.load(Ordering::SeqCst)
+}
+
+/// Environment variables that say this process is one of several (an MPI launch, or Realm's p2p
+/// bootstrap); without any of them there is no network to set up.
+const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "WORKER_PEERS_INFO"];
+
+/// Legion arguments that fit this machine: one CPU processor per core left after one utility
+/// processor (two on larger machines) and the runtime's own threads, at least one of each; and, in
+/// a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
+/// failures).
+pub fn default_args() -> Vec<String> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let util = if cores > 8 { 2 } else { 1 };
+    let cpus = cores.saturating_sub(util + 1).max(1);
+    let mut args = vec!["-ll:cpu".into(), cpus.to_string(), "-ll:util".into(), util.to_string()];
+    if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
+        args.extend(["-ll:networks".into(), "none".into()]);
+    }
+    args
+}
+
+/// `args` completed with the [`default_args`] pairs whose flag `args` does not set.
+pub fn with_default_args(args: &[String]) -> Vec<String> {
+    let mut all = args.to_vec();
+    for pair in default_args().chunks(2) {
+        if !args.iter().any(|a| a == &pair[0]) {
+            all.extend_from_slice(pair);
+        }
+    }
+    all
+}
+
+/// Starts Legion with the command-line `legion_args` (e.g. `-ll:cpu 1`), runs `top_level` as the
+/// top-level task and returns its value once the runtime has shut down.
+///
+/// Tasks must be registered before this call. Legion cannot start twice in one process: a second
+/// call returns [`Error::AlreadyStarted`]. A panic or error in `top_level` comes back as
+/// [`Error::TaskFailed`].
+pub fn start<T, F>(legion_args: &[String], top_level: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&TaskContext) -> Result<T, TaskError> + Send + 'static,
+{
+    if STARTED.load(Ordering::SeqCst) {
+        return Err(Error::AlreadyStarted);
+    }
+    let body: TopLevelBody = Box::new(move |ctx| top_level(ctx).map(|v| Box::new(v) as Box<dyn Any + Send>));
+    *TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
+    register_unit_task(TOP_LEVEL_TASK_ID, "top_level", VariantOptions::inner(), run_top_level)?;
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return Err(Error::AlreadyStarted);
+    }
+
+    let program = std::env::args().next().unwrap_or_else(|| "ami2".into());
+    let argv: Vec<CString> = std::iter::once(program)
+        .chain(legion_args.iter().cloned())
+        .map(|a| CString::new(a).map_err(|_| Error::InvalidArgument("a Legion argument contains NUL".into())))
+        .collect::<Result<_>>()?;
+    // Legion keeps argv for the life of the process (get_input_args), so it is leaked on purpose.
+    let argv: &'static mut [*mut c_char] = Box::leak(argv.into_iter().map(CString::into_raw).collect::<Vec<_>>().into_boxed_slice());
+    tracing::debug!(args = ?legion_args, "starting Legion");
+    // SAFETY: the top-level task is registered; argv is a leaked array of leaked C strings;
+    // `background = false` makes the call return only after the runtime has shut down.
+    let code = unsafe {
+        raw::legion_runtime_set_top_level_task_id(TOP_LEVEL_TASK_ID);
+        raw::legion_runtime_start(argv.len() as i32, argv.as_mut_ptr(), false)
+    };
+    match TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(Ok(value)) => Ok(*value.downcast::<T>().expect("the top-level result has the type of `start`")),
+        Some(Err(error)) => Err(error),
+        None => Err(Error::RuntimeExit { code }),
+    }
+}
+
+/// Body of the top-level task: runs the closure given to [`start`] and keeps its result (or
+/// failure) for `start` to return.
+fn run_top_level(ctx: &TaskContext) -> Result<(), TaskError> {
+    let body = TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(body) = body else {
+        return Err(TaskError::msg("the top-level task ran twice"));
+    };
+    let result = match panic::catch(|| body(ctx)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Error::TaskFailed { task: "top_level".into(), message: error.to_string(), panicked: false }),
+        Err(message) => Err(Error::TaskFailed { task: "top_level".into(), message, panicked: true }),
+    };
+    if result.is_err() {
+        // SAFETY: sets the process exit code Legion reports; callable from any task.
+        unsafe { raw::legion_runtime_set_return_code(1) };
+    }
+    *TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    Ok(())
+}
+
+/// What a registration callback sees: the machine and the processors of this process.
+pub struct Registration {
+    runtime: raw::legion_runtime_t,
+    machine: raw::legion_machine_t,
+    local_processors: Vec<Processor>,
+}
+
+impl Registration {
+    /// The processors of this process (one mapper per processor is installed from here).
+    pub fn local_processors(&self) -> &[Processor] {
+        &self.local_processors
+    }
+    /// Every processor and memory of the machine.
+    pub fn machine(&self) -> Machine {
+        Machine::query(self.machine)
+    }
+    /// Raw runtime handle (for installing a mapper through `legion-sys`).
+    pub fn raw_runtime(&self) -> raw::legion_runtime_t {
+        self.runtime
+    }
+    /// Raw machine handle (for constructing a mapper through `legion-sys`).
+    pub fn raw_machine(&self) -> raw::legion_machine_t {
+        self.machine
+    }
+}
+
+type Callback = Box<dyn Fn(&Registration) + Send + Sync>;
+static CALLBACKS: Mutex<Vec<Callback>> = Mutex::new(Vec::new());
+
+/// Runs `callback` on every process once the machine is known and before any task runs (the
+/// place to install mappers). Must be added before [`start`].
+pub fn add_registration_callback(callback: impl Fn(&Registration) + Send + Sync + 'static) -> Result<()> {
+    if has_started() {
+        return Err(Error::Registration("registration callback added after the runtime started".into()));
+    }
+    let mut callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
+    if callbacks.is_empty() {
+        // SAFETY: registers a plain function before the runtime starts.
+        unsafe { raw::legion_runtime_add_registration_callback(Some(registration_trampoline)) };
+    }
+    callbacks.push(Box::new(callback));
+    Ok(())
+}
+
+unsafe extern "C" fn registration_trampoline(
+    machine: raw::legion_machine_t,
+    runtime: raw::legion_runtime_t,
+    local_procs: *const raw::legion_processor_t,
+    num_local_procs: u32,
+) {
+    let procs = if local_procs.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: Legion passes an array of `num_local_procs` processors valid during the call.
+        unsafe { std::slice::from_raw_parts(local_procs, num_local_procs as usize) }
+    };
+    let registration = Registration { runtime, machine, local_processors: procs.iter().copied().map(Processor::from_raw).collect() };
+    let callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
+    for callback in callbacks.iter() {
+        if let Err(message) = panic::catch(|| callback(&registration)) {
+            tracing::error!("a registration callback panicked: {message}");
+        }
+    }
+}

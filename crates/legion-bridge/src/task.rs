@@ -1,0 +1,403 @@
+//! Registering Rust functions as Legion task variants, and what a running task sees.
+//!
+//! Every Rust task goes through one trampoline ([`trampoline`]): Legion calls it with the task's
+//! serialized arguments and, as user data, a pointer to the [`TaskEntry`] made at registration.
+//! The trampoline decodes the arguments, runs the Rust body inside `catch_unwind`, and hands Legion
+//! the encoded [`Outcome`]: the value, or the failure (error or panic) that the launcher's
+//! [`Future::get`](crate::Future::get) turns into [`Error::TaskFailed`].
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use legion_sys as raw;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::machine::{Machine, Processor};
+use crate::region::{BorrowTable, PhysicalRegion};
+use crate::{panic, runtime, Error, Result};
+
+/// Typed name of a registered task: arguments `A`, result `R`.
+pub struct TaskId<A, R> {
+    pub(crate) id: u32,
+    pub(crate) name: &'static str,
+    _types: PhantomData<fn(A) -> R>,
+}
+
+impl<A, R> Clone for TaskId<A, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, R> Copy for TaskId<A, R> {}
+
+impl<A, R> fmt::Debug for TaskId<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskId({} `{}`)", self.id, self.name)
+    }
+}
+
+impl<A, R> TaskId<A, R> {
+    /// Legion's id of the task.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// The name the task was registered under.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// How Legion may treat a task variant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VariantOptions {
+    /// Launches no sub-tasks (lets Legion skip bookkeeping).
+    pub leaf: bool,
+    /// Only launches sub-tasks, never touches region data itself.
+    pub inner: bool,
+    /// Safe to run twice (e.g. re-execution on failure).
+    pub idempotent: bool,
+    /// May be control-replicated (run on every shard of a multi-process job).
+    pub replicable: bool,
+}
+
+impl VariantOptions {
+    /// A leaf task: computes, launches nothing.
+    pub fn leaf() -> Self {
+        Self { leaf: true, ..Self::default() }
+    }
+    /// An inner task: launches sub-tasks, maps no region data.
+    pub fn inner() -> Self {
+        Self { inner: true, ..Self::default() }
+    }
+    /// Marks the variant replicable as well.
+    pub fn replicable(mut self) -> Self {
+        self.replicable = true;
+        self
+    }
+    fn to_raw(self) -> raw::legion_task_config_options_t {
+        raw::legion_task_config_options_t {
+            leaf: self.leaf,
+            inner: self.inner,
+            idempotent: self.idempotent,
+            replicable: self.replicable,
+        }
+    }
+}
+
+/// The error a task body returns. Any `std::error::Error` converts into it with `?`.
+pub struct TaskError(String);
+
+impl TaskError {
+    /// A failure described by `message`.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(error: E) -> Self {
+        Self(error.to_string())
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskError({:?})", self.0)
+    }
+}
+
+/// What a task hands back to Legion: its value, or why it has none. The `Failed` variant has the
+/// same encoding whatever `R` is, which lets the (untyped) trampoline write it.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Outcome<R> {
+    Done(R),
+    Failed { task: String, message: String, panicked: bool },
+}
+
+impl<R: DeserializeOwned> Outcome<R> {
+    /// Decodes a task's result bytes into the value or the task's failure.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<R> {
+        match decode::<Outcome<R>>(bytes, "task result")? {
+            Outcome::Done(value) => Ok(value),
+            Outcome::Failed { task, message, panicked } => Err(Error::TaskFailed { task, message, panicked }),
+        }
+    }
+}
+
+type Body = dyn Fn(&TaskContext, &[u8]) -> Result<Vec<u8>, (String, bool)> + Send + Sync;
+
+/// What the trampoline finds behind its user-data pointer. Leaked at registration: Legion may call
+/// the task until the process exits.
+pub(crate) struct TaskEntry {
+    name: &'static str,
+    options: VariantOptions,
+    body: Box<Body>,
+}
+
+/// Task ids registered so far, so that a clash is reported instead of silently replacing a task.
+static REGISTERED: Mutex<Option<HashMap<u32, &'static str>>> = Mutex::new(None);
+
+/// Registers `body` as the only variant of task `id`, named `name`. Must happen before the
+/// runtime starts (every process registers the same tasks under the same ids).
+pub fn register_task<A, R, F>(id: u32, name: &str, options: VariantOptions, body: F) -> Result<TaskId<A, R>>
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+    F: Fn(&TaskContext, A) -> Result<R, TaskError> + Send + Sync + 'static,
+{
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let erased = move |ctx: &TaskContext, bytes: &[u8]| -> Result<Vec<u8>, (String, bool)> {
+        let args: A = decode(bytes, "task arguments").map_err(|e| (e.to_string(), false))?;
+        let value = body(ctx, args).map_err(|e| (e.0, false))?;
+        encode(&Outcome::Done(value), "task result").map_err(|e| (e.to_string(), false))
+    };
+    register_erased(id, name, options, Box::new(erased))?;
+    Ok(TaskId { id, name, _types: PhantomData })
+}
+
+/// Registers a task whose argument buffer is not bincode (the top-level task receives Legion's
+/// command line there) and that returns nothing.
+pub(crate) fn register_unit_task(
+    id: u32,
+    name: &str,
+    options: VariantOptions,
+    body: impl Fn(&TaskContext) -> Result<(), TaskError> + Send + Sync + 'static,
+) -> Result<()> {
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let erased = move |ctx: &TaskContext, _bytes: &[u8]| -> Result<Vec<u8>, (String, bool)> {
+        body(ctx).map_err(|e| (e.0, false))?;
+        encode(&Outcome::Done(()), "task result").map_err(|e| (e.to_string(), false))
+    };
+    register_erased(id, name, options, Box::new(erased))
+}
+
+fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: Box<Body>) -> Result<()> {
+    if runtime::has_started() {
+        return Err(Error::Registration(format!("task `{name}` registered after the runtime started")));
+    }
+    if id == 0 || id >= raw::LEGION_AUTO_GENERATE_ID {
+        return Err(Error::Registration(format!("task `{name}`: id {id} is reserved")));
+    }
+    let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    let registered = registered.get_or_insert_with(HashMap::new);
+    if let Some(other) = registered.get(&id) {
+        return Err(Error::Registration(format!("task id {id} is taken by `{other}`, cannot register `{name}`")));
+    }
+    let c_name = CString::new(name).map_err(|_| Error::Registration(format!("task name {name:?} contains NUL")))?;
+    let entry: &'static TaskEntry = Box::leak(Box::new(TaskEntry { name, options, body }));
+    let entry_ptr = entry as *const TaskEntry as usize;
+    let userdata = entry_ptr.to_ne_bytes();
+    // SAFETY: preregistration before the runtime starts (checked above); the execution and layout
+    // constraint sets are created here and destroyed after Legion copied them; the name and the
+    // user data are copied by Legion; the user data is the address of a leaked, immutable entry.
+    unsafe {
+        let execution = raw::legion_execution_constraint_set_create();
+        raw::legion_execution_constraint_set_add_processor_constraint(execution, raw::LOC_PROC);
+        let layout = raw::legion_task_layout_constraint_set_create();
+        raw::legion_runtime_preregister_task_variant_fnptr(
+            id,
+            raw::LEGION_AUTO_GENERATE_ID,
+            c_name.as_ptr(),
+            c_name.as_ptr(),
+            execution,
+            layout,
+            options.to_raw(),
+            Some(trampoline),
+            userdata.as_ptr() as *const c_void,
+            userdata.len(),
+        );
+        raw::legion_execution_constraint_set_destroy(execution);
+        raw::legion_task_layout_constraint_set_destroy(layout);
+    }
+    registered.insert(id, name);
+    Ok(())
+}
+
+/// The entry point Legion calls for every Rust task.
+unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *const c_void, userlen: usize, proc_id: raw::realm_id_t) {
+    let mut task = raw::legion_task_t { impl_: std::ptr::null_mut() };
+    let mut regions: *const raw::legion_physical_region_t = std::ptr::null();
+    let mut num_regions: u32 = 0;
+    let mut context = raw::legion_context_t { impl_: std::ptr::null_mut() };
+    let mut runtime = raw::legion_runtime_t { impl_: std::ptr::null_mut() };
+    // SAFETY: Legion passes the task's Realm arguments; the preamble fills the out-pointers with
+    // handles valid until the postamble.
+    unsafe {
+        raw::legion_task_preamble(data, datalen, proc_id, &mut task, &mut regions, &mut num_regions, &mut context, &mut runtime);
+    }
+    debug_assert_eq!(userlen, std::mem::size_of::<usize>());
+    // SAFETY: the user data is the bytes of the address of a leaked `TaskEntry` (register_erased).
+    let entry: &'static TaskEntry = unsafe {
+        let mut bytes = [0u8; std::mem::size_of::<usize>()];
+        std::ptr::copy_nonoverlapping(userdata as *const u8, bytes.as_mut_ptr(), bytes.len());
+        &*(usize::from_ne_bytes(bytes) as *const TaskEntry)
+    };
+    let region_slice: &[raw::legion_physical_region_t] = if regions.is_null() || num_regions == 0 {
+        &[]
+    } else {
+        // SAFETY: the preamble hands an array of `num_regions` handles living until the postamble.
+        unsafe { std::slice::from_raw_parts(regions, num_regions as usize) }
+    };
+    let ctx = TaskContext { runtime, context, task, regions: region_slice, entry, borrows: BorrowTable::default() };
+
+    let outcome = panic::catch(|| {
+        // SAFETY: the task's argument buffer lives as long as the task.
+        let args = unsafe { raw_bytes(raw::legion_task_get_args(task), raw::legion_task_get_arglen(task)) };
+        (entry.body)(&ctx, args)
+    });
+    let bytes = match outcome {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err((message, panicked))) => Err((message, panicked)),
+        Err(message) => Err((message, true)),
+    }
+    .unwrap_or_else(|(message, panicked)| {
+        if panicked {
+            tracing::error!(task = entry.name, "task panicked: {message}");
+        } else {
+            tracing::warn!(task = entry.name, "task failed: {message}");
+        }
+        failure_bytes(entry.name, message, panicked)
+    });
+    drop(ctx);
+    // SAFETY: ends the task begun by the preamble; Legion copies the result buffer.
+    unsafe { raw::legion_task_postamble(runtime, context, bytes.as_ptr() as *const c_void, bytes.len()) };
+}
+
+/// The encoded `Outcome::Failed`; a failure to encode it is impossible for plain strings, but the
+/// trampoline must not panic, so it falls back to an empty result (decoded as an error).
+fn failure_bytes(task: &str, message: String, panicked: bool) -> Vec<u8> {
+    encode(&Outcome::<()>::Failed { task: task.to_string(), message, panicked }, "task failure").unwrap_or_default()
+}
+
+/// A byte slice from a C pointer and length, empty for a null pointer.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes that outlive the returned slice.
+pub(crate) unsafe fn raw_bytes<'a>(ptr: *const c_void, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
+    }
+}
+
+/// What a running task sees: its context, its mapped regions, its launch inputs. Valid only while
+/// the task runs (it is handed to the body by reference and cannot escape).
+pub struct TaskContext {
+    pub(crate) runtime: raw::legion_runtime_t,
+    pub(crate) context: raw::legion_context_t,
+    pub(crate) task: raw::legion_task_t,
+    regions: &'static [raw::legion_physical_region_t],
+    entry: &'static TaskEntry,
+    pub(crate) borrows: BorrowTable,
+}
+
+impl TaskContext {
+    /// Name the running task was registered under.
+    pub fn task_name(&self) -> &'static str {
+        self.entry.name
+    }
+
+    /// The point of an index launch this task runs for, `None` for a single launch.
+    pub fn index_point(&self) -> Option<i64> {
+        // SAFETY: `task` is the live task of this context.
+        unsafe {
+            if !raw::legion_task_get_is_index_space(self.task) {
+                return None;
+            }
+            let point = raw::legion_task_get_index_point(self.task);
+            Some(point.point_data[0])
+        }
+    }
+
+    /// The per-point argument an index launch gave this point, if any.
+    pub fn point_arg<L: DeserializeOwned>(&self) -> Result<Option<L>> {
+        // SAFETY: the local argument buffer lives as long as the task.
+        let bytes = unsafe { raw_bytes(raw::legion_task_get_local_args(self.task), raw::legion_task_get_local_arglen(self.task)) };
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        decode(bytes, "point argument").map(Some)
+    }
+
+    /// The mapping tag the launcher set (what the mapper reads).
+    pub fn tag(&self) -> u64 {
+        // SAFETY: `task` is the live task of this context.
+        unsafe { raw::legion_task_get_tag(self.task) }
+    }
+
+    /// How many futures the launcher attached.
+    pub fn input_future_count(&self) -> usize {
+        // SAFETY: `task` is the live task of this context.
+        unsafe { raw::legion_task_get_futures_size(self.task) as usize }
+    }
+
+    /// The value of the `index`-th attached future (it is complete before the task starts). A
+    /// failed producer shows up here as [`Error::TaskFailed`].
+    pub fn input_future<R: DeserializeOwned>(&self, index: usize) -> Result<R> {
+        if index >= self.input_future_count() {
+            return Err(Error::InvalidArgument(format!("task `{}` has no input future {index}", self.task_name())));
+        }
+        // SAFETY: index checked; the future handle is owned here and destroyed by `Future`'s drop.
+        let future = unsafe { raw::legion_task_get_future(self.task, index as u32) };
+        crate::Future::<R>::from_raw(future).get()
+    }
+
+    /// The processor running this task.
+    pub fn executing_processor(&self) -> Processor {
+        // SAFETY: runtime and context belong to the running task.
+        Processor::from_raw(unsafe { raw::legion_runtime_get_executing_processor(self.runtime, self.context) })
+    }
+
+    /// The process (address space, MPI rank) running this task.
+    pub fn address_space(&self) -> u32 {
+        self.executing_processor().address_space
+    }
+
+    /// Every processor and memory of the machine.
+    pub fn machine(&self) -> Machine {
+        Machine::current()
+    }
+
+    /// Number of regions this task was launched with.
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// The `index`-th region requirement's physical region.
+    pub fn region(&self, index: usize) -> Result<PhysicalRegion<'_>> {
+        let raw_region = *self.regions.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("task `{}` has {} regions, not {}", self.task_name(), self.regions.len(), index + 1))
+        })?;
+        PhysicalRegion::new(self, index, raw_region)
+    }
+
+    pub(crate) fn check_can_launch(&self) -> Result<()> {
+        if self.entry.options.leaf {
+            return Err(Error::InvalidArgument(format!("task `{}` is a leaf task and cannot launch tasks", self.task_name())));
+        }
+        Ok(())
+    }
+
+    /// Raw runtime handle, for code that calls `legion-sys` directly (benchmarks, the mapper).
+    pub fn raw_runtime(&self) -> raw::legion_runtime_t {
+        self.runtime
+    }
+
+    /// Raw context handle, for code that calls `legion-sys` directly (benchmarks, the mapper).
+    pub fn raw_context(&self) -> raw::legion_context_t {
+        self.context
+    }
+}

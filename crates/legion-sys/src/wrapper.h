@@ -1,0 +1,2 @@
+/* The Legion C API, as bindgen sees it. */
+#include "legion/legion_c.h"

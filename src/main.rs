@@ -1,0 +1,36 @@
+//! `ami2`: online analysis of live detector telemetry on the Legion task runtime.
+//!
+//! Subcommands start the service or talk to it; `ami2 doctor` checks that the Legion runtime
+//! works on this machine.
+
+mod doctor;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ami2", version, about = "Online analysis of live detector telemetry on Legion")]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `ami2=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "AMI2_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start Legion, run a few tasks and a region round trip, and report what was found.
+    Doctor(doctor::DoctorArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Doctor(args) => doctor::run(args),
+    }
+}
