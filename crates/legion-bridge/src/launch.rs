@@ -14,9 +14,15 @@ use crate::task::{raw_bytes, Outcome, TaskContext, TaskId};
 use crate::{Error, Result};
 
 fn buffer(bytes: &[u8]) -> raw::legion_untyped_buffer_t {
-    // Legion copies the buffer; it never writes through the pointer.
-    raw::legion_untyped_buffer_t { args: bytes.as_ptr() as *mut c_void, arglen: bytes.len() }
+    // Legion copies the buffer and never writes through the pointer; an empty buffer is passed
+    // as null, as C callers do.
+    let args = if bytes.is_empty() { std::ptr::null_mut() } else { bytes.as_ptr() as *mut c_void };
+    raw::legion_untyped_buffer_t { args, arglen: bytes.len() }
 }
+
+/// First byte of a point's argument-map entry: an argument follows, or there is none.
+pub(crate) const POINT_ARG: u8 = 1;
+pub(crate) const NO_POINT_ARG: [u8; 1] = [0];
 
 /// A single task launch: the task, its arguments, its regions and the futures it waits for.
 pub struct TaskLauncher<'f, A, R> {
@@ -73,7 +79,9 @@ impl<'f, A: Serialize, R> IndexLauncher<'f, A, R> {
         if !self.points.contains(&point) {
             return Err(Error::InvalidArgument(format!("point {point} is outside the launch domain {:?}", self.points)));
         }
-        self.point_args.push((point, encode(arg, "point argument")?));
+        let mut entry = vec![POINT_ARG];
+        entry.extend(encode(arg, "point argument")?);
+        self.point_args.push((point, entry));
         Ok(self)
     }
     /// Adds a region requirement (a partition requirement gives each point its subregion).
@@ -123,9 +131,15 @@ impl TaskContext {
         // every buffer; runtime and context are the task's.
         unsafe {
             let map = raw::legion_argument_map_create();
-            for (point, bytes) in &launcher.point_args {
-                let dp = raw::legion_domain_point_from_point_1d(raw::legion_point_1d_t { x: [*point] });
-                raw::legion_argument_map_set_point(map, dp, buffer(bytes), true);
+            if !launcher.point_args.is_empty() {
+                // With Legion 25.8 a point missing from a non-empty argument map never starts,
+                // and an empty entry crashes the launch, so every point gets a non-empty entry.
+                let given: std::collections::HashMap<i64, &[u8]> = launcher.point_args.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+                for point in launcher.points.clone() {
+                    let dp = raw::legion_domain_point_from_point_1d(raw::legion_point_1d_t { x: [point] });
+                    let entry = given.get(&point).copied().unwrap_or(&NO_POINT_ARG);
+                    raw::legion_argument_map_set_point(map, dp, buffer(entry), true);
+                }
             }
             let handle = raw::legion_index_launcher_create(
                 launcher.task.id,

@@ -26,6 +26,7 @@
 
 mod codec;
 mod error;
+pub mod harness;
 pub mod launch;
 pub mod machine;
 mod panic;

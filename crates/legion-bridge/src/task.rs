@@ -52,6 +52,13 @@ impl<A, R> TaskId<A, R> {
     }
 }
 
+/// The same task under other argument and result types. Only for tests that check what happens
+/// when the two ends of a launch disagree on types (the task reports a decode error).
+#[doc(hidden)]
+pub fn retype_for_tests<A, R, B, S>(task: TaskId<A, R>) -> TaskId<B, S> {
+    TaskId { id: task.id, name: task.name, _types: PhantomData }
+}
+
 /// How Legion may treat a task variant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VariantOptions {
@@ -326,10 +333,10 @@ impl TaskContext {
     pub fn point_arg<L: DeserializeOwned>(&self) -> Result<Option<L>> {
         // SAFETY: the local argument buffer lives as long as the task.
         let bytes = unsafe { raw_bytes(raw::legion_task_get_local_args(self.task), raw::legion_task_get_local_arglen(self.task)) };
-        if bytes.is_empty() {
-            return Ok(None);
+        match bytes.split_first() {
+            Some((&crate::launch::POINT_ARG, arg)) => decode(arg, "point argument").map(Some),
+            _ => Ok(None),
         }
-        decode(bytes, "point argument").map(Some)
     }
 
     /// The mapping tag the launcher set (what the mapper reads).
