@@ -64,7 +64,9 @@ struct Tasks {
 }
 
 fn register() -> Result<Tasks> {
-    let where_am_i = register_task(TASK_WHERE, "doctor_where", VariantOptions::leaf(), |ctx, ()| Ok(ctx.executing_processor()))?;
+    let where_am_i = register_task(TASK_WHERE, "doctor_where", VariantOptions::leaf(), |ctx, ()| {
+        Ok(ctx.executing_processor())
+    })?;
     let fill = register_task(TASK_FILL, "doctor_fill", VariantOptions::leaf(), |ctx, field: Field<f64>| {
         let region = ctx.region(0)?;
         let mut values = region.write(field)?;
@@ -77,7 +79,9 @@ fn register() -> Result<Tasks> {
     let sum = register_task(TASK_SUM, "doctor_sum", VariantOptions::leaf(), |ctx, field: Field<f64>| {
         let region = ctx.region(0)?;
         let values = region.read(field)?;
-        let slice = values.as_slice().ok_or_else(|| legion_bridge::TaskError::msg("region is not dense"))?;
+        let slice = values
+            .as_slice()
+            .ok_or_else(|| legion_bridge::TaskError::msg("region is not dense"))?;
         Ok(slice.iter().sum())
     })?;
     Ok(Tasks { where_am_i, fill, sum })
@@ -98,7 +102,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
 
         let cpus = machine.processors_of(ProcessorKind::Cpu).count().max(1);
         let index_points = 4 * cpus as i64;
-        let ran_on = ctx.execute_index(&IndexLauncher::new(tasks.where_am_i, 0..=index_points - 1, &())?)?.collect()?;
+        let ran_on = ctx
+            .execute_index(&IndexLauncher::new(tasks.where_am_i, 0..=index_points - 1, &())?)?
+            .collect()?;
         let mut distinct: Vec<u64> = ran_on.iter().map(|p| p.id).collect();
         distinct.sort_unstable();
         distinct.dedup();
@@ -116,7 +122,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         )?;
         let written: i64 = filled.collect()?.iter().sum();
         if written != points {
-            return Err(legion_bridge::TaskError::msg(format!("fill wrote {written} points, expected {points}")));
+            return Err(legion_bridge::TaskError::msg(format!(
+                "fill wrote {written} points, expected {points}"
+            )));
         }
         let read_sum = read_back(ctx, tasks.sum, *region, field)?;
         Ok(Report {
@@ -145,13 +153,23 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         print_report(&report);
     }
     if report.region_read_sum != report.region_expected_sum {
-        bail!("region round trip read {} but wrote {}", report.region_read_sum, report.region_expected_sum);
+        bail!(
+            "region round trip read {} but wrote {}",
+            report.region_read_sum,
+            report.region_expected_sum
+        );
     }
     Ok(())
 }
 
-fn read_back(ctx: &legion_bridge::TaskContext, sum: TaskId<Field<f64>, f64>, region: LogicalRegion, field: Field<f64>) -> legion_bridge::Result<f64> {
-    ctx.execute(&TaskLauncher::new(sum, &field)?.region(RegionRequirement::region(region, Privilege::ReadOnly).field(field)))?.get()
+fn read_back(
+    ctx: &legion_bridge::TaskContext,
+    sum: TaskId<Field<f64>, f64>,
+    region: LogicalRegion,
+    field: Field<f64>,
+) -> legion_bridge::Result<f64> {
+    ctx.execute(&TaskLauncher::new(sum, &field)?.region(RegionRequirement::region(region, Privilege::ReadOnly).field(field)))?
+        .get()
 }
 
 fn print_report(r: &Report) {
@@ -176,7 +194,11 @@ fn print_report(r: &Report) {
     }
     println!("single launch ran on {:#018x}", r.single_launch_processor.id);
     println!("index launch: {} points ran on {} processor(s)", r.index_points, r.index_processors);
-    let verdict = if r.region_read_sum == r.region_expected_sum { "ok" } else { "MISMATCH" };
+    let verdict = if r.region_read_sum == r.region_expected_sum {
+        "ok"
+    } else {
+        "MISMATCH"
+    };
     println!(
         "region round trip: {} points in {} parts, wrote sum {}, read back {} ({verdict})",
         r.region_points, r.region_parts, r.region_expected_sum, r.region_read_sum

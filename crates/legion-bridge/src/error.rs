@@ -7,11 +7,7 @@ use thiserror::Error;
 pub enum Error {
     /// A task ended by panicking or by returning an error; `task` is its registered name.
     #[error("task `{task}` {}: {message}", if *.panicked { "panicked" } else { "failed" })]
-    TaskFailed {
-        task: String,
-        message: String,
-        panicked: bool,
-    },
+    TaskFailed { task: String, message: String, panicked: bool },
     /// Task arguments or results could not be encoded.
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },

@@ -20,7 +20,10 @@ pub struct Case {
 
 /// A test case: `body` fails by returning an error or panicking.
 pub fn case(name: &'static str, body: impl FnOnce(&TaskContext) -> Result<(), TaskError> + Send + 'static) -> Case {
-    Case { name, body: Box::new(body) }
+    Case {
+        name,
+        body: Box::new(body),
+    }
 }
 
 /// Which cases the command line selects.
@@ -33,7 +36,12 @@ struct Selection {
 
 impl Selection {
     fn from_args() -> Self {
-        let mut selection = Self { filters: Vec::new(), exact: false, list: false, ignored_only: false };
+        let mut selection = Self {
+            filters: Vec::new(),
+            exact: false,
+            list: false,
+            ignored_only: false,
+        };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -52,7 +60,11 @@ impl Selection {
     }
     fn wants(&self, name: &str) -> bool {
         !self.ignored_only
-            && (self.filters.is_empty() || self.filters.iter().any(|f| if self.exact { f == name } else { name.contains(f.as_str()) }))
+            && (self.filters.is_empty()
+                || self
+                    .filters
+                    .iter()
+                    .any(|f| if self.exact { f == name } else { name.contains(f.as_str()) }))
     }
 }
 

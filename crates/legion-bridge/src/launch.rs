@@ -13,10 +13,17 @@ use crate::region::{domain, RegionRequirement};
 use crate::task::{raw_bytes, Outcome, TaskContext, TaskId};
 use crate::{Error, Result};
 
+/// Marks a handle as belonging to results of type `R` and to the launching task's thread.
+type LocalMarker<R> = PhantomData<(fn() -> R, *const ())>;
+
 fn buffer(bytes: &[u8]) -> raw::legion_untyped_buffer_t {
     // Legion copies the buffer and never writes through the pointer; an empty buffer is passed
     // as null, as C callers do.
-    let args = if bytes.is_empty() { std::ptr::null_mut() } else { bytes.as_ptr() as *mut c_void };
+    let args = if bytes.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        bytes.as_ptr() as *mut c_void
+    };
     raw::legion_untyped_buffer_t { args, arglen: bytes.len() }
 }
 
@@ -36,7 +43,13 @@ pub struct TaskLauncher<'f, A, R> {
 impl<'f, A: Serialize, R> TaskLauncher<'f, A, R> {
     /// Prepares a launch of `task` with `args`.
     pub fn new(task: TaskId<A, R>, args: &A) -> Result<Self> {
-        Ok(Self { task, args: encode(args, "task arguments")?, regions: Vec::new(), futures: Vec::new(), tag: 0 })
+        Ok(Self {
+            task,
+            args: encode(args, "task arguments")?,
+            regions: Vec::new(),
+            futures: Vec::new(),
+            tag: 0,
+        })
     }
     /// Adds a region requirement (the task sees it as region number `n` in the order added).
     pub fn region(mut self, requirement: RegionRequirement) -> Self {
@@ -70,14 +83,28 @@ impl<'f, A: Serialize, R> IndexLauncher<'f, A, R> {
     /// Prepares a launch of `task` over `points`, every point receiving `args`.
     pub fn new(task: TaskId<A, R>, points: RangeInclusive<i64>, args: &A) -> Result<Self> {
         if points.is_empty() {
-            return Err(Error::InvalidArgument(format!("index launch of `{}` over an empty domain", task.name)));
+            return Err(Error::InvalidArgument(format!(
+                "index launch of `{}` over an empty domain",
+                task.name
+            )));
         }
-        Ok(Self { task, points, args: encode(args, "task arguments")?, point_args: Vec::new(), regions: Vec::new(), futures: Vec::new(), tag: 0 })
+        Ok(Self {
+            task,
+            points,
+            args: encode(args, "task arguments")?,
+            point_args: Vec::new(),
+            regions: Vec::new(),
+            futures: Vec::new(),
+            tag: 0,
+        })
     }
     /// Gives point `point` its own argument ([`TaskContext::point_arg`]).
     pub fn point_arg<L: Serialize>(mut self, point: i64, arg: &L) -> Result<Self> {
         if !self.points.contains(&point) {
-            return Err(Error::InvalidArgument(format!("point {point} is outside the launch domain {:?}", self.points)));
+            return Err(Error::InvalidArgument(format!(
+                "point {point} is outside the launch domain {:?}",
+                self.points
+            )));
         }
         let mut entry = vec![POINT_ARG];
         entry.extend(encode(arg, "point argument")?);
@@ -109,7 +136,13 @@ impl TaskContext {
         // SAFETY: the launcher is created, filled and destroyed here; Legion copies the argument
         // buffer and region requirements at execute time; runtime and context are the task's.
         unsafe {
-            let handle = raw::legion_task_launcher_create(launcher.task.id, buffer(&launcher.args), raw::legion_predicate_true(), 0, launcher.tag);
+            let handle = raw::legion_task_launcher_create(
+                launcher.task.id,
+                buffer(&launcher.args),
+                raw::legion_predicate_true(),
+                0,
+                launcher.tag,
+            );
             let added = launcher.regions.iter().try_for_each(|r| r.add_to_task(handle));
             if let Err(e) = added {
                 raw::legion_task_launcher_destroy(handle);
@@ -160,7 +193,11 @@ impl TaskContext {
             let futures = raw::legion_index_launcher_execute(self.runtime, self.context, handle);
             raw::legion_index_launcher_destroy(handle);
             raw::legion_argument_map_destroy(map);
-            Ok(FutureMap { raw: futures, points: launcher.points.clone(), _type: PhantomData })
+            Ok(FutureMap {
+                raw: futures,
+                points: launcher.points.clone(),
+                _type: PhantomData,
+            })
         }
     }
 }
@@ -168,7 +205,7 @@ impl TaskContext {
 /// The eventual result of a task. Not `Send`: it belongs to the task that launched it.
 pub struct Future<R> {
     pub(crate) raw: raw::legion_future_t,
-    _type: PhantomData<(fn() -> R, *const ())>,
+    _type: LocalMarker<R>,
 }
 
 impl<R> Future<R> {
@@ -188,7 +225,12 @@ impl<R: DeserializeOwned> Future<R> {
     /// returned an error.
     pub fn get(&self) -> Result<R> {
         // SAFETY: `raw` is a live future; the value's buffer lives as long as the future.
-        let bytes = unsafe { raw_bytes(raw::legion_future_get_untyped_pointer(self.raw), raw::legion_future_get_untyped_size(self.raw)) };
+        let bytes = unsafe {
+            raw_bytes(
+                raw::legion_future_get_untyped_pointer(self.raw),
+                raw::legion_future_get_untyped_size(self.raw),
+            )
+        };
         Outcome::decode(bytes)
     }
 }
@@ -204,7 +246,7 @@ impl<R> Drop for Future<R> {
 pub struct FutureMap<R> {
     raw: raw::legion_future_map_t,
     points: RangeInclusive<i64>,
-    _type: PhantomData<(fn() -> R, *const ())>,
+    _type: LocalMarker<R>,
 }
 
 impl<R> FutureMap<R> {
@@ -216,11 +258,19 @@ impl<R> FutureMap<R> {
     /// The future of one point.
     pub fn future(&self, point: i64) -> Result<Future<R>> {
         if !self.points.contains(&point) {
-            return Err(Error::InvalidArgument(format!("point {point} is outside the launch domain {:?}", self.points)));
+            return Err(Error::InvalidArgument(format!(
+                "point {point} is outside the launch domain {:?}",
+                self.points
+            )));
         }
         // SAFETY: `raw` is a live future map and the point is in its domain; the returned handle
         // is owned by the new `Future`.
-        let future = unsafe { raw::legion_future_map_get_future(self.raw, raw::legion_domain_point_from_point_1d(raw::legion_point_1d_t { x: [point] })) };
+        let future = unsafe {
+            raw::legion_future_map_get_future(
+                self.raw,
+                raw::legion_domain_point_from_point_1d(raw::legion_point_1d_t { x: [point] }),
+            )
+        };
         Ok(Future::from_raw(future))
     }
 

@@ -86,7 +86,11 @@ impl Processor {
     pub(crate) fn from_raw(proc_: raw::legion_processor_t) -> Self {
         // SAFETY: kind and address-space queries only read the bits of the processor id.
         let (kind, address_space) = unsafe { (raw::legion_processor_kind(proc_), raw::legion_processor_address_space(proc_)) };
-        Self { id: proc_.id, kind: ProcessorKind::from_raw(kind), address_space }
+        Self {
+            id: proc_.id,
+            kind: ProcessorKind::from_raw(kind),
+            address_space,
+        }
     }
 }
 
@@ -104,7 +108,11 @@ impl Memory {
     fn from_raw(mem: raw::legion_memory_t) -> Self {
         // SAFETY: kind and address-space queries only read the bits of the memory id.
         let (kind, address_space) = unsafe { (raw::legion_memory_kind(mem), raw::legion_memory_address_space(mem)) };
-        Self { id: mem.id, kind: MemoryKind::from_raw(kind), address_space }
+        Self {
+            id: mem.id,
+            kind: MemoryKind::from_raw(kind),
+            address_space,
+        }
     }
 }
 

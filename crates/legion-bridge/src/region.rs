@@ -66,10 +66,18 @@ pub struct IndexSpace {
 
 impl IndexSpace {
     fn from_raw(h: raw::legion_index_space_t) -> Self {
-        Self { id: h.id, tid: h.tid, type_tag: h.type_tag }
+        Self {
+            id: h.id,
+            tid: h.tid,
+            type_tag: h.type_tag,
+        }
     }
     fn to_raw(self) -> raw::legion_index_space_t {
-        raw::legion_index_space_t { id: self.id, tid: self.tid, type_tag: self.type_tag }
+        raw::legion_index_space_t {
+            id: self.id,
+            tid: self.tid,
+            type_tag: self.type_tag,
+        }
     }
 }
 
@@ -130,7 +138,11 @@ pub struct LogicalRegion {
 
 impl LogicalRegion {
     pub(crate) fn from_raw(h: raw::legion_logical_region_t) -> Self {
-        Self { tree_id: h.tree_id, index_space: IndexSpace::from_raw(h.index_space), field_space: FieldSpace { id: h.field_space.id } }
+        Self {
+            tree_id: h.tree_id,
+            index_space: IndexSpace::from_raw(h.index_space),
+            field_space: FieldSpace { id: h.field_space.id },
+        }
     }
     pub(crate) fn to_raw(self) -> raw::legion_logical_region_t {
         raw::legion_logical_region_t {
@@ -167,7 +179,11 @@ pub struct IndexPartition {
 
 impl IndexPartition {
     fn to_raw(self) -> raw::legion_index_partition_t {
-        raw::legion_index_partition_t { id: self.id, tid: self.tid, type_tag: self.type_tag }
+        raw::legion_index_partition_t {
+            id: self.id,
+            tid: self.tid,
+            type_tag: self.type_tag,
+        }
     }
     /// The colors of the partition, as an index space `0..=count-1`.
     pub fn color_space(&self) -> IndexSpace {
@@ -208,7 +224,10 @@ impl LogicalPartition {
 }
 
 fn rect(bounds: &RangeInclusive<i64>) -> raw::legion_rect_1d_t {
-    raw::legion_rect_1d_t { lo: raw::legion_point_1d_t { x: [*bounds.start()] }, hi: raw::legion_point_1d_t { x: [*bounds.end()] } }
+    raw::legion_rect_1d_t {
+        lo: raw::legion_point_1d_t { x: [*bounds.start()] },
+        hi: raw::legion_point_1d_t { x: [*bounds.end()] },
+    }
 }
 
 fn domain_point(p: i64) -> raw::legion_domain_point_t {
@@ -308,11 +327,25 @@ impl RegionRequirement {
     }
     /// `region`, a subregion of `parent` (the region the launching task holds privileges on).
     pub fn subregion(region: LogicalRegion, parent: LogicalRegion, privilege: Privilege) -> Self {
-        Self { target: Target::Region(region), parent, privilege, coherence: Coherence::default(), fields: Vec::new(), tag: 0 }
+        Self {
+            target: Target::Region(region),
+            parent,
+            privilege,
+            coherence: Coherence::default(),
+            fields: Vec::new(),
+            tag: 0,
+        }
     }
     /// For an index launch: point `p` gets the subregion of color `p` of `partition`.
     pub fn partition(partition: LogicalPartition, parent: LogicalRegion, privilege: Privilege) -> Self {
-        Self { target: Target::Partition(partition), parent, privilege, coherence: Coherence::default(), fields: Vec::new(), tag: 0 }
+        Self {
+            target: Target::Partition(partition),
+            parent,
+            privilege,
+            coherence: Coherence::default(),
+            fields: Vec::new(),
+            tag: 0,
+        }
     }
     /// Adds a field the task will access.
     pub fn field<T>(mut self, field: Field<T>) -> Self {
@@ -400,7 +433,10 @@ impl TaskContext {
         // SAFETY: reads the domain of a live index space.
         let domain = unsafe { raw::legion_index_space_get_domain(self.runtime, space.to_raw()) };
         if domain.dim != 1 {
-            return Err(Error::InvalidArgument(format!("index space has {} dimensions, the bridge handles 1", domain.dim)));
+            return Err(Error::InvalidArgument(format!(
+                "index space has {} dimensions, the bridge handles 1",
+                domain.dim
+            )));
         }
         Ok(domain.rect_data[0]..=domain.rect_data[1])
     }
@@ -425,14 +461,23 @@ impl TaskContext {
         if id.is_some_and(|id| id != got) {
             return Err(Error::InvalidArgument(format!("field id {wanted} is not available (got {got})")));
         }
-        Ok(Field { id: got, _type: PhantomData })
+        Ok(Field {
+            id: got,
+            _type: PhantomData,
+        })
     }
 
     /// Creates a logical region over `space` with the fields of `fields`.
     pub fn create_region(&self, space: IndexSpace, fields: FieldSpace) -> Owned<'_, LogicalRegion> {
         // SAFETY: runtime and context belong to the running task; handles are plain values.
         let handle = unsafe {
-            raw::legion_logical_region_create(self.runtime, self.context, space.to_raw(), raw::legion_field_space_t { id: fields.id }, false)
+            raw::legion_logical_region_create(
+                self.runtime,
+                self.context,
+                space.to_raw(),
+                raw::legion_field_space_t { id: fields.id },
+                false,
+            )
         };
         Owned::new(self, LogicalRegion::from_raw(handle))
     }
@@ -445,9 +490,24 @@ impl TaskContext {
         let colors = self.create_index_space(0..=parts as i64 - 1).keep();
         // SAFETY: runtime and context belong to the running task; handles are plain values.
         let handle = unsafe {
-            raw::legion_index_partition_create_equal(self.runtime, self.context, space.to_raw(), colors.to_raw(), 1, raw::LEGION_AUTO_GENERATE_ID)
+            raw::legion_index_partition_create_equal(
+                self.runtime,
+                self.context,
+                space.to_raw(),
+                colors.to_raw(),
+                1,
+                raw::LEGION_AUTO_GENERATE_ID,
+            )
         };
-        Ok(Owned::new(self, IndexPartition { id: handle.id, tid: handle.tid, type_tag: handle.type_tag, color_space: colors }))
+        Ok(Owned::new(
+            self,
+            IndexPartition {
+                id: handle.id,
+                tid: handle.tid,
+                type_tag: handle.type_tag,
+                color_space: colors,
+            },
+        ))
     }
 
     /// Splits `space` by explicit ranges: color `i` is `ranges[i]`. Ranges must lie inside the
@@ -460,13 +520,19 @@ impl TaskContext {
         let bounds = self.index_space_bounds(space)?;
         for range in ranges {
             if !range.is_empty() && (range.start() < bounds.start() || range.end() > bounds.end()) {
-                return Err(Error::InvalidArgument(format!("range {range:?} is not inside the index space {bounds:?}")));
+                return Err(Error::InvalidArgument(format!(
+                    "range {range:?} is not inside the index space {bounds:?}"
+                )));
             }
         }
         let mut sorted: Vec<_> = ranges.iter().filter(|r| !r.is_empty()).collect();
         sorted.sort_by_key(|r| *r.start());
         let disjoint = sorted.windows(2).all(|w| w[0].end() < w[1].start());
-        let kind = if disjoint { raw::LEGION_DISJOINT_KIND } else { raw::LEGION_ALIASED_KIND };
+        let kind = if disjoint {
+            raw::LEGION_DISJOINT_KIND
+        } else {
+            raw::LEGION_ALIASED_KIND
+        };
 
         let colors = self.create_index_space(0..=ranges.len() as i64 - 1).keep();
         let mut points: Vec<_> = (0..ranges.len() as i64).map(domain_point).collect();
@@ -486,20 +552,34 @@ impl TaskContext {
                 raw::LEGION_AUTO_GENERATE_ID,
             )
         };
-        Ok(Owned::new(self, IndexPartition { id: handle.id, tid: handle.tid, type_tag: handle.type_tag, color_space: colors }))
+        Ok(Owned::new(
+            self,
+            IndexPartition {
+                id: handle.id,
+                tid: handle.tid,
+                type_tag: handle.type_tag,
+                color_space: colors,
+            },
+        ))
     }
 
     /// The subspace of color `color` of a partition.
     pub fn subspace(&self, partition: IndexPartition, color: i64) -> IndexSpace {
         // SAFETY: reads a subspace handle of a live partition.
-        IndexSpace::from_raw(unsafe { raw::legion_index_partition_get_index_subspace_domain_point(self.runtime, partition.to_raw(), domain_point(color)) })
+        IndexSpace::from_raw(unsafe {
+            raw::legion_index_partition_get_index_subspace_domain_point(self.runtime, partition.to_raw(), domain_point(color))
+        })
     }
 
     /// `region` partitioned like `partition` partitions its index space.
     pub fn logical_partition(&self, region: LogicalRegion, partition: IndexPartition) -> LogicalPartition {
         // SAFETY: builds a logical partition handle from live handles (no new resources).
         let handle = unsafe { raw::legion_logical_partition_create(self.runtime, region.to_raw(), partition.to_raw()) };
-        LogicalPartition { tree_id: handle.tree_id, partition, field_space: region.field_space }
+        LogicalPartition {
+            tree_id: handle.tree_id,
+            partition,
+            field_space: region.field_space,
+        }
     }
 
     /// The subregion of color `color` of a logical partition.
@@ -556,10 +636,19 @@ impl<'t> PhysicalRegion<'t> {
         // SAFETY: the requirement and the physical region belong to the running task.
         let (privilege, region) = unsafe {
             let requirement = raw::legion_task_get_requirement(ctx.task, index as u32);
-            (Privilege::from_raw(raw::legion_region_requirement_get_privilege(requirement)), raw::legion_physical_region_get_logical_region(raw_region))
+            (
+                Privilege::from_raw(raw::legion_region_requirement_get_privilege(requirement)),
+                raw::legion_physical_region_get_logical_region(raw_region),
+            )
         };
         let bounds = ctx.index_space_bounds(IndexSpace::from_raw(region.index_space))?;
-        Ok(Self { ctx, index, raw: raw_region, privilege, bounds })
+        Ok(Self {
+            ctx,
+            index,
+            raw: raw_region,
+            privilege,
+            bounds,
+        })
     }
 
     /// The privilege the task holds on this region.
@@ -581,7 +670,11 @@ impl<'t> PhysicalRegion<'t> {
     /// Read access to `field` (which must be one of the requirement's fields, of type `T`).
     pub fn read<T: Pod>(&self, field: Field<T>) -> Result<ReadAccessor<'t, T>> {
         if !self.privilege.can_read() {
-            return Err(Error::Privilege { index: self.index, granted: self.privilege, wanted: "reading" });
+            return Err(Error::Privilege {
+                index: self.index,
+                granted: self.privilege,
+                wanted: "reading",
+            });
         }
         let view = self.view::<T>(field, false)?;
         Ok(ReadAccessor { view })
@@ -590,7 +683,11 @@ impl<'t> PhysicalRegion<'t> {
     /// Write access to `field` (which must be one of the requirement's fields, of type `T`).
     pub fn write<T: Pod>(&self, field: Field<T>) -> Result<WriteAccessor<'t, T>> {
         if !self.privilege.can_write() {
-            return Err(Error::Privilege { index: self.index, granted: self.privilege, wanted: "writing" });
+            return Err(Error::Privilege {
+                index: self.index,
+                granted: self.privilege,
+                wanted: "writing",
+            });
         }
         let view = self.view::<T>(field, true)?;
         Ok(WriteAccessor { view })
@@ -599,7 +696,16 @@ impl<'t> PhysicalRegion<'t> {
     fn view<T: Pod>(&self, field: Field<T>, write: bool) -> Result<View<'t, T>> {
         let key = (self.index, field.id);
         self.ctx.borrows.acquire(key, write)?;
-        let mut view = View { ctx: self.ctx, key, write, base: std::ptr::null_mut(), lo: *self.bounds.start(), hi: *self.bounds.end(), stride: 0, _type: PhantomData };
+        let mut view = View {
+            ctx: self.ctx,
+            key,
+            write,
+            base: std::ptr::null_mut(),
+            lo: *self.bounds.start(),
+            hi: *self.bounds.end(),
+            stride: 0,
+            _type: PhantomData,
+        };
         if self.bounds.is_empty() {
             return Ok(view);
         }
@@ -615,10 +721,16 @@ impl<'t> PhysicalRegion<'t> {
             base
         };
         if base.is_null() || sub.lo.x[0] != whole.lo.x[0] || sub.hi.x[0] != whole.hi.x[0] {
-            return Err(Error::InvalidArgument(format!("field {} of region {} is not laid out as one 1-D array", field.id, self.index)));
+            return Err(Error::InvalidArgument(format!(
+                "field {} of region {} is not laid out as one 1-D array",
+                field.id, self.index
+            )));
         }
         let stride = offset.offset as isize;
-        if base as usize % std::mem::align_of::<T>() != 0 || stride as usize % std::mem::align_of::<T>() != 0 || (stride as usize) < std::mem::size_of::<T>() {
+        if base as usize % std::mem::align_of::<T>() != 0
+            || stride as usize % std::mem::align_of::<T>() != 0
+            || (stride as usize) < std::mem::size_of::<T>()
+        {
             return Err(Error::InvalidArgument(format!(
                 "field {} of region {} does not hold {} values (stride {stride})",
                 field.id,
@@ -647,7 +759,11 @@ struct View<'t, T> {
 impl<T: Pod> View<'_, T> {
     fn pointer(&self, point: i64) -> Result<*mut T> {
         if point < self.lo || point > self.hi {
-            return Err(Error::OutOfBounds { point, lo: self.lo, hi: self.hi });
+            return Err(Error::OutOfBounds {
+                point,
+                lo: self.lo,
+                hi: self.hi,
+            });
         }
         // SAFETY: the point is inside the mapped rectangle, so the offset stays in the instance.
         Ok(unsafe { self.base.offset((point - self.lo) as isize * self.stride) } as *mut T)
@@ -683,7 +799,9 @@ impl<T: Pod> ReadAccessor<'_, T> {
             return Some(&[]);
         }
         // SAFETY: dense layout over the whole mapped rectangle; no writer exists (borrow table).
-        self.view.dense().then(|| unsafe { std::slice::from_raw_parts(self.view.base as *const T, self.view.len()) })
+        self.view
+            .dense()
+            .then(|| unsafe { std::slice::from_raw_parts(self.view.base as *const T, self.view.len()) })
     }
     /// The points covered.
     pub fn bounds(&self) -> RangeInclusive<i64> {
@@ -714,7 +832,9 @@ impl<T: Pod> WriteAccessor<'_, T> {
         }
         // SAFETY: dense layout over the whole mapped rectangle; the borrow table guarantees this
         // accessor is the only one on the field, and `&mut self` that the slice is unique.
-        self.view.dense().then(|| unsafe { std::slice::from_raw_parts_mut(self.view.base as *mut T, self.view.len()) })
+        self.view
+            .dense()
+            .then(|| unsafe { std::slice::from_raw_parts_mut(self.view.base as *mut T, self.view.len()) })
     }
     /// The points covered.
     pub fn bounds(&self) -> RangeInclusive<i64> {

@@ -31,14 +31,22 @@ pub(crate) fn has_started() -> bool {
 const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "WORKER_PEERS_INFO"];
 
 /// Legion arguments that fit this machine: one CPU processor per core left after one utility
-/// processor (two on larger machines) and the runtime's own threads, at least one of each; and, in
-/// a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
+/// processor (two on larger machines) and the runtime's own threads, at least one of each; Realm's
+/// log on stderr; and, in a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
 /// failures).
 pub fn default_args() -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let util = if cores > 8 { 2 } else { 1 };
     let cpus = cores.saturating_sub(util + 1).max(1);
-    let mut args = vec!["-ll:cpu".into(), cpus.to_string(), "-ll:util".into(), util.to_string()];
+    // Realm logs to stdout unless told otherwise; stdout belongs to the program.
+    let mut args = vec![
+        "-ll:cpu".into(),
+        cpus.to_string(),
+        "-ll:util".into(),
+        util.to_string(),
+        "-logfile".into(),
+        "stderr".into(),
+    ];
     if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
         args.extend(["-ll:networks".into(), "none".into()]);
     }
@@ -107,8 +115,16 @@ fn run_top_level(ctx: &TaskContext) -> Result<(), TaskError> {
     };
     let result = match panic::catch(|| body(ctx)) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(Error::TaskFailed { task: "top_level".into(), message: error.to_string(), panicked: false }),
-        Err(message) => Err(Error::TaskFailed { task: "top_level".into(), message, panicked: true }),
+        Ok(Err(error)) => Err(Error::TaskFailed {
+            task: "top_level".into(),
+            message: error.to_string(),
+            panicked: false,
+        }),
+        Err(message) => Err(Error::TaskFailed {
+            task: "top_level".into(),
+            message,
+            panicked: true,
+        }),
     };
     if result.is_err() {
         // SAFETY: sets the process exit code Legion reports; callable from any task.
@@ -174,7 +190,11 @@ unsafe extern "C" fn registration_trampoline(
         // SAFETY: Legion passes an array of `num_local_procs` processors valid during the call.
         unsafe { std::slice::from_raw_parts(local_procs, num_local_procs as usize) }
     };
-    let registration = Registration { runtime, machine, local_processors: procs.iter().copied().map(Processor::from_raw).collect() };
+    let registration = Registration {
+        runtime,
+        machine,
+        local_processors: procs.iter().copied().map(Processor::from_raw).collect(),
+    };
     let callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
     for callback in callbacks.iter() {
         if let Err(message) = panic::catch(|| callback(&registration)) {

@@ -56,7 +56,11 @@ impl<A, R> TaskId<A, R> {
 /// when the two ends of a launch disagree on types (the task reports a decode error).
 #[doc(hidden)]
 pub fn retype_for_tests<A, R, B, S>(task: TaskId<A, R>) -> TaskId<B, S> {
-    TaskId { id: task.id, name: task.name, _types: PhantomData }
+    TaskId {
+        id: task.id,
+        name: task.name,
+        _types: PhantomData,
+    }
 }
 
 /// How Legion may treat a task variant.
@@ -75,11 +79,17 @@ pub struct VariantOptions {
 impl VariantOptions {
     /// A leaf task: computes, launches nothing.
     pub fn leaf() -> Self {
-        Self { leaf: true, ..Self::default() }
+        Self {
+            leaf: true,
+            ..Self::default()
+        }
     }
     /// An inner task: launches sub-tasks, maps no region data.
     pub fn inner() -> Self {
-        Self { inner: true, ..Self::default() }
+        Self {
+            inner: true,
+            ..Self::default()
+        }
     }
     /// Marks the variant replicable as well.
     pub fn replicable(mut self) -> Self {
@@ -163,6 +173,9 @@ where
     R: Serialize + 'static,
     F: Fn(&TaskContext, A) -> Result<R, TaskError> + Send + Sync + 'static,
 {
+    if id == runtime::TOP_LEVEL_TASK_ID {
+        return Err(Error::Registration(format!("task `{name}`: id {id} is the top-level task's")));
+    }
     let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
     let erased = move |ctx: &TaskContext, bytes: &[u8]| -> Result<Vec<u8>, (String, bool)> {
         let args: A = decode(bytes, "task arguments").map_err(|e| (e.to_string(), false))?;
@@ -170,7 +183,11 @@ where
         encode(&Outcome::Done(value), "task result").map_err(|e| (e.to_string(), false))
     };
     register_erased(id, name, options, Box::new(erased))?;
-    Ok(TaskId { id, name, _types: PhantomData })
+    Ok(TaskId {
+        id,
+        name,
+        _types: PhantomData,
+    })
 }
 
 /// Registers a task whose argument buffer is not bincode (the top-level task receives Legion's
@@ -193,13 +210,15 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
     if runtime::has_started() {
         return Err(Error::Registration(format!("task `{name}` registered after the runtime started")));
     }
-    if id == 0 || id >= raw::LEGION_AUTO_GENERATE_ID {
+    if id == 0 || id == raw::LEGION_AUTO_GENERATE_ID {
         return Err(Error::Registration(format!("task `{name}`: id {id} is reserved")));
     }
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
     let registered = registered.get_or_insert_with(HashMap::new);
     if let Some(other) = registered.get(&id) {
-        return Err(Error::Registration(format!("task id {id} is taken by `{other}`, cannot register `{name}`")));
+        return Err(Error::Registration(format!(
+            "task id {id} is taken by `{other}`, cannot register `{name}`"
+        )));
     }
     let c_name = CString::new(name).map_err(|_| Error::Registration(format!("task name {name:?} contains NUL")))?;
     let entry: &'static TaskEntry = Box::leak(Box::new(TaskEntry { name, options, body }));
@@ -233,15 +252,30 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
 
 /// The entry point Legion calls for every Rust task.
 unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *const c_void, userlen: usize, proc_id: raw::realm_id_t) {
-    let mut task = raw::legion_task_t { impl_: std::ptr::null_mut() };
+    let mut task = raw::legion_task_t {
+        impl_: std::ptr::null_mut(),
+    };
     let mut regions: *const raw::legion_physical_region_t = std::ptr::null();
     let mut num_regions: u32 = 0;
-    let mut context = raw::legion_context_t { impl_: std::ptr::null_mut() };
-    let mut runtime = raw::legion_runtime_t { impl_: std::ptr::null_mut() };
+    let mut context = raw::legion_context_t {
+        impl_: std::ptr::null_mut(),
+    };
+    let mut runtime = raw::legion_runtime_t {
+        impl_: std::ptr::null_mut(),
+    };
     // SAFETY: Legion passes the task's Realm arguments; the preamble fills the out-pointers with
     // handles valid until the postamble.
     unsafe {
-        raw::legion_task_preamble(data, datalen, proc_id, &mut task, &mut regions, &mut num_regions, &mut context, &mut runtime);
+        raw::legion_task_preamble(
+            data,
+            datalen,
+            proc_id,
+            &mut task,
+            &mut regions,
+            &mut num_regions,
+            &mut context,
+            &mut runtime,
+        );
     }
     debug_assert_eq!(userlen, std::mem::size_of::<usize>());
     // SAFETY: the user data is the bytes of the address of a leaked `TaskEntry` (register_erased).
@@ -256,7 +290,14 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
         // SAFETY: the preamble hands an array of `num_regions` handles living until the postamble.
         unsafe { std::slice::from_raw_parts(regions, num_regions as usize) }
     };
-    let ctx = TaskContext { runtime, context, task, regions: region_slice, entry, borrows: BorrowTable::default() };
+    let ctx = TaskContext {
+        runtime,
+        context,
+        task,
+        regions: region_slice,
+        entry,
+        borrows: BorrowTable::default(),
+    };
 
     let outcome = panic::catch(|| {
         // SAFETY: the task's argument buffer lives as long as the task.
@@ -284,7 +325,15 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
 /// The encoded `Outcome::Failed`; a failure to encode it is impossible for plain strings, but the
 /// trampoline must not panic, so it falls back to an empty result (decoded as an error).
 fn failure_bytes(task: &str, message: String, panicked: bool) -> Vec<u8> {
-    encode(&Outcome::<()>::Failed { task: task.to_string(), message, panicked }, "task failure").unwrap_or_default()
+    encode(
+        &Outcome::<()>::Failed {
+            task: task.to_string(),
+            message,
+            panicked,
+        },
+        "task failure",
+    )
+    .unwrap_or_default()
 }
 
 /// A byte slice from a C pointer and length, empty for a null pointer.
@@ -332,7 +381,12 @@ impl TaskContext {
     /// The per-point argument an index launch gave this point, if any.
     pub fn point_arg<L: DeserializeOwned>(&self) -> Result<Option<L>> {
         // SAFETY: the local argument buffer lives as long as the task.
-        let bytes = unsafe { raw_bytes(raw::legion_task_get_local_args(self.task), raw::legion_task_get_local_arglen(self.task)) };
+        let bytes = unsafe {
+            raw_bytes(
+                raw::legion_task_get_local_args(self.task),
+                raw::legion_task_get_local_arglen(self.task),
+            )
+        };
         match bytes.split_first() {
             Some((&crate::launch::POINT_ARG, arg)) => decode(arg, "point argument").map(Some),
             _ => Ok(None),
@@ -355,7 +409,10 @@ impl TaskContext {
     /// failed producer shows up here as [`Error::TaskFailed`].
     pub fn input_future<R: DeserializeOwned>(&self, index: usize) -> Result<R> {
         if index >= self.input_future_count() {
-            return Err(Error::InvalidArgument(format!("task `{}` has no input future {index}", self.task_name())));
+            return Err(Error::InvalidArgument(format!(
+                "task `{}` has no input future {index}",
+                self.task_name()
+            )));
         }
         // SAFETY: index checked; the future handle is owned here and destroyed by `Future`'s drop.
         let future = unsafe { raw::legion_task_get_future(self.task, index as u32) };
@@ -386,14 +443,22 @@ impl TaskContext {
     /// The `index`-th region requirement's physical region.
     pub fn region(&self, index: usize) -> Result<PhysicalRegion<'_>> {
         let raw_region = *self.regions.get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!("task `{}` has {} regions, not {}", self.task_name(), self.regions.len(), index + 1))
+            Error::InvalidArgument(format!(
+                "task `{}` has {} regions, not {}",
+                self.task_name(),
+                self.regions.len(),
+                index + 1
+            ))
         })?;
         PhysicalRegion::new(self, index, raw_region)
     }
 
     pub(crate) fn check_can_launch(&self) -> Result<()> {
         if self.entry.options.leaf {
-            return Err(Error::InvalidArgument(format!("task `{}` is a leaf task and cannot launch tasks", self.task_name())));
+            return Err(Error::InvalidArgument(format!(
+                "task `{}` is a leaf task and cannot launch tasks",
+                self.task_name()
+            )));
         }
         Ok(())
     }

@@ -21,7 +21,11 @@ fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError>
 fn child_with_panicking_top_level() -> ExitCode {
     let result = runtime::start::<(), _>(&[], |_| panic!("top-level gave up"));
     match result {
-        Err(Error::TaskFailed { task, message, panicked: true }) => {
+        Err(Error::TaskFailed {
+            task,
+            message,
+            panicked: true,
+        }) => {
             println!("reported: task={task} message={message}");
             ExitCode::SUCCESS
         }
@@ -82,19 +86,27 @@ fn main() -> ExitCode {
         }),
         case("returned_error_is_reported_without_panic_flag", move |ctx| {
             match ctx.execute(&TaskLauncher::new(refuses, &3)?)?.get() {
-                Err(Error::TaskFailed { task, message, panicked: false }) => {
-                    check(task == "refuses" && message == "3 is not acceptable", format!("{task}: {message}"))
-                }
+                Err(Error::TaskFailed {
+                    task,
+                    message,
+                    panicked: false,
+                }) => check(task == "refuses" && message == "3 is not acceptable", format!("{task}: {message}")),
                 other => Err(TaskError::msg(format!("expected a task error, got {other:?}"))),
             }
         }),
         case("one_panicking_point_leaves_other_points_intact", move |ctx| {
             let map = ctx.execute_index(&IndexLauncher::new(fragile, 0..=4, &4)?)?;
-            check(matches!(map.collect(), Err(Error::TaskFailed { .. })), "collect hid the failed point")?;
+            check(
+                matches!(map.collect(), Err(Error::TaskFailed { .. })),
+                "collect hid the failed point",
+            )?;
             for p in [0, 1, 3, 4] {
                 check(map.get(p)? == 40, format!("point {p}"))?;
             }
-            check(matches!(map.get(2), Err(Error::TaskFailed { panicked: true, .. })), "point 2 did not fail")
+            check(
+                matches!(map.get(2), Err(Error::TaskFailed { panicked: true, .. })),
+                "point 2 did not fail",
+            )
         }),
         case("failure_reaches_dependent_task_through_its_future", move |ctx| {
             let failed = ctx.execute(&TaskLauncher::new(fragile, &1)?)?;
@@ -106,7 +118,9 @@ fn main() -> ExitCode {
             // wanted): the task reports it cannot decode its arguments.
             let wrong: legion_bridge::TaskId<i64, usize> = retyped(expects_text);
             match ctx.execute(&TaskLauncher::new(wrong, &-1)?)?.get() {
-                Err(Error::TaskFailed { message, panicked: false, .. }) => check(message.contains("cannot decode task arguments"), message),
+                Err(Error::TaskFailed {
+                    message, panicked: false, ..
+                }) => check(message.contains("cannot decode task arguments"), message),
                 other => Err(TaskError::msg(format!("expected a decode failure, got {other:?}"))),
             }
         }),
@@ -115,7 +129,10 @@ fn main() -> ExitCode {
             let output = Command::new(exe).env(CHILD_ENV, "1").output()?;
             let stdout = String::from_utf8_lossy(&output.stdout);
             check(output.status.success(), format!("child failed: {stdout}"))?;
-            check(stdout.contains("task=top_level message=top-level gave up"), format!("child said {stdout:?}"))
+            check(
+                stdout.contains("task=top_level message=top-level gave up"),
+                format!("child said {stdout:?}"),
+            )
         }),
     ];
     run(&[], cases)

@@ -5,9 +5,7 @@ use std::ops::RangeInclusive;
 use std::process::ExitCode;
 
 use legion_bridge::harness::{case, run};
-use legion_bridge::{
-    register_task, Error, Field, IndexLauncher, Privilege, RegionRequirement, TaskError, TaskLauncher, VariantOptions,
-};
+use legion_bridge::{register_task, Error, Field, IndexLauncher, Privilege, RegionRequirement, TaskError, TaskLauncher, VariantOptions};
 
 fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
     if condition {
@@ -86,17 +84,27 @@ fn main() -> ExitCode {
         case("region_written_by_one_task_is_read_by_another", move |ctx| {
             let space = ctx.create_index_space(0..=999);
             let fs = ctx.create_field_space();
-            let fields = Fields { value: ctx.allocate_field(*fs, None)?, color: ctx.allocate_field(*fs, Some(77))? };
+            let fields = Fields {
+                value: ctx.allocate_field(*fs, None)?,
+                color: ctx.allocate_field(*fs, Some(77))?,
+            };
             check(fields.color.id() == 77, "requested field id not honoured")?;
             let region = ctx.create_region(*space, *fs);
-            ctx.execute(&TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)))?
-                .get()?;
+            ctx.execute(
+                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
+            )?
+            .get()?;
             let (by_slice, by_point, lo, hi) = ctx
-                .execute(&TaskLauncher::new(sum, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.value)))?
+                .execute(
+                    &TaskLauncher::new(sum, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.value)),
+                )?
                 .get()?;
             let expected: f64 = (0..=999).map(|p| 1.5 * p as f64).sum();
             check((lo, hi) == (0, 999), format!("bounds {lo}..={hi}"))?;
-            check(by_slice == expected && by_point == expected, format!("read {by_slice} / {by_point}, wrote {expected}"))
+            check(
+                by_slice == expected && by_point == expected,
+                format!("read {by_slice} / {by_point}, wrote {expected}"),
+            )
         }),
         case("equal_partition_gives_disjoint_covering_subspaces", |ctx| {
             let space = ctx.create_index_space(0..=99);
@@ -105,7 +113,10 @@ fn main() -> ExitCode {
             let mut next = 0;
             for color in 0..4 {
                 let bounds = ctx.index_space_bounds(ctx.subspace(*partition, color))?;
-                check(*bounds.start() == next, format!("part {color} starts at {}, expected {next}", bounds.start()))?;
+                check(
+                    *bounds.start() == next,
+                    format!("part {color} starts at {}, expected {next}", bounds.start()),
+                )?;
                 next = bounds.end() + 1;
             }
             check(next == 100, format!("parts end at {next}"))
@@ -114,7 +125,10 @@ fn main() -> ExitCode {
             let ranges: Vec<RangeInclusive<i64>> = vec![0..=9, 10..=49, 50..=50, 51..=99];
             let space = ctx.create_index_space(0..=99);
             let fs = ctx.create_field_space();
-            let fields = Fields { value: ctx.allocate_field(*fs, None)?, color: ctx.allocate_field(*fs, None)? };
+            let fields = Fields {
+                value: ctx.allocate_field(*fs, None)?,
+                color: ctx.allocate_field(*fs, None)?,
+            };
             let region = ctx.create_region(*space, *fs);
             let partition = ctx.partition_by_ranges(*space, &ranges)?;
             let lp = ctx.logical_partition(*region, *partition);
@@ -133,7 +147,8 @@ fn main() -> ExitCode {
             }
             let colors = ctx
                 .execute(
-                    &TaskLauncher::new(read_colors, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.color)),
+                    &TaskLauncher::new(read_colors, &fields)?
+                        .region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.color)),
                 )?
                 .get()?;
             for (p, color) in colors.iter().enumerate() {
@@ -145,37 +160,66 @@ fn main() -> ExitCode {
         case("subregion_requirement_reads_only_its_part", move |ctx| {
             let space = ctx.create_index_space(0..=99);
             let fs = ctx.create_field_space();
-            let fields = Fields { value: ctx.allocate_field(*fs, None)?, color: ctx.allocate_field(*fs, None)? };
+            let fields = Fields {
+                value: ctx.allocate_field(*fs, None)?,
+                color: ctx.allocate_field(*fs, None)?,
+            };
             let region = ctx.create_region(*space, *fs);
-            ctx.execute(&TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)))?
-                .get()?;
+            ctx.execute(
+                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
+            )?
+            .get()?;
             let partition = ctx.partition_by_ranges(*space, &[0..=19, 20..=99])?;
             let second = ctx.subregion(ctx.logical_partition(*region, *partition), 1);
             let (sum_part, _, lo, hi) = ctx
                 .execute(
-                    &TaskLauncher::new(sum, &fields)?.region(RegionRequirement::subregion(second, *region, Privilege::ReadOnly).field(fields.value)),
+                    &TaskLauncher::new(sum, &fields)?
+                        .region(RegionRequirement::subregion(second, *region, Privilege::ReadOnly).field(fields.value)),
                 )?
                 .get()?;
             let expected: f64 = (20..=99).map(|p| 1.5 * p as f64).sum();
-            check((lo, hi) == (20, 99) && sum_part == expected, format!("subregion {lo}..={hi} summed {sum_part}"))
+            check(
+                (lo, hi) == (20, 99) && sum_part == expected,
+                format!("subregion {lo}..={hi} summed {sum_part}"),
+            )
         }),
         case("bad_partitions_are_refused", |ctx| {
             let space = ctx.create_index_space(0..=9);
-            check(matches!(ctx.partition_by_ranges(*space, &[0..=4, 5..=10]), Err(Error::InvalidArgument(_))), "range past the end")?;
-            check(matches!(ctx.partition_by_ranges(*space, &[]), Err(Error::InvalidArgument(_))), "no ranges")?;
-            check(matches!(ctx.partition_equal(*space, 0), Err(Error::InvalidArgument(_))), "zero parts")?;
+            check(
+                matches!(ctx.partition_by_ranges(*space, &[0..=4, 5..=10]), Err(Error::InvalidArgument(_))),
+                "range past the end",
+            )?;
+            check(
+                matches!(ctx.partition_by_ranges(*space, &[]), Err(Error::InvalidArgument(_))),
+                "no ranges",
+            )?;
+            check(
+                matches!(ctx.partition_equal(*space, 0), Err(Error::InvalidArgument(_))),
+                "zero parts",
+            )?;
             // Overlapping ranges are allowed: an aliased partition.
-            check(ctx.partition_by_ranges(*space, &[0..=6, 4..=9]).is_ok(), "aliased partition refused")
+            check(
+                ctx.partition_by_ranges(*space, &[0..=6, 4..=9]).is_ok(),
+                "aliased partition refused",
+            )
         }),
         case("accessors_enforce_privileges_bounds_and_exclusivity", move |ctx| {
             let space = ctx.create_index_space(0..=9);
             let fs = ctx.create_field_space();
-            let fields = Fields { value: ctx.allocate_field(*fs, None)?, color: ctx.allocate_field(*fs, None)? };
+            let fields = Fields {
+                value: ctx.allocate_field(*fs, None)?,
+                color: ctx.allocate_field(*fs, None)?,
+            };
             let region = ctx.create_region(*space, *fs);
-            ctx.execute(&TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)))?
-                .get()?;
+            ctx.execute(
+                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
+            )?
+            .get()?;
             let (write, out_of_bounds, second_reader_ok, missing) = ctx
-                .execute(&TaskLauncher::new(misuse, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.value)))?
+                .execute(
+                    &TaskLauncher::new(misuse, &fields)?
+                        .region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.value)),
+                )?
                 .get()?;
             check(write.contains("does not allow writing"), format!("write on read-only: {write:?}"))?;
             check(out_of_bounds == "out of bounds", out_of_bounds)?;
@@ -183,21 +227,35 @@ fn main() -> ExitCode {
             check(missing.contains("has 1 regions"), format!("missing region: {missing:?}"))?;
             let (second, reader) = ctx
                 .execute(
-                    &TaskLauncher::new(double_writer, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadWrite).field(fields.value)),
+                    &TaskLauncher::new(double_writer, &fields)?
+                        .region(RegionRequirement::region(*region, Privilege::ReadWrite).field(fields.value)),
                 )?
                 .get()?;
-            check(second.contains("already has a write accessor"), format!("second writer: {second:?}"))?;
-            check(reader.contains("already has a write accessor"), format!("reader while writing: {reader:?}"))
+            check(
+                second.contains("already has a write accessor"),
+                format!("second writer: {second:?}"),
+            )?;
+            check(
+                reader.contains("already has a write accessor"),
+                format!("reader while writing: {reader:?}"),
+            )
         }),
         case("single_launch_with_partition_requirement_is_refused", move |ctx| {
             let space = ctx.create_index_space(0..=9);
             let fs = ctx.create_field_space();
-            let fields = Fields { value: ctx.allocate_field(*fs, None)?, color: ctx.allocate_field(*fs, None)? };
+            let fields = Fields {
+                value: ctx.allocate_field(*fs, None)?,
+                color: ctx.allocate_field(*fs, None)?,
+            };
             let region = ctx.create_region(*space, *fs);
             let partition = ctx.partition_equal(*space, 2)?;
             let lp = ctx.logical_partition(*region, *partition);
-            let launch = ctx.execute(&TaskLauncher::new(fill, &fields)?.region(RegionRequirement::partition(lp, *region, Privilege::ReadWrite)));
-            check(matches!(launch, Err(Error::InvalidArgument(_))), "partition requirement on a single launch accepted")
+            let launch =
+                ctx.execute(&TaskLauncher::new(fill, &fields)?.region(RegionRequirement::partition(lp, *region, Privilege::ReadWrite)));
+            check(
+                matches!(launch, Err(Error::InvalidArgument(_))),
+                "partition requirement on a single launch accepted",
+            )
         }),
     ];
     run(&[], cases)

@@ -34,7 +34,11 @@ fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError>
 fn main() -> ExitCode {
     let square = register_task(10, "square", VariantOptions::leaf(), |_, x: i64| Ok(x * x)).unwrap();
     let summarize = register_task(11, "summarize", VariantOptions::leaf(), |_, job: Job| {
-        Ok(Summary { name: job.name.to_uppercase(), count: job.values.len(), total: job.values.iter().sum() })
+        Ok(Summary {
+            name: job.name.to_uppercase(),
+            count: job.values.len(),
+            total: job.values.iter().sum(),
+        })
     })
     .unwrap();
     // Each point returns (its point, its own argument, the shared argument).
@@ -62,7 +66,9 @@ fn main() -> ExitCode {
     let where_am_i = register_task(15, "where_am_i", VariantOptions::leaf(), |ctx, ()| Ok(ctx.executing_processor())).unwrap();
     // An inner task launching its own sub-tasks and returning their sum.
     let fan_out = register_task(16, "fan_out", VariantOptions::default(), move |ctx, n: i64| {
-        let futures: Vec<_> = (0..n).map(|i| ctx.execute(&TaskLauncher::new(square, &i)?)).collect::<Result<_, _>>()?;
+        let futures: Vec<_> = (0..n)
+            .map(|i| ctx.execute(&TaskLauncher::new(square, &i)?))
+            .collect::<Result<_, _>>()?;
         futures.iter().map(|f| f.get()).sum::<Result<i64, _>>().map_err(TaskError::from)
     })
     .unwrap();
@@ -79,9 +85,20 @@ fn main() -> ExitCode {
             check(future.is_ready(), "future not ready after get")
         }),
         case("struct_arguments_and_results_round_trip", move |ctx| {
-            let job = Job { name: "roi".into(), values: vec![1.5, 2.5, -1.0] };
+            let job = Job {
+                name: "roi".into(),
+                values: vec![1.5, 2.5, -1.0],
+            };
             let summary = ctx.execute(&TaskLauncher::new(summarize, &job)?)?.get()?;
-            check(summary == Summary { name: "ROI".into(), count: 3, total: 3.0 }, format!("{summary:?}"))
+            check(
+                summary
+                    == Summary {
+                        name: "ROI".into(),
+                        count: 3,
+                        total: 3.0,
+                    },
+                format!("{summary:?}"),
+            )
         }),
         case("index_launch_gives_per_point_results", move |ctx| {
             let n = 16;
@@ -104,7 +121,10 @@ fn main() -> ExitCode {
             let map = ctx.execute_index(&IndexLauncher::new(point_info, 5..=9, &7)?)?;
             map.wait_all();
             check(map.get(7)?.0 == 7, "point 7")?;
-            check(matches!(map.get(10), Err(Error::InvalidArgument(_))), "point outside the domain accepted")
+            check(
+                matches!(map.get(10), Err(Error::InvalidArgument(_))),
+                "point outside the domain accepted",
+            )
         }),
         case("futures_are_launch_dependencies", move |ctx| {
             let a = ctx.execute(&TaskLauncher::new(square, &4)?)?;
@@ -137,10 +157,16 @@ fn main() -> ExitCode {
             let seen = CALLBACK_PROCESSORS.load(Ordering::SeqCst);
             let machine = ctx.machine();
             let local = machine.processors.iter().filter(|p| p.kind != ProcessorKind::Utility).count();
-            check(seen == local, format!("callback saw {seen} processors, machine has {local} application processors"))
+            check(
+                seen == local,
+                format!("callback saw {seen} processors, machine has {local} application processors"),
+            )
         }),
         case("start_and_register_after_start_are_refused", |_| {
-            check(matches!(runtime::start(&[], |_| Ok(())), Err(Error::AlreadyStarted)), "second start accepted")?;
+            check(
+                matches!(runtime::start(&[], |_| Ok(())), Err(Error::AlreadyStarted)),
+                "second start accepted",
+            )?;
             let late = register_task(99, "late", VariantOptions::leaf(), |_, ()| Ok(()));
             check(matches!(late, Err(Error::Registration(_))), "registration after start accepted")
         }),

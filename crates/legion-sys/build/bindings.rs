@@ -18,9 +18,16 @@ pub fn generate(include_dir: &Path, out_dir: &Path) -> Result<(), String> {
         .derive_default(true)
         .layout_tests(false)
         .generate()
-        .map_err(|e| format!("bindgen failed on {} ({e}); bindgen needs libclang: apt-get install libclang-dev", wrapper.display()))?;
+        .map_err(|e| {
+            format!(
+                "bindgen failed on {} ({e}); bindgen needs libclang: apt-get install libclang-dev",
+                wrapper.display()
+            )
+        })?;
     let output = out_dir.join("legion_bindings.rs");
-    bindings.write_to_file(&output).map_err(|e| format!("cannot write {}: {e}", output.display()))
+    bindings
+        .write_to_file(&output)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))
 }
 
 /// `LEGION_VERSION` from `legion_defines.h`, when the header defines it.

