@@ -162,6 +162,11 @@ pub(crate) struct TaskEntry {
     body: Box<Body>,
 }
 
+/// Largest result a leaf task may return: Legion reserves no memory pool for leaf tasks, and
+/// without one it caps their futures at this size (and aborts the process beyond it). Tasks with
+/// larger results are registered as non-leaf.
+pub const MAX_LEAF_RESULT_BYTES: usize = raw::LEGION_MAX_RETURN_SIZE as usize;
+
 /// Task ids registered so far, so that a clash is reported instead of silently replacing a task.
 static REGISTERED: Mutex<Option<HashMap<u32, &'static str>>> = Mutex::new(None);
 
@@ -224,27 +229,27 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
     let entry: &'static TaskEntry = Box::leak(Box::new(TaskEntry { name, options, body }));
     let entry_ptr = entry as *const TaskEntry as usize;
     let userdata = entry_ptr.to_ne_bytes();
-    // SAFETY: preregistration before the runtime starts (checked above); the execution and layout
-    // constraint sets are created here and destroyed after Legion copied them; the name and the
-    // user data are copied by Legion; the user data is the address of a leaked, immutable entry.
+    // SAFETY: preregistration before the runtime starts (checked above); the registrar and the
+    // execution constraint set are created here and destroyed after Legion copied them; the name
+    // and the user data are copied by Legion; the user data is the address of a leaked entry.
     unsafe {
+        let registrar = raw::legion_task_variant_registrar_create(id, true, c_name.as_ptr());
         let execution = raw::legion_execution_constraint_set_create();
         raw::legion_execution_constraint_set_add_processor_constraint(execution, raw::LOC_PROC);
-        let layout = raw::legion_task_layout_constraint_set_create();
-        raw::legion_runtime_preregister_task_variant_fnptr(
-            id,
+        raw::legion_task_variant_registrar_set_execution_constraints(registrar, execution);
+        raw::legion_task_variant_registrar_set_options(registrar, options.to_raw());
+        raw::legion_runtime_preregister_task_variant_fnptr_with_registrar(
+            registrar,
+            Some(trampoline),
             raw::LEGION_AUTO_GENERATE_ID,
             c_name.as_ptr(),
-            c_name.as_ptr(),
-            execution,
-            layout,
-            options.to_raw(),
-            Some(trampoline),
             userdata.as_ptr() as *const c_void,
             userdata.len(),
+            0,
+            false,
         );
         raw::legion_execution_constraint_set_destroy(execution);
-        raw::legion_task_layout_constraint_set_destroy(layout);
+        raw::legion_task_variant_registrar_destroy(registrar);
     }
     registered.insert(id, name);
     Ok(())
@@ -309,6 +314,19 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
         Ok(Err((message, panicked))) => Err((message, panicked)),
         Err(message) => Err((message, true)),
     }
+    .and_then(|bytes| {
+        if entry.options.leaf && bytes.len() > MAX_LEAF_RESULT_BYTES {
+            Err((
+                format!(
+                    "result of {} bytes is over the leaf-task limit of {MAX_LEAF_RESULT_BYTES} bytes (register the task as non-leaf)",
+                    bytes.len()
+                ),
+                false,
+            ))
+        } else {
+            Ok(bytes)
+        }
+    })
     .unwrap_or_else(|(message, panicked)| {
         if panicked {
             tracing::error!(task = entry.name, "task panicked: {message}");

@@ -59,6 +59,16 @@ fn main() -> ExitCode {
         })
     })
     .unwrap();
+    let blob = |options| {
+        register_task(
+            if options == VariantOptions::leaf() { 34 } else { 35 },
+            "blob",
+            options,
+            |_, n: usize| Ok(vec![7u8; n]),
+        )
+    };
+    let leaf_blob = blob(VariantOptions::leaf()).unwrap();
+    let inner_blob = blob(VariantOptions::default()).unwrap();
     let expects_text = register_task(33, "expects_text", VariantOptions::leaf(), |_, s: String| Ok(s.len())).unwrap();
 
     let cases = vec![
@@ -123,6 +133,22 @@ fn main() -> ExitCode {
                 }) => check(message.contains("cannot decode task arguments"), message),
                 other => Err(TaskError::msg(format!("expected a decode failure, got {other:?}"))),
             }
+        }),
+        case("oversized_leaf_result_is_an_error_not_an_abort", move |ctx| {
+            check(
+                ctx.execute(&TaskLauncher::new(leaf_blob, &100)?)?.get()?.len() == 100,
+                "small leaf result",
+            )?;
+            match ctx.execute(&TaskLauncher::new(leaf_blob, &5000)?)?.get() {
+                Err(Error::TaskFailed {
+                    message, panicked: false, ..
+                }) => check(message.contains("leaf-task limit"), message)?,
+                other => return Err(TaskError::msg(format!("expected a size failure, got {:?}", other.map(|v| v.len())))),
+            }
+            check(
+                ctx.execute(&TaskLauncher::new(inner_blob, &(1 << 20))?)?.get()?.len() == 1 << 20,
+                "large non-leaf result",
+            )
         }),
         case("panicking_top_level_task_is_reported_by_start", |_| {
             let exe = std::env::current_exe()?;

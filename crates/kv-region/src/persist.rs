@@ -1,0 +1,438 @@
+//! On-disk format of a store: one snapshot per segment, and for logged stores (Control) one
+//! append-only log per segment.
+//!
+//! Snapshot (`<stem>.snap`): `AMI2SNAP`, version, the segment's prefix and sequence number, the
+//! entries (key, codec, value), then a CRC-32 of everything before it and `SNAPEND!`. It is written
+//! to `<stem>.snap.tmp`, fsynced, the current snapshot becomes `<stem>.snap.prev`, and the new one
+//! is renamed into place (then the folder is fsynced). A snapshot that fails its checks is
+//! reported and the previous one is used instead; nothing unverified is ever loaded.
+//!
+//! Log (`<stem>.log`): records `[length u32][crc32 u32][seq u64, op, codec, key, value]`, appended
+//! and fsynced before a change is reported done. Replay stops at the first incomplete or damaged
+//! record (a crash in the middle of an append) and says where. After a snapshot, records already
+//! in the *previous* snapshot are dropped, so either snapshot plus the log rebuilds the segment.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::segment::Codec;
+use crate::{KvError, KvResult};
+
+const SNAP_MAGIC: &[u8; 8] = b"AMI2SNAP";
+const SNAP_END: &[u8; 8] = b"SNAPEND!";
+const SNAP_VERSION: u32 = 1;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KvError + '_ {
+    move |source| KvError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// File name stem of a segment: its prefix made file-safe, plus a hash against collisions.
+pub fn file_stem(prefix: &str) -> String {
+    let readable: String = prefix
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    let hash = prefix.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    format!("{}-{hash:08x}", if readable.is_empty() { "root" } else { &readable })
+}
+
+/// The files of one segment in a store folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentFiles {
+    pub snapshot: PathBuf,
+    pub previous: PathBuf,
+    pub log: PathBuf,
+}
+
+impl SegmentFiles {
+    pub fn new(store_dir: &Path, prefix: &str) -> Self {
+        let stem = file_stem(prefix);
+        Self {
+            snapshot: store_dir.join(format!("{stem}.snap")),
+            previous: store_dir.join(format!("{stem}.snap.prev")),
+            log: store_dir.join(format!("{stem}.log")),
+        }
+    }
+}
+
+/// One key and its value, as stored in snapshots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub key: String,
+    pub codec: Codec,
+    pub value: Vec<u8>,
+}
+
+/// A verified snapshot.
+pub struct Snapshot {
+    pub prefix: String,
+    pub seq: u64,
+    pub entries: Vec<Record>,
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn codec_byte(codec: Codec) -> u8 {
+    match codec {
+        Codec::Json => 1,
+        Codec::Bincode => 2,
+    }
+}
+
+/// Reads fields off a byte slice; every read checks the length.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("ends early at byte {}", self.at))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "a key is not UTF-8".to_string())
+    }
+    fn codec(&mut self) -> Result<Codec, String> {
+        let byte = self.u8()?;
+        Codec::from_byte(byte).ok_or_else(|| format!("unknown codec {byte}"))
+    }
+}
+
+/// Writes a snapshot of `entries` atomically (see the module docs); returns its size in bytes.
+pub fn write_snapshot<'a>(
+    files: &SegmentFiles,
+    prefix: &str,
+    seq: u64,
+    entries: impl Iterator<Item = (&'a str, Codec, &'a [u8])>,
+) -> KvResult<u64> {
+    let mut out = Vec::with_capacity(1 << 16);
+    out.extend_from_slice(SNAP_MAGIC);
+    out.extend_from_slice(&SNAP_VERSION.to_le_bytes());
+    put_bytes(&mut out, prefix.as_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    for (key, codec, value) in entries {
+        put_bytes(&mut out, key.as_bytes());
+        out.push(codec_byte(codec));
+        put_bytes(&mut out, value);
+        count += 1;
+    }
+    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(SNAP_END);
+
+    let dir = files.snapshot.parent().expect("snapshot files live in a folder");
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let tmp = files.snapshot.with_extension("snap.tmp");
+    {
+        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        file.write_all(&out).map_err(io_error(&tmp))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+    }
+    if files.snapshot.exists() {
+        fs::rename(&files.snapshot, &files.previous).map_err(io_error(&files.previous))?;
+    }
+    fs::rename(&tmp, &files.snapshot).map_err(io_error(&files.snapshot))?;
+    sync_dir(dir)?;
+    Ok(out.len() as u64)
+}
+
+fn sync_dir(dir: &Path) -> KvResult<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// Reads and verifies a snapshot file.
+pub fn read_snapshot(path: &Path) -> KvResult<Snapshot> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    let corrupt = |reason: String| KvError::Corrupt {
+        path: path.to_path_buf(),
+        what: "snapshot",
+        reason,
+    };
+    if bytes.len() < SNAP_MAGIC.len() + 4 + 4 + SNAP_END.len() || &bytes[..8] != SNAP_MAGIC {
+        return Err(corrupt("not a snapshot (bad magic or too short)".into()));
+    }
+    if &bytes[bytes.len() - 8..] != SNAP_END {
+        return Err(corrupt("truncated (no end marker)".into()));
+    }
+    let body = &bytes[..bytes.len() - 12];
+    let stored = u32::from_le_bytes(bytes[bytes.len() - 12..bytes.len() - 8].try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != stored {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut r = Reader { bytes: body, at: 8 };
+    let parse = |r: &mut Reader| -> Result<Snapshot, String> {
+        let version = r.u32()?;
+        if version != SNAP_VERSION {
+            return Err(format!("version {version} is not {SNAP_VERSION}"));
+        }
+        let prefix = r.string()?;
+        let seq = r.u64()?;
+        let count = r.u64()?;
+        let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
+        for _ in 0..count {
+            let key = r.string()?;
+            let codec = r.codec()?;
+            let value = r.bytes()?.to_vec();
+            entries.push(Record { key, codec, value });
+        }
+        if r.at != body.len() {
+            return Err(format!("{} bytes after the last entry", body.len() - r.at));
+        }
+        Ok(Snapshot { prefix, seq, entries })
+    };
+    parse(&mut r).map_err(corrupt)
+}
+
+/// One logged change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Put(Record),
+    Delete(String),
+}
+
+/// Encodes logged changes as appendable records.
+pub fn encode_log_records(changes: &[(u64, Change)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (seq, change) in changes {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&seq.to_le_bytes());
+        match change {
+            Change::Put(record) => {
+                payload.push(OP_PUT);
+                payload.push(codec_byte(record.codec));
+                put_bytes(&mut payload, record.key.as_bytes());
+                put_bytes(&mut payload, &record.value);
+            }
+            Change::Delete(key) => {
+                payload.push(OP_DELETE);
+                payload.push(0);
+                put_bytes(&mut payload, key.as_bytes());
+                put_bytes(&mut payload, &[]);
+            }
+        }
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    out
+}
+
+/// Appends encoded records to a log and fsyncs it.
+pub fn append_log(path: &Path, records: &[u8]) -> KvResult<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
+    file.write_all(records).map_err(io_error(path))?;
+    file.sync_data().map_err(io_error(path))
+}
+
+/// The intact records of a log, and where (and why) reading stopped early, if it did.
+pub struct LogContents {
+    pub changes: Vec<(u64, Change)>,
+    pub stopped: Option<(u64, String)>,
+}
+
+/// Reads a log; a missing file is an empty log.
+pub fn read_log(path: &Path) -> KvResult<LogContents> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LogContents {
+                changes: Vec::new(),
+                stopped: None,
+            })
+        }
+        Err(e) => {
+            return Err(KvError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    let mut changes = Vec::new();
+    let mut r = Reader { bytes: &bytes, at: 0 };
+    while r.at < bytes.len() {
+        let start = r.at as u64;
+        let record = (|| -> Result<(u64, Change), String> {
+            let len = r.u32()? as usize;
+            let crc = r.u32()?;
+            let payload = r.take(len)?;
+            if crc32fast::hash(payload) != crc {
+                return Err("checksum mismatch".into());
+            }
+            let mut p = Reader { bytes: payload, at: 0 };
+            let seq = p.u64()?;
+            let op = p.u8()?;
+            let codec_byte = p.u8()?;
+            let key = p.string()?;
+            let value = p.bytes()?.to_vec();
+            match op {
+                OP_PUT => {
+                    let codec = Codec::from_byte(codec_byte).ok_or_else(|| format!("unknown codec {codec_byte}"))?;
+                    Ok((seq, Change::Put(Record { key, codec, value })))
+                }
+                OP_DELETE => Ok((seq, Change::Delete(key))),
+                other => Err(format!("unknown operation {other}")),
+            }
+        })();
+        match record {
+            Ok(change) => changes.push(change),
+            Err(reason) => {
+                return Ok(LogContents {
+                    changes,
+                    stopped: Some((start, reason)),
+                })
+            }
+        }
+    }
+    Ok(LogContents { changes, stopped: None })
+}
+
+/// Rewrites the log without the records at or below `seq` (they are in both snapshots).
+pub fn compact_log(path: &Path, seq: u64) -> KvResult<()> {
+    let contents = read_log(path)?;
+    let keep: Vec<(u64, Change)> = contents.changes.into_iter().filter(|(s, _)| *s > seq).collect();
+    let tmp = path.with_extension("log.tmp");
+    {
+        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        file.write_all(&encode_log_records(&keep)).map_err(io_error(&tmp))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_error(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kv-persist-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_previous_generation() {
+        let dir = temp_dir("snap");
+        let files = SegmentFiles::new(&dir, "/control/");
+        write_snapshot(&files, "/control/", 3, [("/control/a", Codec::Json, &b"1"[..])].into_iter()).unwrap();
+        write_snapshot(
+            &files,
+            "/control/",
+            5,
+            [("/control/b", Codec::Bincode, &b"\x00\x01"[..])].into_iter(),
+        )
+        .unwrap();
+        let current = read_snapshot(&files.snapshot).unwrap();
+        assert_eq!((current.prefix.as_str(), current.seq), ("/control/", 5));
+        assert_eq!(
+            current.entries,
+            vec![Record {
+                key: "/control/b".into(),
+                codec: Codec::Bincode,
+                value: vec![0, 1]
+            }]
+        );
+        assert_eq!(read_snapshot(&files.previous).unwrap().seq, 3);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_detected() {
+        let dir = temp_dir("damaged");
+        let files = SegmentFiles::new(&dir, "/");
+        write_snapshot(&files, "/", 1, [("/k", Codec::Json, &b"\"v\""[..])].into_iter()).unwrap();
+        let good = fs::read(&files.snapshot).unwrap();
+        for (what, bytes) in [
+            ("truncated", good[..good.len() - 5].to_vec()),
+            ("checksum", {
+                let mut b = good.clone();
+                b[20] ^= 0xff;
+                b
+            }),
+            ("magic", b"garbage".to_vec()),
+        ] {
+            fs::write(&files.snapshot, &bytes).unwrap();
+            let err = read_snapshot(&files.snapshot).err().unwrap_or_else(|| panic!("{what} accepted"));
+            assert!(matches!(err, KvError::Corrupt { .. }), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_replay_stops_at_a_torn_record() {
+        let dir = temp_dir("log");
+        let path = dir.join("x.log");
+        let changes = vec![
+            (
+                1,
+                Change::Put(Record {
+                    key: "/a".into(),
+                    codec: Codec::Json,
+                    value: b"1".to_vec(),
+                }),
+            ),
+            (2, Change::Delete("/a".into())),
+            (
+                3,
+                Change::Put(Record {
+                    key: "/b".into(),
+                    codec: Codec::Json,
+                    value: b"2".to_vec(),
+                }),
+            ),
+        ];
+        append_log(&path, &encode_log_records(&changes)).unwrap();
+        assert_eq!(read_log(&path).unwrap().changes, changes);
+        // A torn append: half of a fourth record.
+        let torn = encode_log_records(&[(4, Change::Delete("/b".into()))]);
+        append_log(&path, &torn[..torn.len() / 2]).unwrap();
+        let contents = read_log(&path).unwrap();
+        assert_eq!(contents.changes, changes);
+        assert!(contents.stopped.is_some());
+        compact_log(&path, 2).unwrap();
+        let compacted = read_log(&path).unwrap();
+        assert_eq!(compacted.changes, changes[2..].to_vec());
+        assert!(compacted.stopped.is_none());
+    }
+}

@@ -1,0 +1,140 @@
+//! The store as a task sees it: the segments of the (sub)region it was given, with key routing.
+//!
+//! A task that holds part of a store (a region requirement on a subregion, or the whole region)
+//! wraps the mapped bytes in a [`View`]: the segments are found by walking their headers from the
+//! first point, and each key goes to the segment with the longest matching prefix. Nothing outside
+//! the mapped points is touched, so a task only ever works on its own part.
+
+use legion_bridge::{Field, PhysicalRegion};
+
+use crate::segment::{Codec, Segment, Slot, SLOT_BYTES};
+use crate::{KvError, KvResult};
+
+/// The segments of a mapped range of a store (`B` is `&[u8]` to read, `&mut [u8]` to write).
+pub struct View<B> {
+    segments: Vec<Segment<B>>,
+}
+
+/// Splits `total` bytes into the segment lengths found by walking headers.
+fn segment_lengths(bytes: &[u8]) -> KvResult<Vec<usize>> {
+    let mut lengths = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let segment = Segment::open(&bytes[at..])?;
+        let len = segment.points() * SLOT_BYTES;
+        lengths.push(len);
+        at += len;
+    }
+    Ok(lengths)
+}
+
+impl<'a> View<&'a [u8]> {
+    /// Reads the segments in `bytes` (a whole number of segments).
+    pub fn read(mut bytes: &'a [u8]) -> KvResult<Self> {
+        let mut segments = Vec::new();
+        for len in segment_lengths(bytes)? {
+            let (head, rest) = bytes.split_at(len);
+            segments.push(Segment::open(head)?);
+            bytes = rest;
+        }
+        Ok(Self { segments })
+    }
+}
+
+impl<'a> View<&'a mut [u8]> {
+    /// Opens the segments in `bytes` for writing.
+    pub fn write(mut bytes: &'a mut [u8]) -> KvResult<Self> {
+        let mut segments = Vec::new();
+        for len in segment_lengths(bytes)? {
+            let (head, rest) = std::mem::take(&mut bytes).split_at_mut(len);
+            segments.push(Segment::open(head)?);
+            bytes = rest;
+        }
+        Ok(Self { segments })
+    }
+
+    fn segment_mut(&mut self, key: &str) -> KvResult<&mut Segment<&'a mut [u8]>> {
+        let index = self.route(key).ok_or_else(|| KvError::KeyNotInView { key: key.to_string() })?;
+        Ok(&mut self.segments[index])
+    }
+
+    /// Stores `value` under `key` (already validated by the caller).
+    pub fn put(&mut self, key: &str, codec: Codec, value: &[u8]) -> KvResult<()> {
+        self.segment_mut(key)?.put(key, codec, value)
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn delete(&mut self, key: &str) -> KvResult<bool> {
+        Ok(self.segment_mut(key)?.delete(key))
+    }
+
+    /// The segments, for loading and logging.
+    pub(crate) fn segments_mut(&mut self) -> &mut [Segment<&'a mut [u8]>] {
+        &mut self.segments
+    }
+}
+
+impl<B: AsRef<[u8]>> View<B> {
+    /// Index of the segment owning `key`: the longest prefix that matches.
+    fn route(&self, key: &str) -> Option<usize> {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| key.starts_with(s.prefix()))
+            .max_by_key(|(_, s)| s.prefix().len())
+            .map(|(i, _)| i)
+    }
+
+    /// The codec and bytes of `key`'s value, `None` when absent.
+    pub fn get(&self, key: &str) -> KvResult<Option<(Codec, &[u8])>> {
+        let index = self.route(key).ok_or_else(|| KvError::KeyNotInView { key: key.to_string() })?;
+        Ok(self.segments[index].get(key))
+    }
+
+    /// Keys under `prefix` held in this view, sorted.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.segments.iter().flat_map(|s| s.keys_with_prefix(prefix)).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The segments of this view.
+    pub fn segments(&self) -> &[Segment<B>] {
+        &self.segments
+    }
+}
+
+/// Runs `body` over a read-only view of `field` of a mapped store region.
+pub fn with_reader<T>(region: &PhysicalRegion<'_>, field: Field<Slot>, body: impl FnOnce(&View<&[u8]>) -> KvResult<T>) -> KvResult<T> {
+    let accessor = region.read(field)?;
+    let slots = accessor
+        .as_slice()
+        .ok_or_else(|| KvError::Layout("store region is not laid out densely".into()))?;
+    body(&View::read(bytemuck::cast_slice(slots))?)
+}
+
+/// Runs `body` over a writable view of `field` of a mapped store region.
+pub fn with_writer<T>(
+    region: &PhysicalRegion<'_>,
+    field: Field<Slot>,
+    body: impl FnOnce(&mut View<&mut [u8]>) -> KvResult<T>,
+) -> KvResult<T> {
+    let mut accessor = region.write(field)?;
+    let slots = accessor
+        .as_mut_slice()
+        .ok_or_else(|| KvError::Layout("store region is not laid out densely".into()))?;
+    body(&mut View::write(bytemuck::cast_slice_mut(slots))?)
+}
+
+/// Raw bytes of `field` of a mapped region, writable (to format segments).
+pub(crate) fn with_raw_bytes<T>(
+    region: &PhysicalRegion<'_>,
+    field: Field<Slot>,
+    body: impl FnOnce(&mut [u8]) -> KvResult<T>,
+) -> KvResult<T> {
+    let mut accessor = region.write(field)?;
+    let slots = accessor
+        .as_mut_slice()
+        .ok_or_else(|| KvError::Layout("store region is not laid out densely".into()))?;
+    body(bytemuck::cast_slice_mut(slots))
+}
