@@ -161,6 +161,7 @@ pub fn write_snapshot<'a>(
     let tmp = files.snapshot.with_extension("snap.tmp");
     {
         let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        crash_point_mid_snapshot(&mut file, &out);
         file.write_all(&out).map_err(io_error(&tmp))?;
         file.sync_all().map_err(io_error(&tmp))?;
     }
@@ -170,6 +171,25 @@ pub fn write_snapshot<'a>(
     fs::rename(&tmp, &files.snapshot).map_err(io_error(&files.snapshot))?;
     sync_dir(dir)?;
     Ok(out.len() as u64)
+}
+
+/// Test hook: with `KV_REGION_ABORT_IN_SNAPSHOT=N` in the environment, the N-th snapshot written
+/// by this process writes half its bytes, syncs them, and aborts the process (a crash in the middle
+/// of a snapshot write). Does nothing otherwise.
+fn crash_point_mid_snapshot(file: &mut File, bytes: &[u8]) {
+    static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(n) = std::env::var("KV_REGION_ABORT_IN_SNAPSHOT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if WRITTEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+        let _ = file.write_all(&bytes[..bytes.len() / 2]);
+        let _ = file.sync_all();
+        eprintln!("KV_REGION_ABORT_IN_SNAPSHOT: aborting in the middle of snapshot {n}");
+        std::process::abort();
+    }
 }
 
 fn sync_dir(dir: &Path) -> KvResult<()> {

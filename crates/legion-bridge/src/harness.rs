@@ -68,8 +68,8 @@ impl Selection {
     }
 }
 
-/// Runs the selected cases in one Legion runtime started with `legion_args` completed by the
-/// machine's defaults. Returns failure if any case failed or the runtime could not start.
+/// Runs the selected cases in one Legion runtime started with `legion_args` (completed by the
+/// machine's defaults). Returns failure if any case failed or the runtime could not start.
 pub fn run(legion_args: &[String], cases: Vec<Case>) -> ExitCode {
     let selection = Selection::from_args();
     if selection.list {
@@ -88,7 +88,7 @@ pub fn run(legion_args: &[String], cases: Vec<Case>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let started = Instant::now();
-    let outcome = runtime::start(&runtime::with_default_args(legion_args), move |ctx| {
+    let outcome = runtime::start(legion_args, move |ctx| {
         let mut failures = Vec::new();
         for case in selected.into_iter() {
             let result = match panic::catch(|| (case.body)(ctx)) {

@@ -64,8 +64,9 @@ pub fn with_default_args(args: &[String]) -> Vec<String> {
     all
 }
 
-/// Starts Legion with the command-line `legion_args` (e.g. `-ll:cpu 1`), runs `top_level` as the
-/// top-level task and returns its value once the runtime has shut down.
+/// Starts Legion with the command-line `legion_args` (e.g. `-ll:cpu 1`; flags it does not set
+/// come from [`default_args`]), runs `top_level` as the top-level task and returns its value once
+/// the runtime has shut down.
 ///
 /// Tasks must be registered before this call. Legion cannot start twice in one process: a second
 /// call returns [`Error::AlreadyStarted`]. A panic or error in `top_level` comes back as
@@ -86,6 +87,7 @@ where
     }
 
     let program = std::env::args().next().unwrap_or_else(|| "ami2".into());
+    let legion_args = with_default_args(legion_args);
     let argv: Vec<CString> = std::iter::once(program)
         .chain(legion_args.iter().cloned())
         .map(|a| CString::new(a).map_err(|_| Error::InvalidArgument("a Legion argument contains NUL".into())))
