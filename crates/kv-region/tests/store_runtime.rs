@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use kv_region::view::{with_reader, with_writer};
-use kv_region::{register_tasks, Codec, KeyValueStore, KvError, Op, Outcome, StoreConfig};
+use kv_region::{
+    register_tasks, Codec, ControlStore, FieldValue, Frame, KeyValueStore, KvError, Op, Outcome, ResultStore, StoreConfig,
+    TelemetryCapacity, TelemetryStore,
+};
 use legion_bridge::harness::{case, run};
 use legion_bridge::{register_task, Privilege, TaskContext, TaskError, TaskLauncher, VariantOptions};
 use proptest::prelude::*;
@@ -270,6 +273,75 @@ fn main() -> ExitCode {
                 }],
             )?;
             check(matches!(outcome[0], Ok(Outcome::Value(Some((Codec::Bincode, _))))), "raw get")
+        }),
+        case("typed_stores_hold_frames_graphs_state_and_bins", |ctx| {
+            let capacity = TelemetryCapacity {
+                frames: 64,
+                bytes: 4 << 20,
+                max_frame_bytes: 2 << 20,
+            };
+            let (telemetry, _) = TelemetryStore::create(ctx, 2, capacity, None)?;
+            let image: Vec<f64> = (0..64 * 64).map(|i| i as f64 * 0.25).collect();
+            let frames: Vec<Frame> = (10..14)
+                .map(|seq| Frame {
+                    seq,
+                    timestamp_ns: seq * 1_000_000,
+                    fields: vec![
+                        ("energy".into(), FieldValue::Scalar(seq as f64)),
+                        ("trace".into(), FieldValue::Waveform(vec![1.0, 2.0, seq as f64])),
+                        (
+                            "cspad".into(),
+                            FieldValue::Image {
+                                width: 64,
+                                height: 64,
+                                pixels: image.clone(),
+                            },
+                        ),
+                    ],
+                })
+                .collect();
+            telemetry.put_frames(ctx, 1, &frames)?;
+            check(telemetry.frame_seqs(ctx, 1)? == [10, 11, 12, 13], "frame sequence numbers")?;
+            check(telemetry.frame_seqs(ctx, 0)?.is_empty(), "partition 0 untouched")?;
+            check(telemetry.get_frame(ctx, 1, 12)?.as_ref() == Some(&frames[2]), "frame round trip")?;
+            // Compact: 64x64 f64 pixels take about 8 bytes each, not JSON text.
+            let stored = telemetry.store().apply(
+                ctx,
+                vec![Op::Get {
+                    key: TelemetryStore::frame_key(1, 12),
+                }],
+            )?;
+            let Ok(Outcome::Value(Some((Codec::Bincode, bytes)))) = &stored[0] else {
+                return Err(TaskError::msg("frame not stored as bincode"));
+            };
+            check(bytes.len() < 64 * 64 * 8 + 200, format!("frame takes {} bytes", bytes.len()))?;
+            telemetry.drop_frames(ctx, 1, &[10, 11])?;
+            check(telemetry.frame_seqs(ctx, 1)? == [12, 13], "dropped frames")?;
+
+            let (control, _) = ControlStore::create(ctx, 64, 64 * 1024, None)?;
+            check(control.graph_version(ctx)? == 0, "no graph yet")?;
+            control.install_graph(ctx, 1, &json!({"nodes": []}))?;
+            control.install_graph(ctx, 2, &json!({"nodes": [{"id": "roi"}]}))?;
+            check(control.graph_version(ctx)? == 2, "current version")?;
+            check(control.graph(ctx, 1)? == Some(json!({"nodes": []})), "old version kept")?;
+            control.save_state(ctx, "source-0", &json!({"next_frame": 99}))?;
+            control.heartbeat(ctx, "source-0", 1_700_000_000_000)?;
+            check(control.state(ctx, "source-0")? == Some(json!({"next_frame": 99})), "state")?;
+            check(
+                matches!(control.save_state(ctx, "bad name", &json!(1)), Err(KvError::InvalidKey { .. })),
+                "bad component name",
+            )?;
+
+            let (results, _) = ResultStore::create(ctx, 256, 256 * 1024, 64 * 1024, None)?;
+            for bin in 0..5 {
+                results.put_bin(ctx, "roi_mean", bin, &json!(bin as f64 / 2.0))?;
+            }
+            check(results.bins(ctx, "roi_mean")? == [0, 1, 2, 3, 4], "bins")?;
+            check(results.drop_bins_before(ctx, "roi_mean", 3)? == 3, "dropped bins")?;
+            check(
+                results.bins(ctx, "roi_mean")? == [3, 4] && results.bin(ctx, "roi_mean", 4)? == Some(json!(2.0)),
+                "retained bins",
+            )
         }),
     ];
     run(&[], cases)
