@@ -9,20 +9,12 @@ use std::time::Instant;
 
 use kv_region::view::with_writer;
 use kv_region::{register_tasks, Codec, KeyValueStore, Op, StoreConfig};
+use legion_bridge::harness::option;
 use legion_bridge::{register_task, runtime, Field, Privilege, TaskContext, TaskError, TaskLauncher, VariantOptions};
 use serde_json::json;
 
 const BATCH: usize = 1000;
 const SINGLE_OPS: usize = 2000;
-
-fn option(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn key(i: usize) -> String {
     format!("/bench/item/{i:08}")

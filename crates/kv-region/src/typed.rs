@@ -128,6 +128,11 @@ impl TelemetryStore {
     }
 }
 
+/// `key` if it is valid (keys built from caller-given names).
+fn checked(key: String) -> KvResult<String> {
+    validate_key(&key).map(|()| key)
+}
+
 /// Decodes a frame read from a store view inside a task.
 pub fn decode_frame(bytes: &[u8]) -> KvResult<Frame> {
     decode_bincode(bytes)
@@ -163,13 +168,11 @@ impl ControlStore {
     }
     /// Key of a component's volatile state.
     pub fn state_key(component: &str) -> KvResult<String> {
-        let key = format!("/component/{component}/state");
-        validate_key(&key).map(|()| key)
+        checked(format!("/component/{component}/state"))
     }
     /// Key of a component's heartbeat.
     pub fn heartbeat_key(component: &str) -> KvResult<String> {
-        let key = format!("/component/{component}/heartbeat");
-        validate_key(&key).map(|()| key)
+        checked(format!("/component/{component}/heartbeat"))
     }
     /// Key of incident `seq`.
     pub fn incident_key(seq: u64) -> String {
@@ -234,8 +237,7 @@ impl ResultStore {
     }
     /// Key of result `name` at time bin `bin`.
     pub fn bin_key(name: &str, bin: u64) -> KvResult<String> {
-        let key = format!("/results/{name}/{bin:012}");
-        validate_key(&key).map(|()| key)
+        checked(format!("/results/{name}/{bin:012}"))
     }
     /// The underlying store.
     pub fn store(&self) -> &KeyValueStore {

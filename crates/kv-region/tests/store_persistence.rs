@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kv_region::persist::SegmentFiles;
 use kv_region::{register_tasks, KeyValueStore, StoreConfig};
-use legion_bridge::harness::{case, run};
+use legion_bridge::harness::{case, check, run};
 use legion_bridge::{runtime, TaskContext, TaskError};
 use serde_json::{json, Value};
 
@@ -149,14 +149,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TaskError::msg(what))
-    }
 }
 
 fn check_acked(dump: &Value, acked: &[u64]) -> Result<(), TaskError> {

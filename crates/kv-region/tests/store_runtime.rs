@@ -10,19 +10,11 @@ use kv_region::{
     register_tasks, Codec, ControlStore, FieldValue, Frame, KeyValueStore, KvError, Op, Outcome, ResultStore, StoreConfig,
     TelemetryCapacity, TelemetryStore,
 };
-use legion_bridge::harness::{case, run};
+use legion_bridge::harness::{case, check, run};
 use legion_bridge::{register_task, Privilege, TaskContext, TaskError, TaskLauncher, VariantOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
-
-fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TaskError::msg(what))
-    }
-}
 
 fn small_store(ctx: &TaskContext, name: &str) -> Result<KeyValueStore, TaskError> {
     let config = StoreConfig::new(name)

@@ -9,6 +9,7 @@
 use std::ffi::{c_void, CString};
 use std::time::Instant;
 
+use legion_bridge::harness::option;
 use legion_bridge::{register_task, runtime, TaskContext, TaskLauncher, VariantOptions};
 use legion_sys as raw;
 
@@ -122,15 +123,6 @@ fn bridge_round(ctx: &TaskContext, task: legion_bridge::TaskId<(), ()>, n: usize
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
-}
-
-fn option(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -26,6 +26,25 @@ pub fn case(name: &'static str, body: impl FnOnce(&TaskContext) -> Result<(), Ta
     }
 }
 
+/// Fails a case with `what` unless `condition` holds.
+pub fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
+    if condition {
+        Ok(())
+    } else {
+        Err(TaskError::msg(what))
+    }
+}
+
+/// The value after `--name` on the command line (benchmarks' knobs), or `default`.
+pub fn option(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Which cases the command line selects.
 struct Selection {
     filters: Vec<String>,

@@ -4,19 +4,11 @@
 
 use std::process::{Command, ExitCode};
 
-use legion_bridge::harness::{case, run};
+use legion_bridge::harness::{case, check, run};
 use legion_bridge::{register_task, runtime, Error, IndexLauncher, TaskError, TaskLauncher, VariantOptions};
 
 /// Set in the child process that runs a panicking top-level task.
 const CHILD_ENV: &str = "LEGION_BRIDGE_TEST_TOP_LEVEL_PANIC";
-
-fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TaskError::msg(what))
-    }
-}
 
 fn child_with_panicking_top_level() -> ExitCode {
     let result = runtime::start::<(), _>(&[], |_| panic!("top-level gave up"));

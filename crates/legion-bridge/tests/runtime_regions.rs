@@ -4,22 +4,43 @@
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
 
-use legion_bridge::harness::{case, run};
-use legion_bridge::{register_task, Error, Field, IndexLauncher, Privilege, RegionRequirement, TaskError, TaskLauncher, VariantOptions};
-
-fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TaskError::msg(what))
-    }
-}
+use legion_bridge::harness::{case, check, run};
+use legion_bridge::{
+    register_task, Error, Field, FieldSpace, IndexLauncher, IndexSpace, LogicalRegion, Owned, Privilege, RegionRequirement, TaskContext,
+    TaskError, TaskLauncher, VariantOptions,
+};
 
 /// Fields of the test region: a float and an integer per point.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Copy)]
 struct Fields {
     value: Field<f64>,
     color: Field<i32>,
+}
+
+/// A region with the two test fields.
+struct TestRegion<'c> {
+    region: Owned<'c, LogicalRegion>,
+    _field_space: Owned<'c, FieldSpace>,
+    space: Owned<'c, IndexSpace>,
+    fields: Fields,
+}
+
+impl<'c> TestRegion<'c> {
+    fn new(ctx: &'c TaskContext, points: RangeInclusive<i64>) -> Result<Self, TaskError> {
+        let space = ctx.create_index_space(points);
+        let field_space = ctx.create_field_space();
+        let fields = Fields {
+            value: ctx.allocate_field(*field_space, None)?,
+            color: ctx.allocate_field(*field_space, None)?,
+        };
+        let region = ctx.create_region(*space, *field_space);
+        Ok(Self {
+            region,
+            _field_space: field_space,
+            space,
+            fields,
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -123,13 +144,13 @@ fn main() -> ExitCode {
         }),
         case("range_partition_gives_each_point_task_its_subregion", move |ctx| {
             let ranges: Vec<RangeInclusive<i64>> = vec![0..=9, 10..=49, 50..=50, 51..=99];
-            let space = ctx.create_index_space(0..=99);
-            let fs = ctx.create_field_space();
-            let fields = Fields {
-                value: ctx.allocate_field(*fs, None)?,
-                color: ctx.allocate_field(*fs, None)?,
-            };
-            let region = ctx.create_region(*space, *fs);
+            // Bound in this order so the region is destroyed before its spaces.
+            let TestRegion {
+                space,
+                _field_space,
+                region,
+                fields,
+            } = TestRegion::new(ctx, 0..=99)?;
             let partition = ctx.partition_by_ranges(*space, &ranges)?;
             let lp = ctx.logical_partition(*region, *partition);
             for (color, range) in ranges.iter().enumerate() {
@@ -158,13 +179,13 @@ fn main() -> ExitCode {
             Ok(())
         }),
         case("subregion_requirement_reads_only_its_part", move |ctx| {
-            let space = ctx.create_index_space(0..=99);
-            let fs = ctx.create_field_space();
-            let fields = Fields {
-                value: ctx.allocate_field(*fs, None)?,
-                color: ctx.allocate_field(*fs, None)?,
-            };
-            let region = ctx.create_region(*space, *fs);
+            // Bound in this order so the region is destroyed before its spaces.
+            let TestRegion {
+                space,
+                _field_space,
+                region,
+                fields,
+            } = TestRegion::new(ctx, 0..=99)?;
             ctx.execute(
                 &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
             )?
@@ -204,13 +225,13 @@ fn main() -> ExitCode {
             )
         }),
         case("accessors_enforce_privileges_bounds_and_exclusivity", move |ctx| {
-            let space = ctx.create_index_space(0..=9);
-            let fs = ctx.create_field_space();
-            let fields = Fields {
-                value: ctx.allocate_field(*fs, None)?,
-                color: ctx.allocate_field(*fs, None)?,
-            };
-            let region = ctx.create_region(*space, *fs);
+            // Bound in this order so the region is destroyed before its spaces.
+            let TestRegion {
+                space: _space,
+                _field_space,
+                region,
+                fields,
+            } = TestRegion::new(ctx, 0..=9)?;
             ctx.execute(
                 &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
             )?
@@ -241,13 +262,13 @@ fn main() -> ExitCode {
             )
         }),
         case("single_launch_with_partition_requirement_is_refused", move |ctx| {
-            let space = ctx.create_index_space(0..=9);
-            let fs = ctx.create_field_space();
-            let fields = Fields {
-                value: ctx.allocate_field(*fs, None)?,
-                color: ctx.allocate_field(*fs, None)?,
-            };
-            let region = ctx.create_region(*space, *fs);
+            // Bound in this order so the region is destroyed before its spaces.
+            let TestRegion {
+                space,
+                _field_space,
+                region,
+                fields,
+            } = TestRegion::new(ctx, 0..=9)?;
             let partition = ctx.partition_equal(*space, 2)?;
             let lp = ctx.logical_partition(*region, *partition);
             let launch =

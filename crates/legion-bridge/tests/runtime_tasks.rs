@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use legion_bridge::harness::{case, run};
+use legion_bridge::harness::{case, check, run};
 use legion_bridge::{register_task, runtime, Error, IndexLauncher, ProcessorKind, TaskError, TaskLauncher, VariantOptions};
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +22,6 @@ struct Summary {
 }
 
 static CALLBACK_PROCESSORS: AtomicUsize = AtomicUsize::new(0);
-
-fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TaskError::msg(what))
-    }
-}
 
 fn main() -> ExitCode {
     let square = register_task(10, "square", VariantOptions::leaf(), |_, x: i64| Ok(x * x)).unwrap();
