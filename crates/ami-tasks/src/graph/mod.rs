@@ -1,0 +1,1 @@
+//! The computation graph (being written; see the pipeline issue).
