@@ -192,6 +192,15 @@ impl KeyValueStore {
         Ok(p.first..=p.last)
     }
 
+    /// The log of the segment owning exactly `prefix`, for a logged store with a data directory:
+    /// tasks that change that segment through a view pass it to [`crate::view::apply_ops`].
+    pub fn log_path(&self, prefix: &str) -> Option<PathBuf> {
+        match (&self.dir, self.logged) {
+            (Some(dir), true) => Some(crate::persist::SegmentFiles::new(dir, prefix).log),
+            _ => None,
+        }
+    }
+
     fn placement(&self, prefix: &str) -> KvResult<&Placement> {
         self.placements
             .iter()
@@ -308,9 +317,10 @@ impl KeyValueStore {
             let writes = seg_ops.iter().any(|(_, op)| matches!(op, Op::Put { .. } | Op::Delete { .. }));
             let privilege = if writes { Privilege::ReadWrite } else { Privilege::ReadOnly };
             let sub = ctx.subregion(self.partition, color as i64);
-            let log = match (&self.dir, self.logged && writes) {
-                (Some(dir), true) => Some(crate::persist::SegmentFiles::new(dir, &self.placements[color].prefix).log),
-                _ => None,
+            let log = if writes {
+                self.log_path(&self.placements[color].prefix)
+            } else {
+                None
             };
             let args = ApplyArgs {
                 field: self.field,

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 use legion_bridge::{register_task, Field, TaskContext, TaskError, TaskId, VariantOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::persist::{self, Change, Record, SegmentFiles};
+use crate::persist::{self, Change, SegmentFiles};
 use crate::segment::{Codec, Segment, SegmentSpec, Slot};
-use crate::view::{with_raw_bytes, with_reader, with_writer};
+use crate::view::{apply_ops, read_op, with_raw_bytes, with_reader, with_writer};
 use crate::{KvError, KvResult};
 
 /// First task id used by this crate (ids `KV_TASK_BASE..KV_TASK_BASE + 4`).
@@ -183,63 +183,16 @@ fn init_task(ctx: &TaskContext, args: InitArgs) -> Result<(), TaskError> {
 fn apply_task(ctx: &TaskContext, args: ApplyArgs) -> Result<ApplyResult, TaskError> {
     let region = ctx.region(0)?;
     let mutating = args.ops.iter().any(|(_, op)| matches!(op, Op::Put { .. } | Op::Delete { .. }));
-    if !mutating {
-        return Ok(with_reader(&region, args.field, |view| {
-            Ok(args
-                .ops
-                .iter()
-                .map(|(i, op)| (*i, read_op(view, op).map_err(OpFailure::from)))
-                .collect())
-        })?);
-    }
-    let mut changes: Vec<(u64, Change)> = Vec::new();
-    let results = with_writer(&region, args.field, |view| {
-        let mut results = Vec::with_capacity(args.ops.len());
-        for (i, op) in args.ops {
-            let outcome = match op {
-                Op::Put { key, codec, value } => view.put(&key, codec, &value).map(|()| {
-                    if args.log.is_some() {
-                        changes.push((0, Change::Put(Record { key, codec, value })));
-                    }
-                    Outcome::Stored
-                }),
-                Op::Delete { key } => view.delete(&key).map(|existed| {
-                    if existed && args.log.is_some() {
-                        changes.push((0, Change::Delete(key)));
-                    }
-                    Outcome::Deleted(existed)
-                }),
-                ref read => read_op(view, read),
-            };
-            results.push((i, outcome.map_err(OpFailure::from)));
-        }
-        // Number the logged changes after the segment's last sequence number.
-        if !changes.is_empty() {
-            let segment = view
-                .segments_mut()
-                .first_mut()
-                .ok_or_else(|| KvError::Layout("no segment".into()))?;
-            let mut seq = segment.seq();
-            for change in changes.iter_mut() {
-                seq += 1;
-                change.0 = seq;
-            }
-            segment.set_seq(seq);
-        }
-        Ok(results)
-    })?;
-    if let (Some(log), false) = (&args.log, changes.is_empty()) {
-        persist::append_log(log, &persist::encode_log_records(&changes))?;
-    }
-    Ok(results)
-}
-
-fn read_op<B: AsRef<[u8]>>(view: &crate::view::View<B>, op: &Op) -> KvResult<Outcome> {
-    match op {
-        Op::Get { key } => Ok(Outcome::Value(view.get(key)?.map(|(codec, bytes)| (codec, bytes.to_vec())))),
-        Op::List { prefix } => Ok(Outcome::Keys(view.list(prefix))),
-        Op::Put { .. } | Op::Delete { .. } => Err(KvError::Layout("a write in a read-only batch".into())),
-    }
+    let (indices, ops): (Vec<usize>, Vec<Op>) = args.ops.into_iter().unzip();
+    let outcomes = if mutating {
+        with_writer(&region, args.field, |view| apply_ops(view, ops, args.log.as_deref()))?
+    } else {
+        with_reader(&region, args.field, |view| Ok(ops.iter().map(|op| read_op(view, op)).collect()))?
+    };
+    Ok(indices
+        .into_iter()
+        .zip(outcomes.into_iter().map(|r| r.map_err(OpFailure::from)))
+        .collect())
 }
 
 fn snapshot_task(ctx: &TaskContext, args: PersistArgs) -> Result<SnapshotStats, TaskError> {

@@ -5,9 +5,13 @@
 //! first point, and each key goes to the segment with the longest matching prefix. Nothing outside
 //! the mapped points is touched, so a task only ever works on its own part.
 
+use std::path::Path;
+
 use legion_bridge::{Field, PhysicalRegion};
 
+use crate::persist::{self, Change, Record};
 use crate::segment::{Codec, Segment, Slot, SLOT_BYTES};
+use crate::tasks::{Op, Outcome};
 use crate::{KvError, KvResult};
 
 /// The segments of a mapped range of a store (`B` is `&[u8]` to read, `&mut [u8]` to write).
@@ -68,6 +72,11 @@ impl<'a> View<&'a mut [u8]> {
         Ok(self.segment_mut(key)?.delete(key))
     }
 
+    /// Removes every key of every segment in the view (a reused buffer).
+    pub fn clear(&mut self) {
+        self.segments.iter_mut().for_each(Segment::clear);
+    }
+
     /// The segments, for loading and logging.
     pub(crate) fn segments_mut(&mut self) -> &mut [Segment<&'a mut [u8]>] {
         &mut self.segments
@@ -101,6 +110,60 @@ impl<B: AsRef<[u8]>> View<B> {
     /// The segments of this view.
     pub fn segments(&self) -> &[Segment<B>] {
         &self.segments
+    }
+}
+
+/// Runs a batch of operations on a writable view, in order; one result per operation. With
+/// `log`, the view must hold exactly one segment (a logged store's segment): the changes get the
+/// segment's next sequence numbers and are appended to `log` and fsynced before this returns, so a
+/// change reported done is on disk.
+pub fn apply_ops(view: &mut View<&mut [u8]>, ops: Vec<Op>, log: Option<&Path>) -> KvResult<Vec<KvResult<Outcome>>> {
+    if log.is_some() && view.segments.len() != 1 {
+        return Err(KvError::Layout(format!(
+            "a logged batch needs exactly one segment, the view holds {}",
+            view.segments.len()
+        )));
+    }
+    let mut changes: Vec<(u64, Change)> = Vec::new();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = match op {
+            Op::Put { key, codec, value } => view.put(&key, codec, &value).map(|()| {
+                if log.is_some() {
+                    changes.push((0, Change::Put(Record { key, codec, value })));
+                }
+                Outcome::Stored
+            }),
+            Op::Delete { key } => view.delete(&key).map(|existed| {
+                if existed && log.is_some() {
+                    changes.push((0, Change::Delete(key)));
+                }
+                Outcome::Deleted(existed)
+            }),
+            ref read => read_op(view, read),
+        };
+        results.push(outcome);
+    }
+    if let (Some(log), false) = (log, changes.is_empty()) {
+        // Number the changes after the segment's last sequence number.
+        let segment = &mut view.segments[0];
+        let mut seq = segment.seq();
+        for change in changes.iter_mut() {
+            seq += 1;
+            change.0 = seq;
+        }
+        segment.set_seq(seq);
+        persist::append_log(log, &persist::encode_log_records(&changes))?;
+    }
+    Ok(results)
+}
+
+/// Runs a read operation (get or list) on a view.
+pub fn read_op<B: AsRef<[u8]>>(view: &View<B>, op: &Op) -> KvResult<Outcome> {
+    match op {
+        Op::Get { key } => Ok(Outcome::Value(view.get(key)?.map(|(codec, bytes)| (codec, bytes.to_vec())))),
+        Op::List { prefix } => Ok(Outcome::Keys(view.list(prefix))),
+        Op::Put { .. } | Op::Delete { .. } => Err(KvError::Layout("a write in a read-only batch".into())),
     }
 }
 
