@@ -235,6 +235,14 @@ impl<R: DeserializeOwned> Future<R> {
     }
 }
 
+impl<R> Clone for Future<R> {
+    /// Another handle on the same future (e.g. one to wait on, one to pass to a later launch).
+    fn clone(&self) -> Self {
+        // SAFETY: `raw` is a live future; the copy is a new reference released by its own drop.
+        Self::from_raw(unsafe { raw::legion_future_copy(self.raw) })
+    }
+}
+
 impl<R> Drop for Future<R> {
     fn drop(&mut self) {
         // SAFETY: releases this handle's reference; the future's value lives on for other holders.

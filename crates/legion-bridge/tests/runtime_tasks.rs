@@ -124,7 +124,9 @@ fn main() -> ExitCode {
             // The dependent task is launched before anyone waits on a or b.
             let sum = ctx.execute(&TaskLauncher::new(add_inputs, &1)?.future(&a).future(&b))?;
             let chained = ctx.execute(&TaskLauncher::new(add_inputs, &0)?.future(&sum).future(&sum))?;
-            check(sum.get()? == 42, "16 + 25 + 1")?;
+            let copy = sum.clone();
+            drop(sum);
+            check(copy.get()? == 42, "16 + 25 + 1 through a copy of the future")?;
             check(chained.get()? == 84, "42 + 42")
         }),
         case("inner_task_launches_subtasks", move |ctx| {
