@@ -4,6 +4,8 @@
 //! works on this machine.
 
 mod doctor;
+mod record;
+mod run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +24,14 @@ struct Cli {
 enum Command {
     /// Start Legion, run a few tasks and a region round trip, and report what was found.
     Doctor(doctor::DoctorArgs),
+    /// Run the analysis service: data sources, workers, reducers, results.
+    Run(run::RunArgs),
+    /// The embedded default: synthetic events, the built-in graph, a live table of results.
+    Demo(run::RunArgs),
+    /// Write a recording of synthetic events (replay it with `run --source file:PATH`).
+    Record(record::RecordArgs),
+    /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
+    DaqSim(record::DaqSimArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +42,9 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
+        Command::Run(args) => run::run(args, false),
+        Command::Demo(args) => run::run(args, true),
+        Command::Record(args) => record::record(args),
+        Command::DaqSim(args) => record::daq_sim(args),
     }
 }

@@ -5,6 +5,34 @@
 //! - [`graph`]: the computation graph: JSON format, validation, compiled per-event evaluation,
 //!   mergeable per-bin partial results.
 //! - [`source`]: the `DataSource` trait and the synthetic, file and shared-memory sources.
+//! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
+//! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
+//! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
+//!
+//! Call [`register_tasks`] before starting the runtime.
 pub mod event;
 pub mod graph;
+pub mod pipeline;
 pub mod source;
+pub mod stores;
+pub mod tasks;
+
+pub use pipeline::{install_graph, run, Flow, Observer, PipelineConfig, RunSummary, RunToEnd};
+pub use tasks::{register_tasks, EmittedBin, GlobalReport};
+
+/// Errors of the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid graph: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidGraph(Vec<graph::GraphError>),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("ami_tasks::register_tasks() was not called before the runtime started")]
+    NotRegistered,
+    #[error(transparent)]
+    Store(#[from] kv_region::KvError),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Legion(#[from] legion_bridge::Error),
+}

@@ -30,9 +30,12 @@ pub(crate) fn has_started() -> bool {
 /// bootstrap); without any of them there is no network to set up.
 const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "WORKER_PEERS_INFO"];
 
+/// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
+pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
+
 /// Legion arguments that fit this machine: one CPU processor per core left after one utility
 /// processor (two on larger machines) and the runtime's own threads, at least one of each; Realm's
-/// log on stderr; and, in a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
+/// log on stderr; 1 GiB of system memory for region instances; and, in a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
 /// failures).
 pub fn default_args() -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -46,6 +49,11 @@ pub fn default_args() -> Vec<String> {
         util.to_string(),
         "-logfile".into(),
         "stderr".into(),
+        // Region instances live in Realm's system memory. Realm touches all of it at start-up
+        // (about 0.5 s per GiB here), so the default is modest; programs that know they need
+        // more (large images) pass their own `-ll:csize`.
+        "-ll:csize".into(),
+        DEFAULT_SYSTEM_MEMORY_MB.to_string(),
     ];
     if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
         args.extend(["-ll:networks".into(), "none".into()]);

@@ -1,1 +1,219 @@
-//! Data sources (being written; see the pipeline issue).
+//! Data sources: where the pipeline's events come from.
+//!
+//! A data source is run by one Legion task per telemetry partition. Each round the task asks its
+//! source for a batch ([`DataSource::next_batch`]), writes the frames to the Telemetry store and
+//! saves the source's [`SourcePosition`] in the Control store. After a crash the source is reopened
+//! with [`open`] from that saved position and continues exactly there: it never goes backwards and
+//! never skips what it had not delivered.
+//!
+//! Sequence numbers are global: with `P` partitions, partition `p` delivers exactly the frames
+//! with `seq % P == p`, so the same input gives the same events whatever the partition count.
+//!
+//! Three sources are built in, chosen by [`SourceConfig`]:
+//!
+//! | source | config | what it reads | [`SourcePosition::offset`] |
+//! |---|---|---|---|
+//! | [`SyntheticDataSource`] ([`synthetic`]) | `Synthetic` | generated frames, deterministic from a seed | unused (0) |
+//! | [`FileDataSource`] ([`file`]) | `File` | a recording written by [`write_recording`] ([`recording`]) | byte offset of the next record |
+//! | [`SharedMemoryDataSource`] ([`shm`]) | `SharedMemory` | a ring in `/dev/shm` filled by a [`ShmProducer`] | index of the next ring slot |
+//!
+//! # Your own source
+//!
+//! Anything that implements [`DataSource`] can feed the pipeline: deliver the frames of your
+//! partition (`seq % partitions == partition`) in sequence order, never block longer than the
+//! timeout you are given, report a [`SourcePosition`] from which a reopened source continues
+//! without gaps or repeats, and signal the end with an empty batch whose `ended` is true.
+//!
+//! # Batches and the end of a source
+//!
+//! [`DataSource::next_batch`] waits until at least one frame is ready, the source has ended, or
+//! the timeout has passed. The built-in sources set [`Batch::ended`] only on a batch *without*
+//! frames, so a caller may stop at the first `ended` batch without losing frames; an empty batch
+//! with `ended == false` only means "nothing yet, ask again".
+
+pub mod file;
+pub mod recording;
+pub mod shm;
+pub mod synthetic;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Frame;
+
+pub use file::FileDataSource;
+pub use recording::{recording_info, write_recording, write_recording_with, RecordingHeader, RecordingReader, RecordingSummary};
+pub use shm::{SharedMemoryDataSource, ShmProducer};
+pub use synthetic::{Dtype, ImageSpec, SyntheticConfig, SyntheticDataSource, SyntheticGenerator, WaveformSpec};
+
+/// A stream of frames for one partition.
+pub trait DataSource: Send {
+    /// Waits until frames are available (or the source has ended) and returns up to `max` frames
+    /// of this partition, in sequence order. Never waits longer than `timeout`: when nothing came
+    /// in time it returns an empty batch with `ended == false`. An empty batch with `ended == true`
+    /// means the source has ended (end of a recording, or a synthetic source with a frame limit).
+    fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Batch, SourceError>;
+    /// Where the source is: saved in the control store so a restart continues from there.
+    fn position(&self) -> SourcePosition;
+    /// Counters for operators.
+    fn stats(&self) -> SourceStats;
+}
+
+/// Frames delivered by one [`DataSource::next_batch`] call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    /// The source has ended: no frame will ever come again.
+    pub ended: bool,
+}
+
+/// Where a source is; a source reopened from it continues there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// The next global sequence number this partition expects to deliver (for recordings and rings
+    /// it is one past the last delivered frame).
+    pub next_seq: u64,
+    /// Byte offset of the next record in a recording, index of the next slot in a shared-memory
+    /// ring, unused (0) for the synthetic source.
+    pub offset: u64,
+}
+
+/// Counters of a source, for operators.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStats {
+    /// Frames delivered by this partition since the source was opened.
+    pub frames: u64,
+    /// Times a shared-memory producer lapped this consumer (frames were lost).
+    pub overruns: u64,
+    /// Times a shared-memory producer restarted under this consumer.
+    pub producer_restarts: u64,
+    /// Anything an operator should know (a damaged recording, lost slots, ...).
+    pub note: Option<String>,
+}
+
+/// Which source to open.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SourceConfig {
+    /// Generated frames ([`SyntheticDataSource`]).
+    Synthetic(SyntheticConfig),
+    /// A recording ([`FileDataSource`]); `realtime` paces the replay by the frames' time stamps.
+    File { path: PathBuf, realtime: bool },
+    /// The shared-memory ring `/dev/shm/<name>` ([`SharedMemoryDataSource`]).
+    SharedMemory { name: String },
+}
+
+/// Errors of the data sources, recordings and the shared-memory ring.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid partition {partition} of {partitions} (need partitions >= 1 and partition < partitions)")]
+    InvalidPartition { partition: usize, partitions: usize },
+    #[error("invalid source configuration: {0}")]
+    InvalidConfig(String),
+    #[error("recording {} does not exist", path.display())]
+    FileMissing { path: PathBuf },
+    #[error("{} is not an ami2 recording (starts with {found}, expected \"AMI2REC\\0\")", path.display())]
+    BadMagic { path: PathBuf, found: String },
+    #[error("recording {} has format version {found}; this build reads version {supported}", path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
+    #[error("recording {}: bad header: {reason}", path.display())]
+    BadHeader { path: PathBuf, reason: String },
+    #[error("cannot continue recording {} at byte {offset}: {reason}", path.display())]
+    BadPosition { path: PathBuf, offset: u64, reason: String },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode frame {seq}: {reason}")]
+    Encode { seq: u64, reason: String },
+    #[error("shared-memory ring {name:?} does not exist ({}); is the producer running?", path.display())]
+    ShmMissing { name: String, path: PathBuf },
+    #[error("invalid shared-memory name {name:?}: {reason}")]
+    ShmName { name: String, reason: String },
+    #[error("shared-memory ring {name:?}: bad header: {reason}")]
+    ShmBadHeader { name: String, reason: String },
+    #[error("shared-memory ring {name:?} has layout version {found}; this build reads version {supported}")]
+    ShmVersion { name: String, found: u32, supported: u32 },
+    #[error("frame {seq} is {bytes} bytes encoded, larger than the ring's slots of {slot_bytes} bytes")]
+    FrameTooLarge { seq: u64, bytes: usize, slot_bytes: usize },
+}
+
+/// Opens the source for `partition` of `partitions`, continuing from `from` when given.
+pub fn open(config: &SourceConfig, partition: usize, partitions: usize, from: Option<&SourcePosition>) -> Result<Box<dyn DataSource>, SourceError> {
+    check_partition(partition, partitions)?;
+    Ok(match config {
+        SourceConfig::Synthetic(synthetic) => Box::new(SyntheticDataSource::open(synthetic, partition, partitions, from)?),
+        SourceConfig::File { path, realtime } => Box::new(FileDataSource::open(path, *realtime, partition, partitions, from)?),
+        SourceConfig::SharedMemory { name } => Box::new(SharedMemoryDataSource::open(name, partition, partitions, from)?),
+    })
+}
+
+pub(crate) fn check_partition(partition: usize, partitions: usize) -> Result<(), SourceError> {
+    if partitions == 0 || partition >= partitions {
+        return Err(SourceError::InvalidPartition { partition, partitions });
+    }
+    Ok(())
+}
+
+/// Whether global sequence number `seq` belongs to `partition` of `partitions`.
+pub(crate) fn is_mine(seq: u64, partition: usize, partitions: usize) -> bool {
+    seq % partitions as u64 == partition as u64
+}
+
+/// Sequence number and time stamp of an encoded frame, without decoding its values: bincode
+/// writes a struct's fields in order, so they are the first two varints of the payload. Sources
+/// that share their input between partitions use it to skip other partitions' frames cheaply.
+pub(crate) fn peek_seq_timestamp(payload: &[u8]) -> Option<(u64, u64)> {
+    bincode::serde::decode_from_slice::<(u64, u64), _>(payload, bincode::config::standard()).ok().map(|(v, _)| v)
+}
+
+pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SourceError> {
+    bincode::serde::encode_to_vec(frame, bincode::config::standard()).map_err(|e| SourceError::Encode { seq: frame.seq, reason: e.to_string() })
+}
+
+pub(crate) fn decode_frame(payload: &[u8]) -> Result<Frame, String> {
+    match bincode::serde::decode_from_slice::<Frame, _>(payload, bincode::config::standard()) {
+        Ok((frame, used)) if used == payload.len() => Ok(frame),
+        Ok((_, used)) => Err(format!("{} trailing bytes after the frame", payload.len() - used)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldValue;
+
+    #[test]
+    fn peeks_seq_and_timestamp_of_an_encoded_frame() {
+        let frame = Frame { seq: 123_456_789, timestamp_ns: 42, fields: vec![("x".into(), FieldValue::Waveform(vec![1.0; 10]))] };
+        let bytes = encode_frame(&frame).unwrap();
+        assert_eq!(peek_seq_timestamp(&bytes), Some((123_456_789, 42)));
+        assert_eq!(decode_frame(&bytes).unwrap(), frame);
+        assert!(decode_frame(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_partitions() {
+        let config = SourceConfig::Synthetic(SyntheticConfig::scalars_only());
+        assert!(matches!(open(&config, 0, 0, None), Err(SourceError::InvalidPartition { .. })));
+        assert!(matches!(open(&config, 4, 4, None), Err(SourceError::InvalidPartition { .. })));
+        assert!(open(&config, 3, 4, None).is_ok());
+    }
+
+    #[test]
+    fn config_is_json() {
+        let config = SourceConfig::File { path: "/data/run1.rec".into(), realtime: true };
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<SourceConfig>(&text).unwrap(), config);
+        let partial: SourceConfig = serde_json::from_str(r#"{"Synthetic": {"seed": 7, "frames": 10}}"#).unwrap();
+        let SourceConfig::Synthetic(synthetic) = partial else { panic!("not synthetic") };
+        assert_eq!(synthetic.seed, 7);
+        assert_eq!(synthetic.frames, Some(10));
+        assert_eq!(synthetic.scalars, SyntheticConfig::default().scalars);
+    }
+}

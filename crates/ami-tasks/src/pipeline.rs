@@ -1,0 +1,305 @@
+//! Running the pipeline: creates the stores, installs the graph, then launches round after round
+//! of source → worker → local reducer → global reducer tasks, keeping a bounded number of rounds
+//! in flight, until the sources end or the observer says stop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+use legion_bridge::{Future, Privilege, RegionRequirement, TaskContext, TaskLauncher};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
+use crate::graph::{compile, default_graph, GraphSpec};
+use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
+use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
+use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
+use crate::PipelineError;
+
+/// How to run the pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineConfig {
+    pub source: SourceConfig,
+    /// Telemetry partitions (one data source and one worker each).
+    pub partitions: usize,
+    /// Most frames a data source task delivers at once.
+    pub batch_size: usize,
+    /// Time bins per second.
+    pub display_rate_hz: f64,
+    /// Telemetry buffers per partition (≥ 2: sources fill one while workers read another).
+    pub buffers: usize,
+    /// Rounds in flight before the driver waits for the oldest (bounds memory).
+    pub window: usize,
+    /// Bins kept in the Results store.
+    pub retained_bins: u64,
+    /// Publish a bin at the latest this long (stream time) after newer data arrived.
+    pub bin_wait_ms: u64,
+    /// Longest a data source task waits for data.
+    pub source_timeout_ms: u64,
+    /// Largest encoded frame; estimated from a synthetic source's shapes when not given.
+    pub max_frame_bytes: Option<usize>,
+    /// Frames are stored in chunks of at most this many bytes (at least one frame each).
+    pub chunk_bytes: usize,
+    /// Graph to install at start (a new version if it differs from the current one); without one,
+    /// the current graph stays, or the default graph is installed when there is none.
+    pub graph: Option<GraphSpec>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceConfig::Synthetic(SyntheticConfig::default()),
+            partitions: 1,
+            batch_size: 256,
+            display_rate_hz: DEFAULT_DISPLAY_RATE_HZ,
+            buffers: 2,
+            window: 4,
+            retained_bins: 200,
+            bin_wait_ms: 2000,
+            source_timeout_ms: 200,
+            max_frame_bytes: None,
+            chunk_bytes: 1 << 20,
+            graph: None,
+        }
+    }
+}
+
+impl PipelineConfig {
+    fn validate(&self) -> Result<(), PipelineError> {
+        let bad = |what: &str| Err(PipelineError::Config(what.to_string()));
+        if self.partitions == 0 {
+            return bad("partitions must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1");
+        }
+        if self.buffers < 2 {
+            return bad("at least 2 telemetry buffers per partition are needed");
+        }
+        if !(self.display_rate_hz > 0.0 && self.display_rate_hz <= 1e6) {
+            return bad("display rate must be between 0 and 1e6 Hz");
+        }
+        if self.window == 0 {
+            return bad("window must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Realm system memory (MiB) the stores of this configuration need, with headroom: what to
+    /// pass as `-ll:csize` (at least Legion's default).
+    pub fn system_memory_mb(&self) -> u64 {
+        let telemetry = self.partitions * self.buffers * (self.batch_size * (self.max_frame_bytes() + 320) + self.chunk_bytes);
+        let results = self.retained_bins as usize * 64 * 4096;
+        let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
+        ((bytes / (1 << 20) as f64) as u64 + 256).max(legion_bridge::runtime::DEFAULT_SYSTEM_MEMORY_MB)
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        if let Some(bytes) = self.max_frame_bytes {
+            return bytes;
+        }
+        match &self.source {
+            SourceConfig::Synthetic(s) => {
+                let arrays: usize = s.waveforms.iter().map(|w| w.length * 8 + w.name.len() + 16).sum::<usize>()
+                    + s.images.iter().map(|i| i.width * i.height * 8 + i.name.len() + 24).sum::<usize>();
+                s.scalars.iter().map(|n| n.len() + 16).sum::<usize>() + arrays + 64
+            }
+            _ => 4 << 20,
+        }
+    }
+}
+
+/// What the observer wants after a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Sees every global report (finished bins) as the run goes; may change the graph or stop.
+pub trait Observer {
+    fn on_report(&mut self, ctx: &TaskContext, stores: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError>;
+}
+
+/// An observer that lets the run go to the end of its sources.
+pub struct RunToEnd;
+
+impl Observer for RunToEnd {
+    fn on_report(&mut self, _: &TaskContext, _: &Stores, _: &GlobalReport) -> Result<Flow, PipelineError> {
+        Ok(Flow::Continue)
+    }
+}
+
+/// Totals of a run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub rounds: u64,
+    pub events: u64,
+    pub bins_emitted: u64,
+    pub late_partials: u64,
+    pub superseded_partials: u64,
+    pub graph_failures: Vec<GraphFailure>,
+    pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
+    pub graph_version: u64,
+}
+
+/// Checks `spec` and installs it as the next graph version (graph document and current version in
+/// one logged batch). Returns the new version.
+pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
+    compile(spec).map_err(PipelineError::InvalidGraph)?;
+    let version = current_graph_version(ctx, stores)? + 1;
+    let doc = serde_json::to_value(spec).expect("a graph serializes");
+    stores.control.put_many(ctx, &[(&graph_key(version), &doc), (GRAPH_VERSION_KEY, &Value::from(version))])?;
+    Ok(version)
+}
+
+/// The current graph version (0 when none is installed).
+pub fn current_graph_version(ctx: &TaskContext, stores: &Stores) -> Result<u64, PipelineError> {
+    Ok(stores.control.get(ctx, GRAPH_VERSION_KEY)?.and_then(|v| v.as_u64()).unwrap_or(0))
+}
+
+fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&GraphSpec>) -> Result<u64, PipelineError> {
+    let current = current_graph_version(ctx, stores)?;
+    let current_doc = if current > 0 { stores.control.get(ctx, &graph_key(current))? } else { None };
+    match (wanted, current) {
+        (Some(spec), _) if current_doc != Some(serde_json::to_value(spec).expect("a graph serializes")) => install_graph(ctx, stores, spec),
+        (None, 0) => install_graph(ctx, stores, &default_graph()),
+        _ => Ok(current),
+    }
+}
+
+/// Records graph failures in Control: the version is marked bad (workers stop using it) and an
+/// incident is written.
+fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]) -> Result<(), PipelineError> {
+    let mut docs = Vec::new();
+    for failure in failures {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let doc = json!({"kind": "graph_failure", "graph_version": failure.version, "partition": failure.partition, "message": failure.message});
+        docs.push((bad_graph_key(failure.version), doc.clone()));
+        docs.push((format!("/incident/{at:020}-{}", failure.partition), doc));
+        tracing::error!(graph_version = failure.version, partition = failure.partition, "graph failed at run time, reverting: {}", failure.message);
+    }
+    let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    stores.control.put_many(ctx, &refs)?;
+    Ok(())
+}
+
+/// Runs the pipeline from the top-level (or another inner) task until its sources end or the
+/// observer stops it. Control and Results persist in `data_dir` when given (snapshotted at the end).
+pub fn run(ctx: &TaskContext, config: &PipelineConfig, data_dir: Option<&Path>, observer: &mut dyn Observer) -> Result<RunSummary, PipelineError> {
+    config.validate()?;
+    let tasks = tasks()?;
+    crate::tasks::reset_process_state();
+    let sizes = StoreSizes {
+        partitions: config.partitions,
+        buffers: config.buffers,
+        frames_per_buffer: config.batch_size,
+        max_frame_bytes: config.max_frame_bytes(),
+        chunk_bytes: config.chunk_bytes,
+        result_keys: config.retained_bins as usize * 64,
+    };
+    let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
+    for stats in &loaded {
+        for warning in &stats.warnings {
+            tracing::warn!(segment = %stats.prefix, "{warning}");
+        }
+    }
+    let mut summary = RunSummary { graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?, ..RunSummary::default() };
+    let width = bin_width_ns(config.display_rate_hz);
+    let telemetry_field = stores.telemetry.field();
+    let control_field = stores.control.field();
+    let mut previous: Option<Future<GlobalReport>> = None;
+    let mut in_flight: VecDeque<Future<GlobalReport>> = VecDeque::new();
+    let mut stopping = false;
+    let global_args = |has_previous, flush| GlobalArgs {
+        partitions: config.partitions,
+        bin_width_ns: width,
+        retained_bins: config.retained_bins,
+        bin_wait_ns: config.bin_wait_ms * 1_000_000,
+        results_field: stores.results.field(),
+        has_previous,
+        flush,
+    };
+    let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
+
+    let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
+        if !report.failures.is_empty() {
+            record_failures(ctx, &stores, &report.failures)?;
+            summary.graph_failures.extend(report.failures.iter().cloned());
+        }
+        summary.events = report.state.events;
+        summary.bins_emitted = report.state.bins_emitted;
+        summary.late_partials = report.state.late_partials;
+        summary.superseded_partials = report.state.superseded_partials;
+        summary.sources.extend(report.sources.clone());
+        let flow = observer.on_report(ctx, &stores, &report)?;
+        Ok(report.all_ended || flow == Flow::Stop)
+    };
+
+    for round in 0u64.. {
+        if stopping {
+            break;
+        }
+        let buffer = (round % config.buffers as u64) as usize;
+        let mut workers = Vec::with_capacity(config.partitions);
+        for p in 0..config.partitions {
+            let source_args = SourceArgs {
+                partition: p,
+                partitions: config.partitions,
+                buffer,
+                source: config.source.clone(),
+                batch_size: config.batch_size,
+                chunk_bytes: config.chunk_bytes,
+                timeout_ms: config.source_timeout_ms,
+                telemetry_field,
+                control_field,
+                state_log: stores.control.log_path(&source_prefix(p)),
+            };
+            let source = ctx.execute(
+                &TaskLauncher::new(tasks.source, &source_args)?
+                    .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadWrite)?)
+                    .region(stores.control.requirement(ctx, &source_prefix(p), Privilege::ReadWrite)?),
+            )?;
+            let worker_args = WorkerArgs { partition: p, buffer, bin_width_ns: width, telemetry_field, control_field };
+            workers.push(ctx.execute(
+                &TaskLauncher::new(tasks.worker, &worker_args)?
+                    .future(&source)
+                    .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadOnly)?)
+                    .region(stores.control.requirement(ctx, "/control/", Privilege::ReadOnly)?),
+            )?);
+        }
+        let mut local = TaskLauncher::new(tasks.local_reduce, &())?;
+        for worker in &workers {
+            local = local.future(worker);
+        }
+        let local = ctx.execute(&local)?;
+        let mut global = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?.region(results_requirement.clone());
+        if let Some(previous) = &previous {
+            global = global.future(previous);
+        }
+        let global = ctx.execute(&global.future(&local))?;
+        in_flight.push_back(global.clone());
+        previous = Some(global);
+        summary.rounds = round + 1;
+        while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
+            let report = in_flight.pop_front().expect("non-empty").get()?;
+            stopping |= handle(report, &mut summary)?;
+        }
+    }
+    while let Some(future) = in_flight.pop_front() {
+        handle(future.get()?, &mut summary)?;
+    }
+    // Publish what is still pending (a stop before the sources ended).
+    let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?.region(results_requirement);
+    if let Some(previous) = &previous {
+        flush = flush.future(previous);
+    }
+    handle(ctx.execute(&flush)?.get()?, &mut summary)?;
+    summary.graph_version = current_graph_version(ctx, &stores)?;
+    if data_dir.is_some() {
+        stores.control.snapshot(ctx)?;
+        stores.results.snapshot(ctx)?;
+    }
+    crate::tasks::reset_process_state();
+    Ok(summary)
+}

@@ -1,0 +1,103 @@
+//! The three stores as the pipeline lays them out: telemetry buffers per partition, the control
+//! segments (with one segment per data source for its volatile state), and the results.
+
+use std::path::Path;
+
+use kv_region::{KeyValueStore, LoadStats, StoreConfig};
+use legion_bridge::TaskContext;
+use serde::{Deserialize, Serialize};
+
+use crate::PipelineError;
+
+/// Key of the current graph version in the control store.
+pub const GRAPH_VERSION_KEY: &str = kv_region::typed::GRAPH_VERSION_KEY;
+
+/// Prefix of telemetry buffer `buffer` of partition `partition`.
+pub fn buffer_prefix(partition: usize, buffer: usize) -> String {
+    format!("/telemetry/partition/{partition}/buffer/{buffer}/")
+}
+
+/// Key of a chunk of frames starting at `first_seq` in a telemetry buffer.
+pub fn chunk_key(partition: usize, buffer: usize, first_seq: u64) -> String {
+    format!("{}chunk/{first_seq:012}", buffer_prefix(partition, buffer))
+}
+
+/// Prefix of the control segment holding data source `partition`'s state.
+pub fn source_prefix(partition: usize) -> String {
+    format!("/component/source/{partition}/")
+}
+
+/// Key of data source `partition`'s saved position.
+pub fn source_state_key(partition: usize) -> String {
+    format!("{}state", source_prefix(partition))
+}
+
+/// Key of graph document `version`.
+pub fn graph_key(version: u64) -> String {
+    kv_region::ControlStore::graph_key(version)
+}
+
+/// Prefix of the marks of graph versions that failed at run time.
+pub const BAD_GRAPH_PREFIX: &str = "/control/graph/bad/";
+
+/// Key marking graph `version` as failed.
+pub fn bad_graph_key(version: u64) -> String {
+    format!("{BAD_GRAPH_PREFIX}{version:012}")
+}
+
+/// Key of a result value for one time bin.
+pub fn result_key(name: &str, bin: u64) -> String {
+    format!("/results/{name}/{bin:012}")
+}
+
+/// How big the stores are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreSizes {
+    pub partitions: usize,
+    /// Telemetry buffers per partition (a source fills one while workers read the others).
+    pub buffers: usize,
+    /// Most frames in one buffer (the batch size).
+    pub frames_per_buffer: usize,
+    /// Largest encoded frame.
+    pub max_frame_bytes: usize,
+    /// Largest stored chunk of frames.
+    pub chunk_bytes: usize,
+    /// Result values kept (results × retained bins).
+    pub result_keys: usize,
+}
+
+/// The pipeline's stores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stores {
+    pub telemetry: KeyValueStore,
+    pub control: KeyValueStore,
+    pub results: KeyValueStore,
+}
+
+impl Stores {
+    /// Creates the three stores; with a data directory, Control and Results are rebuilt from it
+    /// (telemetry buffers are transient and start empty).
+    pub fn create(ctx: &TaskContext, sizes: &StoreSizes, data_dir: Option<&Path>) -> Result<(Self, Vec<LoadStats>), PipelineError> {
+        let buffer_bytes = sizes.frames_per_buffer * (sizes.max_frame_bytes + 64) + sizes.chunk_bytes + 4096;
+        let mut telemetry = StoreConfig::new("telemetry").max_value_bytes(sizes.chunk_bytes.max(sizes.max_frame_bytes + 1024));
+        for p in 0..sizes.partitions {
+            for b in 0..sizes.buffers {
+                telemetry = telemetry.segment(&buffer_prefix(p, b), sizes.frames_per_buffer + 4, buffer_bytes);
+            }
+        }
+        let mut control = StoreConfig::new("control")
+            .segment("/control/", 4096, 8 << 20)
+            .segment("/component/", 1024, 1 << 20)
+            .segment("/incident/", 4096, 4 << 20)
+            .logged();
+        for p in 0..sizes.partitions {
+            control = control.segment(&source_prefix(p), 16, 64 * 1024);
+        }
+        let results = StoreConfig::new("results").segment("/results/", sizes.result_keys + 64, (sizes.result_keys + 64) * 4096).max_value_bytes(1 << 20);
+        let (telemetry, _) = KeyValueStore::create(ctx, &telemetry, None)?;
+        let (control, mut stats) = KeyValueStore::create(ctx, &control, data_dir)?;
+        let (results, result_stats) = KeyValueStore::create(ctx, &results, data_dir)?;
+        stats.extend(result_stats);
+        Ok((Self { telemetry, control, results }, stats))
+    }
+}

@@ -1,0 +1,486 @@
+//! The pipeline's Legion tasks: data source, worker, local reducer, global reducer.
+//!
+//! ```text
+//! source(p, round) ──future──▶ worker(p, round) ──┐
+//!        writes telemetry buffer round % K of p    ├─▶ local reducer(round) ──▶ global reducer(round)
+//!        saves its position in Control             │    merges partials       merges, emits complete
+//! source(q, round) ──future──▶ worker(q, round) ──┘    per bin                bins to Results
+//!                                                        previous global reducer's state ──┘ (future)
+//! ```
+//! Every arrow is a Legion dependency (a future attached to the launch, or a region one task writes
+//! and the next reads); no task waits for another inside Rust.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use kv_region::store::{decode_bincode, encode_bincode};
+use kv_region::view::{apply_ops, with_reader, with_writer};
+use kv_region::{Codec, Op, Slot};
+use legion_bridge::{register_task, Field, TaskContext, TaskError, TaskId, VariantOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::event::{bin_of, Frame};
+use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
+use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats};
+use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
+use crate::PipelineError;
+
+/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 4`).
+pub const PIPELINE_TASK_BASE: u32 = 500;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceArgs {
+    pub partition: usize,
+    pub partitions: usize,
+    pub buffer: usize,
+    pub source: SourceConfig,
+    pub batch_size: usize,
+    pub chunk_bytes: usize,
+    pub timeout_ms: u64,
+    pub telemetry_field: Field<Slot>,
+    pub control_field: Field<Slot>,
+    /// The control log of this source's segment (durable position), when Control is persistent.
+    pub state_log: Option<PathBuf>,
+}
+
+/// What a data source task did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub partition: usize,
+    pub frames: usize,
+    /// Largest time stamp in the batch.
+    pub max_timestamp_ns: Option<u64>,
+    pub ended: bool,
+    pub position: SourcePosition,
+    pub stats: SourceStats,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerArgs {
+    pub partition: usize,
+    pub buffer: usize,
+    pub bin_width_ns: u64,
+    pub telemetry_field: Field<Slot>,
+    pub control_field: Field<Slot>,
+}
+
+/// A graph that failed on an event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GraphFailure {
+    pub version: u64,
+    pub partition: usize,
+    pub message: String,
+}
+
+/// Partial results of a worker (or a merge of several).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PartialReport {
+    /// (bin, graph version) → partials.
+    pub bins: BTreeMap<(u64, u64), Partials>,
+    /// Per partition: largest time stamp processed so far in this report, and whether it ended.
+    pub progress: BTreeMap<usize, (Option<u64>, bool)>,
+    pub events: u64,
+    pub failures: Vec<GraphFailure>,
+    pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
+}
+
+impl PartialReport {
+    fn merge(&mut self, other: PartialReport) -> Result<(), TaskError> {
+        for (key, partials) in other.bins {
+            match self.bins.get_mut(&key) {
+                Some(mine) => mine.merge(&partials)?,
+                None => {
+                    self.bins.insert(key, partials);
+                }
+            }
+        }
+        for (p, (ts, ended)) in other.progress {
+            let entry = self.progress.entry(p).or_insert((None, false));
+            entry.0 = entry.0.max(ts);
+            entry.1 |= ended;
+        }
+        self.events += other.events;
+        self.failures.extend(other.failures);
+        self.sources.extend(other.sources);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GlobalArgs {
+    pub partitions: usize,
+    pub bin_width_ns: u64,
+    pub retained_bins: u64,
+    /// Emit a bin this long (in stream time) after newer data arrived, even if a partition lags.
+    pub bin_wait_ns: u64,
+    pub results_field: Field<Slot>,
+    pub has_previous: bool,
+    /// Emit everything pending (end of run).
+    pub flush: bool,
+}
+
+/// One finished time bin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EmittedBin {
+    pub bin: u64,
+    pub graph_version: u64,
+    pub events: u64,
+    pub values: BTreeMap<String, Value>,
+}
+
+/// The global reducer's state, carried from one invocation to the next through its future.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GlobalState {
+    pending: BTreeMap<u64, BTreeMap<u64, Partials>>,
+    watermarks: BTreeMap<usize, (Option<u64>, bool)>,
+    /// Highest bin emitted.
+    emitted_upto: Option<u64>,
+    /// Bins written to Results (bin, result names), oldest first, for retention.
+    written: Vec<(u64, Vec<String>)>,
+    pub events: u64,
+    pub late_partials: u64,
+    pub superseded_partials: u64,
+    pub bins_emitted: u64,
+}
+
+/// What one global reducer invocation produced.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GlobalReport {
+    pub state: GlobalState,
+    pub emitted: Vec<EmittedBin>,
+    pub failures: Vec<GraphFailure>,
+    pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
+    /// True once every partition's source has ended.
+    pub all_ended: bool,
+}
+
+pub struct PipelineTasks {
+    pub source: TaskId<SourceArgs, SourceReport>,
+    pub worker: TaskId<WorkerArgs, PartialReport>,
+    pub local_reduce: TaskId<(), PartialReport>,
+    pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
+}
+
+static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
+
+/// Registers the pipeline's tasks (and the stores'); call once before the runtime starts.
+pub fn register_tasks() -> Result<(), PipelineError> {
+    kv_region::register_tasks()?;
+    if TASKS.get().is_some() {
+        return Ok(());
+    }
+    // Non-leaf variants: their results (partials, reports) can exceed Legion's leaf-result limit.
+    let tasks = PipelineTasks {
+        source: register_task(PIPELINE_TASK_BASE, "data_source", VariantOptions::default(), source_task)?,
+        worker: register_task(PIPELINE_TASK_BASE + 1, "worker", VariantOptions::default(), worker_task)?,
+        local_reduce: register_task(PIPELINE_TASK_BASE + 2, "local_reducer", VariantOptions::default(), local_reduce_task)?,
+        global_reduce: register_task(PIPELINE_TASK_BASE + 3, "global_reducer", VariantOptions::default(), global_reduce_task)?,
+    };
+    let _ = TASKS.set(tasks);
+    Ok(())
+}
+
+pub(crate) fn tasks() -> Result<&'static PipelineTasks, PipelineError> {
+    TASKS.get().ok_or(PipelineError::NotRegistered)
+}
+
+/// Open data sources of this process, one per partition, kept between source task runs.
+type SharedSource = Arc<Mutex<Box<dyn DataSource>>>;
+static SOURCES: OnceLock<Mutex<HashMap<usize, SharedSource>>> = OnceLock::new();
+
+/// Forgets this process's open data sources and compiled graphs: a new run opens the sources
+/// again from their saved positions and compiles the graphs of its own Control store (versions
+/// are numbers per store, so a cache must not outlive its run).
+pub fn reset_process_state() {
+    if let Some(sources) = SOURCES.get() {
+        sources.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    let mut cache = graph_cache();
+    cache.compiled.clear();
+    cache.failed.clear();
+    cache.last_good = None;
+}
+
+fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<SharedSource, TaskError> {
+    let sources = SOURCES.get_or_init(Default::default);
+    let mut sources = sources.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(source) = sources.get(&args.partition) {
+        return Ok(source.clone());
+    }
+    let opened = source::open(&args.source, args.partition, args.partitions, saved.as_ref())?;
+    let shared = Arc::new(Mutex::new(opened));
+    sources.insert(args.partition, shared.clone());
+    Ok(shared)
+}
+
+/// Regions: 0 = this round's telemetry buffer of the partition (read-write), 1 = the partition's
+/// source segment of Control (read-write).
+fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, TaskError> {
+    let buffer = ctx.region(0)?;
+    let state = ctx.region(1)?;
+    let saved: Option<SourcePosition> = with_reader(&state, args.control_field, |view| {
+        Ok(match view.get(&source_state_key(args.partition))? {
+            Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| serde_json::from_value(v["position"].clone()).ok()),
+            _ => None,
+        })
+    })?;
+    let source = source_for(&args, saved)?;
+    let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
+    let batch = source.next_batch(args.batch_size, Duration::from_millis(args.timeout_ms))?;
+    let max_timestamp_ns = batch.frames.iter().map(|f| f.timestamp_ns).max();
+    let frames = batch.frames.len();
+
+    // The buffer is reused round after round: empty it, then store the batch in chunks.
+    with_writer(&buffer, args.telemetry_field, |view| {
+        view.clear();
+        let mut chunk: Vec<Frame> = Vec::new();
+        let mut chunk_bytes = 0;
+        let flush = |view: &mut kv_region::view::View<&mut [u8]>, chunk: &mut Vec<Frame>| -> kv_region::KvResult<()> {
+            if let Some(first) = chunk.first() {
+                view.put(&chunk_key(args.partition, args.buffer, first.seq), Codec::Bincode, &encode_bincode(chunk)?)?;
+                chunk.clear();
+            }
+            Ok(())
+        };
+        for frame in batch.frames {
+            let size = frame_size(&frame);
+            if !chunk.is_empty() && chunk_bytes + size > args.chunk_bytes {
+                flush(view, &mut chunk)?;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+            chunk.push(frame);
+        }
+        flush(view, &mut chunk)
+    })?;
+
+    let position = source.position();
+    let stats = source.stats();
+    let saved_state = json!({"position": position, "stats": stats, "ended": batch.ended});
+    with_writer(&state, args.control_field, |view| {
+        let op = Op::Put { key: source_state_key(args.partition), codec: Codec::Json, value: serde_json::to_vec(&saved_state).expect("JSON") };
+        apply_ops(view, vec![op], args.state_log.as_deref())?.pop().expect("one result")?;
+        Ok(())
+    })?;
+    Ok(SourceReport { partition: args.partition, frames, max_timestamp_ns, ended: batch.ended, position, stats })
+}
+
+/// Bytes a frame takes once encoded, roughly (to cut batches into chunks).
+fn frame_size(frame: &Frame) -> usize {
+    frame
+        .fields
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + 8
+                + match value {
+                    kv_region::FieldValue::Scalar(_) => 8,
+                    kv_region::FieldValue::Waveform(v) => 8 * v.len() + 8,
+                    kv_region::FieldValue::Image { pixels, .. } => 8 * pixels.len() + 16,
+                }
+        })
+        .sum::<usize>()
+        + 24
+}
+
+/// Compiled graphs of this process, per version; and the versions that failed at run time.
+struct GraphCache {
+    compiled: HashMap<u64, Arc<CompiledGraph>>,
+    failed: std::collections::HashSet<u64>,
+    last_good: Option<(u64, Arc<CompiledGraph>)>,
+}
+
+static GRAPHS: OnceLock<Mutex<GraphCache>> = OnceLock::new();
+
+fn graph_cache() -> std::sync::MutexGuard<'static, GraphCache> {
+    GRAPHS
+        .get_or_init(|| Mutex::new(GraphCache { compiled: HashMap::new(), failed: Default::default(), last_good: None }))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The graph to run: the current version unless it failed (then the last good one).
+fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Option<(u64, Arc<CompiledGraph>)>, TaskError> {
+    let version = match view.get(GRAPH_VERSION_KEY)? {
+        Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v.as_u64()).unwrap_or(0),
+        _ => 0,
+    };
+    let marked_bad: Vec<u64> = view.list(BAD_GRAPH_PREFIX).iter().filter_map(|k| k[BAD_GRAPH_PREFIX.len()..].parse().ok()).collect();
+    let mut cache = graph_cache();
+    cache.failed.extend(marked_bad);
+    if version == 0 || cache.failed.contains(&version) {
+        return Ok(cache.last_good.clone());
+    }
+    if let Some(graph) = cache.compiled.get(&version) {
+        return Ok(Some((version, graph.clone())));
+    }
+    let spec: GraphSpec = match view.get(&graph_key(version))? {
+        Some((Codec::Json, bytes)) => serde_json::from_slice(bytes).map_err(|e| TaskError::msg(format!("graph {version} is not a graph: {e}")))?,
+        _ => return Err(TaskError::msg(format!("graph version {version} is current but its document is missing"))),
+    };
+    match compile(&spec) {
+        Ok(graph) => {
+            let graph = Arc::new(graph);
+            cache.compiled.insert(version, graph.clone());
+            Ok(Some((version, graph)))
+        }
+        Err(errors) => {
+            tracing::error!(version, "graph does not compile: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
+            cache.failed.insert(version);
+            Ok(cache.last_good.clone())
+        }
+    }
+}
+
+/// Runs `graph` over `frames`, per time bin.
+fn run_graph(graph: &CompiledGraph, version: u64, frames: &[Frame], bin_width_ns: u64) -> Result<BTreeMap<(u64, u64), Partials>, crate::graph::EvalError> {
+    let mut bins: BTreeMap<(u64, u64), Partials> = BTreeMap::new();
+    for frame in frames {
+        let partials = bins.entry((bin_of(frame.timestamp_ns, bin_width_ns), version)).or_insert_with(|| graph.empty_partials());
+        graph.process(frame, partials)?;
+    }
+    Ok(bins)
+}
+
+/// Regions: 0 = the telemetry buffer its source filled (read-only), 1 = Control's `/control/`
+/// segment (read-only: the graph). Input future 0: the source's report.
+fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, TaskError> {
+    let report: SourceReport = ctx.input_future(0)?;
+    let graph = with_reader(&ctx.region(1)?, args.control_field, |view| current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string())))?;
+    let frames: Vec<Frame> = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
+        let mut frames = Vec::new();
+        for key in view.list("/") {
+            if let Some((Codec::Bincode, bytes)) = view.get(&key)? {
+                frames.extend(decode_bincode::<Vec<Frame>>(bytes)?);
+            }
+        }
+        Ok(frames)
+    })?;
+    let mut out = PartialReport { events: frames.len() as u64, ..PartialReport::default() };
+    out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
+    out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
+    let Some((version, graph)) = graph else {
+        return Ok(out);
+    };
+    match run_graph(&graph, version, &frames, args.bin_width_ns) {
+        Ok(bins) => {
+            graph_cache().last_good = Some((version, graph));
+            out.bins = bins;
+        }
+        Err(error) => {
+            // Record the failure, and fall back to the last good graph for this batch.
+            out.failures.push(GraphFailure { version, partition: args.partition, message: error.to_string() });
+            let fallback = {
+                let mut cache = graph_cache();
+                cache.failed.insert(version);
+                cache.last_good.clone()
+            };
+            if let Some((good_version, good)) = fallback.filter(|(v, _)| *v != version) {
+                out.bins = run_graph(&good, good_version, &frames, args.bin_width_ns).unwrap_or_default();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Merges the partial reports of its input futures (the workers of one node for one round).
+fn local_reduce_task(ctx: &TaskContext, (): ()) -> Result<PartialReport, TaskError> {
+    let mut merged = PartialReport::default();
+    for i in 0..ctx.input_future_count() {
+        merged.merge(ctx.input_future(i)?)?;
+    }
+    Ok(merged)
+}
+
+/// Input futures: the previous global report (when `has_previous`), then local reports. Region 0:
+/// Results' `/results/` segment (read-write).
+fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalReport, TaskError> {
+    let mut first = 0;
+    let mut state = if args.has_previous {
+        first = 1;
+        ctx.input_future::<GlobalReport>(0)?.state
+    } else {
+        GlobalState::default()
+    };
+    let mut report = GlobalReport::default();
+    for i in first..ctx.input_future_count() {
+        let local: PartialReport = ctx.input_future(i)?;
+        state.events += local.events;
+        report.failures.extend(local.failures);
+        report.sources.extend(local.sources);
+        for (p, (ts, ended)) in local.progress {
+            let mark = state.watermarks.entry(p).or_insert((None, false));
+            mark.0 = mark.0.max(ts);
+            mark.1 |= ended;
+        }
+        for ((bin, version), partials) in local.bins {
+            if state.emitted_upto.is_some_and(|upto| bin <= upto) {
+                // Arrived after its bin was published: counted, not merged.
+                state.late_partials += 1;
+                continue;
+            }
+            let versions = state.pending.entry(bin).or_default();
+            match versions.get_mut(&version) {
+                Some(mine) => mine.merge(&partials)?,
+                None => {
+                    versions.insert(version, partials);
+                }
+            }
+        }
+    }
+    report.all_ended = state.watermarks.len() == args.partitions && state.watermarks.values().all(|(_, ended)| *ended);
+
+    // A bin is complete when every partition has gone past its end (ended partitions count as
+    // done); a bin older than the wait bound behind the newest data is published anyway.
+    let complete_before = if args.flush || report.all_ended {
+        u64::MAX
+    } else if state.watermarks.len() < args.partitions {
+        0
+    } else {
+        state.watermarks.values().map(|(ts, ended)| if *ended { u64::MAX } else { ts.map_or(0, |t| t + 1) }).min().unwrap_or(0)
+    };
+    let newest = state.watermarks.values().filter_map(|(ts, _)| *ts).max().unwrap_or(0);
+    let ready: Vec<u64> = state
+        .pending
+        .keys()
+        .copied()
+        .filter(|bin| (bin + 1).saturating_mul(args.bin_width_ns) <= complete_before || (bin + 1).saturating_mul(args.bin_width_ns) + args.bin_wait_ns <= newest)
+        .collect();
+    let mut ops = Vec::new();
+    for bin in ready {
+        let versions = state.pending.remove(&bin).expect("ready bins are pending");
+        // Bins during a graph change may hold partials of two versions: the newest one wins.
+        let (&version, partials) = versions.iter().next_back().expect("a pending bin has partials");
+        state.superseded_partials += versions.len() as u64 - 1;
+        let values = partials.finalize();
+        let events = partials.events();
+        let mut names = Vec::new();
+        for (name, value) in &values {
+            let doc = json!({"bin": bin, "t_ns": bin * args.bin_width_ns, "graph_version": version, "events": events, "value": value});
+            ops.push(Op::Put { key: result_key(name, bin), codec: Codec::Json, value: serde_json::to_vec(&doc).expect("JSON") });
+            names.push(name.clone());
+        }
+        state.written.push((bin, names));
+        state.emitted_upto = Some(state.emitted_upto.map_or(bin, |u| u.max(bin)));
+        state.bins_emitted += 1;
+        report.emitted.push(EmittedBin { bin, graph_version: version, events, values });
+    }
+    // Retention: keep the newest `retained_bins` bins in Results.
+    while state.written.len() as u64 > args.retained_bins {
+        let (bin, names) = state.written.remove(0);
+        ops.extend(names.iter().map(|name| Op::Delete { key: result_key(name, bin) }));
+    }
+    if !ops.is_empty() {
+        with_writer(&ctx.region(0)?, args.results_field, |view| {
+            for outcome in apply_ops(view, ops, None)? {
+                outcome?;
+            }
+            Ok(())
+        })?;
+    }
+    report.state = state;
+    Ok(report)
+}

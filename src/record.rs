@@ -1,0 +1,131 @@
+//! `ami2 record` (write a recording from the synthetic source) and `ami2 daq-sim` (a
+//! shared-memory producer, standing in for a detector's DAQ).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ami_tasks::source::{self, ShmProducer, SourceConfig, SyntheticConfig};
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The synthetic stream both commands produce.
+#[derive(Args, Clone)]
+pub struct SyntheticArgs {
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Image width and height (0 = no image).
+    #[arg(long, default_value_t = 128)]
+    image_size: usize,
+    /// Waveform length (0 = no waveform).
+    #[arg(long, default_value_t = 256)]
+    waveform_length: usize,
+}
+
+impl SyntheticArgs {
+    fn config(&self, frames: Option<u64>, rate_hz: Option<f64>) -> SyntheticConfig {
+        let mut config = SyntheticConfig { seed: self.seed, frames, rate_hz, ..SyntheticConfig::default() };
+        config.images.retain(|_| self.image_size > 0);
+        for image in &mut config.images {
+            image.width = self.image_size;
+            image.height = self.image_size;
+        }
+        config.waveforms.retain(|_| self.waveform_length > 0);
+        for waveform in &mut config.waveforms {
+            waveform.length = self.waveform_length;
+        }
+        config
+    }
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// The recording to write.
+    output: PathBuf,
+    /// Frames to record.
+    #[arg(long, default_value_t = 10_000)]
+    frames: u64,
+    #[command(flatten)]
+    synthetic: SyntheticArgs,
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} frames ({{per_sec}}, {{eta}} left)")).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+pub fn record(args: RecordArgs) -> Result<()> {
+    let config = SourceConfig::Synthetic(args.synthetic.config(Some(args.frames), None));
+    let mut synthetic = source::open(&config, 0, 1, None)?;
+    let frames = std::iter::from_fn(move || loop {
+        match synthetic.next_batch(1, Duration::from_secs(1)) {
+            Ok(batch) if batch.ended => return None,
+            Ok(mut batch) => {
+                if let Some(frame) = batch.frames.pop() {
+                    return Some(frame);
+                }
+            }
+            Err(error) => {
+                tracing::error!("synthetic source: {error}");
+                return None;
+            }
+        }
+    });
+    let bar = progress(args.frames, "recording");
+    let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n)).with_context(|| format!("writing {}", args.output.display()))?;
+    bar.finish_and_clear();
+    println!("wrote {}: {summary:?}", args.output.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DaqSimArgs {
+    /// Name of the shared-memory ring (`/dev/shm/NAME`).
+    #[arg(long, default_value = "ami2-daq")]
+    name: String,
+    /// Frames per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Frames to produce (default: until Ctrl-C).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Slots in the ring.
+    #[arg(long, default_value_t = 1024)]
+    slots: usize,
+    /// Bytes per slot (must hold one encoded frame).
+    #[arg(long, default_value_t = 256 * 1024)]
+    slot_bytes: usize,
+    #[command(flatten)]
+    synthetic: SyntheticArgs,
+}
+
+pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let rate = (args.rate > 0.0).then_some(args.rate);
+    let config = SourceConfig::Synthetic(args.synthetic.config(args.frames, rate));
+    let mut synthetic = source::open(&config, 0, 1, None)?;
+    let mut producer = ShmProducer::create(&args.name, args.slots, args.slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;
+    eprintln!("daq-sim: producing into /dev/shm/{} ({} slots of {} bytes); Ctrl-C to stop", args.name, args.slots, args.slot_bytes);
+    let started = Instant::now();
+    let mut produced = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let batch = synthetic.next_batch(64, Duration::from_millis(100))?;
+        for frame in &batch.frames {
+            producer.push(frame)?;
+        }
+        produced += batch.frames.len() as u64;
+        if batch.ended {
+            break;
+        }
+    }
+    eprintln!("daq-sim: {produced} frames in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

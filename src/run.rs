@@ -1,0 +1,201 @@
+//! `ami2 run` (the service) and `ami2 demo` (the embedded default with a live table).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ami_tasks::graph::GraphSpec;
+use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
+use ami_tasks::source::{SourceConfig, SyntheticConfig};
+use ami_tasks::stores::Stores;
+use ami_tasks::{GlobalReport, PipelineError};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use legion_bridge::{runtime, TaskContext};
+use serde_json::Value;
+
+/// Options shared by `run` and `demo`.
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Data source: `synthetic`, `file:PATH` (a recording) or `shm:NAME` (a shared-memory ring).
+    #[arg(long, default_value = "synthetic")]
+    source: String,
+    /// Telemetry partitions (data source + worker pairs).
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
+    /// Frames per data source task.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Time bins per second.
+    #[arg(long, default_value_t = 20.0)]
+    display_rate: f64,
+    /// Keep Control and Results here (reloaded at start, snapshotted at the end).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Graph to install at start (JSON file); default: keep the current one, or the built-in demo graph.
+    #[arg(long)]
+    graph: Option<PathBuf>,
+    /// Synthetic source: stop after this many frames (default: endless).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Synthetic source: frames per second (0 = as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Synthetic source: random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Synthetic source: image width and height (0 = no image).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// File source: replay at the recorded pace instead of as fast as possible.
+    #[arg(long)]
+    realtime: bool,
+    /// Print every finished bin as a JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
+    #[arg(last = true)]
+    legion_args: Vec<String>,
+}
+
+impl RunArgs {
+    fn pipeline_config(&self, demo: bool) -> Result<PipelineConfig> {
+        let source = match self.source.split_once(':') {
+            None if self.source == "synthetic" => {
+                let mut synthetic = SyntheticConfig { seed: self.seed, frames: self.frames, ..SyntheticConfig::default() };
+                if let Some(rate) = self.rate {
+                    synthetic.rate_hz = (rate > 0.0).then_some(rate);
+                } else if !demo {
+                    synthetic.rate_hz = None;
+                }
+                if let Some(size) = self.image_size {
+                    synthetic.images.retain(|_| size > 0);
+                    for image in &mut synthetic.images {
+                        image.width = size;
+                        image.height = size;
+                    }
+                }
+                SourceConfig::Synthetic(synthetic)
+            }
+            Some(("file", path)) => SourceConfig::File { path: PathBuf::from(path), realtime: self.realtime },
+            Some(("shm", name)) => SourceConfig::SharedMemory { name: name.to_string() },
+            _ => bail!("--source must be `synthetic`, `file:PATH` or `shm:NAME`, not {:?}", self.source),
+        };
+        let graph = match &self.graph {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading graph {}", path.display()))?;
+                let spec: GraphSpec = serde_json::from_str(&text).with_context(|| format!("{} is not a graph document", path.display()))?;
+                ami_tasks::graph::compile(&spec).map_err(|errors| {
+                    anyhow::anyhow!("{} is not a valid graph:\n  {}", path.display(), errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))
+                })?;
+                Some(spec)
+            }
+            None => None,
+        };
+        Ok(PipelineConfig {
+            source,
+            partitions: self.partitions,
+            batch_size: self.batch_size,
+            display_rate_hz: self.display_rate,
+            graph,
+            ..PipelineConfig::default()
+        })
+    }
+}
+
+/// Prints bins as they finish: a live table (demo) or JSON lines.
+struct Printer {
+    json: bool,
+    started: Instant,
+    seconds: Option<f64>,
+    stop: Arc<AtomicBool>,
+    header_for: Option<Vec<String>>,
+}
+
+impl Observer for Printer {
+    fn on_report(&mut self, _: &TaskContext, _: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError> {
+        let mut out = std::io::stdout().lock();
+        for bin in &report.emitted {
+            if self.json {
+                let _ = writeln!(out, "{}", serde_json::to_string(bin).expect("bins serialize"));
+                continue;
+            }
+            let names: Vec<String> = bin.values.keys().cloned().collect();
+            if self.header_for.as_ref() != Some(&names) {
+                let _ = writeln!(out, "\n{:>8} {:>9} {:>7} {:>4}  {}", "bin", "t [s]", "events", "ver", names.iter().map(|n| format!("{n:>18}")).collect::<String>());
+                self.header_for = Some(names);
+            }
+            let cells: String = bin.values.values().map(|v| format!("{:>18}", summarize(v))).collect();
+            let _ = writeln!(out, "{:>8} {:>9.2} {:>7} {:>4}  {cells}", bin.bin, bin.bin as f64 / 20.0, bin.events, bin.graph_version);
+        }
+        let _ = out.flush();
+        let timed_out = self.seconds.is_some_and(|s| self.started.elapsed().as_secs_f64() >= s);
+        Ok(if timed_out || self.stop.load(Ordering::SeqCst) { Flow::Stop } else { Flow::Continue })
+    }
+}
+
+/// One short cell for a result value.
+fn summarize(value: &Value) -> String {
+    let number = |v: &Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    if let Some(mean) = value.get("mean") {
+        return match mean {
+            Value::Array(items) => format!("[{} values]", items.len()),
+            other => number(other),
+        };
+    }
+    if let Some(counts) = value.get("counts").and_then(Value::as_array) {
+        let total: f64 = counts.iter().filter_map(Value::as_f64).sum();
+        return format!("hist n={total}");
+    }
+    if let Some(count) = value.get("count") {
+        return format!("n={}", number(count));
+    }
+    number(value)
+}
+
+pub fn run(args: RunArgs, demo: bool) -> Result<()> {
+    let config = args.pipeline_config(demo)?;
+    ami_tasks::register_tasks()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    if demo && !args.json {
+        println!("ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop", config_rate(&config));
+    }
+    let mut printer = Printer { json: args.json, started: Instant::now(), seconds: args.seconds, stop, header_for: None };
+    let data_dir = args.data_dir.clone();
+    let started = Instant::now();
+    let mut legion_args = args.legion_args.clone();
+    if !legion_args.iter().any(|a| a == "-ll:csize") {
+        legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
+    }
+    let summary = runtime::start(&legion_args, move |ctx| {
+        let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut printer)?;
+        Ok(summary)
+    })
+    .context("running the pipeline")?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ami2: {} events in {:.1} s ({:.0} events/s), {} bins published, {} late partials, graph version {}{}",
+        summary.events,
+        secs,
+        summary.events as f64 / secs,
+        summary.bins_emitted,
+        summary.late_partials,
+        summary.graph_version,
+        if summary.graph_failures.is_empty() { String::new() } else { format!(", {} graph failures (reverted)", summary.graph_failures.len()) }
+    );
+    Ok(())
+}
+
+fn config_rate(config: &PipelineConfig) -> String {
+    match &config.source {
+        SourceConfig::Synthetic(s) => s.rate_hz.map_or("max".to_string(), |r| format!("{r}")),
+        _ => "-".into(),
+    }
+}
