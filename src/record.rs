@@ -27,7 +27,12 @@ pub struct SyntheticArgs {
 
 impl SyntheticArgs {
     fn config(&self, frames: Option<u64>, rate_hz: Option<f64>) -> SyntheticConfig {
-        let mut config = SyntheticConfig { seed: self.seed, frames, rate_hz, ..SyntheticConfig::default() };
+        let mut config = SyntheticConfig {
+            seed: self.seed,
+            frames,
+            rate_hz,
+            ..SyntheticConfig::default()
+        };
         config.images.retain(|_| self.image_size > 0);
         for image in &mut config.images {
             image.width = self.image_size;
@@ -55,7 +60,8 @@ pub struct RecordArgs {
 fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} frames ({{per_sec}}, {{eta}} left)")).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} frames ({{per_sec}}, {{eta}} left)"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -78,7 +84,8 @@ pub fn record(args: RecordArgs) -> Result<()> {
         }
     });
     let bar = progress(args.frames, "recording");
-    let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n)).with_context(|| format!("writing {}", args.output.display()))?;
+    let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n))
+        .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
     println!("wrote {}: {summary:?}", args.output.display());
     Ok(())
@@ -112,8 +119,12 @@ pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
     let rate = (args.rate > 0.0).then_some(args.rate);
     let config = SourceConfig::Synthetic(args.synthetic.config(args.frames, rate));
     let mut synthetic = source::open(&config, 0, 1, None)?;
-    let mut producer = ShmProducer::create(&args.name, args.slots, args.slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;
-    eprintln!("daq-sim: producing into /dev/shm/{} ({} slots of {} bytes); Ctrl-C to stop", args.name, args.slots, args.slot_bytes);
+    let mut producer =
+        ShmProducer::create(&args.name, args.slots, args.slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;
+    eprintln!(
+        "daq-sim: producing into /dev/shm/{} ({} slots of {} bytes); Ctrl-C to stop",
+        args.name, args.slots, args.slot_bytes
+    );
     let started = Instant::now();
     let mut produced = 0u64;
     while !stop.load(Ordering::SeqCst) {

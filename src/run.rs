@@ -67,7 +67,11 @@ impl RunArgs {
     fn pipeline_config(&self, demo: bool) -> Result<PipelineConfig> {
         let source = match self.source.split_once(':') {
             None if self.source == "synthetic" => {
-                let mut synthetic = SyntheticConfig { seed: self.seed, frames: self.frames, ..SyntheticConfig::default() };
+                let mut synthetic = SyntheticConfig {
+                    seed: self.seed,
+                    frames: self.frames,
+                    ..SyntheticConfig::default()
+                };
                 if let Some(rate) = self.rate {
                     synthetic.rate_hz = (rate > 0.0).then_some(rate);
                 } else if !demo {
@@ -82,7 +86,10 @@ impl RunArgs {
                 }
                 SourceConfig::Synthetic(synthetic)
             }
-            Some(("file", path)) => SourceConfig::File { path: PathBuf::from(path), realtime: self.realtime },
+            Some(("file", path)) => SourceConfig::File {
+                path: PathBuf::from(path),
+                realtime: self.realtime,
+            },
             Some(("shm", name)) => SourceConfig::SharedMemory { name: name.to_string() },
             _ => bail!("--source must be `synthetic`, `file:PATH` or `shm:NAME`, not {:?}", self.source),
         };
@@ -91,7 +98,11 @@ impl RunArgs {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading graph {}", path.display()))?;
                 let spec: GraphSpec = serde_json::from_str(&text).with_context(|| format!("{} is not a graph document", path.display()))?;
                 ami_tasks::graph::compile(&spec).map_err(|errors| {
-                    anyhow::anyhow!("{} is not a valid graph:\n  {}", path.display(), errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))
+                    anyhow::anyhow!(
+                        "{} is not a valid graph:\n  {}",
+                        path.display(),
+                        errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+                    )
                 })?;
                 Some(spec)
             }
@@ -127,15 +138,34 @@ impl Observer for Printer {
             }
             let names: Vec<String> = bin.values.keys().cloned().collect();
             if self.header_for.as_ref() != Some(&names) {
-                let _ = writeln!(out, "\n{:>8} {:>9} {:>7} {:>4}  {}", "bin", "t [s]", "events", "ver", names.iter().map(|n| format!("{n:>18}")).collect::<String>());
+                let _ = writeln!(
+                    out,
+                    "\n{:>8} {:>9} {:>7} {:>4}  {}",
+                    "bin",
+                    "t [s]",
+                    "events",
+                    "ver",
+                    names.iter().map(|n| format!("{n:>18}")).collect::<String>()
+                );
                 self.header_for = Some(names);
             }
             let cells: String = bin.values.values().map(|v| format!("{:>18}", summarize(v))).collect();
-            let _ = writeln!(out, "{:>8} {:>9.2} {:>7} {:>4}  {cells}", bin.bin, bin.bin as f64 / 20.0, bin.events, bin.graph_version);
+            let _ = writeln!(
+                out,
+                "{:>8} {:>9.2} {:>7} {:>4}  {cells}",
+                bin.bin,
+                bin.bin as f64 / 20.0,
+                bin.events,
+                bin.graph_version
+            );
         }
         let _ = out.flush();
         let timed_out = self.seconds.is_some_and(|s| self.started.elapsed().as_secs_f64() >= s);
-        Ok(if timed_out || self.stop.load(Ordering::SeqCst) { Flow::Stop } else { Flow::Continue })
+        Ok(if timed_out || self.stop.load(Ordering::SeqCst) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
     }
 }
 
@@ -165,9 +195,18 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     if demo && !args.json {
-        println!("ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop", config_rate(&config));
+        println!(
+            "ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop",
+            config_rate(&config)
+        );
     }
-    let mut printer = Printer { json: args.json, started: Instant::now(), seconds: args.seconds, stop, header_for: None };
+    let mut printer = Printer {
+        json: args.json,
+        started: Instant::now(),
+        seconds: args.seconds,
+        stop,
+        header_for: None,
+    };
     let data_dir = args.data_dir.clone();
     let started = Instant::now();
     let mut legion_args = args.legion_args.clone();
@@ -188,7 +227,11 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         summary.bins_emitted,
         summary.late_partials,
         summary.graph_version,
-        if summary.graph_failures.is_empty() { String::new() } else { format!(", {} graph failures (reverted)", summary.graph_failures.len()) }
+        if summary.graph_failures.is_empty() {
+            String::new()
+        } else {
+            format!(", {} graph failures (reverted)", summary.graph_failures.len())
+        }
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
-use legion_bridge::{Future, Privilege, RegionRequirement, TaskContext, TaskLauncher};
+use legion_bridge::{Future, Privilege, TaskContext, TaskLauncher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -88,23 +88,19 @@ impl PipelineConfig {
     /// Realm system memory (MiB) the stores of this configuration need, with headroom: what to
     /// pass as `-ll:csize` (at least Legion's default).
     pub fn system_memory_mb(&self) -> u64 {
-        let telemetry = self.partitions * self.buffers * (self.batch_size * (self.max_frame_bytes() + 320) + self.chunk_bytes);
+        let frame = self.max_frame_bytes().unwrap_or(4 << 20);
+        let telemetry = self.partitions * self.buffers * (self.batch_size * (frame + 320) + self.chunk_bytes);
         let results = self.retained_bins as usize * 64 * 4096;
         let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
         ((bytes / (1 << 20) as f64) as u64 + 256).max(legion_bridge::runtime::DEFAULT_SYSTEM_MEMORY_MB)
     }
 
-    fn max_frame_bytes(&self) -> usize {
-        if let Some(bytes) = self.max_frame_bytes {
-            return bytes;
-        }
-        match &self.source {
-            SourceConfig::Synthetic(s) => {
-                let arrays: usize = s.waveforms.iter().map(|w| w.length * 8 + w.name.len() + 16).sum::<usize>()
-                    + s.images.iter().map(|i| i.width * i.height * 8 + i.name.len() + 24).sum::<usize>();
-                s.scalars.iter().map(|n| n.len() + 16).sum::<usize>() + arrays + 64
-            }
-            _ => 4 << 20,
+    /// Largest encoded frame: given, or asked of the source (exact for synthetic sources and
+    /// recordings, the slot size for a shared-memory ring).
+    pub fn max_frame_bytes(&self) -> Result<usize, PipelineError> {
+        match self.max_frame_bytes {
+            Some(bytes) => Ok(bytes),
+            None => Ok(crate::source::max_frame_bytes(&self.source)? as usize),
         }
     }
 }
@@ -149,7 +145,9 @@ pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Re
     compile(spec).map_err(PipelineError::InvalidGraph)?;
     let version = current_graph_version(ctx, stores)? + 1;
     let doc = serde_json::to_value(spec).expect("a graph serializes");
-    stores.control.put_many(ctx, &[(&graph_key(version), &doc), (GRAPH_VERSION_KEY, &Value::from(version))])?;
+    stores
+        .control
+        .put_many(ctx, &[(&graph_key(version), &doc), (GRAPH_VERSION_KEY, &Value::from(version))])?;
     Ok(version)
 }
 
@@ -160,7 +158,11 @@ pub fn current_graph_version(ctx: &TaskContext, stores: &Stores) -> Result<u64, 
 
 fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&GraphSpec>) -> Result<u64, PipelineError> {
     let current = current_graph_version(ctx, stores)?;
-    let current_doc = if current > 0 { stores.control.get(ctx, &graph_key(current))? } else { None };
+    let current_doc = if current > 0 {
+        stores.control.get(ctx, &graph_key(current))?
+    } else {
+        None
+    };
     match (wanted, current) {
         (Some(spec), _) if current_doc != Some(serde_json::to_value(spec).expect("a graph serializes")) => install_graph(ctx, stores, spec),
         (None, 0) => install_graph(ctx, stores, &default_graph()),
@@ -173,11 +175,20 @@ fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&Gra
 fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]) -> Result<(), PipelineError> {
     let mut docs = Vec::new();
     for failure in failures {
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let doc = json!({"kind": "graph_failure", "graph_version": failure.version, "partition": failure.partition, "message": failure.message});
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let doc =
+            json!({"kind": "graph_failure", "graph_version": failure.version, "partition": failure.partition, "message": failure.message});
         docs.push((bad_graph_key(failure.version), doc.clone()));
         docs.push((format!("/incident/{at:020}-{}", failure.partition), doc));
-        tracing::error!(graph_version = failure.version, partition = failure.partition, "graph failed at run time, reverting: {}", failure.message);
+        tracing::error!(
+            graph_version = failure.version,
+            partition = failure.partition,
+            "graph failed at run time, reverting: {}",
+            failure.message
+        );
     }
     let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     stores.control.put_many(ctx, &refs)?;
@@ -186,7 +197,12 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
 
 /// Runs the pipeline from the top-level (or another inner) task until its sources end or the
 /// observer stops it. Control and Results persist in `data_dir` when given (snapshotted at the end).
-pub fn run(ctx: &TaskContext, config: &PipelineConfig, data_dir: Option<&Path>, observer: &mut dyn Observer) -> Result<RunSummary, PipelineError> {
+pub fn run(
+    ctx: &TaskContext,
+    config: &PipelineConfig,
+    data_dir: Option<&Path>,
+    observer: &mut dyn Observer,
+) -> Result<RunSummary, PipelineError> {
     config.validate()?;
     let tasks = tasks()?;
     crate::tasks::reset_process_state();
@@ -194,7 +210,7 @@ pub fn run(ctx: &TaskContext, config: &PipelineConfig, data_dir: Option<&Path>, 
         partitions: config.partitions,
         buffers: config.buffers,
         frames_per_buffer: config.batch_size,
-        max_frame_bytes: config.max_frame_bytes(),
+        max_frame_bytes: config.max_frame_bytes()?,
         chunk_bytes: config.chunk_bytes,
         result_keys: config.retained_bins as usize * 64,
     };
@@ -204,7 +220,10 @@ pub fn run(ctx: &TaskContext, config: &PipelineConfig, data_dir: Option<&Path>, 
             tracing::warn!(segment = %stats.prefix, "{warning}");
         }
     }
-    let mut summary = RunSummary { graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?, ..RunSummary::default() };
+    let mut summary = RunSummary {
+        graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?,
+        ..RunSummary::default()
+    };
     let width = bin_width_ns(config.display_rate_hz);
     let telemetry_field = stores.telemetry.field();
     let control_field = stores.control.field();
@@ -260,20 +279,29 @@ pub fn run(ctx: &TaskContext, config: &PipelineConfig, data_dir: Option<&Path>, 
                     .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadWrite)?)
                     .region(stores.control.requirement(ctx, &source_prefix(p), Privilege::ReadWrite)?),
             )?;
-            let worker_args = WorkerArgs { partition: p, buffer, bin_width_ns: width, telemetry_field, control_field };
-            workers.push(ctx.execute(
-                &TaskLauncher::new(tasks.worker, &worker_args)?
-                    .future(&source)
-                    .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadOnly)?)
-                    .region(stores.control.requirement(ctx, "/control/", Privilege::ReadOnly)?),
-            )?);
+            let worker_args = WorkerArgs {
+                partition: p,
+                buffer,
+                bin_width_ns: width,
+                telemetry_field,
+                control_field,
+            };
+            workers.push(
+                ctx.execute(
+                    &TaskLauncher::new(tasks.worker, &worker_args)?
+                        .future(&source)
+                        .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadOnly)?)
+                        .region(stores.control.requirement(ctx, "/control/", Privilege::ReadOnly)?),
+                )?,
+            );
         }
         let mut local = TaskLauncher::new(tasks.local_reduce, &())?;
         for worker in &workers {
             local = local.future(worker);
         }
         let local = ctx.execute(&local)?;
-        let mut global = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?.region(results_requirement.clone());
+        let mut global =
+            TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?.region(results_requirement.clone());
         if let Some(previous) = &previous {
             global = global.future(previous);
         }

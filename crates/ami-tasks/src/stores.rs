@@ -93,11 +93,20 @@ impl Stores {
         for p in 0..sizes.partitions {
             control = control.segment(&source_prefix(p), 16, 64 * 1024);
         }
-        let results = StoreConfig::new("results").segment("/results/", sizes.result_keys + 64, (sizes.result_keys + 64) * 4096).max_value_bytes(1 << 20);
+        let results = StoreConfig::new("results")
+            .segment("/results/", sizes.result_keys + 64, (sizes.result_keys + 64) * 4096)
+            .max_value_bytes(1 << 20);
         let (telemetry, _) = KeyValueStore::create(ctx, &telemetry, None)?;
         let (control, mut stats) = KeyValueStore::create(ctx, &control, data_dir)?;
         let (results, result_stats) = KeyValueStore::create(ctx, &results, data_dir)?;
         stats.extend(result_stats);
-        Ok((Self { telemetry, control, results }, stats))
+        Ok((
+            Self {
+                telemetry,
+                control,
+                results,
+            },
+            stats,
+        ))
     }
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::event::{bin_of, Frame};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats};
-use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
+use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
 /// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 4`).
@@ -128,7 +128,29 @@ pub struct EmittedBin {
     pub bin: u64,
     pub graph_version: u64,
     pub events: u64,
+    #[serde(with = "json_text")]
     pub values: BTreeMap<String, Value>,
+}
+
+/// Task results travel as bincode, which cannot carry self-describing JSON values: they travel
+/// as JSON text instead.
+mod json_text {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(values: &BTreeMap<String, Value>, serializer: S) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<&String, String> = values.iter().map(|(k, v)| (k, v.to_string())).collect();
+        text.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, Value>, D::Error> {
+        let text = BTreeMap::<String, String>::deserialize(deserializer)?;
+        text.into_iter()
+            .map(|(k, v)| serde_json::from_str(&v).map(|v| (k, v)).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 /// The global reducer's state, carried from one invocation to the next through its future.
@@ -176,8 +198,18 @@ pub fn register_tasks() -> Result<(), PipelineError> {
     let tasks = PipelineTasks {
         source: register_task(PIPELINE_TASK_BASE, "data_source", VariantOptions::default(), source_task)?,
         worker: register_task(PIPELINE_TASK_BASE + 1, "worker", VariantOptions::default(), worker_task)?,
-        local_reduce: register_task(PIPELINE_TASK_BASE + 2, "local_reducer", VariantOptions::default(), local_reduce_task)?,
-        global_reduce: register_task(PIPELINE_TASK_BASE + 3, "global_reducer", VariantOptions::default(), global_reduce_task)?,
+        local_reduce: register_task(
+            PIPELINE_TASK_BASE + 2,
+            "local_reducer",
+            VariantOptions::default(),
+            local_reduce_task,
+        )?,
+        global_reduce: register_task(
+            PIPELINE_TASK_BASE + 3,
+            "global_reducer",
+            VariantOptions::default(),
+            global_reduce_task,
+        )?,
     };
     let _ = TASKS.set(tasks);
     Ok(())
@@ -223,7 +255,9 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
     let state = ctx.region(1)?;
     let saved: Option<SourcePosition> = with_reader(&state, args.control_field, |view| {
         Ok(match view.get(&source_state_key(args.partition))? {
-            Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| serde_json::from_value(v["position"].clone()).ok()),
+            Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["position"].clone()).ok()),
             _ => None,
         })
     })?;
@@ -240,7 +274,11 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
         let mut chunk_bytes = 0;
         let flush = |view: &mut kv_region::view::View<&mut [u8]>, chunk: &mut Vec<Frame>| -> kv_region::KvResult<()> {
             if let Some(first) = chunk.first() {
-                view.put(&chunk_key(args.partition, args.buffer, first.seq), Codec::Bincode, &encode_bincode(chunk)?)?;
+                view.put(
+                    &chunk_key(args.partition, args.buffer, first.seq),
+                    Codec::Bincode,
+                    &encode_bincode(chunk)?,
+                )?;
                 chunk.clear();
             }
             Ok(())
@@ -261,11 +299,22 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
     let stats = source.stats();
     let saved_state = json!({"position": position, "stats": stats, "ended": batch.ended});
     with_writer(&state, args.control_field, |view| {
-        let op = Op::Put { key: source_state_key(args.partition), codec: Codec::Json, value: serde_json::to_vec(&saved_state).expect("JSON") };
+        let op = Op::Put {
+            key: source_state_key(args.partition),
+            codec: Codec::Json,
+            value: serde_json::to_vec(&saved_state).expect("JSON"),
+        };
         apply_ops(view, vec![op], args.state_log.as_deref())?.pop().expect("one result")?;
         Ok(())
     })?;
-    Ok(SourceReport { partition: args.partition, frames, max_timestamp_ns, ended: batch.ended, position, stats })
+    Ok(SourceReport {
+        partition: args.partition,
+        frames,
+        max_timestamp_ns,
+        ended: batch.ended,
+        position,
+        stats,
+    })
 }
 
 /// Bytes a frame takes once encoded, roughly (to cut batches into chunks).
@@ -297,7 +346,13 @@ static GRAPHS: OnceLock<Mutex<GraphCache>> = OnceLock::new();
 
 fn graph_cache() -> std::sync::MutexGuard<'static, GraphCache> {
     GRAPHS
-        .get_or_init(|| Mutex::new(GraphCache { compiled: HashMap::new(), failed: Default::default(), last_good: None }))
+        .get_or_init(|| {
+            Mutex::new(GraphCache {
+                compiled: HashMap::new(),
+                failed: Default::default(),
+                last_good: None,
+            })
+        })
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
@@ -308,7 +363,11 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
         Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v.as_u64()).unwrap_or(0),
         _ => 0,
     };
-    let marked_bad: Vec<u64> = view.list(BAD_GRAPH_PREFIX).iter().filter_map(|k| k[BAD_GRAPH_PREFIX.len()..].parse().ok()).collect();
+    let marked_bad: Vec<u64> = view
+        .list(BAD_GRAPH_PREFIX)
+        .iter()
+        .filter_map(|k| k[BAD_GRAPH_PREFIX.len()..].parse().ok())
+        .collect();
     let mut cache = graph_cache();
     cache.failed.extend(marked_bad);
     if version == 0 || cache.failed.contains(&version) {
@@ -318,8 +377,14 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
         return Ok(Some((version, graph.clone())));
     }
     let spec: GraphSpec = match view.get(&graph_key(version))? {
-        Some((Codec::Json, bytes)) => serde_json::from_slice(bytes).map_err(|e| TaskError::msg(format!("graph {version} is not a graph: {e}")))?,
-        _ => return Err(TaskError::msg(format!("graph version {version} is current but its document is missing"))),
+        Some((Codec::Json, bytes)) => {
+            serde_json::from_slice(bytes).map_err(|e| TaskError::msg(format!("graph {version} is not a graph: {e}")))?
+        }
+        _ => {
+            return Err(TaskError::msg(format!(
+                "graph version {version} is current but its document is missing"
+            )))
+        }
     };
     match compile(&spec) {
         Ok(graph) => {
@@ -328,7 +393,11 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
             Ok(Some((version, graph)))
         }
         Err(errors) => {
-            tracing::error!(version, "graph does not compile: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
+            tracing::error!(
+                version,
+                "graph does not compile: {}",
+                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            );
             cache.failed.insert(version);
             Ok(cache.last_good.clone())
         }
@@ -336,10 +405,17 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
 }
 
 /// Runs `graph` over `frames`, per time bin.
-fn run_graph(graph: &CompiledGraph, version: u64, frames: &[Frame], bin_width_ns: u64) -> Result<BTreeMap<(u64, u64), Partials>, crate::graph::EvalError> {
+fn run_graph(
+    graph: &CompiledGraph,
+    version: u64,
+    frames: &[Frame],
+    bin_width_ns: u64,
+) -> Result<BTreeMap<(u64, u64), Partials>, crate::graph::EvalError> {
     let mut bins: BTreeMap<(u64, u64), Partials> = BTreeMap::new();
     for frame in frames {
-        let partials = bins.entry((bin_of(frame.timestamp_ns, bin_width_ns), version)).or_insert_with(|| graph.empty_partials());
+        let partials = bins
+            .entry((bin_of(frame.timestamp_ns, bin_width_ns), version))
+            .or_insert_with(|| graph.empty_partials());
         graph.process(frame, partials)?;
     }
     Ok(bins)
@@ -349,7 +425,9 @@ fn run_graph(graph: &CompiledGraph, version: u64, frames: &[Frame], bin_width_ns
 /// segment (read-only: the graph). Input future 0: the source's report.
 fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, TaskError> {
     let report: SourceReport = ctx.input_future(0)?;
-    let graph = with_reader(&ctx.region(1)?, args.control_field, |view| current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string())))?;
+    let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
+        current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
+    })?;
     let frames: Vec<Frame> = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
         let mut frames = Vec::new();
         for key in view.list("/") {
@@ -359,7 +437,10 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
         }
         Ok(frames)
     })?;
-    let mut out = PartialReport { events: frames.len() as u64, ..PartialReport::default() };
+    let mut out = PartialReport {
+        events: frames.len() as u64,
+        ..PartialReport::default()
+    };
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
     let Some((version, graph)) = graph else {
@@ -372,7 +453,11 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
         }
         Err(error) => {
             // Record the failure, and fall back to the last good graph for this batch.
-            out.failures.push(GraphFailure { version, partition: args.partition, message: error.to_string() });
+            out.failures.push(GraphFailure {
+                version,
+                partition: args.partition,
+                message: error.to_string(),
+            });
             let fallback = {
                 let mut cache = graph_cache();
                 cache.failed.insert(version);
@@ -440,14 +525,22 @@ fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalRepor
     } else if state.watermarks.len() < args.partitions {
         0
     } else {
-        state.watermarks.values().map(|(ts, ended)| if *ended { u64::MAX } else { ts.map_or(0, |t| t + 1) }).min().unwrap_or(0)
+        state
+            .watermarks
+            .values()
+            .map(|(ts, ended)| if *ended { u64::MAX } else { ts.map_or(0, |t| t + 1) })
+            .min()
+            .unwrap_or(0)
     };
     let newest = state.watermarks.values().filter_map(|(ts, _)| *ts).max().unwrap_or(0);
     let ready: Vec<u64> = state
         .pending
         .keys()
         .copied()
-        .filter(|bin| (bin + 1).saturating_mul(args.bin_width_ns) <= complete_before || (bin + 1).saturating_mul(args.bin_width_ns) + args.bin_wait_ns <= newest)
+        .filter(|bin| {
+            (bin + 1).saturating_mul(args.bin_width_ns) <= complete_before
+                || (bin + 1).saturating_mul(args.bin_width_ns) + args.bin_wait_ns <= newest
+        })
         .collect();
     let mut ops = Vec::new();
     for bin in ready {
@@ -460,18 +553,29 @@ fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalRepor
         let mut names = Vec::new();
         for (name, value) in &values {
             let doc = json!({"bin": bin, "t_ns": bin * args.bin_width_ns, "graph_version": version, "events": events, "value": value});
-            ops.push(Op::Put { key: result_key(name, bin), codec: Codec::Json, value: serde_json::to_vec(&doc).expect("JSON") });
+            ops.push(Op::Put {
+                key: result_key(name, bin),
+                codec: Codec::Json,
+                value: serde_json::to_vec(&doc).expect("JSON"),
+            });
             names.push(name.clone());
         }
         state.written.push((bin, names));
         state.emitted_upto = Some(state.emitted_upto.map_or(bin, |u| u.max(bin)));
         state.bins_emitted += 1;
-        report.emitted.push(EmittedBin { bin, graph_version: version, events, values });
+        report.emitted.push(EmittedBin {
+            bin,
+            graph_version: version,
+            events,
+            values,
+        });
     }
     // Retention: keep the newest `retained_bins` bins in Results.
     while state.written.len() as u64 > args.retained_bins {
         let (bin, names) = state.written.remove(0);
-        ops.extend(names.iter().map(|name| Op::Delete { key: result_key(name, bin) }));
+        ops.extend(names.iter().map(|name| Op::Delete {
+            key: result_key(name, bin),
+        }));
     }
     if !ops.is_empty() {
         with_writer(&ctx.region(0)?, args.results_field, |view| {

@@ -45,7 +45,12 @@ impl Observer for Collect {
 }
 
 fn node(id: &str, op: &str, inputs: &[&str], params: Value) -> NodeSpec {
-    NodeSpec { id: id.into(), op: op.into(), inputs: inputs.iter().map(|s| s.to_string()).collect(), params }
+    NodeSpec {
+        id: id.into(),
+        op: op.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        params,
+    }
 }
 
 fn energy_graph() -> GraphSpec {
@@ -53,18 +58,33 @@ fn energy_graph() -> GraphSpec {
         nodes: vec![
             node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
             node("energy_chart", "strip_chart", &["energy"], json!({})),
-            node("energy_hist", "histogram", &["energy"], json!({"bins": 10, "low": 0.0, "high": 10.0})),
+            node(
+                "energy_hist",
+                "histogram",
+                &["energy"],
+                json!({"bins": 10, "low": 0.0, "high": 10.0}),
+            ),
         ],
         results: vec!["energy_chart".into(), "energy_hist".into()],
     }
 }
 
 fn synthetic(frames: u64) -> SourceConfig {
-    SourceConfig::Synthetic(SyntheticConfig { frames: Some(frames), rate_hz: None, ..SyntheticConfig::scalars_only() })
+    SourceConfig::Synthetic(SyntheticConfig {
+        frames: Some(frames),
+        rate_hz: None,
+        ..SyntheticConfig::scalars_only()
+    })
 }
 
 fn config(source: SourceConfig, partitions: usize, graph: GraphSpec) -> PipelineConfig {
-    PipelineConfig { source, partitions, batch_size: 100, graph: Some(graph), ..PipelineConfig::default() }
+    PipelineConfig {
+        source,
+        partitions,
+        batch_size: 100,
+        graph: Some(graph),
+        ..PipelineConfig::default()
+    }
 }
 
 fn run_collect(ctx: &TaskContext, config: &PipelineConfig, mut collect: Collect) -> Result<Collect, TaskError> {
@@ -109,11 +129,24 @@ fn main() -> ExitCode {
         case("golden_strip_chart_and_histogram_through_the_pipeline", |ctx| {
             // Known events over 3 bins of 20 Hz (50 ms), energies chosen by hand.
             let width = bin_width_ns(20.0);
-            let energies: Vec<(u64, f64)> = vec![(0, 1.0), (10, 2.5), (49, 9.5), (50, 3.0), (99, 4.0), (100, 7.25), (120, 11.0), (149, 0.5)];
+            let energies: Vec<(u64, f64)> = vec![
+                (0, 1.0),
+                (10, 2.5),
+                (49, 9.5),
+                (50, 3.0),
+                (99, 4.0),
+                (100, 7.25),
+                (120, 11.0),
+                (149, 0.5),
+            ];
             let frames: Vec<Frame> = energies
                 .iter()
                 .enumerate()
-                .map(|(seq, (ms, e))| Frame { seq: seq as u64, timestamp_ns: ms * 1_000_000, fields: vec![("energy".into(), FieldValue::Scalar(*e))] })
+                .map(|(seq, (ms, e))| Frame {
+                    seq: seq as u64,
+                    timestamp_ns: ms * 1_000_000,
+                    fields: vec![("energy".into(), FieldValue::Scalar(*e))],
+                })
                 .collect();
             let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-golden");
             std::fs::create_dir_all(&dir)?;
@@ -123,11 +156,18 @@ fn main() -> ExitCode {
             let collect = run_collect(ctx, &config(source, 2, energy_graph()), Collect::default())?;
             check(collect.bins.len() == 3, format!("{} bins", collect.bins.len()))?;
             for bin in &collect.bins {
-                let mine: Vec<f64> = energies.iter().filter(|(ms, _)| ms * 1_000_000 / width == bin.bin).map(|(_, e)| *e).collect();
+                let mine: Vec<f64> = energies
+                    .iter()
+                    .filter(|(ms, _)| ms * 1_000_000 / width == bin.bin)
+                    .map(|(_, e)| *e)
+                    .collect();
                 let mean = mine.iter().sum::<f64>() / mine.len() as f64;
                 let chart = &bin.values["energy_chart"];
                 check(chart["count"] == json!(mine.len()), format!("bin {} count {chart}", bin.bin))?;
-                check((chart["mean"].as_f64().unwrap_or(f64::NAN) - mean).abs() < 1e-12, format!("bin {} mean {chart} vs {mean}", bin.bin))?;
+                check(
+                    (chart["mean"].as_f64().unwrap_or(f64::NAN) - mean).abs() < 1e-12,
+                    format!("bin {} mean {chart} vs {mean}", bin.bin),
+                )?;
                 let hist = &bin.values["energy_hist"];
                 let mut counts = vec![0u64; 10];
                 let mut overflow = 0u64;
@@ -138,9 +178,15 @@ fn main() -> ExitCode {
                         counts[*e as usize] += 1;
                     }
                 }
-                check(hist["counts"] == json!(counts) && hist["overflow"] == json!(overflow), format!("bin {} histogram {hist}", bin.bin))?;
+                check(
+                    hist["counts"] == json!(counts) && hist["overflow"] == json!(overflow),
+                    format!("bin {} histogram {hist}", bin.bin),
+                )?;
                 // The same value is in the Results store.
-                let stored = collect.stored.get(&result_key("energy_chart", bin.bin)).ok_or_else(|| TaskError::msg("bin not in Results"))?;
+                let stored = collect
+                    .stored
+                    .get(&result_key("energy_chart", bin.bin))
+                    .ok_or_else(|| TaskError::msg("bin not in Results"))?;
                 check(close(&stored["value"], chart), format!("stored {stored}"))?;
             }
             Ok(())
@@ -148,13 +194,19 @@ fn main() -> ExitCode {
         case("one_and_four_partitions_give_the_same_results", |ctx| {
             let one = run_collect(ctx, &config(synthetic(3000), 1, energy_graph()), Collect::default())?;
             let four = run_collect(ctx, &config(synthetic(3000), 4, energy_graph()), Collect::default())?;
-            check(one.bins.len() == four.bins.len() && !one.bins.is_empty(), format!("{} vs {} bins", one.bins.len(), four.bins.len()))?;
+            check(
+                one.bins.len() == four.bins.len() && !one.bins.is_empty(),
+                format!("{} vs {} bins", one.bins.len(), four.bins.len()),
+            )?;
             let total: u64 = one.bins.iter().map(|b| b.events).sum();
             check(total == 3000, format!("{total} events in bins"))?;
             for (a, b) in one.bins.iter().zip(&four.bins) {
                 check(a.bin == b.bin && a.events == b.events, format!("bin {} / {}", a.bin, b.bin))?;
                 for (name, value) in &a.values {
-                    check(close(value, &b.values[name]), format!("bin {} {name}: {value} vs {}", a.bin, b.values[name]))?;
+                    check(
+                        close(value, &b.values[name]),
+                        format!("bin {} {name}: {value} vs {}", a.bin, b.values[name]),
+                    )?;
                 }
             }
             Ok(())
@@ -166,32 +218,58 @@ fn main() -> ExitCode {
             second.results = vec!["doubled_chart".into()];
             let mut cfg = config(synthetic(6000), 2, energy_graph());
             cfg.window = 1;
-            let collect = run_collect(ctx, &cfg, Collect { switch_after: Some((3, second)), ..Collect::default() })?;
+            let collect = run_collect(
+                ctx,
+                &cfg,
+                Collect {
+                    switch_after: Some((3, second)),
+                    ..Collect::default()
+                },
+            )?;
             let switched = collect.switched_at_bin.ok_or_else(|| TaskError::msg("graph never switched"))?;
             let first_version = collect.bins[0].graph_version;
             let versions: Vec<u64> = collect.bins.iter().map(|b| b.graph_version).collect();
             check(versions.windows(2).all(|w| w[0] <= w[1]), format!("versions go back: {versions:?}"))?;
             for bin in collect.bins.iter().filter(|b| b.bin <= switched) {
-                check(bin.graph_version == first_version && bin.values.contains_key("energy_chart"), format!("bin {} before the change", bin.bin))?;
+                check(
+                    bin.graph_version == first_version && bin.values.contains_key("energy_chart"),
+                    format!("bin {} before the change", bin.bin),
+                )?;
             }
             let last = collect.bins.last().ok_or_else(|| TaskError::msg("no bins"))?;
-            check(last.graph_version == first_version + 1 && last.values.contains_key("doubled_chart"), format!("last bin {last:?}"))
+            check(
+                last.graph_version == first_version + 1 && last.values.contains_key("doubled_chart"),
+                format!("last bin {last:?}"),
+            )
         }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {
-                nodes: vec![node("img", "select", &[], json!({"field": "energy", "kind": "image"})), node("total", "sum", &["img"], json!({}))],
+                nodes: vec![
+                    node("img", "select", &[], json!({"field": "energy", "kind": "image"})),
+                    node("total", "sum", &["img"], json!({})),
+                ],
                 results: vec!["total".into()],
             };
             let mut cfg = config(synthetic(6000), 2, energy_graph());
             cfg.window = 1;
-            let mut breaker = Breaker { inner: Collect::default(), broken, incidents: 0 };
+            let mut breaker = Breaker {
+                inner: Collect::default(),
+                broken,
+                incidents: 0,
+            };
             let summary = ami_tasks::run(ctx, &cfg, None, &mut breaker)?;
             check(!summary.graph_failures.is_empty(), "no failure reported")?;
-            check(summary.graph_failures.iter().all(|f| f.version == 2), format!("{:?}", summary.graph_failures))?;
+            check(
+                summary.graph_failures.iter().all(|f| f.version == 2),
+                format!("{:?}", summary.graph_failures),
+            )?;
             check(breaker.incidents > 0, "no incident in the control store")?;
             let last = breaker.inner.bins.last().ok_or_else(|| TaskError::msg("no bins"))?;
-            check(last.graph_version == 1 && last.values.contains_key("energy_chart"), format!("after the failure: {last:?}"))?;
+            check(
+                last.graph_version == 1 && last.values.contains_key("energy_chart"),
+                format!("after the failure: {last:?}"),
+            )?;
             let total: u64 = breaker.inner.bins.iter().map(|b| b.events).sum();
             check(total == 6000, format!("{total} events in bins: events lost in the revert"))
         }),

@@ -194,7 +194,8 @@ impl<'p> Params<'p> {
         match v.as_f64() {
             Some(x) if x.is_finite() => Some(x),
             _ => {
-                self.errors.push(format!("parameter `{key}` must be a number, got {}", json_kind(v)));
+                self.errors
+                    .push(format!("parameter `{key}` must be a number, got {}", json_kind(v)));
                 None
             }
         }
@@ -210,13 +211,16 @@ impl<'p> Params<'p> {
     fn opt_uint(&mut self, key: &str) -> Option<usize> {
         let v = self.get(key)?;
         // Integral floats (`32.0`) are accepted: some clients write every number as a float.
-        let n = v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 9.0e15).map(|x| x as u64));
+        let n = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 9.0e15)
+                .map(|x| x as u64)
+        });
         match n.and_then(|n| usize::try_from(n).ok()) {
             Some(n) => Some(n),
             None => {
-                self.errors.push(format!("parameter `{key}` must be a non-negative integer, got {}", json_text(v)));
+                self.errors
+                    .push(format!("parameter `{key}` must be a non-negative integer, got {}", json_text(v)));
                 None
             }
         }
@@ -237,7 +241,8 @@ impl<'p> Params<'p> {
             }
             Some(Json::String(s)) => Some(s),
             Some(v) => {
-                self.errors.push(format!("parameter `{key}` must be a string, got {}", json_kind(v)));
+                self.errors
+                    .push(format!("parameter `{key}` must be a string, got {}", json_kind(v)));
                 None
             }
         }
@@ -308,7 +313,8 @@ pub(crate) fn parse(op: &str, params: &Json) -> Result<Op, Vec<String>> {
                 Some("waveform") => Some(Kind::Waveform),
                 Some("image") => Some(Kind::Image),
                 Some(other) => {
-                    p.errors.push(format!("`kind` must be \"scalar\", \"waveform\" or \"image\", got \"{other}\""));
+                    p.errors
+                        .push(format!("`kind` must be \"scalar\", \"waveform\" or \"image\", got \"{other}\""));
                     None
                 }
                 None => None,
@@ -316,21 +322,24 @@ pub(crate) fn parse(op: &str, params: &Json) -> Result<Op, Vec<String>> {
             let (length, width, height) = (p.opt_uint("length"), p.opt_uint("width"), p.opt_uint("height"));
             match kind {
                 Some(Kind::Scalar) => {
-                    for key in ["length", "width", "height"].into_iter().filter(|k| p.has(k)) {
-                        p.errors.push(format!("`{key}` does not apply to a scalar"));
+                    for key in ["length", "width", "height"] {
+                        if p.has(key) {
+                            p.errors.push(format!("`{key}` does not apply to a scalar"));
+                        }
                     }
                 }
                 Some(Kind::Waveform) => {
-                    for key in ["width", "height"].into_iter().filter(|k| p.has(k)) {
-                        p.errors.push(format!("`{key}` applies to images; a waveform has `length`"));
+                    for key in ["width", "height"] {
+                        if p.has(key) {
+                            p.errors.push(format!("`{key}` applies to images; a waveform has `length`"));
+                        }
                     }
                 }
-                Some(Kind::Image) => {
-                    if p.has("length") {
-                        p.errors.push("`length` applies to waveforms; an image has `width` and `height`".to_string());
-                    }
+                Some(Kind::Image) if p.has("length") => {
+                    p.errors
+                        .push("`length` applies to waveforms; an image has `width` and `height`".to_string());
                 }
-                None => {}
+                Some(Kind::Image) | None => {}
             }
             let op = kind.zip(field).map(|(kind, field)| Op::Select {
                 field: field.to_string(),
@@ -347,25 +356,28 @@ pub(crate) fn parse(op: &str, params: &Json) -> Result<Op, Vec<String>> {
             let two_d = ["x0", "y0", "x1", "y1"].iter().any(|k| p.has(k));
             let roi = match (one_d, two_d) {
                 (true, true) => {
-                    p.errors.push("give either `start`/`end` (waveform) or `x0`/`y0`/`x1`/`y1` (image), not both".to_string());
+                    p.errors
+                        .push("give either `start`/`end` (waveform) or `x0`/`y0`/`x1`/`y1` (image), not both".to_string());
                     None
                 }
                 (false, false) => {
-                    p.errors.push("missing parameters: `start` and `end` (waveform) or `x0`, `y0`, `x1`, `y1` (image)".to_string());
+                    p.errors
+                        .push("missing parameters: `start` and `end` (waveform) or `x0`, `y0`, `x1`, `y1` (image)".to_string());
                     None
                 }
                 (true, false) => {
                     let (start, end) = (p.uint("start"), p.uint("end"));
-                    let (start, end) = (start?, end?);
-                    if start >= end {
-                        p.errors.push(format!("empty or inverted range: start {start} >= end {end}"));
-                    }
-                    Some(Op::Roi {
-                        image: false,
-                        x0: start,
-                        y0: 0,
-                        x1: end,
-                        y1: 1,
+                    start.zip(end).map(|(start, end)| {
+                        if start >= end {
+                            p.errors.push(format!("empty or inverted range: start {start} >= end {end}"));
+                        }
+                        Op::Roi {
+                            image: false,
+                            x0: start,
+                            y0: 0,
+                            x1: end,
+                            y1: 1,
+                        }
                     })
                 }
                 (false, true) => {
@@ -380,13 +392,16 @@ pub(crate) fn parse(op: &str, params: &Json) -> Result<Op, Vec<String>> {
                             p.errors.push(format!("empty or inverted range: y0 {y0} >= y1 {y1}"));
                         }
                     }
-                    Some(Op::Roi {
-                        image: true,
-                        x0: x0?,
-                        y0: y0?,
-                        x1: x1?,
-                        y1: y1?,
-                    })
+                    match (x0, y0, x1, y1) {
+                        (Some(x0), Some(y0), Some(x1), Some(y1)) => Some(Op::Roi {
+                            image: true,
+                            x0,
+                            y0,
+                            x1,
+                            y1,
+                        }),
+                        _ => None,
+                    }
                 }
             };
             p.finish(roi)
@@ -407,7 +422,8 @@ pub(crate) fn parse(op: &str, params: &Json) -> Result<Op, Vec<String>> {
             let axis = match p.uint("axis") {
                 Some(a @ (0 | 1)) => Some(a as u8),
                 Some(a) => {
-                    p.errors.push(format!("`axis` must be 0 (sum over rows) or 1 (sum over columns), got {a}"));
+                    p.errors
+                        .push(format!("`axis` must be 0 (sum over rows) or 1 (sum over columns), got {a}"));
                     None
                 }
                 None => None,
@@ -469,14 +485,23 @@ pub(crate) fn infer(op: &Op, op_name: &str, inputs: &[(&str, Ty)]) -> Result<Ty,
     let name = |k: usize| inputs.get(k).map_or("", |i| i.0);
     let wrong = |k: usize, wanted: &str| Err(vec![format!("`{op_name}` needs {wanted}, but input `{}` is {}", name(k), input(k))]);
     match *op {
-        Op::Select { kind, length, width, height, .. } => Ok(match kind {
+        Op::Select {
+            kind,
+            length,
+            width,
+            height,
+            ..
+        } => Ok(match kind {
             Kind::Scalar => Ty::Scalar,
             Kind::Waveform => Ty::Waveform { len: length },
             Kind::Image => Ty::Image { width, height },
         }),
         Op::Roi { image: false, x0, x1, .. } => match input(0) {
             Ty::Waveform { len } => match len {
-                Some(len) if x1 > len => Err(vec![format!("range {x0}..{x1} is out of bounds of input `{}` of length {len}", name(0))]),
+                Some(len) if x1 > len => Err(vec![format!(
+                    "range {x0}..{x1} is out of bounds of input `{}` of length {len}",
+                    name(0)
+                )]),
                 _ => Ok(Ty::Waveform { len: Some(x1 - x0) }),
             },
             Ty::Image { .. } => Err(vec![format!(
@@ -485,7 +510,13 @@ pub(crate) fn infer(op: &Op, op_name: &str, inputs: &[(&str, Ty)]) -> Result<Ty,
             )]),
             _ => wrong(0, "a waveform or an image"),
         },
-        Op::Roi { image: true, x0, y0, x1, y1 } => match input(0) {
+        Op::Roi {
+            image: true,
+            x0,
+            y0,
+            x1,
+            y1,
+        } => match input(0) {
             Ty::Image { width, height } => {
                 let mut errors = Vec::new();
                 if let Some(w) = width.filter(|w| x1 > *w) {
@@ -533,7 +564,11 @@ pub(crate) fn infer(op: &Op, op_name: &str, inputs: &[(&str, Ty)]) -> Result<Ty,
                 .filter(|&k| input(k) != Ty::Scalar)
                 .map(|k| {
                     let role = if k == 0 { "value" } else { "scan" };
-                    format!("`binned_mean` needs scalar inputs [value, scan], but {role} input `{}` is {}", name(k), input(k))
+                    format!(
+                        "`binned_mean` needs scalar inputs [value, scan], but {role} input `{}` is {}",
+                        name(k),
+                        input(k)
+                    )
                 })
                 .collect();
             if errors.is_empty() {
@@ -551,14 +586,26 @@ pub(crate) fn infer(op: &Op, op_name: &str, inputs: &[(&str, Ty)]) -> Result<Ty,
             (t, Ty::Scalar) | (Ty::Scalar, t) if t.is_array() => Ok(t),
             (Ty::Waveform { len: a }, Ty::Waveform { len: b }) => {
                 if shapes_differ(a, b) {
-                    Err(vec![format!("shape mismatch: input `{}` is {}, input `{}` is {}", name(0), input(0), name(1), input(1))])
+                    Err(vec![format!(
+                        "shape mismatch: input `{}` is {}, input `{}` is {}",
+                        name(0),
+                        input(0),
+                        name(1),
+                        input(1)
+                    )])
                 } else {
                     Ok(Ty::Waveform { len: a.or(b) })
                 }
             }
             (Ty::Image { width: wa, height: ha }, Ty::Image { width: wb, height: hb }) => {
                 if shapes_differ(wa, wb) || shapes_differ(ha, hb) {
-                    Err(vec![format!("shape mismatch: input `{}` is {}, input `{}` is {}", name(0), input(0), name(1), input(1))])
+                    Err(vec![format!(
+                        "shape mismatch: input `{}` is {}, input `{}` is {}",
+                        name(0),
+                        input(0),
+                        name(1),
+                        input(1)
+                    )])
                 } else {
                     Ok(Ty::Image {
                         width: wa.or(wb),
@@ -643,8 +690,14 @@ fn map_array<'a>(input: ArrayArg<'_, 'a>, f: impl Fn(f64) -> f64) -> Array<'a> {
 }
 
 fn map_new<'a>(a: &Array<'_>, f: impl Fn(f64) -> f64) -> Array<'a> {
-    let mut out = Vec::with_capacity(a.len());
-    a.for_each(|x| out.push(f(x)));
+    let out = match a.contiguous() {
+        Some(all) => all.iter().map(|&x| f(x)).collect(),
+        None => {
+            let mut out = Vec::with_capacity(a.len());
+            a.rows().for_each(|row| out.extend(row.iter().map(|&x| f(x))));
+            out
+        }
+    };
     Array::owned(out, a.width(), a.height())
 }
 
@@ -652,11 +705,15 @@ fn map_new<'a>(a: &Array<'_>, f: impl Fn(f64) -> f64) -> Array<'a> {
 fn zip_arrays<'a>(left: ArrayArg<'_, 'a>, right: ArrayArg<'_, 'a>, image: bool, f: impl Fn(f64, f64) -> f64) -> Result<Array<'a>, String> {
     let (ls, rs) = (left.get().shape(), right.get().shape());
     if ls != rs {
-        return Err(format!("input shapes differ: {} and {}", shape_text(image, ls), shape_text(image, rs)));
+        return Err(format!(
+            "input shapes differ: {} and {}",
+            shape_text(image, ls),
+            shape_text(image, rs)
+        ));
     }
     let (width, height) = ls;
     match (left, right) {
-        (ArrayArg::Owned(mut l), r) if l.owned_mut().is_some() => {
+        (ArrayArg::Owned(mut l), r) if l.is_owned_exact() => {
             if let Some(out) = l.owned_mut() {
                 let r = r.get();
                 for (y, row) in out.chunks_exact_mut(width.max(1)).take(height).enumerate() {
@@ -665,7 +722,7 @@ fn zip_arrays<'a>(left: ArrayArg<'_, 'a>, right: ArrayArg<'_, 'a>, image: bool, 
             }
             Ok(l)
         }
-        (l, ArrayArg::Owned(mut r)) if r.owned_mut().is_some() => {
+        (l, ArrayArg::Owned(mut r)) if r.is_owned_exact() => {
             if let Some(out) = r.owned_mut() {
                 let l = l.get();
                 for (y, row) in out.chunks_exact_mut(width.max(1)).take(height).enumerate() {
@@ -704,19 +761,11 @@ fn into_array<'s, 'a>(arg: Arg<'s, 'a>) -> Result<ArrayArg<'s, 'a>, String> {
     array_arg(&mut args, 0)
 }
 
-/// Number of peaks strictly above `threshold` (see the module docs for the definition).
-fn count_peaks(a: &Array<'_>, image: bool, threshold: f64) -> usize {
+/// Number of peaks strictly above `threshold` (see the module docs for the definition). A
+/// waveform is an image of height 1: its pixels have no up and down neighbours.
+fn count_peaks(a: &Array<'_>, threshold: f64) -> usize {
     let (width, height) = a.shape();
     let mut count = 0;
-    if !image {
-        let row = a.row(0);
-        for (i, &v) in row.iter().enumerate() {
-            if v > threshold && (i == 0 || v > row[i - 1]) && (i + 1 == width || v > row[i + 1]) {
-                count += 1;
-            }
-        }
-        return count;
-    }
     for y in 0..height {
         let row = a.row(y);
         let up = (y > 0).then(|| a.row(y - 1));
@@ -735,25 +784,45 @@ fn count_peaks(a: &Array<'_>, image: bool, threshold: f64) -> usize {
     count
 }
 
+/// Σ f(x) over `xs`, in 4 independent lanes: the additions pipeline (and vectorize) instead of
+/// waiting on each other.
+fn sum_lanes(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0; 4];
+    let chunks = xs.chunks_exact(4);
+    let rest: f64 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += f(x));
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + rest
+}
+
+/// Σ f(x) over an array, row by row (or in one go when contiguous).
+fn total(a: &Array<'_>, f: impl Fn(f64) -> f64 + Copy) -> f64 {
+    match a.contiguous() {
+        Some(all) => sum_lanes(all, f),
+        None => a.rows().map(|row| sum_lanes(row, f)).sum(),
+    }
+}
+
 fn reduce(a: &Array<'_>, how: Reduce) -> Result<f64, String> {
     let n = a.len();
     if n == 0 && how != Reduce::Sum {
-        return Err(format!("{how:?} of an empty array").to_lowercase());
+        let name = match how {
+            Reduce::Sum => "sum",
+            Reduce::Mean => "mean",
+            Reduce::Std => "std",
+            Reduce::Min => "min",
+            Reduce::Max => "max",
+        };
+        return Err(format!("`{name}` of an empty array is undefined"));
     }
-    let sum = || {
-        let mut s = 0.0;
-        a.for_each(|x| s += x);
-        s
-    };
     Ok(match how {
-        Reduce::Sum => sum(),
-        Reduce::Mean => sum() / n as f64,
+        Reduce::Sum => total(a, |x| x),
+        Reduce::Mean => total(a, |x| x) / n as f64,
         Reduce::Std => {
             // Two passes: exact enough for the large offsets detector data often has.
-            let mean = sum() / n as f64;
-            let mut ss = 0.0;
-            a.for_each(|x| ss += (x - mean) * (x - mean));
-            (ss / n as f64).sqrt()
+            let mean = total(a, |x| x) / n as f64;
+            (total(a, |x| (x - mean) * (x - mean)) / n as f64).sqrt()
         }
         // `f64::min`/`max` skip NaN, so NaN elements are ignored unless all are NaN.
         Reduce::Min => {
@@ -783,18 +852,33 @@ fn select<'a>(frame: &'a Frame, index: usize, op: &Op) -> Result<Value<'a>, Stri
     let Some((_, value)) = frame.fields.get(index) else {
         return Err(format!("the event has no field `{field}`"));
     };
-    let wrong = |got: &str| Err(format!("field `{field}` is {got}, but the graph selects it as {kind:?}").to_lowercase());
+    let wanted = match kind {
+        Kind::Scalar => "a scalar",
+        Kind::Waveform => "a waveform",
+        Kind::Image => "an image",
+    };
+    let wrong = |got: &str| Err(format!("field `{field}` is {got}, but the graph selects it as {wanted}"));
     match (kind, value) {
         (Kind::Scalar, FieldValue::Scalar(x)) => Ok(Value::Scalar(*x)),
         (Kind::Waveform, FieldValue::Waveform(v)) => {
             if let Some(len) = length.filter(|len| *len != v.len()) {
-                return Err(format!("field `{field}` has length {}, but the graph declares length {len}", v.len()));
+                return Err(format!(
+                    "field `{field}` has length {}, but the graph declares length {len}",
+                    v.len()
+                ));
             }
             Array::new(v.as_slice().into(), v.len(), 1)
                 .map(Value::Array)
                 .ok_or_else(|| internal("waveform view"))
         }
-        (Kind::Image, FieldValue::Image { width: w, height: h, pixels }) => {
+        (
+            Kind::Image,
+            FieldValue::Image {
+                width: w,
+                height: h,
+                pixels,
+            },
+        ) => {
             let (w, h) = (*w as usize, *h as usize);
             if width.is_some_and(|d| d != w) || height.is_some_and(|d| d != h) {
                 let dim = |d: &Option<usize>| d.map_or_else(|| "?".to_string(), |d| d.to_string());
@@ -830,7 +914,10 @@ pub(crate) fn eval<'a>(
             let a = input.get();
             if !a.window_fits(x0, y0, x1, y1) {
                 return Err(if image {
-                    format!("roi x {x0}..{x1}, y {y0}..{y1} is out of bounds of a {} image", shape_text(true, a.shape()))
+                    format!(
+                        "roi x {x0}..{x1}, y {y0}..{y1} is out of bounds of a {} image",
+                        shape_text(true, a.shape())
+                    )
                 } else {
                     format!("roi {x0}..{x1} is out of bounds of a waveform of length {}", a.width())
                 });
@@ -876,7 +963,7 @@ pub(crate) fn eval<'a>(
                 Arith::Div => arith(l, r, image, |a, b| a / b)?,
             }
         }
-        Op::Peaks { threshold } => Value::Scalar(count_peaks(array_arg(&mut args, 0)?.get(), image, threshold) as f64),
+        Op::Peaks { threshold } => Value::Scalar(count_peaks(array_arg(&mut args, 0)?.get(), threshold) as f64),
         Op::Histogram(_) | Op::BinnedMean(_) | Op::StripChart => return Err(internal("an accumulating op is evaluated")),
     }))
 }

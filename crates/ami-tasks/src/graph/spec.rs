@@ -109,21 +109,43 @@ fn node(id: &str, op: &str, inputs: &[&str], params: serde_json::Value) -> NodeS
 pub fn default_graph() -> GraphSpec {
     GraphSpec {
         nodes: vec![
-            node("cspad", "select", &[], json!({"field": "cspad", "kind": "image", "width": 128, "height": 128})),
+            node(
+                "cspad",
+                "select",
+                &[],
+                json!({"field": "cspad", "kind": "image", "width": 128, "height": 128}),
+            ),
             node("cspad_roi", "roi", &["cspad"], json!({"x0": 32, "y0": 32, "x1": 96, "y1": 96})),
             node("cspad_roi_mean", "mean", &["cspad_roi"], serde_json::Value::Null),
             node("cspad_roi_chart", "strip_chart", &["cspad_roi_mean"], serde_json::Value::Null),
             node("cspad_columns", "projection", &["cspad"], json!({"axis": 0})),
             node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
-            node("energy_hist", "histogram", &["energy"], json!({"bins": 50, "low": 0.0, "high": 10.0})),
+            node(
+                "energy_hist",
+                "histogram",
+                &["energy"],
+                json!({"bins": 50, "low": 0.0, "high": 10.0}),
+            ),
             node("scan", "select", &[], json!({"field": "scan", "kind": "scalar"})),
-            node("energy_vs_scan", "binned_mean", &["energy", "scan"], json!({"bins": 20, "low": 0.0, "high": 1.0})),
+            node(
+                "energy_vs_scan",
+                "binned_mean",
+                &["energy", "scan"],
+                json!({"bins": 20, "low": 0.0, "high": 1.0}),
+            ),
             node("trace", "select", &[], json!({"field": "trace", "kind": "waveform", "length": 256})),
             node("trace_peaks", "peaks", &["trace"], json!({"threshold": 0.5})),
         ],
-        results: ["cspad_roi_chart", "energy_hist", "trace", "cspad_columns", "energy_vs_scan", "trace_peaks"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        results: [
+            "cspad_roi_chart",
+            "energy_hist",
+            "trace",
+            "cspad_columns",
+            "energy_vs_scan",
+            "trace_peaks",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     }
 }

@@ -12,8 +12,13 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ty {
     Scalar,
-    Waveform { len: Option<usize> },
-    Image { width: Option<usize>, height: Option<usize> },
+    Waveform {
+        len: Option<usize>,
+    },
+    Image {
+        width: Option<usize>,
+        height: Option<usize>,
+    },
     /// The output of an accumulating op (histogram, binned_mean, strip_chart): it exists only as
     /// a result, never as the input of another node.
     Accumulated,
@@ -128,9 +133,14 @@ impl<'a> Array<'a> {
         }
     }
 
+    /// Whether this array owns a buffer holding exactly its elements.
+    pub(crate) fn is_owned_exact(&self) -> bool {
+        matches!(self.data, Cow::Owned(_)) && self.offset == 0 && self.stride == self.width && self.data.len() == self.len()
+    }
+
     /// The owned buffer when this array owns exactly its elements (so it can be updated in place).
     pub(crate) fn owned_mut(&mut self) -> Option<&mut [f64]> {
-        let exact = self.offset == 0 && self.stride == self.width && self.data.len() == self.len();
+        let exact = self.is_owned_exact();
         match &mut self.data {
             Cow::Owned(v) if exact => Some(v.as_mut_slice()),
             _ => None,

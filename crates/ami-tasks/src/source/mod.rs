@@ -14,7 +14,7 @@
 //! | source | config | what it reads | [`SourcePosition::offset`] |
 //! |---|---|---|---|
 //! | [`SyntheticDataSource`] ([`synthetic`]) | `Synthetic` | generated frames, deterministic from a seed | unused (0) |
-//! | [`FileDataSource`] ([`file`]) | `File` | a recording written by [`write_recording`] ([`recording`]) | byte offset of the next record |
+//! | [`FileDataSource`] ([`file`](mod@file)) | `File` | a recording written by [`write_recording`] ([`recording`]) | byte offset of the next record |
 //! | [`SharedMemoryDataSource`] ([`shm`]) | `SharedMemory` | a ring in `/dev/shm` filled by a [`ShmProducer`] | index of the next ring slot |
 //!
 //! # Your own source
@@ -143,12 +143,32 @@ pub enum SourceError {
 }
 
 /// Opens the source for `partition` of `partitions`, continuing from `from` when given.
-pub fn open(config: &SourceConfig, partition: usize, partitions: usize, from: Option<&SourcePosition>) -> Result<Box<dyn DataSource>, SourceError> {
+pub fn open(
+    config: &SourceConfig,
+    partition: usize,
+    partitions: usize,
+    from: Option<&SourcePosition>,
+) -> Result<Box<dyn DataSource>, SourceError> {
     check_partition(partition, partitions)?;
     Ok(match config {
         SourceConfig::Synthetic(synthetic) => Box::new(SyntheticDataSource::open(synthetic, partition, partitions, from)?),
         SourceConfig::File { path, realtime } => Box::new(FileDataSource::open(path, *realtime, partition, partitions, from)?),
         SourceConfig::SharedMemory { name } => Box::new(SharedMemoryDataSource::open(name, partition, partitions, from)?),
+    })
+}
+
+/// The largest encoded frame (bincode bytes) the source will deliver, to size telemetry buffers:
+/// exact for a synthetic source (its frames all have the same shape; a margin covers the
+/// growing sequence numbers and time stamps), the largest record of a recording, and the slot
+/// capacity of a shared-memory ring (which must exist).
+pub fn max_frame_bytes(config: &SourceConfig) -> Result<u64, SourceError> {
+    Ok(match config {
+        SourceConfig::Synthetic(synthetic) => {
+            // Each of the two varints is 1 byte for frame 0 and at most 9.
+            encode_frame(&SyntheticGenerator::new(synthetic)?.frame(0))?.len() as u64 + 16
+        }
+        SourceConfig::File { path, .. } => recording_info(path)?.max_frame_bytes,
+        SourceConfig::SharedMemory { name } => SharedMemoryDataSource::open(name, 0, 1, None)?.slot_bytes(),
     })
 }
 
@@ -168,11 +188,16 @@ pub(crate) fn is_mine(seq: u64, partition: usize, partitions: usize) -> bool {
 /// writes a struct's fields in order, so they are the first two varints of the payload. Sources
 /// that share their input between partitions use it to skip other partitions' frames cheaply.
 pub(crate) fn peek_seq_timestamp(payload: &[u8]) -> Option<(u64, u64)> {
-    bincode::serde::decode_from_slice::<(u64, u64), _>(payload, bincode::config::standard()).ok().map(|(v, _)| v)
+    bincode::serde::decode_from_slice::<(u64, u64), _>(payload, bincode::config::standard())
+        .ok()
+        .map(|(v, _)| v)
 }
 
 pub(crate) fn encode_frame(frame: &Frame) -> Result<Vec<u8>, SourceError> {
-    bincode::serde::encode_to_vec(frame, bincode::config::standard()).map_err(|e| SourceError::Encode { seq: frame.seq, reason: e.to_string() })
+    bincode::serde::encode_to_vec(frame, bincode::config::standard()).map_err(|e| SourceError::Encode {
+        seq: frame.seq,
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn decode_frame(payload: &[u8]) -> Result<Frame, String> {
@@ -190,11 +215,26 @@ mod tests {
 
     #[test]
     fn peeks_seq_and_timestamp_of_an_encoded_frame() {
-        let frame = Frame { seq: 123_456_789, timestamp_ns: 42, fields: vec![("x".into(), FieldValue::Waveform(vec![1.0; 10]))] };
+        let frame = Frame {
+            seq: 123_456_789,
+            timestamp_ns: 42,
+            fields: vec![("x".into(), FieldValue::Waveform(vec![1.0; 10]))],
+        };
         let bytes = encode_frame(&frame).unwrap();
         assert_eq!(peek_seq_timestamp(&bytes), Some((123_456_789, 42)));
         assert_eq!(decode_frame(&bytes).unwrap(), frame);
         assert!(decode_frame(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn max_frame_bytes_of_a_synthetic_source() {
+        let config = SyntheticConfig::default();
+        let generator = SyntheticGenerator::new(&config).unwrap();
+        let bound = max_frame_bytes(&SourceConfig::Synthetic(config)).unwrap();
+        for seq in [0, 1000, u64::MAX / 1_000_000_000] {
+            let bytes = encode_frame(&generator.frame(seq)).unwrap().len() as u64;
+            assert!(bytes <= bound && bytes + 16 >= bound, "{bytes} vs {bound}");
+        }
     }
 
     #[test]
@@ -207,11 +247,16 @@ mod tests {
 
     #[test]
     fn config_is_json() {
-        let config = SourceConfig::File { path: "/data/run1.rec".into(), realtime: true };
+        let config = SourceConfig::File {
+            path: "/data/run1.rec".into(),
+            realtime: true,
+        };
         let text = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<SourceConfig>(&text).unwrap(), config);
         let partial: SourceConfig = serde_json::from_str(r#"{"Synthetic": {"seed": 7, "frames": 10}}"#).unwrap();
-        let SourceConfig::Synthetic(synthetic) = partial else { panic!("not synthetic") };
+        let SourceConfig::Synthetic(synthetic) = partial else {
+            panic!("not synthetic")
+        };
         assert_eq!(synthetic.seed, 7);
         assert_eq!(synthetic.frames, Some(10));
         assert_eq!(synthetic.scalars, SyntheticConfig::default().scalars);

@@ -1,0 +1,361 @@
+//! Recordings and the file source: round trips, damaged files, positions, pacing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ami_tasks::event::Frame;
+use ami_tasks::source::{
+    self, recording_info, write_recording, write_recording_with, Batch, DataSource, RecordingHeader, RecordingReader, SourceConfig,
+    SourceError, SourcePosition, SyntheticConfig, SyntheticGenerator, WaveformSpec,
+};
+
+/// A directory of its own for each test, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(test: &str) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("recording-files-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Small frames: two scalars, a short waveform, a tiny image.
+fn frames(n: u64) -> Vec<Frame> {
+    let config = SyntheticConfig {
+        waveforms: vec![WaveformSpec {
+            name: "trace".into(),
+            length: 12,
+        }],
+        ..SyntheticConfig::images(3, 2)
+    };
+    let generator = SyntheticGenerator::new(&config).unwrap();
+    (0..n).map(|seq| generator.frame(seq)).collect()
+}
+
+fn file_source(path: &Path, partition: usize, partitions: usize, from: Option<&SourcePosition>) -> Box<dyn DataSource> {
+    source::open(
+        &SourceConfig::File {
+            path: path.to_path_buf(),
+            realtime: false,
+        },
+        partition,
+        partitions,
+        from,
+    )
+    .unwrap()
+}
+
+/// Everything the source delivers, in batches of `max`.
+fn drain(source: &mut dyn DataSource, max: usize) -> Vec<Frame> {
+    let mut out = Vec::new();
+    loop {
+        let batch = source.next_batch(max, Duration::from_secs(5)).unwrap();
+        if batch.ended {
+            assert!(batch.frames.is_empty());
+            return out;
+        }
+        assert!(!batch.frames.is_empty(), "a file source without pacing never times out");
+        out.extend(batch.frames);
+    }
+}
+
+/// Byte offsets where each record starts, and the end of the last one.
+fn record_bounds(path: &Path) -> Vec<u64> {
+    let mut reader = RecordingReader::open(path).unwrap();
+    let mut bounds = vec![reader.offset()];
+    while reader.next_frame().unwrap().is_some() {
+        bounds.push(reader.offset());
+    }
+    assert!(reader.damage().is_none());
+    bounds
+}
+
+#[test]
+fn round_trip_with_any_partition_count() {
+    let dir = Dir::new("round-trip");
+    let path = dir.path("run.rec");
+    let expected = frames(57);
+    let mut progress = Vec::new();
+    let written = write_recording(&path, expected.clone().into_iter(), |n| progress.push(n)).unwrap();
+    assert_eq!(progress, (1..=57).collect::<Vec<_>>());
+    assert_eq!(
+        (written.frames, written.first_seq, written.last_seq, written.intact),
+        (57, Some(0), Some(56), true)
+    );
+    assert_eq!(written.bytes, std::fs::metadata(&path).unwrap().len());
+    let largest = expected
+        .iter()
+        .map(|f| bincode::serde::encode_to_vec(f, bincode::config::standard()).unwrap().len() as u64)
+        .max();
+    assert_eq!(Some(written.max_frame_bytes), largest);
+    assert_eq!(
+        source::max_frame_bytes(&SourceConfig::File {
+            path: path.clone(),
+            realtime: false
+        })
+        .unwrap(),
+        written.max_frame_bytes
+    );
+    assert!(written.header.producer.starts_with("ami-tasks"));
+    let info = recording_info(&path).unwrap();
+    assert_eq!(info, written);
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1, "no temporary file is left behind");
+
+    let mut one = file_source(&path, 0, 1, None);
+    assert_eq!(drain(one.as_mut(), 10), expected);
+    assert_eq!(one.stats().frames, 57);
+    assert_eq!(one.stats().note, None);
+    let mut union = Vec::new();
+    for p in 0..4 {
+        let mut source = file_source(&path, p, 4, None);
+        let mine = drain(source.as_mut(), 4);
+        assert!(mine.iter().all(|f| f.seq % 4 == p as u64));
+        union.extend(mine);
+    }
+    union.sort_by_key(|f| f.seq);
+    assert_eq!(union, expected);
+}
+
+#[test]
+fn header_note_and_empty_recordings() {
+    let dir = Dir::new("header");
+    let path = dir.path("empty.rec");
+    let header = RecordingHeader {
+        created_unix_ns: 42,
+        producer: "test".into(),
+        note: "beam off".into(),
+    };
+    write_recording_with(&path, &header, std::iter::empty(), |_| {}).unwrap();
+    let info = recording_info(&path).unwrap();
+    assert_eq!(info.header, header);
+    assert_eq!((info.frames, info.first_seq, info.intact), (0, None, true));
+    let mut source = file_source(&path, 0, 1, None);
+    assert_eq!(
+        source.next_batch(10, Duration::from_secs(1)).unwrap(),
+        Batch {
+            frames: Vec::new(),
+            ended: true
+        }
+    );
+}
+
+#[test]
+fn a_truncated_file_replays_its_intact_frames_and_says_where_it_stops() {
+    let dir = Dir::new("truncated");
+    let path = dir.path("whole.rec");
+    let expected = frames(6);
+    write_recording(&path, expected.clone().into_iter(), |_| {}).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let bounds = record_bounds(&path);
+    let cut_path = dir.path("cut.rec");
+    // Every possible cut inside the records.
+    for cut in bounds[0]..bytes.len() as u64 {
+        std::fs::write(&cut_path, &bytes[..cut as usize]).unwrap();
+        let whole = bounds.iter().filter(|&&b| b <= cut).count() - 1;
+        let mut source = file_source(&cut_path, 0, 1, None);
+        let got = drain(source.as_mut(), 4);
+        assert_eq!(got, expected[..whole], "cut at {cut}");
+        let note = source.stats().note;
+        let info = recording_info(&cut_path).unwrap();
+        assert_eq!(info.frames, whole as u64);
+        assert_eq!(info.end_offset, bounds[whole]);
+        if bounds.contains(&cut) {
+            assert_eq!(note, None, "cut at {cut} is a record boundary");
+            assert!(info.intact);
+        } else {
+            let note = note.unwrap_or_else(|| panic!("cut at {cut}: no note"));
+            assert!(note.contains(&format!("byte {}", bounds[whole])), "cut at {cut}: {note}");
+            assert!(note.contains(&format!("{whole} frames delivered")), "cut at {cut}: {note}");
+            assert!(!info.intact);
+            assert!(info.damage.unwrap().contains(&format!("byte {}", bounds[whole])));
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_stops_the_replay_at_its_record() {
+    let dir = Dir::new("flipped");
+    let path = dir.path("whole.rec");
+    let expected = frames(5);
+    write_recording(&path, expected.clone().into_iter(), |_| {}).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let bounds = record_bounds(&path);
+    let bad_path = dir.path("bad.rec");
+    for at in bounds[0]..bytes.len() as u64 {
+        let mut bad = bytes.clone();
+        bad[at as usize] ^= 0xFF;
+        std::fs::write(&bad_path, &bad).unwrap();
+        let record = bounds.iter().filter(|&&b| b <= at).count() - 1;
+        for partitions in [1, 2] {
+            let mut got = Vec::new();
+            for p in 0..partitions {
+                let mut source = file_source(&bad_path, p, partitions, None);
+                got.extend(drain(source.as_mut(), 3));
+                let note = source.stats().note.unwrap_or_else(|| panic!("byte {at}: no note"));
+                assert!(note.contains(&format!("byte {}", bounds[record])), "byte {at}: {note}");
+            }
+            got.sort_by_key(|f| f.seq);
+            assert_eq!(got, expected[..record], "byte {at} flipped, {partitions} partitions");
+        }
+    }
+}
+
+#[test]
+fn bad_magic_version_header_or_missing_file_are_errors() {
+    let dir = Dir::new("bad");
+    let path = dir.path("good.rec");
+    write_recording(&path, frames(2).into_iter(), |_| {}).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let open = |bytes: &[u8]| {
+        let path = dir.path("bad.rec");
+        std::fs::write(&path, bytes).unwrap();
+        source::open(&SourceConfig::File { path, realtime: false }, 0, 1, None)
+            .err()
+            .expect("an error")
+    };
+
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    assert!(matches!(open(&bad), SourceError::BadMagic { .. }));
+    assert!(matches!(open(b"AMI"), SourceError::BadMagic { .. }));
+    assert!(matches!(open(b""), SourceError::BadMagic { .. }));
+    let mut bad = good.clone();
+    bad[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let error = open(&bad);
+    assert!(
+        matches!(
+            error,
+            SourceError::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("version 2"));
+    let mut bad = good.clone();
+    bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(open(&bad), SourceError::BadHeader { .. }));
+    let mut bad = good.clone();
+    bad[16] = b'!';
+    assert!(matches!(open(&bad), SourceError::BadHeader { .. }));
+    assert!(matches!(open(&good[..14]), SourceError::BadHeader { .. }));
+
+    let missing = dir.path("missing.rec");
+    let error = source::open(
+        &SourceConfig::File {
+            path: missing.clone(),
+            realtime: false,
+        },
+        0,
+        1,
+        None,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(error, SourceError::FileMissing { .. }), "{error}");
+    assert!(matches!(recording_info(&missing), Err(SourceError::FileMissing { .. })));
+    let error = write_recording(&dir.path("no/such/dir.rec"), frames(1).into_iter(), |_| {}).unwrap_err();
+    assert!(matches!(error, SourceError::Io { .. }), "{error}");
+}
+
+#[test]
+fn reopening_from_a_position_continues_without_gaps_or_repeats() {
+    let dir = Dir::new("reopen");
+    let path = dir.path("run.rec");
+    let all = frames(40);
+    write_recording(&path, all.clone().into_iter(), |_| {}).unwrap();
+    for (partition, partitions) in [(0, 1), (1, 3)] {
+        let expected: Vec<Frame> = all
+            .iter()
+            .filter(|f| f.seq % partitions as u64 == partition as u64)
+            .cloned()
+            .collect();
+        let mut got = Vec::new();
+        let mut position: Option<SourcePosition> = None;
+        loop {
+            // A new source after every batch, as after a crash.
+            let mut source = file_source(&path, partition, partitions, position.as_ref());
+            let batch = source.next_batch(3, Duration::from_secs(1)).unwrap();
+            if batch.ended {
+                break;
+            }
+            got.extend(batch.frames);
+            let now = source.position();
+            assert_eq!(now.next_seq, got.last().unwrap().seq + 1);
+            position = Some(now);
+        }
+        assert_eq!(got, expected);
+    }
+    let error = source::open(
+        &SourceConfig::File {
+            path: path.clone(),
+            realtime: false,
+        },
+        0,
+        1,
+        Some(&SourcePosition { next_seq: 0, offset: 3 }),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(error, SourceError::BadPosition { offset: 3, .. }), "{error}");
+}
+
+#[test]
+fn realtime_replay_follows_the_time_stamps() {
+    let dir = Dir::new("realtime");
+    let path = dir.path("run.rec");
+    // 30 frames 5 ms apart: 145 ms of data, starting at an arbitrary time stamp.
+    let all: Vec<Frame> = frames(30)
+        .into_iter()
+        .map(|f| Frame {
+            timestamp_ns: 1_000_000_000 + f.seq * 5_000_000,
+            ..f
+        })
+        .collect();
+    write_recording(&path, all.clone().into_iter(), |_| {}).unwrap();
+    let mut source = source::open(
+        &SourceConfig::File {
+            path: path.clone(),
+            realtime: true,
+        },
+        0,
+        1,
+        None,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut empty_batches = 0;
+    loop {
+        let batch = source.next_batch(100, Duration::from_millis(2)).unwrap();
+        if batch.ended {
+            break;
+        }
+        if batch.frames.is_empty() {
+            empty_batches += 1;
+            // A frame held back by the pacing is not counted as read.
+            let position = source.position();
+            assert_eq!(position.next_seq, got.last().map_or(0, |f: &Frame| f.seq + 1));
+        }
+        got.extend(batch.frames);
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(got, all);
+    assert!(elapsed >= Duration::from_millis(130), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(empty_batches > 0);
+}
