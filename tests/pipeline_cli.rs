@@ -11,7 +11,11 @@ use serde_json::Value;
 const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
 
 fn ami2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ami2")).args(args).env_remove("LD_LIBRARY_PATH").output().expect("ami2 runs")
+    Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("ami2 runs")
 }
 
 fn with_legion<'a>(args: &[&'a str]) -> Vec<&'a str> {
@@ -27,7 +31,10 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The bins `run --json` printed.
 fn bins(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn total_events(bins: &[Value]) -> u64 {
@@ -65,7 +72,10 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
     let out = ami2(&with_legion(&["run", "--source", &file_arg, "--json"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let replayed = total_events(&bins(&out));
-    assert!(replayed > 200 && replayed < 500, "{replayed} frames replayed from a truncated recording");
+    assert!(
+        replayed > 200 && replayed < 500,
+        "{replayed} frames replayed from a truncated recording"
+    );
 }
 
 #[test]
@@ -98,9 +108,15 @@ fn demo_prints_a_live_table() {
     let out = ami2(&with_legion(&["demo", "--seconds", "2"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let header = text.lines().find(|l| l.contains("events") && l.contains("energy_hist")).unwrap_or_else(|| panic!("no table header in {text}"));
+    let header = text
+        .lines()
+        .find(|l| l.contains("events") && l.contains("energy_hist"))
+        .unwrap_or_else(|| panic!("no table header in {text}"));
     assert!(header.contains("bin"));
-    let rows = text.lines().filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit())).count();
+    let rows = text
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .count();
     assert!(rows >= 5, "{rows} rows in {text}");
 }
 
