@@ -1,18 +1,10 @@
 //! `ami2 doctor` end to end: the binary starts the real Legion runtime with no LD_LIBRARY_PATH
 //! (its rpath finds the private library folder), runs tasks and a region round trip, and reports.
 
-use std::process::{Command, Output};
+mod common;
 
+use common::ami2;
 use serde_json::Value;
-
-fn ami2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ami2"))
-        .args(args)
-        // cargo test puts the link-search folders on LD_LIBRARY_PATH; the binary must not need it.
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("ami2 runs")
-}
 
 #[test]
 fn doctor_reports_the_runtime_and_a_correct_round_trip() {

@@ -6,17 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ami2;
 use serde_json::Value;
 
-const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
+mod common;
 
-fn ami2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ami2"))
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("ami2 runs")
-}
+const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
 
 fn with_legion<'a>(args: &[&'a str]) -> Vec<&'a str> {
     args.iter().copied().chain(LEGION).collect()

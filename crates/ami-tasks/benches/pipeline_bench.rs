@@ -4,7 +4,8 @@
 //! publication, with a paced source. With `--soak SECONDS`, instead runs a paced synthetic stream
 //! for that long and prints the resident memory at the start and the end.
 //!
-//! Run: `cargo bench -p ami-tasks --bench pipeline_bench [-- --scalar-events N --images N --partitions P]`
+//! Run: `cargo bench -p ami-tasks --bench pipeline_bench [-- --scalar-events N --images N --partitions P --cpus C]`
+//! (`--cpus` sets `-ll:cpu`; the default leaves one core to Legion's utility processor).
 
 use std::time::Instant;
 
@@ -17,21 +18,12 @@ use legion_bridge::harness::option;
 use legion_bridge::{runtime, TaskContext};
 use serde_json::{json, Value};
 
-fn node(id: &str, op: &str, inputs: &[&str], params: Value) -> NodeSpec {
-    NodeSpec {
-        id: id.into(),
-        op: op.into(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        params,
-    }
-}
-
 fn scalar_graph() -> GraphSpec {
     GraphSpec {
         nodes: vec![
-            node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
-            node("energy_chart", "strip_chart", &["energy"], json!({})),
-            node(
+            NodeSpec::new("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
+            NodeSpec::new("energy_chart", "strip_chart", &["energy"], json!({})),
+            NodeSpec::new(
                 "energy_hist",
                 "histogram",
                 &["energy"],
@@ -45,15 +37,15 @@ fn scalar_graph() -> GraphSpec {
 fn roi_graph() -> GraphSpec {
     GraphSpec {
         nodes: vec![
-            node(
+            NodeSpec::new(
                 "img",
                 "select",
                 &[],
                 json!({"field": "cspad", "kind": "image", "width": 512, "height": 512}),
             ),
-            node("roi", "roi", &["img"], json!({"x0": 128, "y0": 128, "x1": 384, "y1": 384})),
-            node("roi_mean", "mean", &["roi"], json!({})),
-            node("roi_chart", "strip_chart", &["roi_mean"], json!({})),
+            NodeSpec::new("roi", "roi", &["img"], json!({"x0": 128, "y0": 128, "x1": 384, "y1": 384})),
+            NodeSpec::new("roi_mean", "mean", &["roi"], json!({})),
+            NodeSpec::new("roi_chart", "strip_chart", &["roi_mean"], json!({})),
         ],
         results: vec!["roi_chart".into()],
     }
@@ -121,9 +113,15 @@ fn main() {
     let images = option("--images", 20_000) as u64;
     let partitions = option("--partitions", 2);
     let soak = option("--soak", 0);
+    let cpus = option("--cpus", 0);
     ami_tasks::register_tasks().unwrap();
     // Image buffers: partitions × 2 buffers × 64 frames × 2 MiB, with room to spare.
-    let args = vec!["-ll:csize".to_string(), "3072".to_string()];
+    let mut args = vec!["-ll:csize".to_string(), "3072".to_string()];
+    if cpus > 0 {
+        // More CPU processors than cores left after the utility one: partitions then run in
+        // parallel at the price of sharing a core with the runtime.
+        args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
+    }
     println!(
         "pipeline_bench: {partitions} partitions, Legion {}",
         runtime::with_default_args(&args).join(" ")

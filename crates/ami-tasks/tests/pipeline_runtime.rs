@@ -44,21 +44,12 @@ impl Observer for Collect {
     }
 }
 
-fn node(id: &str, op: &str, inputs: &[&str], params: Value) -> NodeSpec {
-    NodeSpec {
-        id: id.into(),
-        op: op.into(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        params,
-    }
-}
-
 fn energy_graph() -> GraphSpec {
     GraphSpec {
         nodes: vec![
-            node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
-            node("energy_chart", "strip_chart", &["energy"], json!({})),
-            node(
+            NodeSpec::new("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
+            NodeSpec::new("energy_chart", "strip_chart", &["energy"], json!({})),
+            NodeSpec::new(
                 "energy_hist",
                 "histogram",
                 &["energy"],
@@ -213,8 +204,12 @@ fn main() -> ExitCode {
         }),
         case("graph_change_mid_stream", |ctx| {
             let mut second = energy_graph();
-            second.nodes.push(node("doubled", "mul", &["energy"], json!({"constant": 2.0})));
-            second.nodes.push(node("doubled_chart", "strip_chart", &["doubled"], json!({})));
+            second
+                .nodes
+                .push(NodeSpec::new("doubled", "mul", &["energy"], json!({"constant": 2.0})));
+            second
+                .nodes
+                .push(NodeSpec::new("doubled_chart", "strip_chart", &["doubled"], json!({})));
             second.results = vec!["doubled_chart".into()];
             let mut cfg = config(synthetic(6000), 2, energy_graph());
             cfg.window = 1;
@@ -246,8 +241,8 @@ fn main() -> ExitCode {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {
                 nodes: vec![
-                    node("img", "select", &[], json!({"field": "energy", "kind": "image"})),
-                    node("total", "sum", &["img"], json!({})),
+                    NodeSpec::new("img", "select", &[], json!({"field": "energy", "kind": "image"})),
+                    NodeSpec::new("total", "sum", &["img"], json!({})),
                 ],
                 results: vec!["total".into()],
             };

@@ -25,6 +25,18 @@ pub struct NodeSpec {
     pub params: serde_json::Value,
 }
 
+impl NodeSpec {
+    /// A node with `inputs` (node ids) and `params` (`Value::Null` when the op takes none).
+    pub fn new(id: &str, op: &str, inputs: &[&str], params: serde_json::Value) -> Self {
+        Self {
+            id: id.to_string(),
+            op: op.to_string(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            params,
+        }
+    }
+}
+
 /// A problem found by [`compile`](super::compile): the node it concerns (if any) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GraphError {
