@@ -16,7 +16,7 @@ use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
 use legion_bridge::harness::option;
 use legion_bridge::{runtime, TaskContext};
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn scalar_graph() -> GraphSpec {
     GraphSpec {
@@ -135,6 +135,13 @@ fn main() {
             let first = timing.rss_kb.iter().find(|(t, _)| *t >= 5.0).or(timing.rss_kb.first()).copied().unwrap_or_default();
             let last = timing.rss_kb.last().copied().unwrap_or_default();
             println!("soak: {} events in {soak} s at 20 kHz (default graph, 128x128 images)", summary.events);
+            let mut next = 0.0;
+            for (t, kb) in &timing.rss_kb {
+                if *t >= next {
+                    println!("  t = {t:>5.0} s  RSS {:>5} MiB", kb / 1024);
+                    next += 30.0;
+                }
+            }
             println!("  RSS after {:.0} s: {} MiB; at the end ({:.0} s): {} MiB", first.0, first.1 / 1024, last.0, last.1 / 1024);
             return Ok(());
         }
