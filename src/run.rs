@@ -126,6 +126,24 @@ struct Printer {
     seconds: Option<f64>,
     stop: Arc<AtomicBool>,
     header_for: Option<Vec<String>>,
+    /// Seconds per time bin.
+    bin_seconds: f64,
+    /// Replay progress of a recording played faster than real time (frames of all partitions).
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl Printer {
+    /// Prints a table line on stdout (above the progress bar, when there is one).
+    fn line(&self, out: &mut impl Write, text: String) {
+        match &self.progress {
+            Some(bar) => bar.suspend(|| {
+                let _ = writeln!(out, "{text}");
+            }),
+            None => {
+                let _ = writeln!(out, "{text}");
+            }
+        }
+    }
 }
 
 impl Observer for Printer {
@@ -138,26 +156,22 @@ impl Observer for Printer {
             }
             let names: Vec<String> = bin.values.keys().cloned().collect();
             if self.header_for.as_ref() != Some(&names) {
-                let _ = writeln!(
-                    out,
-                    "\n{:>8} {:>9} {:>7} {:>4}  {}",
-                    "bin",
-                    "t [s]",
-                    "events",
-                    "ver",
-                    names.iter().map(|n| format!("{n:>18}")).collect::<String>()
+                let header = names.iter().map(|n| format!("{n:>18}")).collect::<String>();
+                self.line(
+                    &mut out,
+                    format!("\n{:>8} {:>9} {:>7} {:>4}  {header}", "bin", "t [s]", "events", "ver"),
                 );
                 self.header_for = Some(names);
             }
             let cells: String = bin.values.values().map(|v| format!("{:>18}", summarize(v))).collect();
-            let _ = writeln!(
-                out,
-                "{:>8} {:>9.2} {:>7} {:>4}  {cells}",
-                bin.bin,
-                bin.bin as f64 / 20.0,
-                bin.events,
-                bin.graph_version
+            let t = bin.bin as f64 * self.bin_seconds;
+            self.line(
+                &mut out,
+                format!("{:>8} {t:>9.2} {:>7} {:>4}  {cells}", bin.bin, bin.events, bin.graph_version),
             );
+        }
+        if let Some(bar) = &self.progress {
+            bar.set_position(report.sources.values().map(|(_, stats)| stats.frames).sum());
         }
         let _ = out.flush();
         let timed_out = self.seconds.is_some_and(|s| self.started.elapsed().as_secs_f64() >= s);
@@ -200,12 +214,28 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             config_rate(&config)
         );
     }
+    let progress = match &config.source {
+        SourceConfig::File { path, realtime: false } if !args.json => {
+            let frames = ami_tasks::source::recording_info(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .frames;
+            let bar = indicatif::ProgressBar::new(frames);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(bar)
+        }
+        _ => None,
+    };
     let mut printer = Printer {
         json: args.json,
         started: Instant::now(),
         seconds: args.seconds,
         stop,
         header_for: None,
+        bin_seconds: 1.0 / config.display_rate_hz,
+        progress,
     };
     let data_dir = args.data_dir.clone();
     let started = Instant::now();
