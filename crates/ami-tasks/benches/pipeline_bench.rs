@@ -129,7 +129,12 @@ fn main() {
     runtime::start(&args, move |ctx| {
         if soak > 0 {
             let source = SyntheticConfig { rate_hz: Some(20_000.0), ..SyntheticConfig::default() };
-            let config = PipelineConfig { source: SourceConfig::Synthetic(source), partitions, batch_size: 500, ..PipelineConfig::default() };
+            let config = PipelineConfig {
+                source: SourceConfig::Synthetic(source),
+                partitions,
+                batch_size: option("--batch", 500),
+                ..PipelineConfig::default()
+            };
             let mut timing = Timing { started: Instant::now(), published: Vec::new(), rss_kb: Vec::new(), stop_after: Some(soak as f64) };
             let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
             let first = timing.rss_kb.iter().find(|(t, _)| *t >= 5.0).or(timing.rss_kb.first()).copied().unwrap_or_default();
