@@ -1,0 +1,309 @@
+//! Protocol 1: graph edits and desired results ([`Request`]), answered with [`Accepted`] (the
+//! new graph version) or [`Rejected`] (the reasons).
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorCode;
+
+/// A graph node, in the same JSON shape as a node of the graph format (docs/graph.md):
+/// `{"id", "op", "inputs", "params"}`; `inputs` may be omitted when empty and `params` omitted or
+/// `null` when the op takes none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDoc {
+    /// The node's unique, non-empty id.
+    pub id: String,
+    /// The operation (`select`, `roi`, `mean`, ...).
+    pub op: String,
+    /// The ids of the input nodes, in the op's order.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// The op's parameters: a JSON object, or `null`.
+    #[serde(default)]
+    pub params: Value,
+}
+
+impl NodeDoc {
+    /// A node with these inputs and parameters (`Value::Null` when the op takes none).
+    pub fn new(id: &str, op: &str, inputs: &[&str], params: Value) -> Self {
+        NodeDoc {
+            id: id.to_string(),
+            op: op.to_string(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            params,
+        }
+    }
+}
+
+/// One modification of the graph. Edits of a request are applied in order to a copy of the
+/// current graph; the request is accepted only if every edit applies and the result validates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Edit {
+    /// Adds a node; its id must not exist (`duplicate_node`).
+    AddNode {
+        /// The new node.
+        node: NodeDoc,
+    },
+    /// Removes a node; it must exist (`unknown_node`). Nodes or results still referring to it
+    /// make the resulting graph invalid (`invalid_graph`).
+    RemoveNode {
+        /// The node's id.
+        id: String,
+    },
+    /// Replaces a node (op, inputs and params) by one with the same id, which must exist.
+    ReplaceNode {
+        /// The new definition.
+        node: NodeDoc,
+    },
+    /// Replaces the parameters of an existing node.
+    SetParams {
+        /// The node's id.
+        id: String,
+        /// The new parameters (an object, or `null`).
+        params: Value,
+    },
+    /// Replaces the inputs of an existing node.
+    ConnectInputs {
+        /// The node's id.
+        id: String,
+        /// The new input node ids, in the op's order.
+        inputs: Vec<String>,
+    },
+}
+
+impl Edit {
+    /// The id of the node the edit concerns.
+    pub fn node_id(&self) -> &str {
+        match self {
+            Edit::AddNode { node } | Edit::ReplaceNode { node } => &node.id,
+            Edit::RemoveNode { id } | Edit::SetParams { id, .. } | Edit::ConnectInputs { id, .. } => id,
+        }
+    }
+}
+
+/// A protocol 1 request: edits, desired results, or both, based on graph version `base_version`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Chosen by the client, echoed in the answer.
+    pub id: u64,
+    /// The graph version the edits were made against; must equal the current version, else the
+    /// request is rejected with `conflict`.
+    pub base_version: u64,
+    /// Modifications, applied in order.
+    #[serde(default)]
+    pub edits: Vec<Edit>,
+    /// The desired results (node ids); when given, replaces the graph's list of results.
+    #[serde(default)]
+    pub results: Option<Vec<String>>,
+}
+
+impl Request {
+    /// Structural checks that need no graph: something to do, non-empty ids and input names,
+    /// parameters that are objects or `null`, non-empty and distinct result names. Every problem
+    /// found is returned (code `invalid_request`, with the node when there is one).
+    pub fn validate(&self) -> Result<(), Vec<Reason>> {
+        let mut reasons = Vec::new();
+        if self.edits.is_empty() && self.results.is_none() {
+            reasons.push(Reason::new(
+                ErrorCode::InvalidRequest,
+                None,
+                "the request has neither edits nor results",
+            ));
+        }
+        for (i, edit) in self.edits.iter().enumerate() {
+            let id = edit.node_id();
+            let node = (!id.is_empty()).then(|| id.to_string());
+            let mut bad = |message: String| reasons.push(Reason::new(ErrorCode::InvalidRequest, node.clone(), message));
+            if id.is_empty() {
+                bad(format!("edit {i}: empty node id"));
+            }
+            match edit {
+                Edit::AddNode { node } | Edit::ReplaceNode { node } => {
+                    if node.op.is_empty() {
+                        bad(format!("edit {i}: empty op"));
+                    }
+                    check_inputs(i, &node.inputs, &mut bad);
+                    check_params(i, &node.params, &mut bad);
+                }
+                Edit::SetParams { params, .. } => check_params(i, params, &mut bad),
+                Edit::ConnectInputs { inputs, .. } => check_inputs(i, inputs, &mut bad),
+                Edit::RemoveNode { .. } => {}
+            }
+        }
+        if let Some(results) = &self.results {
+            let mut seen = HashSet::new();
+            for name in results {
+                if name.is_empty() {
+                    reasons.push(Reason::new(ErrorCode::InvalidRequest, None, "empty result name"));
+                } else if !seen.insert(name.as_str()) {
+                    reasons.push(Reason::new(ErrorCode::InvalidRequest, Some(name.clone()), "result listed twice"));
+                }
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+fn check_inputs(i: usize, inputs: &[String], bad: &mut impl FnMut(String)) {
+    if inputs.iter().any(String::is_empty) {
+        bad(format!("edit {i}: empty input name"));
+    }
+}
+
+fn check_params(i: usize, params: &Value, bad: &mut impl FnMut(String)) {
+    if !(params.is_object() || params.is_null()) {
+        bad(format!("edit {i}: params must be a JSON object or null"));
+    }
+}
+
+/// The answer to an accepted request: the graph now has version `version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accepted {
+    /// The request's id.
+    pub id: u64,
+    /// The new graph version (the previous one plus one).
+    pub version: u64,
+}
+
+/// The answer to a rejected request: nothing changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rejected {
+    /// The request's id.
+    pub id: u64,
+    /// The current graph version (unchanged), to rebase on after a `conflict`.
+    pub version: u64,
+    /// Why; at least one.
+    pub reasons: Vec<Reason>,
+}
+
+/// One reason for a rejection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// `conflict`, `invalid_graph`, `unknown_node`, `duplicate_node`, `invalid_request`,
+    /// `forbidden`, `busy`, `internal`, ...
+    pub code: ErrorCode,
+    /// The node concerned, when there is one.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl Reason {
+    /// A reason.
+    pub fn new(code: ErrorCode, node: Option<String>, message: impl Into<String>) -> Self {
+        Reason {
+            code,
+            node,
+            message: message.into(),
+        }
+    }
+
+    /// The `conflict` reason for a request based on `base_version` when the graph is at `current`.
+    pub fn conflict(base_version: u64, current: u64) -> Self {
+        Reason::new(
+            ErrorCode::Conflict,
+            None,
+            format!("the request is based on version {base_version}, the graph is at version {current}"),
+        )
+    }
+}
+
+/// The conflict rule: `Ok` when `request.base_version == current`, else the `rejected` answer.
+pub fn check_base_version(request: &Request, current: u64) -> Result<(), Rejected> {
+    if request.base_version == current {
+        Ok(())
+    } else {
+        Err(Rejected {
+            id: request.id,
+            version: current,
+            reasons: vec![Reason::conflict(request.base_version, current)],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(edits: Vec<Edit>, results: Option<Vec<&str>>) -> Request {
+        Request {
+            id: 7,
+            base_version: 3,
+            edits,
+            results: results.map(|r| r.into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn validate_accepts_sensible_requests() {
+        let r = req(
+            vec![Edit::AddNode {
+                node: NodeDoc::new("m", "mean", &["roi"], Value::Null),
+            }],
+            Some(vec!["m"]),
+        );
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(req(vec![], Some(vec![])).validate(), Ok(()));
+        assert_eq!(req(vec![Edit::RemoveNode { id: "x".into() }], None).validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let r = req(
+            vec![
+                Edit::AddNode {
+                    node: NodeDoc::new("", "", &[""], json!([1])),
+                },
+                Edit::SetParams {
+                    id: "h".into(),
+                    params: json!(3),
+                },
+                Edit::ConnectInputs {
+                    id: "c".into(),
+                    inputs: vec!["a".into(), String::new()],
+                },
+            ],
+            Some(vec!["a", "", "a"]),
+        );
+        let reasons = r.validate().unwrap_err();
+        assert_eq!(reasons.len(), 8, "{reasons:#?}");
+        assert!(reasons.iter().all(|r| r.code == ErrorCode::InvalidRequest));
+        assert_eq!(reasons[4].node.as_deref(), Some("h"));
+        assert_eq!(reasons[7].node.as_deref(), Some("a"));
+        assert_eq!(req(vec![], None).validate().unwrap_err().len(), 1);
+    }
+
+    #[test]
+    fn conflict_rule() {
+        let r = req(vec![Edit::RemoveNode { id: "x".into() }], None);
+        assert_eq!(check_base_version(&r, 3), Ok(()));
+        let rejected = check_base_version(&r, 5).unwrap_err();
+        assert_eq!(rejected.id, 7);
+        assert_eq!(rejected.version, 5);
+        assert_eq!(rejected.reasons[0].code, ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn node_doc_has_the_graph_node_shape() {
+        let node: NodeDoc = serde_json::from_value(json!({"id": "m", "op": "mean"})).unwrap();
+        assert_eq!(node, NodeDoc::new("m", "mean", &[], Value::Null));
+        let node: NodeDoc =
+            serde_json::from_value(json!({"id": "r", "op": "roi", "inputs": ["img"], "params": {"start": 0, "end": 4}})).unwrap();
+        assert_eq!(node.inputs, vec!["img".to_string()]);
+        assert!(serde_json::from_value::<NodeDoc>(json!({"id": "m", "op": "mean", "param": {}})).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! Protocol 2: finished time bins pushed to subscribers ([`Bin`]), and the bounded per-connection
+//! queue that drops the oldest bins of a slow subscriber and tells it how many ([`Dropped`]).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ProtocolError;
+use crate::message::ServerMessage;
+
+/// Default capacity of a subscriber's queue of bins.
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
+
+/// One finished time bin of one result, as stored under `/results/<result>/<bin:012>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bin {
+    /// The result's name (the id of a result node).
+    pub result: String,
+    /// The bin's index: it holds the events with `timestamp_ns` in `[bin·w, (bin+1)·w)`.
+    pub bin: u64,
+    /// The bin's start time in nanoseconds (`bin·w`).
+    pub t_ns: u64,
+    /// The graph version that produced the value.
+    pub graph_version: u64,
+    /// The number of events merged into the bin.
+    pub events: u64,
+    /// The finalized value (its shape depends on the result node's op; see docs/graph.md).
+    pub value: Value,
+}
+
+/// Tells a slow subscriber that `count` bins were dropped for it (the oldest first) since the
+/// previous notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dropped {
+    /// Bins dropped since the previous `dropped` notice.
+    pub count: u64,
+}
+
+/// A connection's outgoing queue on the server: at most `bin_cap` bins, the oldest dropped
+/// when a new one arrives and the queue is full, and at most `other_cap` other messages
+/// (answers), which are never dropped — a client that lets answers pile up is misbehaving
+/// ([`ProtocolError::QueueFull`], code `busy`: disconnect it).
+///
+/// [`pop`](Self::pop) returns a [`ServerMessage::Dropped`] notice first when bins were dropped
+/// since the previous notice, then the queued messages in order.
+#[derive(Debug)]
+pub struct SubscriberQueue {
+    bin_cap: usize,
+    other_cap: usize,
+    items: VecDeque<ServerMessage>,
+    bins: usize,
+    dropped: u64,
+    dropped_total: u64,
+}
+
+impl SubscriberQueue {
+    /// A queue for at most `bin_cap` bins (at least 1) and `other_cap` other messages.
+    pub fn new(bin_cap: usize, other_cap: usize) -> Self {
+        SubscriberQueue {
+            bin_cap: bin_cap.max(1),
+            other_cap,
+            items: VecDeque::new(),
+            bins: 0,
+            dropped: 0,
+            dropped_total: 0,
+        }
+    }
+
+    /// Queues a message. A bin never fails (the oldest queued bin is dropped when full);
+    /// another message fails with `QueueFull` when `other_cap` of them are waiting.
+    pub fn push(&mut self, msg: ServerMessage) -> Result<(), ProtocolError> {
+        if matches!(msg, ServerMessage::Bin(_)) {
+            if self.bins == self.bin_cap {
+                if let Some(pos) = self.items.iter().position(|m| matches!(m, ServerMessage::Bin(_))) {
+                    self.items.remove(pos);
+                    self.bins -= 1;
+                    self.dropped += 1;
+                    self.dropped_total += 1;
+                }
+            }
+            self.bins += 1;
+        } else if self.items.len() - self.bins >= self.other_cap {
+            return Err(ProtocolError::QueueFull { cap: self.other_cap });
+        }
+        self.items.push_back(msg);
+        Ok(())
+    }
+
+    /// The next message to send: a `dropped` notice if bins were dropped since the last one,
+    /// else the oldest queued message.
+    pub fn pop(&mut self) -> Option<ServerMessage> {
+        if self.dropped > 0 {
+            let count = std::mem::take(&mut self.dropped);
+            return Some(ServerMessage::Dropped(Dropped { count }));
+        }
+        let msg = self.items.pop_front()?;
+        if matches!(msg, ServerMessage::Bin(_)) {
+            self.bins -= 1;
+        }
+        Some(msg)
+    }
+
+    /// Counts `count` bins as dropped without queueing them (a bin too large for a frame).
+    pub fn note_dropped(&mut self, count: u64) {
+        self.dropped += count;
+        self.dropped_total += count;
+    }
+
+    /// Queued messages (not counting a pending `dropped` notice).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether [`pop`](Self::pop) would return `None`.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.dropped == 0
+    }
+
+    /// Bins dropped since the queue was created.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+}
+
+impl Default for SubscriberQueue {
+    fn default() -> Self {
+        SubscriberQueue::new(DEFAULT_SUBSCRIBER_QUEUE, DEFAULT_SUBSCRIBER_QUEUE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bin(b: u64) -> ServerMessage {
+        ServerMessage::Bin(Bin {
+            result: "r".into(),
+            bin: b,
+            t_ns: b * 50_000_000,
+            graph_version: 1,
+            events: 10,
+            value: Value::Null,
+        })
+    }
+
+    fn bin_no(msg: &ServerMessage) -> u64 {
+        match msg {
+            ServerMessage::Bin(b) => b.bin,
+            other => panic!("not a bin: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn drops_oldest_bins_and_reports_them_first() {
+        let mut q = SubscriberQueue::new(3, 2);
+        q.push(ServerMessage::Pong { nonce: Some(1) }).unwrap();
+        for b in 0..6 {
+            q.push(bin(b)).unwrap();
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 3 })));
+        assert_eq!(q.pop(), Some(ServerMessage::Pong { nonce: Some(1) }));
+        assert_eq!(bin_no(&q.pop().unwrap()), 3);
+        q.push(bin(6)).unwrap();
+        q.push(bin(7)).unwrap();
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 1 })));
+        let rest: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| bin_no(&m)).collect();
+        assert_eq!(rest, vec![5, 6, 7]);
+        assert!(q.is_empty());
+        assert_eq!(q.dropped_total(), 4);
+        q.note_dropped(2);
+        assert!(!q.is_empty());
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 2 })));
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.dropped_total(), 6);
+    }
+
+    #[test]
+    fn answers_are_never_dropped_but_bounded() {
+        let mut q = SubscriberQueue::new(1, 2);
+        q.push(ServerMessage::Pong { nonce: None }).unwrap();
+        q.push(bin(0)).unwrap();
+        q.push(ServerMessage::Pong { nonce: None }).unwrap();
+        let err = q.push(ServerMessage::Pong { nonce: None }).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Busy);
+        q.push(bin(1)).unwrap();
+        assert_eq!(q.len(), 3);
+    }
+}
