@@ -5,7 +5,7 @@
 //! for that long and prints the resident memory at the start and the end.
 //!
 //! Run: `cargo bench -p ami-tasks --bench pipeline_bench [-- --scalar-events N --images N --partitions P --cpus C]`
-//! (`--cpus` sets `-ll:cpu`; the default leaves one core to Legion's utility processor).
+//! (`--cpus` sets `-ll:cpu`, `--csize` Realm's system memory in MiB (default 3072); the default leaves one core to Legion's utility processor).
 
 use std::time::Instant;
 
@@ -116,7 +116,7 @@ fn main() {
     let cpus = option("--cpus", 0);
     ami_tasks::register_tasks().unwrap();
     // Image buffers: partitions × 2 buffers × 64 frames × 2 MiB, with room to spare.
-    let mut args = vec!["-ll:csize".to_string(), "3072".to_string()];
+    let mut args = vec!["-ll:csize".to_string(), option("--csize", 3072).to_string()];
     if cpus > 0 {
         // More CPU processors than cores left after the utility one: partitions then run in
         // parallel at the price of sharing a core with the runtime.
@@ -128,11 +128,13 @@ fn main() {
     );
     runtime::start(&args, move |ctx| {
         if soak > 0 {
-            let source = SyntheticConfig { rate_hz: Some(20_000.0), ..SyntheticConfig::default() };
+            let shapes = if option("--scalars", 0) == 1 { SyntheticConfig::scalars_only() } else { SyntheticConfig::default() };
+            let source = SyntheticConfig { rate_hz: Some(20_000.0), ..shapes };
             let config = PipelineConfig {
                 source: SourceConfig::Synthetic(source),
                 partitions,
                 batch_size: option("--batch", 500),
+                graph: (option("--scalars", 0) == 1).then(scalar_graph),
                 ..PipelineConfig::default()
             };
             let mut timing = Timing { started: Instant::now(), published: Vec::new(), rss_kb: Vec::new(), stop_after: Some(soak as f64) };
