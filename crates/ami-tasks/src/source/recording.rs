@@ -169,20 +169,7 @@ fn write_to(
     head.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
     head.extend_from_slice(&header_json);
     out.write_all(&head).map_err(io_error("cannot write", temp))?;
-    let mut summary = RecordingSummary {
-        path: path.to_path_buf(),
-        header: header.clone(),
-        frames: 0,
-        first_seq: None,
-        last_seq: None,
-        first_timestamp_ns: None,
-        last_timestamp_ns: None,
-        max_frame_bytes: 0,
-        bytes: head.len() as u64,
-        end_offset: 0,
-        intact: true,
-        damage: None,
-    };
+    let mut summary = RecordingSummary::empty(path, header.clone(), head.len() as u64, 0);
     for frame in frames {
         let payload = encode_frame(&frame)?;
         let len = u32::try_from(payload.len()).map_err(|_| SourceError::Encode {
@@ -216,6 +203,24 @@ fn write_to(
 }
 
 impl RecordingSummary {
+    /// A summary of no frames yet, for a file of `bytes` bytes whose records start at `end_offset`.
+    fn empty(path: &Path, header: RecordingHeader, bytes: u64, end_offset: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            header,
+            frames: 0,
+            first_seq: None,
+            last_seq: None,
+            first_timestamp_ns: None,
+            last_timestamp_ns: None,
+            max_frame_bytes: 0,
+            bytes,
+            end_offset,
+            intact: true,
+            damage: None,
+        }
+    }
+
     fn note_frame(&mut self, seq: u64, timestamp_ns: u64, bytes: u64) {
         self.frames += 1;
         self.max_frame_bytes = self.max_frame_bytes.max(bytes);
@@ -424,20 +429,7 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// frames' values).
 pub fn recording_info(path: &Path) -> Result<RecordingSummary, SourceError> {
     let mut reader = RecordingReader::open(path)?;
-    let mut summary = RecordingSummary {
-        path: path.to_path_buf(),
-        header: reader.header.clone(),
-        frames: 0,
-        first_seq: None,
-        last_seq: None,
-        first_timestamp_ns: None,
-        last_timestamp_ns: None,
-        max_frame_bytes: 0,
-        bytes: reader.file_len,
-        end_offset: reader.data_start,
-        intact: true,
-        damage: None,
-    };
+    let mut summary = RecordingSummary::empty(path, reader.header.clone(), reader.file_len, reader.data_start);
     loop {
         let start = reader.offset();
         let Some(payload) = reader.next_payload()? else { break };
