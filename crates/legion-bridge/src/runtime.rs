@@ -35,7 +35,8 @@ pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 
 /// Legion arguments that fit this machine: one CPU processor per core left after one utility
 /// processor (two on larger machines) and the runtime's own threads, at least one of each; Realm's
-/// log on stderr; 1 GiB of system memory for region instances; and, in a single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
+/// log on stderr; 1 GiB of system memory for region instances; no automatic tracing; and, in a
+/// single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
 /// failures).
 pub fn default_args() -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -55,19 +56,28 @@ pub fn default_args() -> Vec<String> {
         "-ll:csize".into(),
         DEFAULT_SYSTEM_MEMORY_MB.to_string(),
     ];
+    // Automatic tracing keeps a hash of every operation a parent task launches, for as long as
+    // that task runs: ami2's top-level task runs for days, so its memory would grow without end.
+    args.push("-lg:no_auto_tracing".into());
     if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
         args.extend(["-ll:networks".into(), "none".into()]);
     }
     args
 }
 
-/// `args` completed with the [`default_args`] pairs whose flag `args` does not set.
+/// `args` completed with the [`default_args`] flags (with their values) that `args` does not set.
 pub fn with_default_args(args: &[String]) -> Vec<String> {
     let mut all = args.to_vec();
-    for pair in default_args().chunks(2) {
-        if !args.iter().any(|a| a == &pair[0]) {
-            all.extend_from_slice(pair);
+    let defaults = default_args();
+    let mut i = 0;
+    while i < defaults.len() {
+        // A flag takes the next item as its value unless that item is another flag.
+        let takes_value = defaults.get(i + 1).is_some_and(|next| !next.starts_with('-'));
+        let width = if takes_value { 2 } else { 1 };
+        if !args.iter().any(|a| a == &defaults[i]) {
+            all.extend_from_slice(&defaults[i..i + width]);
         }
+        i += width;
     }
     all
 }
