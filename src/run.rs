@@ -203,7 +203,19 @@ fn summarize(value: &Value) -> String {
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
-    let config = args.pipeline_config(demo)?;
+    let mut config = args.pipeline_config(demo)?;
+    // Sizing the buffers needs the largest frame, which for a recording means reading the whole
+    // file: do it once here, for the memory estimate, the pipeline and the progress bar.
+    let recording = match &config.source {
+        SourceConfig::File { path, .. } => {
+            Some(ami_tasks::source::recording_info(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        _ => None,
+    };
+    config.max_frame_bytes = Some(match &recording {
+        Some(info) => info.max_frame_bytes as usize,
+        None => config.max_frame_bytes()?,
+    });
     ami_tasks::register_tasks()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -214,12 +226,9 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             config_rate(&config)
         );
     }
-    let progress = match &config.source {
-        SourceConfig::File { path, realtime: false } if !args.json => {
-            let frames = ami_tasks::source::recording_info(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .frames;
-            let bar = indicatif::ProgressBar::new(frames);
+    let progress = match (&config.source, &recording) {
+        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json => {
+            let bar = indicatif::ProgressBar::new(info.frames);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

@@ -171,13 +171,7 @@ impl TelemetryStore {
     }
     /// Sequence numbers of the frames held for partition `p`, in order.
     pub fn frame_seqs(&self, ctx: &TaskContext, p: usize) -> KvResult<Vec<u64>> {
-        let prefix = format!("{}frame/", Self::partition_prefix(p));
-        Ok(self
-            .store
-            .list(ctx, &prefix)?
-            .iter()
-            .filter_map(|k| k[prefix.len()..].parse().ok())
-            .collect())
+        numbered_keys(&self.store, ctx, &format!("{}frame/", Self::partition_prefix(p)))
     }
     /// Removes frames of partition `p` (after the workers are done with them).
     pub fn drop_frames(&self, ctx: &TaskContext, p: usize, seqs: &[u64]) -> KvResult<()> {
@@ -189,6 +183,15 @@ impl TelemetryStore {
             .collect();
         self.store.apply(ctx, ops)?.into_iter().try_for_each(|r| r.map(drop))
     }
+}
+
+/// The numbers ending the keys under `prefix` (`<prefix><number:012>`), in order.
+fn numbered_keys(store: &KeyValueStore, ctx: &TaskContext, prefix: &str) -> KvResult<Vec<u64>> {
+    Ok(store
+        .list(ctx, prefix)?
+        .iter()
+        .filter_map(|k| k[prefix.len()..].parse().ok())
+        .collect())
 }
 
 /// `key` if it is valid (keys built from caller-given names).
@@ -318,12 +321,7 @@ impl ResultStore {
     pub fn bins(&self, ctx: &TaskContext, name: &str) -> KvResult<Vec<u64>> {
         let prefix = format!("/results/{name}/");
         validate_key(prefix.trim_end_matches('/'))?;
-        Ok(self
-            .store
-            .list(ctx, &prefix)?
-            .iter()
-            .filter_map(|k| k[prefix.len()..].parse().ok())
-            .collect())
+        numbered_keys(&self.store, ctx, &prefix)
     }
     /// Drops bins of `name` older than `keep_from` (results retention).
     pub fn drop_bins_before(&self, ctx: &TaskContext, name: &str, keep_from: u64) -> KvResult<usize> {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use legion_bridge::harness::{case, check, run};
 use legion_bridge::{
     register_task, Error, Field, FieldSpace, IndexLauncher, IndexSpace, LogicalRegion, Owned, Privilege, RegionRequirement, TaskContext,
-    TaskError, TaskLauncher, VariantOptions,
+    TaskError, TaskId, TaskLauncher, VariantOptions,
 };
 
 /// Fields of the test region: a float and an integer per point.
@@ -41,6 +41,12 @@ impl<'c> TestRegion<'c> {
             fields,
         })
     }
+}
+
+/// Runs `fill` over the whole of `region`'s value field and waits for it.
+fn fill_values(ctx: &TaskContext, fill: TaskId<Fields, ()>, region: LogicalRegion, fields: Fields) -> Result<(), TaskError> {
+    let requirement = RegionRequirement::region(region, Privilege::WriteDiscard).field(fields.value);
+    Ok(ctx.execute(&TaskLauncher::new(fill, &fields)?.region(requirement))?.get()?)
 }
 
 fn main() -> ExitCode {
@@ -111,10 +117,7 @@ fn main() -> ExitCode {
             };
             check(fields.color.id() == 77, "requested field id not honoured")?;
             let region = ctx.create_region(*space, *fs);
-            ctx.execute(
-                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
-            )?
-            .get()?;
+            fill_values(ctx, fill, *region, fields)?;
             let (by_slice, by_point, lo, hi) = ctx
                 .execute(
                     &TaskLauncher::new(sum, &fields)?.region(RegionRequirement::region(*region, Privilege::ReadOnly).field(fields.value)),
@@ -186,10 +189,7 @@ fn main() -> ExitCode {
                 region,
                 fields,
             } = TestRegion::new(ctx, 0..=99)?;
-            ctx.execute(
-                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
-            )?
-            .get()?;
+            fill_values(ctx, fill, *region, fields)?;
             let partition = ctx.partition_by_ranges(*space, &[0..=19, 20..=99])?;
             let second = ctx.subregion(ctx.logical_partition(*region, *partition), 1);
             let (sum_part, _, lo, hi) = ctx
@@ -232,10 +232,7 @@ fn main() -> ExitCode {
                 region,
                 fields,
             } = TestRegion::new(ctx, 0..=9)?;
-            ctx.execute(
-                &TaskLauncher::new(fill, &fields)?.region(RegionRequirement::region(*region, Privilege::WriteDiscard).field(fields.value)),
-            )?
-            .get()?;
+            fill_values(ctx, fill, *region, fields)?;
             let (write, out_of_bounds, second_reader_ok, missing) = ctx
                 .execute(
                     &TaskLauncher::new(misuse, &fields)?
