@@ -6,6 +6,7 @@
 mod doctor;
 mod record;
 mod run;
+mod supervise;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
+        Command::Run(args) if args.supervise => supervise::supervise(std::env::args().skip(1).filter(|a| a != "--supervise").collect()),
         Command::Run(args) => run::run(args, false),
         Command::Demo(args) => run::run(args, true),
         Command::Record(args) => record::record(args),

@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     seconds: Option<f64>,
+    /// Keep the service running: restart it (from the data directory) whenever it dies.
+    #[arg(long)]
+    pub supervise: bool,
+    /// A task attempt running longer than this is stalled: the process ends with code 75 (and a
+    /// supervisor starts it again). Rounds may take twice as long.
+    #[arg(long, default_value_t = 15.0)]
+    stall_timeout: f64,
     /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
     #[arg(last = true)]
     legion_args: Vec<String>,
@@ -108,12 +115,22 @@ impl RunArgs {
             }
             None => None,
         };
+        if !(self.stall_timeout > 0.0) {
+            bail!("--stall-timeout must be positive");
+        }
+        let attempt_ms = (self.stall_timeout * 1000.0) as u64;
         Ok(PipelineConfig {
             source,
             partitions: self.partitions,
             batch_size: self.batch_size,
             display_rate_hz: self.display_rate,
             graph,
+            stall_limits: ami_tasks::health::StallLimits {
+                attempt_ms,
+                round_ms: attempt_ms * 2,
+            },
+            exit_on_stall: true,
+            restarted_because: std::env::var(crate::supervise::RESTART_REASON_VAR).ok(),
             ..PipelineConfig::default()
         })
     }
@@ -272,6 +289,12 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             format!(", {} graph failures (reverted)", summary.graph_failures.len())
         }
     );
+    if !summary.incidents.is_empty() {
+        eprintln!("ami2: {} incidents (see /incident/ in Control):", summary.incidents.len());
+        for incident in &summary.incidents {
+            eprintln!("  {} {:?}: {}", incident.component, incident.kind, incident.message);
+        }
+    }
     Ok(())
 }
 

@@ -8,11 +8,17 @@
 //! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
+//! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
+//!   robustness monitor, fault injection for tests.
 //!
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
+pub mod fault;
 pub mod graph;
+pub mod health;
+pub mod monitor;
 pub mod pipeline;
+pub mod robust;
 pub mod source;
 pub mod stores;
 pub mod tasks;

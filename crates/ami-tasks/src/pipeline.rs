@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
+use crate::health::{self, StallLimits};
+use crate::monitor::{read_incidents, MonitorArgs, INCIDENT_FILE};
+use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
 use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
@@ -43,6 +46,16 @@ pub struct PipelineConfig {
     /// Graph to install at start (a new version if it differs from the current one); without one,
     /// the current graph stays, or the default graph is installed when there is none.
     pub graph: Option<GraphSpec>,
+    /// Retries of every pipeline task.
+    pub retry: RetryPolicy,
+    /// Robustness monitor: how often it looks, and what counts as stalled.
+    pub monitor_interval_ms: u64,
+    pub stall_limits: StallLimits,
+    /// End the process (exit code 75) when a monitor finds a stall, so that the supervisor
+    /// restarts it; otherwise the stall is only recorded.
+    pub exit_on_stall: bool,
+    /// Recorded as a restart incident at start (set by the supervisor that restarted the service).
+    pub restarted_because: Option<String>,
 }
 
 impl Default for PipelineConfig {
@@ -60,6 +73,11 @@ impl Default for PipelineConfig {
             max_frame_bytes: None,
             chunk_bytes: 1 << 20,
             graph: None,
+            retry: RetryPolicy::default(),
+            monitor_interval_ms: 250,
+            stall_limits: StallLimits::default(),
+            exit_on_stall: false,
+            restarted_because: None,
         }
     }
 }
@@ -135,6 +153,8 @@ pub struct RunSummary {
     pub late_partials: u64,
     pub superseded_partials: u64,
     pub graph_failures: Vec<GraphFailure>,
+    /// Incidents of this run (failed attempts, monitor restarts, a restart of the service).
+    pub incidents: Vec<Incident>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
 }
@@ -195,6 +215,61 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
     Ok(())
 }
 
+struct StopMonitorsOnDrop;
+
+impl Drop for StopMonitorsOnDrop {
+    fn drop(&mut self) {
+        health::stop_monitors();
+    }
+}
+
+/// Writes incidents under `/incident/` in Control (logged: they survive a crash).
+fn record_incidents(ctx: &TaskContext, stores: &Stores, incidents: &[Incident], sequence: &mut u64) -> Result<(), PipelineError> {
+    if incidents.is_empty() {
+        return Ok(());
+    }
+    let docs: Vec<(String, Value)> = incidents
+        .iter()
+        .map(|incident| {
+            *sequence += 1;
+            (
+                incident.key(*sequence),
+                serde_json::to_value(incident).expect("incidents serialize"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    stores.control.put_many(ctx, &refs)?;
+    Ok(())
+}
+
+/// Incidents waiting from before this run: those a monitor wrote to the data directory's file as
+/// it ended the previous process, and the restart itself. The file is removed once they are in
+/// Control.
+fn import_earlier_incidents(
+    ctx: &TaskContext,
+    stores: &Stores,
+    config: &PipelineConfig,
+    data_dir: Option<&Path>,
+    summary: &mut RunSummary,
+    sequence: &mut u64,
+) -> Result<(), PipelineError> {
+    let file = data_dir.map(|dir| dir.join(INCIDENT_FILE));
+    let mut incidents = match &file {
+        Some(file) => read_incidents(file).map_err(|e| PipelineError::Config(format!("reading {}: {e}", file.display())))?,
+        None => Vec::new(),
+    };
+    if let Some(reason) = &config.restarted_because {
+        incidents.push(Incident::new("service", IncidentKind::Restart, 0, reason.clone()));
+    }
+    record_incidents(ctx, stores, &incidents, sequence)?;
+    summary.incidents.extend(incidents);
+    if let Some(file) = file.filter(|f| f.exists()) {
+        std::fs::remove_file(&file).map_err(|e| PipelineError::Config(format!("removing {}: {e}", file.display())))?;
+    }
+    Ok(())
+}
+
 /// Runs the pipeline from the top-level (or another inner) task until its sources end or the
 /// observer stops it. Control and Results persist in `data_dir` when given (snapshotted at the end).
 pub fn run(
@@ -224,11 +299,32 @@ pub fn run(
         graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?,
         ..RunSummary::default()
     };
+    let mut incident_sequence = 0;
+    import_earlier_incidents(ctx, &stores, config, data_dir, &mut summary, &mut incident_sequence)?;
+    let run = health::reset();
+    let monitor_args = MonitorArgs {
+        index: 0,
+        run,
+        interval_ms: config.monitor_interval_ms,
+        limits: config.stall_limits.clone(),
+        incident_file: data_dir.map(|dir| dir.join(INCIDENT_FILE)),
+        exit_on_stall: config.exit_on_stall,
+    };
+    let launch_monitor = || -> Result<Future<crate::monitor::MonitorReport>, PipelineError> {
+        Ok(ctx.execute(&TaskLauncher::new(tasks.monitor, &monitor_args)?)?)
+    };
+    // The monitor task runs every interval: it starts the watcher thread, and starts it again if
+    // it died (see `monitor`).
+    let monitor_interval = std::time::Duration::from_millis(config.monitor_interval_ms);
+    let mut monitor = Some(launch_monitor()?);
+    let mut monitor_launched = std::time::Instant::now();
+    // However the run ends (an error included), the monitor must return: Legion waits for it.
+    let _stop_monitors = StopMonitorsOnDrop;
     let width = bin_width_ns(config.display_rate_hz);
     let telemetry_field = stores.telemetry.field();
     let control_field = stores.control.field();
     let mut previous: Option<Future<GlobalReport>> = None;
-    let mut in_flight: VecDeque<Future<GlobalReport>> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, Future<GlobalReport>)> = VecDeque::new();
     let mut stopping = false;
     let global_args = |has_previous, flush| GlobalArgs {
         partitions: config.partitions,
@@ -238,10 +334,31 @@ pub fn run(
         results_field: stores.results.field(),
         has_previous,
         flush,
+        retry: config.retry.clone(),
     };
     let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
+        record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
+        summary.incidents.extend(report.incidents.iter().cloned());
+        if let Some(done) = monitor.take_if(|m| m.is_ready()) {
+            let trouble = match done.get() {
+                Ok(report) => report
+                    .watcher_died
+                    .map(|why| (IncidentKind::Restart, format!("watcher {why}; started again"))),
+                Err(error) => Some((IncidentKind::Error, error.to_string())),
+            };
+            if let Some((kind, message)) = trouble {
+                let incident = Incident::new("monitor/0", kind, 0, message);
+                tracing::error!(component = "monitor/0", "{}", incident.message);
+                record_incidents(ctx, &stores, std::slice::from_ref(&incident), &mut incident_sequence)?;
+                summary.incidents.push(incident);
+            }
+        }
+        if monitor.is_none() && monitor_launched.elapsed() >= monitor_interval {
+            monitor = Some(launch_monitor()?);
+            monitor_launched = std::time::Instant::now();
+        }
         if !report.failures.is_empty() {
             record_failures(ctx, &stores, &report.failures)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
@@ -273,6 +390,7 @@ pub fn run(
                 telemetry_field,
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),
+                retry: config.retry.clone(),
             };
             let source = ctx.execute(
                 &TaskLauncher::new(tasks.source, &source_args)?
@@ -285,6 +403,7 @@ pub fn run(
                 bin_width_ns: width,
                 telemetry_field,
                 control_field,
+                retry: config.retry.clone(),
             };
             workers.push(
                 ctx.execute(
@@ -295,7 +414,7 @@ pub fn run(
                 )?,
             );
         }
-        let mut local = TaskLauncher::new(tasks.local_reduce, &())?;
+        let mut local = TaskLauncher::new(tasks.local_reduce, &config.retry)?;
         for worker in &workers {
             local = local.future(worker);
         }
@@ -306,16 +425,21 @@ pub fn run(
             global = global.future(previous);
         }
         let global = ctx.execute(&global.future(&local))?;
-        in_flight.push_back(global.clone());
+        health::round_launched(round);
+        in_flight.push_back((round, global.clone()));
         previous = Some(global);
         summary.rounds = round + 1;
         while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
-            let report = in_flight.pop_front().expect("non-empty").get()?;
+            let (done, future) = in_flight.pop_front().expect("non-empty");
+            let report = future.get()?;
+            health::round_reported(done);
             stopping |= handle(report, &mut summary)?;
         }
     }
-    while let Some(future) = in_flight.pop_front() {
-        handle(future.get()?, &mut summary)?;
+    while let Some((done, future)) = in_flight.pop_front() {
+        let report = future.get()?;
+        health::round_reported(done);
+        handle(report, &mut summary)?;
     }
     // Publish what is still pending (a stop before the sources ended).
     let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?.region(results_requirement);
@@ -323,6 +447,10 @@ pub fn run(
         flush = flush.future(previous);
     }
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
+    health::stop_monitors();
+    if let Some(Err(error)) = monitor.map(|m| m.get()) {
+        tracing::warn!("robustness monitor: {error}");
+    }
     summary.graph_version = current_graph_version(ctx, &stores)?;
     if data_dir.is_some() {
         stores.control.snapshot(ctx)?;

@@ -24,11 +24,14 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_of, Frame};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
+use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
+use crate::robust::{self, Incident, RetryPolicy};
 use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats};
 use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
-/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 4`).
+/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 6`; the
+/// robustness monitor is `PIPELINE_TASK_BASE + 5`).
 pub const PIPELINE_TASK_BASE: u32 = 500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +47,7 @@ pub struct SourceArgs {
     pub control_field: Field<Slot>,
     /// The control log of this source's segment (durable position), when Control is persistent.
     pub state_log: Option<PathBuf>,
+    pub retry: RetryPolicy,
 }
 
 /// What a data source task did.
@@ -56,6 +60,7 @@ pub struct SourceReport {
     pub ended: bool,
     pub position: SourcePosition,
     pub stats: SourceStats,
+    pub incidents: Vec<Incident>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +70,7 @@ pub struct WorkerArgs {
     pub bin_width_ns: u64,
     pub telemetry_field: Field<Slot>,
     pub control_field: Field<Slot>,
+    pub retry: RetryPolicy,
 }
 
 /// A graph that failed on an event.
@@ -85,6 +91,7 @@ pub struct PartialReport {
     pub events: u64,
     pub failures: Vec<GraphFailure>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
+    pub incidents: Vec<Incident>,
 }
 
 impl PartialReport {
@@ -105,6 +112,7 @@ impl PartialReport {
         self.events += other.events;
         self.failures.extend(other.failures);
         self.sources.extend(other.sources);
+        self.incidents.extend(other.incidents);
         Ok(())
     }
 }
@@ -120,6 +128,7 @@ pub struct GlobalArgs {
     pub has_previous: bool,
     /// Emit everything pending (end of run).
     pub flush: bool,
+    pub retry: RetryPolicy,
 }
 
 /// One finished time bin.
@@ -177,13 +186,16 @@ pub struct GlobalReport {
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     /// True once every partition's source has ended.
     pub all_ended: bool,
+    /// Failed attempts of this round's tasks (each recovered by a later attempt).
+    pub incidents: Vec<Incident>,
 }
 
 pub struct PipelineTasks {
     pub source: TaskId<SourceArgs, SourceReport>,
     pub worker: TaskId<WorkerArgs, PartialReport>,
-    pub local_reduce: TaskId<(), PartialReport>,
+    pub local_reduce: TaskId<RetryPolicy, PartialReport>,
     pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
+    pub monitor: TaskId<MonitorArgs, MonitorReport>,
 }
 
 static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
@@ -209,6 +221,12 @@ pub fn register_tasks() -> Result<(), PipelineError> {
             "global_reducer",
             VariantOptions::default(),
             global_reduce_task,
+        )?,
+        monitor: register_task(
+            PIPELINE_TASK_BASE + 5,
+            "robustness_monitor",
+            VariantOptions::default(),
+            monitor_task,
         )?,
     };
     let _ = TASKS.set(tasks);
@@ -248,9 +266,44 @@ fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<Shared
     Ok(shared)
 }
 
+/// Forgets partition `partition`'s open source: the next attempt opens it again from the position
+/// saved in Control (a failed attempt may have left it half-way through a batch).
+fn forget_source(partition: usize) {
+    if let Some(sources) = SOURCES.get() {
+        sources.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+    }
+}
+
+/// Runs a robust task body and puts the incidents of its failed attempts into its report.
+fn robustly<R>(
+    label: &str,
+    retry: &RetryPolicy,
+    body: impl FnMut(u32) -> Result<R, TaskError>,
+    incidents_of: impl FnOnce(&mut R) -> &mut Vec<Incident>,
+) -> Result<R, TaskError> {
+    let attempted = robust::run(label, retry, body);
+    let mut report = attempted.result?;
+    incidents_of(&mut report).extend(attempted.incidents);
+    Ok(report)
+}
+
 /// Regions: 0 = this round's telemetry buffer of the partition (read-write), 1 = the partition's
 /// source segment of Control (read-write).
 fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, TaskError> {
+    robustly(
+        &format!("source/{}", args.partition),
+        &args.retry,
+        |attempt| {
+            if attempt > 0 {
+                forget_source(args.partition);
+            }
+            source_attempt(ctx, &args)
+        },
+        |report| &mut report.incidents,
+    )
+}
+
+fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, TaskError> {
     let buffer = ctx.region(0)?;
     let state = ctx.region(1)?;
     let saved: Option<SourcePosition> = with_reader(&state, args.control_field, |view| {
@@ -261,7 +314,7 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
             _ => None,
         })
     })?;
-    let source = source_for(&args, saved)?;
+    let source = source_for(args, saved)?;
     let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
     let batch = source.next_batch(args.batch_size, Duration::from_millis(args.timeout_ms))?;
     let max_timestamp_ns = batch.frames.iter().map(|f| f.timestamp_ns).max();
@@ -314,6 +367,7 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
         ended: batch.ended,
         position,
         stats,
+        incidents: Vec::new(),
     })
 }
 
@@ -424,6 +478,11 @@ fn run_graph(
 /// Regions: 0 = the telemetry buffer its source filled (read-only), 1 = Control's `/control/`
 /// segment (read-only: the graph). Input future 0: the source's report.
 fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, TaskError> {
+    let label = format!("worker/{}", args.partition);
+    robustly(&label, &args.retry, |_| worker_attempt(ctx, &args), |report| &mut report.incidents)
+}
+
+fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
     let report: SourceReport = ctx.input_future(0)?;
     let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
         current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
@@ -443,6 +502,7 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     };
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
+    out.incidents = report.incidents;
     let Some((version, graph)) = graph else {
         return Ok(out);
     };
@@ -472,17 +532,29 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
 }
 
 /// Merges the partial reports of its input futures (the workers of one node for one round).
-fn local_reduce_task(ctx: &TaskContext, (): ()) -> Result<PartialReport, TaskError> {
-    let mut merged = PartialReport::default();
-    for i in 0..ctx.input_future_count() {
-        merged.merge(ctx.input_future(i)?)?;
-    }
-    Ok(merged)
+fn local_reduce_task(ctx: &TaskContext, retry: RetryPolicy) -> Result<PartialReport, TaskError> {
+    let merge = |_| {
+        let mut merged = PartialReport::default();
+        for i in 0..ctx.input_future_count() {
+            merged.merge(ctx.input_future(i)?)?;
+        }
+        Ok(merged)
+    };
+    robustly("local_reducer", &retry, merge, |report| &mut report.incidents)
 }
 
 /// Input futures: the previous global report (when `has_previous`), then local reports. Region 0:
 /// Results' `/results/` segment (read-write).
 fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalReport, TaskError> {
+    robustly(
+        "global_reducer",
+        &args.retry,
+        |_| global_reduce_attempt(ctx, &args),
+        |report| &mut report.incidents,
+    )
+}
+
+fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalReport, TaskError> {
     let mut first = 0;
     let mut state = if args.has_previous {
         first = 1;
@@ -496,6 +568,7 @@ fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalRepor
         state.events += local.events;
         report.failures.extend(local.failures);
         report.sources.extend(local.sources);
+        report.incidents.extend(local.incidents);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);

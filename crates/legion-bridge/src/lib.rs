@@ -37,6 +37,7 @@ pub mod task;
 pub use error::{Error, Result};
 pub use launch::{Future, FutureMap, IndexLauncher, TaskLauncher};
 pub use machine::{Machine, Memory, MemoryKind, Processor, ProcessorKind};
+pub use panic::catch as catch_panic;
 pub use region::{
     Coherence, Field, FieldSpace, IndexPartition, IndexSpace, LogicalPartition, LogicalRegion, Owned, PhysicalRegion, Privilege,
     ReadAccessor, RegionRequirement, WriteAccessor,

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `body`, turning a panic into `Err(message)`.
-pub(crate) fn catch<T>(body: impl FnOnce() -> T) -> Result<T, String> {
+pub fn catch<T>(body: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(body)).map_err(|payload| message(payload.as_ref()))
 }
 

@@ -1,0 +1,153 @@
+//! Fault injection for tests: make a chosen component panic, fail, hang or exit at a chosen
+//! invocation, through the `AMI2_FAULT` environment variable (read once per process, so every
+//! rank of a multi-process job sees the same rules).
+//!
+//! Syntax: comma-separated rules `COMPONENT:ACTION@N[xTIMES]`.
+//! - `COMPONENT`: a component label (`source/1`, `worker/0`, `global_reducer`, `monitor`, ...) or
+//!   its kind alone (`worker` matches every worker);
+//! - `ACTION`: `panic`, `error`, `hang` (never returns) or `exit` (ends the process with code 86,
+//!   like a crash);
+//! - `N`: the invocation (1-based, counted per rule in this process) that fails;
+//! - `TIMES`: how many consecutive attempts of that invocation fail (default 1; more than the
+//!   retry policy allows makes the failure escalate).
+//!
+//! Example: `AMI2_FAULT=worker/1:panic@5,source:hang@40`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Name of the environment variable holding the rules.
+pub const FAULT_VAR: &str = "AMI2_FAULT";
+
+/// Exit code of an injected `exit`.
+pub const INJECTED_EXIT_CODE: i32 = 86;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    Panic,
+    Error,
+    Hang,
+    Exit,
+}
+
+#[derive(Debug)]
+pub struct FaultRule {
+    pub component: String,
+    pub action: FaultAction,
+    pub invocation: u64,
+    pub times: u32,
+    seen: AtomicU64,
+}
+
+impl FaultRule {
+    fn matches(&self, label: &str) -> bool {
+        label == self.component || label.split('/').next() == Some(self.component.as_str())
+    }
+}
+
+/// Parses the rules of `text` (the `AMI2_FAULT` syntax).
+pub fn parse_rules(text: &str) -> Result<Vec<FaultRule>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|rule| !rule.is_empty())
+        .map(|rule| {
+            let bad = || format!("fault rule {rule:?} is not COMPONENT:ACTION@N[xTIMES]");
+            let (component, rest) = rule.split_once(':').ok_or_else(bad)?;
+            let (action, when) = rest.split_once('@').ok_or_else(bad)?;
+            let action = match action {
+                "panic" => FaultAction::Panic,
+                "error" => FaultAction::Error,
+                "hang" => FaultAction::Hang,
+                "exit" => FaultAction::Exit,
+                _ => return Err(format!("fault rule {rule:?}: action must be panic, error, hang or exit")),
+            };
+            let (invocation, times) = match when.split_once('x') {
+                Some((n, times)) => (n, times.parse().map_err(|_| bad())?),
+                None => (when, 1),
+            };
+            let invocation: u64 = invocation.parse().map_err(|_| bad())?;
+            if invocation == 0 || component.is_empty() {
+                return Err(bad());
+            }
+            Ok(FaultRule {
+                component: component.to_string(),
+                action,
+                invocation,
+                times,
+                seen: AtomicU64::new(0),
+            })
+        })
+        .collect()
+}
+
+fn rules() -> &'static [FaultRule] {
+    static RULES: OnceLock<Vec<FaultRule>> = OnceLock::new();
+    RULES.get_or_init(|| match std::env::var(FAULT_VAR) {
+        Ok(text) => parse_rules(&text).unwrap_or_else(|error| {
+            tracing::error!("{FAULT_VAR} ignored: {error}");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    })
+}
+
+/// Called by every robust task at the start of each attempt (`attempt` 0 is a new invocation).
+/// Returns the injected error, panics, hangs or exits as the rules say; `Ok` otherwise.
+pub fn inject(label: &str, attempt: u32) -> Result<(), String> {
+    for rule in rules().iter().filter(|rule| rule.matches(label)) {
+        let invocation = if attempt == 0 {
+            rule.seen.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            rule.seen.load(Ordering::SeqCst)
+        };
+        if invocation != rule.invocation || attempt >= rule.times {
+            continue;
+        }
+        let what = format!(
+            "injected fault: {label} {:?} at invocation {invocation}, attempt {}",
+            rule.action,
+            attempt + 1
+        );
+        tracing::warn!(component = label, "{what}");
+        match rule.action {
+            FaultAction::Panic => panic!("{what}"),
+            FaultAction::Error => return Err(what),
+            FaultAction::Hang => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            FaultAction::Exit => std::process::exit(INJECTED_EXIT_CODE),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse_and_match() {
+        let rules = parse_rules("worker/1:panic@5, source:hang@40x2").unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!((rules[0].action, rules[0].invocation, rules[0].times), (FaultAction::Panic, 5, 1));
+        assert!(rules[0].matches("worker/1") && !rules[0].matches("worker/0"));
+        assert_eq!((rules[1].action, rules[1].invocation, rules[1].times), (FaultAction::Hang, 40, 2));
+        assert!(rules[1].matches("source/0") && rules[1].matches("source/7") && !rules[1].matches("sources"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_rule() {
+        for bad in [
+            "worker",
+            "worker:explode@1",
+            "worker:panic@0",
+            "worker:panic@x",
+            ":panic@1",
+            "worker:panic@2xq",
+        ] {
+            let error = parse_rules(bad).unwrap_err();
+            assert!(error.contains(bad.split(',').next().unwrap()), "{error}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The robustness monitor. A watchdog cannot be an ordinary long-running Legion task: a stuck
+//! task holds its processor, and on this Legion a long-running task on an I/O processor kept the
+//! top-level task's futures from resolving. So the monitor task is short: it runs where the
+//! mapper places it (a service node), makes sure the watcher thread of its process is alive
+//! (starting it again when it died), and reports what the watcher saw. The driver launches it
+//! every monitor interval. The watcher looks at the process's heartbeats (see [`crate::health`])
+//! and, when a component stalled, records the incident durably — in the data directory's incident
+//! file, which no task holds — and ends the process with [`RESTART_EXIT_CODE`]: Legion cannot
+//! cancel a running task, so the supervisor (`ami2 run --supervise` or the cron watchdog)
+//! restarts the service from its saved state, and the next run moves the incident into Control.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use legion_bridge::{TaskContext, TaskError};
+use serde::{Deserialize, Serialize};
+
+use crate::health::{self, StallLimits};
+use crate::robust::{Incident, IncidentKind};
+
+/// Exit code of a process a monitor ends because a component stalled: "restart me".
+pub const RESTART_EXIT_CODE: i32 = 75;
+
+/// File in the data directory where monitors append incidents (JSON lines).
+pub const INCIDENT_FILE: &str = "incidents.jsonl";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MonitorArgs {
+    /// Which monitor this is (one per service node).
+    pub index: usize,
+    /// The run it watches (see [`health::reset`]).
+    pub run: u64,
+    pub interval_ms: u64,
+    pub limits: StallLimits,
+    /// Where stall incidents go (the data directory's incident file), when the run has one.
+    pub incident_file: Option<PathBuf>,
+    /// End the process on a stall (the service); otherwise only record it.
+    pub exit_on_stall: bool,
+}
+
+/// What a monitor task found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MonitorReport {
+    /// The watcher thread of this run was not running (it died, or this is the first check) and
+    /// was started.
+    pub started_watcher: bool,
+    /// Why the previous watcher is gone, when it died.
+    pub watcher_died: Option<String>,
+    /// Stalls seen so far in this run.
+    pub stalls: Vec<health::Stall>,
+}
+
+struct Watcher {
+    run: u64,
+    thread: JoinHandle<()>,
+}
+
+fn watcher() -> std::sync::MutexGuard<'static, Option<Watcher>> {
+    static WATCHER: OnceLock<Mutex<Option<Watcher>>> = OnceLock::new();
+    WATCHER.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stalls_seen() -> std::sync::MutexGuard<'static, Vec<health::Stall>> {
+    static STALLS: OnceLock<Mutex<Vec<health::Stall>>> = OnceLock::new();
+    STALLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn monitor_task(_ctx: &TaskContext, args: MonitorArgs) -> Result<MonitorReport, TaskError> {
+    let label = format!("monitor/{}", args.index);
+    crate::fault::inject(&label, 0).map_err(TaskError::msg)?;
+    let mut report = MonitorReport::default();
+    let mut current = watcher();
+    let alive = current.as_ref().is_some_and(|w| w.run == args.run && !w.thread.is_finished());
+    if !alive {
+        if let Some(old) = current.take().filter(|w| w.run == args.run) {
+            report.watcher_died = Some(match old.thread.join() {
+                Ok(()) => "returned".to_string(),
+                Err(payload) => legion_bridge::catch_panic(|| std::panic::resume_unwind(payload))
+                    .err()
+                    .unwrap_or_default(),
+            });
+        }
+        stalls_seen().clear();
+        let run = args.run;
+        let thread = std::thread::Builder::new()
+            .name(label.clone())
+            .spawn(move || watch(&label, &args))
+            .map_err(|e| TaskError::msg(format!("cannot start the monitor's watcher: {e}")))?;
+        *current = Some(Watcher { run, thread });
+        report.started_watcher = true;
+    }
+    report.stalls = stalls_seen().clone();
+    Ok(report)
+}
+
+/// The watcher thread: looks every interval until its run ends.
+fn watch(label: &str, args: &MonitorArgs) {
+    while !health::monitors_stopped(args.run) {
+        health::sleep_unless_stopped(args.run, Duration::from_millis(args.interval_ms));
+        if health::monitors_stopped(args.run) {
+            break;
+        }
+        if let Err(error) = crate::fault::inject(&format!("{label}-watcher"), 0) {
+            panic!("{error}");
+        }
+        health::monitor_beat();
+        let stalls = health::find_stalls(&args.limits);
+        if stalls.is_empty() {
+            continue;
+        }
+        for stall in &stalls {
+            tracing::error!(component = %stall.component, stalled_ms = stall.stalled_ms, "stalled: {}", stall.what);
+            let incident = Incident::new(
+                &stall.component,
+                IncidentKind::Stall,
+                0,
+                format!("{} (seen by {label})", stall.what),
+            );
+            if let Some(file) = &args.incident_file {
+                if let Err(error) = append_incident(file, &incident) {
+                    tracing::error!("cannot record the stall in {}: {error}", file.display());
+                }
+            }
+        }
+        if args.exit_on_stall {
+            tracing::error!("{label}: ending the process so that it restarts from its saved state");
+            std::process::exit(RESTART_EXIT_CODE);
+        }
+        // Only recording: report each stall once.
+        let mut seen = stalls_seen();
+        for stall in stalls {
+            if !seen.iter().any(|s| s.component == stall.component) {
+                seen.push(stall);
+            }
+        }
+    }
+}
+
+/// Appends `incident` to `file` as one JSON line and makes it durable.
+pub fn append_incident(file: &Path, incident: &Incident) -> std::io::Result<()> {
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    let mut line = serde_json::to_vec(incident).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    out.sync_all()
+}
+
+/// The incidents in `file` (a torn last line, from a crash while writing, is skipped).
+pub fn read_incidents(file: &Path) -> std::io::Result<Vec<Incident>> {
+    let reader = match std::fs::File::open(file) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut incidents = Vec::new();
+    for line in reader.lines() {
+        match serde_json::from_str(&line?) {
+            Ok(incident) => incidents.push(incident),
+            Err(error) => tracing::warn!("{}: skipping a damaged incident line: {error}", file.display()),
+        }
+    }
+    Ok(incidents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incidents_survive_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("ami2-incidents-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(INCIDENT_FILE);
+        let _ = std::fs::remove_file(&file);
+        let first = Incident::new("worker/0", IncidentKind::Stall, 0, "attempt 1 has run for 20000 ms");
+        append_incident(&file, &first).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(b"{\"component\":\"sou")
+            .unwrap();
+        assert_eq!(read_incidents(&file).unwrap(), vec![first]);
+        assert!(read_incidents(&dir.join("missing")).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,193 @@
+//! `RobustTask`: the common behaviour of every pipeline task. An attempt that fails (an error or
+//! a panic) is retried under a bounded policy; every failed attempt becomes an [`Incident`] that
+//! travels back to the driver in the task's report and is written to the control store. When the
+//! attempts run out the task fails, the run ends with an error and the supervisor restarts the
+//! service from its saved state.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use legion_bridge::TaskError;
+use serde::{Deserialize, Serialize};
+
+use crate::{fault, health};
+
+/// How often a failing task is tried.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+    /// Pause before the second attempt; doubled for each further one.
+    pub first_backoff_ms: u64,
+    /// Longest pause between attempts.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            first_backoff_ms: 10,
+            max_backoff_ms: 500,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, failed_attempts: u32) -> Duration {
+        let factor = 1u64 << failed_attempts.saturating_sub(1).min(16);
+        Duration::from_millis(self.first_backoff_ms.saturating_mul(factor).min(self.max_backoff_ms))
+    }
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// An attempt panicked.
+    Panic,
+    /// An attempt returned an error.
+    Error,
+    /// A component made no progress for too long (found by a robustness monitor).
+    Stall,
+    /// A component was started again (a monitor relaunched, the service restarted).
+    Restart,
+}
+
+/// One failure of one component, as recorded under `/incident/` in the control store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Component label, e.g. `worker/1` or `global_reducer`.
+    pub component: String,
+    pub kind: IncidentKind,
+    /// Attempt that failed (1-based; 0 when not about an attempt).
+    pub attempt: u32,
+    pub message: String,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether a later attempt succeeded.
+    pub recovered: bool,
+}
+
+impl Incident {
+    pub fn new(component: &str, kind: IncidentKind, attempt: u32, message: impl Into<String>) -> Self {
+        Self {
+            component: component.to_string(),
+            kind,
+            attempt,
+            message: message.into(),
+            at_ms: now_ms(),
+            recovered: false,
+        }
+    }
+
+    /// Key under which the incident is stored (time first, so a listing is in time order).
+    pub fn key(&self, sequence: u64) -> String {
+        format!("/incident/{:015}-{sequence:06}-{}", self.at_ms, self.component.replace('/', "-"))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Outcome of a robust task body: its result, and the incidents on the way to it.
+pub struct Attempted<R> {
+    pub result: Result<R, TaskError>,
+    pub incidents: Vec<Incident>,
+}
+
+/// Runs `body` (given the 0-based attempt number) as component `label` until an attempt succeeds
+/// or the policy's attempts are used up. Heartbeats mark each attempt's start and end, and
+/// injected faults (see [`fault`]) strike at the start of an attempt.
+pub fn run<R>(label: &str, policy: &RetryPolicy, mut body: impl FnMut(u32) -> Result<R, TaskError>) -> Attempted<R> {
+    let mut incidents: Vec<Incident> = Vec::new();
+    let attempts = policy.attempts.max(1);
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            std::thread::sleep(policy.backoff(attempt));
+        }
+        let beat = health::Beat::start(label, attempt);
+        let outcome = legion_bridge::catch_panic(|| {
+            fault::inject(label, attempt).map_err(TaskError::msg)?;
+            body(attempt)
+        });
+        drop(beat);
+        let (kind, message) = match outcome {
+            Ok(Ok(value)) => {
+                for incident in &mut incidents {
+                    incident.recovered = true;
+                }
+                return Attempted {
+                    result: Ok(value),
+                    incidents,
+                };
+            }
+            Ok(Err(error)) => (IncidentKind::Error, error.to_string()),
+            Err(panic) => (IncidentKind::Panic, format!("panicked: {panic}")),
+        };
+        tracing::warn!(component = label, attempt = attempt + 1, of = attempts, "attempt failed: {message}");
+        incidents.push(Incident::new(label, kind, attempt + 1, message));
+    }
+    let last = incidents.last().map(|i| i.message.clone()).unwrap_or_default();
+    Attempted {
+        result: Err(TaskError::msg(format!("{label} failed {attempts} times; last: {last}"))),
+        incidents,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            first_backoff_ms: 1,
+            max_backoff_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_panic_then_success_is_recovered() {
+        let attempted = run("test/0", &quick(), |attempt| {
+            if attempt == 0 {
+                panic!("first attempt breaks");
+            }
+            Ok(attempt)
+        });
+        assert_eq!(attempted.result.ok(), Some(1));
+        assert_eq!(attempted.incidents.len(), 1);
+        let incident = &attempted.incidents[0];
+        assert_eq!(
+            (incident.kind, incident.attempt, incident.recovered),
+            (IncidentKind::Panic, 1, true)
+        );
+        assert!(incident.message.contains("first attempt breaks"), "{}", incident.message);
+    }
+
+    #[test]
+    fn attempts_are_bounded_and_every_failure_is_kept() {
+        let mut calls = 0;
+        let attempted: Attempted<()> = run("test/1", &quick(), |_| {
+            calls += 1;
+            Err(TaskError::msg("still broken"))
+        });
+        assert_eq!(calls, 3);
+        let error = attempted.result.err().expect("fails").to_string();
+        assert!(error.contains("failed 3 times") && error.contains("still broken"), "{error}");
+        assert_eq!(attempted.incidents.len(), 3);
+        assert!(attempted.incidents.iter().all(|i| i.kind == IncidentKind::Error && !i.recovered));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let policy = RetryPolicy::default();
+        let waits: Vec<u64> = (1..6).map(|n| policy.backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![10, 20, 40, 80, 160]);
+        assert_eq!(policy.backoff(30).as_millis(), 500);
+    }
+}
