@@ -115,7 +115,7 @@ impl RunArgs {
             }
             None => None,
         };
-        if !(self.stall_timeout > 0.0) {
+        if self.stall_timeout.is_nan() || self.stall_timeout <= 0.0 {
             bail!("--stall-timeout must be positive");
         }
         let attempt_ms = (self.stall_timeout * 1000.0) as u64;
