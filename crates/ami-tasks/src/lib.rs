@@ -8,10 +8,12 @@
 //! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
+//! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
 //!
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
 pub mod graph;
+pub mod metrics;
 pub mod pipeline;
 pub mod source;
 pub mod stores;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
+use crate::metrics::ReportMetrics;
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
 use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
@@ -184,6 +185,7 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
         docs.push((bad_graph_key(failure.version), doc.clone()));
         docs.push((format!("/incident/{at:020}-{}", failure.partition), doc));
         tracing::error!(
+            component = "driver",
             graph_version = failure.version,
             partition = failure.partition,
             "graph failed at run time, reverting: {}",
@@ -217,7 +219,7 @@ pub fn run(
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
     for stats in &loaded {
         for warning in &stats.warnings {
-            tracing::warn!(segment = %stats.prefix, "{warning}");
+            tracing::warn!(component = "stores", segment = %stats.prefix, "{warning}");
         }
     }
     let mut summary = RunSummary {
@@ -240,8 +242,16 @@ pub fn run(
         flush,
     };
     let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
+    let mut metrics = ReportMetrics::start();
+    tracing::info!(
+        component = "driver",
+        partitions = config.partitions,
+        graph_version = summary.graph_version,
+        "pipeline started"
+    );
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
+        metrics.record(&report);
         if !report.failures.is_empty() {
             record_failures(ctx, &stores, &report.failures)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
@@ -309,12 +319,15 @@ pub fn run(
         in_flight.push_back(global.clone());
         previous = Some(global);
         summary.rounds = round + 1;
+        ReportMetrics::launched(in_flight.len());
         while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
             let report = in_flight.pop_front().expect("non-empty").get()?;
+            ReportMetrics::in_flight(in_flight.len());
             stopping |= handle(report, &mut summary)?;
         }
     }
     while let Some(future) = in_flight.pop_front() {
+        ReportMetrics::in_flight(in_flight.len());
         handle(future.get()?, &mut summary)?;
     }
     // Publish what is still pending (a stop before the sources ended).
@@ -329,5 +342,13 @@ pub fn run(
         stores.results.snapshot(ctx)?;
     }
     crate::tasks::reset_process_state();
+    tracing::info!(
+        component = "driver",
+        rounds = summary.rounds,
+        events = summary.events,
+        bins = summary.bins_emitted,
+        late_partials = summary.late_partials,
+        "pipeline finished"
+    );
     Ok(summary)
 }
