@@ -59,7 +59,10 @@ pub const PIPELINE_RUNNING: &str = "ami2_pipeline_running";
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(EVENTS_IN, "Frames delivered by the data sources");
-    describe_counter!(EVENTS_PROCESSED, "Events that went through the workers and reached the global reducer");
+    describe_counter!(
+        EVENTS_PROCESSED,
+        "Events that went through the workers and reached the global reducer"
+    );
     describe_counter!(FRAMES, "Frames delivered per telemetry partition");
     describe_counter!(BINS_PUBLISHED, "Time bins published to Results");
     describe_counter!(LATE_PARTIALS, "Partials that arrived after their bin was published");

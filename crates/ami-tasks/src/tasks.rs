@@ -461,7 +461,11 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
     let Some((version, graph)) = graph else {
-        tracing::warn!(component = "worker", partition = args.partition, "no graph installed; events not analysed");
+        tracing::warn!(
+            component = "worker",
+            partition = args.partition,
+            "no graph installed; events not analysed"
+        );
         return Ok(out);
     };
     match run_graph(&graph, version, &frames, args.bin_width_ns) {
