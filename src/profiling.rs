@@ -87,7 +87,7 @@ pub struct ProfArgs {
 }
 
 /// Where `legion_prof` is: `$AMI2_LEGION_PROF`, then `PATH`, then the folder `scripts/setup`
-/// installs it to (`~/.cache/ami2/tools/bin`).
+/// installs it to (`$AMI2_TOOLS_DIR/bin`, by default `~/.cache/ami2/tools/bin`).
 pub fn find_legion_prof() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("AMI2_LEGION_PROF") {
         return Some(PathBuf::from(path));
@@ -98,13 +98,13 @@ pub fn find_legion_prof() -> Option<PathBuf> {
         .map(|dir| dir.join("legion_prof"))
         .find(|p| p.is_file());
     on_path.or_else(|| {
-        let cached = home()?.join(".cache/ami2/tools/bin/legion_prof");
+        let tools = match std::env::var_os("AMI2_TOOLS_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/ami2/tools"),
+        };
+        let cached = tools.join("bin/legion_prof");
         cached.is_file().then_some(cached)
     })
-}
-
-fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// `ami2 prof DIR`: statistics (text) and a trace (JSON for Perfetto / chrome://tracing) of the
@@ -120,7 +120,8 @@ pub fn prof(args: ProfArgs) -> Result<()> {
     }
     let Some(tool) = find_legion_prof() else {
         bail!(
-            "legion_prof not found (looked at $AMI2_LEGION_PROF, PATH and ~/.cache/ami2/tools/bin). Install the \
+            "legion_prof not found (looked at $AMI2_LEGION_PROF, PATH and ~/.cache/ami2/tools/bin or \
+             $AMI2_TOOLS_DIR/bin). Install the \
              release that reads this Legion's profiles:\n  cargo install legion_prof --version {LEGION_PROF_VERSION} \
              --locked --no-default-features --root ~/.cache/ami2/tools\n(scripts/setup does this)"
         );
