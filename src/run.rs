@@ -253,7 +253,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         json: args.json,
         started: Instant::now(),
         seconds: args.seconds,
-        stop,
+        stop: stop.clone(),
         header_for: None,
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
@@ -296,8 +296,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if let Some(metrics) = crate::metrics::summary() {
         tracing::info!(component = "metrics", "at the end of the run:\n{metrics}");
     }
-    if args.metrics_linger > 0.0 {
-        std::thread::sleep(std::time::Duration::from_secs_f64(args.metrics_linger));
+    // Ctrl-C ends the wait too.
+    let linger_until = Instant::now() + std::time::Duration::from_secs_f64(args.metrics_linger.max(0.0));
+    while Instant::now() < linger_until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
 }
