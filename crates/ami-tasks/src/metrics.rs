@@ -20,7 +20,7 @@
 //! | `ami2_late_partials_total` | counter | | partials that arrived after their bin was published (not merged) |
 //! | `ami2_superseded_partials_total` | counter | | partials of an older graph version dropped when a bin held two |
 //! | `ami2_subscriber_messages_dropped_total` | counter | | messages a slow subscriber lost ([`subscriber_messages_dropped`]) |
-//! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, or [`incident`]) |
+//! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, `store_warning` when a persisted store loads damaged, or [`incident`]) |
 //! | `ami2_restarts_total` | counter | `component` | restarts (`shm_producer` seen by a source, or [`restart`]) |
 //! | `ami2_source_overruns_total` | counter | `partition` | times a shared-memory producer lapped its consumer (frames lost) |
 //! | `ami2_rounds_total` | counter | | rounds of source → worker → reducer launches |

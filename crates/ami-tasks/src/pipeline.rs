@@ -220,6 +220,7 @@ pub fn run(
     for stats in &loaded {
         for warning in &stats.warnings {
             tracing::warn!(component = "stores", segment = %stats.prefix, "{warning}");
+            crate::metrics::incident("store_warning");
         }
     }
     let mut summary = RunSummary {
