@@ -61,8 +61,8 @@ fn prepare(dir: &Path) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))
 }
 
-/// The logs `prefix*suffix` in `dir`, sorted.
-fn logs(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>> {
+/// The files `prefix*suffix` in `dir`, sorted.
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -110,7 +110,7 @@ pub fn find_legion_prof() -> Option<PathBuf> {
 /// `ami2 prof DIR`: statistics (text) and a trace (JSON for Perfetto / chrome://tracing) of the
 /// profile in DIR, and optionally legion_prof's archive.
 pub fn prof(args: ProfArgs) -> Result<()> {
-    let logs = logs(&args.dir, "prof_", ".gz")?;
+    let logs = files(&args.dir, "prof_", ".gz")?;
     if logs.is_empty() {
         bail!(
             "no profile logs (prof_*.gz) in {}; run with `--profile {}` first",
@@ -180,7 +180,7 @@ pub fn find_legion_spy() -> Option<PathBuf> {
 /// `ami2 spy DIR`: runs legion_spy.py over the spy logs in DIR, which draws the dataflow and
 /// event graphs as PDFs in DIR (through graphviz's `dot`).
 pub fn spy(args: SpyArgs) -> Result<()> {
-    let logs = logs(&args.dir, "spy_", ".log")?;
+    let logs = files(&args.dir, "spy_", ".log")?;
     if logs.is_empty() {
         bail!(
             "no Legion Spy logs (spy_*.log) in {}; run with `--spy {}` first",
@@ -198,7 +198,8 @@ pub fn spy(args: SpyArgs) -> Result<()> {
     if Command::new("dot").arg("-V").output().is_err() {
         bail!("graphviz's `dot` is not installed (Legion Spy draws its graphs with it): apt-get install graphviz");
     }
-    let before: Vec<PathBuf> = logs_any(&args.dir)?;
+    // Whole seconds: some file systems keep coarse modification times.
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     let options: Vec<OsString> = if args.options.is_empty() {
         vec!["-dez".into()]
     } else {
@@ -215,23 +216,18 @@ pub fn spy(args: SpyArgs) -> Result<()> {
     )?;
     let log_file = args.dir.join("legion_spy.txt");
     std::fs::write(&log_file, &log).with_context(|| format!("writing {}", log_file.display()))?;
-    let drawn: Vec<PathBuf> = logs_any(&args.dir)?
+    let drawn: Vec<PathBuf> = files(&args.dir, "", ".pdf")?
         .into_iter()
-        .filter(|p| !before.contains(p) && p.extension().is_some_and(|e| e == "pdf"))
+        .filter(|p| std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t >= started))
         .collect();
     println!("legion_spy.py output: {}", log_file.display());
     if drawn.is_empty() {
-        println!("no new graphs were drawn (graphs already there are overwritten in place)");
+        println!("legion_spy.py drew no graphs (see its output)");
     }
     for graph in drawn {
         println!("graph: {}", graph.display());
     }
     Ok(())
-}
-
-/// Every file in `dir`.
-fn logs_any(dir: &Path) -> Result<Vec<PathBuf>> {
-    logs(dir, "", "")
 }
 
 /// Runs `command` and returns its standard output; a failure carries its standard error.

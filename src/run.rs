@@ -216,6 +216,9 @@ fn summarize(value: &Value) -> String {
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let mut config = args.pipeline_config(demo)?;
     let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref())?;
+    if !(0.0..=86_400.0).contains(&args.metrics_linger) {
+        bail!("--metrics-linger must be between 0 and 86400 seconds");
+    }
     // Sizing the buffers needs the largest frame, which for a recording means reading the whole
     // file: do it once here, for the memory estimate, the pipeline and the progress bar.
     let recording = match &config.source {
@@ -297,7 +300,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         tracing::info!(component = "metrics", "at the end of the run:\n{metrics}");
     }
     // Ctrl-C ends the wait too.
-    let linger_until = Instant::now() + std::time::Duration::from_secs_f64(args.metrics_linger.max(0.0));
+    let linger_until = Instant::now() + std::time::Duration::from_secs_f64(args.metrics_linger);
     while Instant::now() < linger_until && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
