@@ -160,6 +160,7 @@ mod tests {
 
     use ami_tasks::metrics::ReportMetrics;
     use ami_tasks::source::{SourcePosition, SourceStats};
+    use ami_tasks::tasks::GraphFailure;
     use ami_tasks::GlobalReport;
 
     use super::*;
@@ -204,8 +205,16 @@ mod tests {
             tracker.record(&report([10, 5], 1));
             tracker.record(&report([30, 25], 4));
             ReportMetrics::launched(3);
+            // Partition 0's source reopened (counts from 0 again) after its producer restarted; a
+            // graph failed.
             let mut restarted = report([4, 25], 4);
             restarted.state.events = 59;
+            restarted.sources.get_mut(&0).unwrap().1.producer_restarts = 1;
+            restarted.failures.push(GraphFailure {
+                version: 1,
+                partition: 0,
+                message: "boom".into(),
+            });
             tracker.record(&restarted);
             ami_tasks::metrics::subscriber_messages_dropped(2);
             let running = MetricsSummary::from_prometheus_text(&handle.render());
@@ -223,6 +232,8 @@ mod tests {
         assert_eq!(summary.bins_published, 4);
         assert_eq!(summary.rounds, 1);
         assert_eq!(summary.subscriber_messages_dropped, 2);
+        assert_eq!(summary.incidents, BTreeMap::from([("graph_failure".to_string(), 1)]));
+        assert_eq!(summary.restarts, BTreeMap::from([("shm_producer".to_string(), 1)]));
         assert!(!summary.running);
         assert_eq!(summary.rounds_in_flight, 0);
         assert!(summary.to_string().contains("59 in, 59 processed"), "{summary}");
