@@ -4,6 +4,8 @@
 //! works on this machine.
 
 mod doctor;
+mod metrics;
+mod profiling;
 mod record;
 mod run;
 mod supervise;
@@ -17,6 +19,9 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `ami2=debug`.
     #[arg(long, global = true, default_value = "warn", env = "AMI2_LOG")]
     log: String,
+    /// Log format on stderr: `text` (for people) or `json` (one object per line, for log tools).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AMI2_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,14 +38,30 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Turn the Legion Prof logs of a `--profile DIR` run into statistics and a trace to open.
+    Prof(profiling::ProfArgs),
+    /// Draw the dataflow and event graphs of a `--spy DIR` run with Legion Spy.
+    Spy(profiling::SpyArgs),
+    /// Print the metrics of a running service (scraped from its Prometheus endpoint).
+    Metrics(metrics::MetricsArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields (component, partition, bin, ...) at the top level of each object.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::Run(args) if args.supervise => supervise::supervise(std::env::args().skip(1).filter(|a| a != "--supervise").collect()),
@@ -48,5 +69,8 @@ fn main() -> Result<()> {
         Command::Demo(args) => run::run(args, true),
         Command::Record(args) => record::record(args),
         Command::DaqSim(args) => record::daq_sim(args),
+        Command::Prof(args) => profiling::prof(args),
+        Command::Spy(args) => profiling::spy(args),
+        Command::Metrics(args) => metrics::print(args),
     }
 }

@@ -65,6 +65,17 @@ pub struct RunArgs {
     /// supervisor starts it again). Rounds may take twice as long.
     #[arg(long, default_value_t = 15.0)]
     stall_timeout: f64,
+    /// Legion Prof and Legion Spy logs.
+    #[command(flatten)]
+    tools: crate::profiling::ToolArgs,
+    /// Prometheus metrics endpoint: a port on 127.0.0.1, HOST:PORT, or 0 for none
+    /// [default: 127.0.0.1:9464, skipped with a warning when taken].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Keep the metrics endpoint up this many seconds after the run, so a last scrape sees the
+    /// final counts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    metrics_linger: f64,
     /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
     #[arg(last = true)]
     legion_args: Vec<String>,
@@ -221,6 +232,10 @@ fn summarize(value: &Value) -> String {
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let mut config = args.pipeline_config(demo)?;
+    let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref())?;
+    if !(0.0..=86_400.0).contains(&args.metrics_linger) {
+        bail!("--metrics-linger must be between 0 and 86400 seconds");
+    }
     // Sizing the buffers needs the largest frame, which for a recording means reading the whole
     // file: do it once here, for the memory estimate, the pipeline and the progress bar.
     let recording = match &config.source {
@@ -258,7 +273,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         json: args.json,
         started: Instant::now(),
         seconds: args.seconds,
-        stop,
+        stop: stop.clone(),
         header_for: None,
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
@@ -269,7 +284,11 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if !legion_args.iter().any(|a| a == "-ll:csize") {
         legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
     }
+    let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), 1, &legion_args)?;
+    legion_args.extend(tool_flags);
     let summary = runtime::start(&legion_args, move |ctx| {
+        // The driver's process is the one whose metrics count: serve them from here.
+        crate::metrics::install(metrics_endpoint).map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
         let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut printer)?;
         Ok(summary)
     })
@@ -294,6 +313,19 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         for incident in &summary.incidents {
             eprintln!("  {} {:?}: {}", incident.component, incident.kind, incident.message);
         }
+    }
+    for (flag, dir, command) in [("--profile", &args.tools.profile, "prof"), ("--spy", &args.tools.spy, "spy")] {
+        if let Some(dir) = dir {
+            eprintln!("ami2: {flag} logs in {0}; read them with `ami2 {command} {0}`", dir.display());
+        }
+    }
+    if let Some(metrics) = crate::metrics::summary() {
+        tracing::info!(component = "metrics", "at the end of the run:\n{metrics}");
+    }
+    // Ctrl-C ends the wait too.
+    let linger_until = Instant::now() + std::time::Duration::from_secs_f64(args.metrics_linger);
+    while Instant::now() < linger_until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
 }

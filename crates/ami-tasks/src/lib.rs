@@ -10,12 +10,14 @@
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests.
+//! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
 //!
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
 pub mod fault;
 pub mod graph;
 pub mod health;
+pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod robust;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
 use crate::health::{self, StallLimits};
+use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, INCIDENT_FILE};
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
@@ -204,6 +205,7 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
         docs.push((bad_graph_key(failure.version), doc.clone()));
         docs.push((format!("/incident/{at:020}-{}", failure.partition), doc));
         tracing::error!(
+            component = "driver",
             graph_version = failure.version,
             partition = failure.partition,
             "graph failed at run time, reverting: {}",
@@ -227,6 +229,16 @@ impl Drop for StopMonitorsOnDrop {
 fn record_incidents(ctx: &TaskContext, stores: &Stores, incidents: &[Incident], sequence: &mut u64) -> Result<(), PipelineError> {
     if incidents.is_empty() {
         return Ok(());
+    }
+    for incident in incidents {
+        crate::metrics::incident(incident.kind.as_str());
+        if incident.kind == IncidentKind::Restart {
+            crate::metrics::restart(if incident.component.starts_with("monitor") {
+                "monitor"
+            } else {
+                "service"
+            });
+        }
     }
     let docs: Vec<(String, Value)> = incidents
         .iter()
@@ -292,7 +304,8 @@ pub fn run(
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
     for stats in &loaded {
         for warning in &stats.warnings {
-            tracing::warn!(segment = %stats.prefix, "{warning}");
+            tracing::warn!(component = "stores", segment = %stats.prefix, "{warning}");
+            crate::metrics::incident("store_warning");
         }
     }
     let mut summary = RunSummary {
@@ -337,6 +350,13 @@ pub fn run(
         retry: config.retry.clone(),
     };
     let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
+    let mut metrics = ReportMetrics::start();
+    tracing::info!(
+        component = "driver",
+        partitions = config.partitions,
+        graph_version = summary.graph_version,
+        "pipeline started"
+    );
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
@@ -359,6 +379,7 @@ pub fn run(
             monitor = Some(launch_monitor()?);
             monitor_launched = std::time::Instant::now();
         }
+        metrics.record(&report);
         if !report.failures.is_empty() {
             record_failures(ctx, &stores, &report.failures)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
@@ -429,16 +450,19 @@ pub fn run(
         in_flight.push_back((round, global.clone()));
         previous = Some(global);
         summary.rounds = round + 1;
+        ReportMetrics::launched(in_flight.len());
         while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
             let (done, future) = in_flight.pop_front().expect("non-empty");
             let report = future.get()?;
             health::round_reported(done);
+            ReportMetrics::in_flight(in_flight.len());
             stopping |= handle(report, &mut summary)?;
         }
     }
     while let Some((done, future)) = in_flight.pop_front() {
         let report = future.get()?;
         health::round_reported(done);
+        ReportMetrics::in_flight(in_flight.len());
         handle(report, &mut summary)?;
     }
     // Publish what is still pending (a stop before the sources ended).
@@ -457,5 +481,13 @@ pub fn run(
         stores.results.snapshot(ctx)?;
     }
     crate::tasks::reset_process_state();
+    tracing::info!(
+        component = "driver",
+        rounds = summary.rounds,
+        events = summary.events,
+        bins = summary.bins_emitted,
+        late_partials = summary.late_partials,
+        "pipeline finished"
+    );
     Ok(summary)
 }

@@ -53,6 +53,17 @@ pub enum IncidentKind {
     Restart,
 }
 
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Panic => "panic",
+            Self::Error => "error",
+            Self::Stall => "stall",
+            Self::Restart => "restart",
+        }
+    }
+}
+
 /// One failure of one component, as recorded under `/incident/` in the control store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {

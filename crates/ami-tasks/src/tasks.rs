@@ -177,6 +177,13 @@ pub struct GlobalState {
     pub bins_emitted: u64,
 }
 
+impl GlobalState {
+    /// Bins held back, waiting for partitions to go past them.
+    pub fn pending_bins(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 /// What one global reducer invocation produced.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GlobalReport {
@@ -350,6 +357,15 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
 
     let position = source.position();
     let stats = source.stats();
+    tracing::debug!(
+        component = "data_source",
+        partition = args.partition,
+        buffer = args.buffer,
+        frames,
+        ended = batch.ended,
+        next_seq = position.next_seq,
+        "batch stored"
+    );
     let saved_state = json!({"position": position, "stats": stats, "ended": batch.ended});
     with_writer(&state, args.control_field, |view| {
         let op = Op::Put {
@@ -448,7 +464,8 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
         }
         Err(errors) => {
             tracing::error!(
-                version,
+                component = "worker",
+                graph_version = version,
                 "graph does not compile: {}",
                 errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
             );
@@ -504,14 +521,35 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
     out.incidents = report.incidents;
     let Some((version, graph)) = graph else {
+        tracing::warn!(
+            component = "worker",
+            partition = args.partition,
+            "no graph installed; events not analysed"
+        );
         return Ok(out);
     };
     match run_graph(&graph, version, &frames, args.bin_width_ns) {
         Ok(bins) => {
             graph_cache().last_good = Some((version, graph));
+            for (&(bin, graph_version), partials) in &bins {
+                tracing::debug!(
+                    component = "worker",
+                    partition = args.partition,
+                    bin,
+                    graph_version,
+                    events = partials.events(),
+                    "partial"
+                );
+            }
             out.bins = bins;
         }
         Err(error) => {
+            tracing::warn!(
+                component = "worker",
+                partition = args.partition,
+                graph_version = version,
+                "graph failed on an event, falling back to the last good graph: {error}"
+            );
             // Record the failure, and fall back to the last good graph for this batch.
             out.failures.push(GraphFailure {
                 version,
@@ -538,6 +576,13 @@ fn local_reduce_task(ctx: &TaskContext, retry: RetryPolicy) -> Result<PartialRep
         for i in 0..ctx.input_future_count() {
             merged.merge(ctx.input_future(i)?)?;
         }
+        tracing::debug!(
+            component = "local_reducer",
+            partitions = merged.progress.len(),
+            bins = merged.bins.len(),
+            events = merged.events,
+            "round merged"
+        );
         Ok(merged)
     };
     robustly("local_reducer", &retry, merge, |report| &mut report.incidents)
@@ -578,6 +623,14 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
             if state.emitted_upto.is_some_and(|upto| bin <= upto) {
                 // Arrived after its bin was published: counted, not merged.
                 state.late_partials += 1;
+                // Counted in the late-partials metric; one line each would flood the log.
+                tracing::debug!(
+                    component = "global_reducer",
+                    bin,
+                    graph_version = version,
+                    events = partials.events(),
+                    "late partial: its bin was already published"
+                );
                 continue;
             }
             let versions = state.pending.entry(bin).or_default();
@@ -636,6 +689,14 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         state.written.push((bin, names));
         state.emitted_upto = Some(state.emitted_upto.map_or(bin, |u| u.max(bin)));
         state.bins_emitted += 1;
+        tracing::debug!(
+            component = "global_reducer",
+            bin,
+            graph_version = version,
+            events,
+            superseded = versions.len() - 1,
+            "bin published"
+        );
         report.emitted.push(EmittedBin {
             bin,
             graph_version: version,

@@ -123,7 +123,7 @@ impl FileDataSource {
                 self.delivered,
             );
             if self.note.as_ref() != Some(&note) {
-                tracing::warn!("{note}");
+                tracing::warn!(component = "data_source", partition = self.partition, "{note}");
                 self.note = Some(note);
             }
         }

@@ -552,6 +552,8 @@ impl SharedMemoryDataSource {
         if restarted {
             self.restarts += 1;
             tracing::warn!(
+                component = "data_source",
+                partition = self.partition,
                 "shared-memory ring {:?}: producer restarted (epoch {:#x} -> {:#x}, next write index {} -> {}); partition {} resynchronizes",
                 self.name,
                 self.header.epoch,
@@ -568,6 +570,8 @@ impl SharedMemoryDataSource {
             self.lost_slots += oldest - self.read_index;
             if self.overruns == 1 {
                 tracing::warn!(
+                    component = "data_source",
+                    partition = self.partition,
                     "shared-memory ring {:?}: the producer lapped partition {}; skipping {} slots",
                     self.name,
                     self.partition,
@@ -575,6 +579,8 @@ impl SharedMemoryDataSource {
                 );
             } else {
                 tracing::debug!(
+                    component = "data_source",
+                    partition = self.partition,
                     "shared-memory ring {:?}: overrun {}; skipping {} slots",
                     self.name,
                     self.overruns,
@@ -658,7 +664,12 @@ impl SharedMemoryDataSource {
 
     fn skip_corrupt(&mut self, index: u64, why: &str) {
         self.corrupt_slots += 1;
-        tracing::warn!("shared-memory ring {:?}: slot of write index {index} {why}; skipped", self.name);
+        tracing::warn!(
+            component = "data_source",
+            partition = self.partition,
+            "shared-memory ring {:?}: slot of write index {index} {why}; skipped",
+            self.name
+        );
         self.read_index = index + 1;
         self.stuck = None;
     }

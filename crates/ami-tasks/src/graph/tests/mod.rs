@@ -1,5 +1,6 @@
 //! Tests of the graph module: golden values for every op, validation, merge properties.
 
+mod docs;
 mod golden;
 mod props;
 mod validation;

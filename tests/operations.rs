@@ -1,0 +1,236 @@
+//! Operating the service: Legion Prof and Legion Spy on real runs (`--profile`/`--spy`, then
+//! `ami2 prof`/`ami2 spy`, which run legion_prof and legion_spy.py), the Prometheus endpoint
+//! scraped while a bounded run goes, and JSON logs. Real processes, the real runtime and tools.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ami_tasks::metrics::MetricsSummary;
+use common::ami2;
+use serde_json::Value;
+
+mod common;
+
+const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
+
+fn with_legion<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    args.iter().copied().chain(LEGION).collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operations").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn succeeded(out: &std::process::Output) -> bool {
+    if !out.status.success() {
+        eprintln!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
+
+#[test]
+fn a_profiled_run_is_read_by_legion_prof() {
+    let dir = scratch("profile");
+    let prof = dir.join("prof");
+    let out = ami2(&with_legion(&[
+        "run",
+        "--frames",
+        "400",
+        "--partitions",
+        "2",
+        "--metrics",
+        "0",
+        "--profile",
+        prof.to_str().unwrap(),
+    ]));
+    assert!(succeeded(&out));
+    assert!(prof.join("prof_0.gz").is_file(), "no profile log in {}", prof.display());
+
+    let out = ami2(&["prof", prof.to_str().unwrap()]);
+    assert!(succeeded(&out), "legion_prof could not read the profile");
+    let statistics = std::fs::read_to_string(prof.join("statistics.txt")).unwrap();
+    for task in ["data_source", "worker", "local_reducer", "global_reducer"] {
+        assert!(
+            statistics.contains(&format!("Task {task} ")),
+            "{task} missing from the statistics:\n{statistics}"
+        );
+    }
+    let trace: Value = serde_json::from_slice(&std::fs::read(prof.join("trace.json")).unwrap()).unwrap();
+    let events = trace.as_array().expect("a trace is a JSON array of events");
+    assert!(
+        events.iter().any(|e| e["name"].as_str().is_some_and(|n| n.contains("worker"))),
+        "no worker task in the trace"
+    );
+}
+
+#[test]
+fn a_spied_run_is_drawn_by_legion_spy() {
+    let dir = scratch("spy");
+    let spy = dir.join("spy");
+    let out = ami2(&with_legion(&[
+        "run",
+        "--frames",
+        "100",
+        "--metrics",
+        "0",
+        "--spy",
+        spy.to_str().unwrap(),
+    ]));
+    assert!(succeeded(&out));
+    assert!(spy.join("spy_0.log").is_file());
+
+    let out = ami2(&["spy", spy.to_str().unwrap()]);
+    assert!(succeeded(&out), "legion_spy.py failed");
+    let pdfs: Vec<String> = std::fs::read_dir(&spy)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".pdf"))
+        .collect();
+    for graph in ["dataflow_top_level_", "event_graph_top_level_"] {
+        let file = pdfs
+            .iter()
+            .find(|n| n.starts_with(graph))
+            .unwrap_or_else(|| panic!("no {graph}*.pdf among {pdfs:?}"));
+        let bytes = std::fs::read(spy.join(file)).unwrap();
+        assert!(bytes.starts_with(b"%PDF"), "{file} is not a PDF");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scrape(port: u16) -> Option<MetricsSummary> {
+    let mut response = ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call().ok()?;
+    Some(MetricsSummary::from_prometheus_text(&response.body_mut().read_to_string().ok()?))
+}
+
+/// Scrapes the endpoint while a paced, bounded run goes: the counters only grow, never pass the
+/// events fed in, and end exactly at them (per partition too), with as many bins as were printed.
+#[test]
+fn the_metrics_endpoint_counts_the_events_fed_in() {
+    const FRAMES: u64 = 3000;
+    let dir = scratch("metrics");
+    let port = free_port();
+    let stdout = dir.join("bins.json");
+    let frames = FRAMES.to_string();
+    let port_arg = port.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&[
+            "run",
+            "--frames",
+            &frames,
+            "--rate",
+            "1000",
+            "--partitions",
+            "2",
+            "--batch-size",
+            "50",
+            "--json",
+            "--metrics",
+            &port_arg,
+            "--metrics-linger",
+            "5",
+        ]))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    let mut scrapes: Vec<MetricsSummary> = Vec::new();
+    let finished = loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "the run did not finish");
+        if let Some(summary) = scrape(port) {
+            let done = !summary.running && summary.events_in > 0;
+            scrapes.push(summary);
+            if done {
+                break scrapes.last().unwrap().clone();
+            }
+        } else if child.try_wait().unwrap().is_some() {
+            panic!("the run ended before a final scrape; {} scrapes", scrapes.len());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(succeeded(&out));
+
+    assert!(
+        scrapes.iter().any(|s| s.running && s.events_in > 0 && s.events_in < FRAMES),
+        "no scrape saw the run in progress: {scrapes:?}"
+    );
+    for pair in scrapes.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(b.events_in >= a.events_in && b.events_processed >= a.events_processed);
+        assert!(b.bins_published >= a.bins_published && b.rounds >= a.rounds);
+    }
+    for s in &scrapes {
+        assert!(s.events_in <= FRAMES && s.events_processed <= FRAMES, "{s:?}");
+    }
+
+    assert_eq!(finished.events_in, FRAMES);
+    assert_eq!(finished.events_processed, FRAMES);
+    assert_eq!(
+        finished.frames_per_partition,
+        BTreeMap::from([("0".to_string(), FRAMES / 2), ("1".to_string(), FRAMES / 2)])
+    );
+    assert_eq!(finished.late_partials, 0);
+    assert_eq!(finished.rounds_in_flight, 0);
+    assert_eq!(finished.pending_bins, 0);
+    assert_eq!(finished.graph_version, 1);
+    let bins: Vec<Value> = std::fs::read_to_string(&stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(finished.bins_published, bins.len() as u64);
+    assert_eq!(finished.last_published_bin, bins.last().and_then(|b| b["bin"].as_u64()));
+    assert_eq!(bins.iter().map(|b| b["events"].as_u64().unwrap()).sum::<u64>(), FRAMES);
+}
+
+#[test]
+fn json_logs_carry_component_partition_and_bin() {
+    let out = ami2(&with_legion(&[
+        "--log-format",
+        "json",
+        "--log",
+        "ami_tasks=debug",
+        "run",
+        "--frames",
+        "300",
+        "--partitions",
+        "2",
+        "--metrics",
+        "0",
+    ]));
+    assert!(succeeded(&out));
+    // Realm writes its own lines to stderr too: the JSON ones are ours.
+    let logs: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let find = |component: &str, fields: &[&str]| {
+        logs.iter()
+            .find(|l| l["component"] == component && fields.iter().all(|f| l[*f].is_u64()))
+            .unwrap_or_else(|| panic!("no {component} line with {fields:?} among {} lines", logs.len()))
+    };
+    let line = find("data_source", &["partition", "frames"]);
+    assert!(line["level"] == "DEBUG" && line["timestamp"].is_string(), "{line}");
+    find("worker", &["partition", "bin", "events"]);
+    find("global_reducer", &["bin", "events"]);
+    let finished = find("driver", &["events", "bins"]);
+    assert_eq!(finished["events"], 300, "{finished}");
+}
