@@ -6,6 +6,7 @@
 mod doctor;
 mod record;
 mod run;
+mod service;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

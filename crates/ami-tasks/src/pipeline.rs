@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
+use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
 use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
@@ -115,6 +116,12 @@ pub enum Flow {
 /// Sees every global report (finished bins) as the run goes; may change the graph or stop.
 pub trait Observer {
     fn on_report(&mut self, ctx: &TaskContext, stores: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError>;
+
+    /// Clients' graph requests, when this observer serves them: the driver hands them to the
+    /// graph manager task after each report and answers through it (see [`crate::graph_manager`]).
+    fn graph_requests(&mut self) -> Option<&mut dyn GraphRequests> {
+        None
+    }
 }
 
 /// An observer that lets the run go to the end of its sources.
@@ -240,6 +247,7 @@ pub fn run(
         flush,
     };
     let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
+    let mut graph_manager = GraphManagerHook::default();
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         if !report.failures.is_empty() {
@@ -252,6 +260,9 @@ pub fn run(
         summary.superseded_partials = report.state.superseded_partials;
         summary.sources.extend(report.sources.clone());
         let flow = observer.on_report(ctx, &stores, &report)?;
+        if let Some(requests) = observer.graph_requests() {
+            graph_manager.poll(ctx, &stores, requests)?;
+        }
         Ok(report.all_ended || flow == Flow::Stop)
     };
 
@@ -323,6 +334,9 @@ pub fn run(
         flush = flush.future(previous);
     }
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
+    if let Some(requests) = observer.graph_requests() {
+        graph_manager.finish(ctx, &stores, requests)?;
+    }
     summary.graph_version = current_graph_version(ctx, &stores)?;
     if data_dir.is_some() {
         stores.control.snapshot(ctx)?;

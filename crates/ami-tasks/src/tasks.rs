@@ -28,7 +28,8 @@ use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats}
 use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
-/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 4`).
+/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 5`; the last is
+/// the graph manager).
 pub const PIPELINE_TASK_BASE: u32 = 500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -184,6 +185,7 @@ pub struct PipelineTasks {
     pub worker: TaskId<WorkerArgs, PartialReport>,
     pub local_reduce: TaskId<(), PartialReport>,
     pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
+    pub graph_manager: TaskId<crate::graph_manager::GraphManagerArgs, crate::graph_manager::Json<crate::graph_manager::GraphManagerReport>>,
 }
 
 static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
@@ -209,6 +211,12 @@ pub fn register_tasks() -> Result<(), PipelineError> {
             "global_reducer",
             VariantOptions::default(),
             global_reduce_task,
+        )?,
+        graph_manager: register_task(
+            PIPELINE_TASK_BASE + 4,
+            "graph_manager",
+            VariantOptions::default(),
+            crate::graph_manager::graph_manager_task,
         )?,
     };
     let _ = TASKS.set(tasks);
