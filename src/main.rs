@@ -3,6 +3,7 @@
 //! Subcommands start the service or talk to it; `ami2 doctor` checks that the Legion runtime
 //! works on this machine.
 
+mod client;
 mod doctor;
 mod record;
 mod run;
@@ -33,6 +34,15 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Show or change the running service's computation graph.
+    #[command(subcommand)]
+    Graph(client::GraphCommand),
+    /// Print the finished bins of results as JSON lines, live.
+    Watch(client::WatchArgs),
+    /// Print a key of the service's Control or Results store.
+    Get(client::GetArgs),
+    /// Print the service's status.
+    Status(client::StatusArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +57,9 @@ fn main() -> Result<()> {
         Command::Demo(args) => run::run(args, true),
         Command::Record(args) => record::record(args),
         Command::DaqSim(args) => record::daq_sim(args),
+        Command::Graph(command) => client::graph(command),
+        Command::Watch(args) => client::watch(args),
+        Command::Get(args) => client::get(args),
+        Command::Status(args) => client::status(args),
     }
 }
