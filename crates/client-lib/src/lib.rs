@@ -529,3 +529,39 @@ impl BlockingClient {
         self.runtime.block_on(self.client.next_event_timeout(timeout))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn edits_between_graphs() {
+        let from = json!({"nodes": [
+            {"id": "a", "op": "select", "params": {"field": "x", "kind": "scalar"}},
+            {"id": "b", "op": "strip_chart", "inputs": ["a"]},
+            {"id": "c", "op": "histogram", "inputs": ["a"], "params": {"bins": 2, "low": 0, "high": 1}}],
+            "results": ["b", "c"]});
+        let to = json!({"nodes": [
+            {"id": "a", "op": "select", "params": {"field": "x", "kind": "scalar"}},
+            {"id": "c", "op": "histogram", "inputs": ["a"], "params": {"bins": 4, "low": 0, "high": 1}},
+            {"id": "d", "op": "strip_chart", "inputs": ["a"]}],
+            "results": ["c", "d"]});
+        let (edits, results) = edits_between(&from, &to).unwrap();
+        let kinds: Vec<(&str, &str)> = edits
+            .iter()
+            .map(|e| {
+                let kind = match e {
+                    Edit::RemoveNode { .. } => "remove",
+                    Edit::ReplaceNode { .. } => "replace",
+                    Edit::AddNode { .. } => "add",
+                    _ => "other",
+                };
+                (kind, e.node_id())
+            })
+            .collect();
+        assert_eq!(kinds, vec![("remove", "b"), ("replace", "c"), ("add", "d")]);
+        assert_eq!(results, vec!["c", "d"]);
+        assert!(edits_between(&from, &json!({"nodes": 3})).is_err());
+    }
+}
