@@ -20,7 +20,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 impl Service {
-    /// Starts `ami2 run` on synthetic events (500 Hz, endless) with `extra` options, its data
+    /// Starts `ami2 run` on synthetic events (endless, 500 Hz unless `extra` has `--rate`) with `extra` options, its data
     /// in `dir/data`, listening on `listen`; waits until it serves clients.
     pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Service {
         let port_file = dir.join("port");
@@ -28,8 +28,6 @@ impl Service {
         let stderr = std::fs::File::create(dir.join(format!("stderr-{}", Instant::now().elapsed().as_nanos()))).unwrap();
         let mut args: Vec<String> = [
             "run",
-            "--rate",
-            "500",
             "--listen",
             listen,
             "--port-file",
@@ -41,6 +39,9 @@ impl Service {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.contains(&"--rate") {
+            args.extend(["--rate".to_string(), "500".to_string()]);
+        }
         args.extend(["--", "-ll:cpu", "1", "-ll:util", "1"].iter().map(|s| s.to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_ami2"))
             .args(&args)
