@@ -153,9 +153,20 @@ fn misbehaving_clients_are_refused_while_others_carry_on() {
     let dir = scratch("misbehaving");
     std::fs::write(dir.join("token"), "s3cret\n").unwrap();
     let token_file = dir.join("token");
-    let service = Service::start(&dir, "127.0.0.1:0", &["--token-file", token_file.to_str().unwrap()]);
+    let service = Service::start(
+        &dir,
+        "127.0.0.1:0",
+        &["--token-file", token_file.to_str().unwrap(), "--idle-timeout", "2"],
+    );
     let addr = service.addr.as_str();
-    let mut good = with_token(addr, Some("s3cret"), Role::Subscriber).unwrap();
+    let options = ClientOptions {
+        token: Some("s3cret".into()),
+        role: Role::Subscriber,
+        reconnect: false,
+        keepalive: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let mut good = BlockingClient::connect(addr, options).unwrap();
     good.subscribe(&["energy_hist"]).unwrap();
     next_bin(&mut good);
 
@@ -203,6 +214,12 @@ fn misbehaving_clients_are_refused_while_others_carry_on() {
     unknown.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     unknown.extend_from_slice(payload);
     assert_eq!(error_code(&raw(addr, false, &unknown, false)), Some(ErrorCode::UnknownMessage));
+    // A connection that says nothing after its hello is closed after the idle timeout (2 s).
+    let started = Instant::now();
+    let msgs = raw(addr, false, &hello, false);
+    assert!(matches!(msgs.first(), Some(ServerMessage::Welcome(_))), "{msgs:?}");
+    assert_eq!(error_code(&msgs), Some(ErrorCode::IdleTimeout), "{msgs:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
     // A subscriber may not edit.
     let (version, _) = good.graph().unwrap();
     match good.request(version, vec![strip_chart("x")], None).unwrap() {
@@ -210,7 +227,8 @@ fn misbehaving_clients_are_refused_while_others_carry_on() {
         other => panic!("{other:?}"),
     }
 
-    // The well-behaved client carried on all along.
+    // The well-behaved client carried on all along (its keepalive pings kept it past the idle
+    // timeout).
     good.ping().unwrap();
     let before = next_bin(&mut good).bin;
     assert!(next_bin(&mut good).bin > before);

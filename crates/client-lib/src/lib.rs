@@ -75,9 +75,12 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// How long a call waits for its answer.
     pub timeout: Duration,
-    /// Pushed messages kept for [`Client::next_event`]; beyond, the oldest are dropped (and
+    /// Pushed messages kept for [`Client::next_event`]; beyond, the newest are dropped (and
     /// counted in an [`Event::Dropped`]).
     pub event_queue: usize,
+    /// A `ping` is sent when nothing was sent for this long, so that the service does not close
+    /// an idle connection (a subscriber only receives).
+    pub keepalive: Duration,
 }
 
 impl Default for ClientOptions {
@@ -89,6 +92,7 @@ impl Default for ClientOptions {
             reconnect: true,
             timeout: Duration::from_secs(30),
             event_queue: 4096,
+            keepalive: protocol1::PING_INTERVAL,
         }
     }
 }
@@ -340,8 +344,8 @@ struct Driver {
 /// What an awaited answer is for.
 enum Waiter {
     Caller(Reply),
-    /// The `subscribed` answering the renewal after a reconnect.
-    Renewal,
+    /// The driver's own messages: the subscription renewal after a reconnect, keepalive pings.
+    Internal,
 }
 
 impl Driver {
@@ -366,8 +370,12 @@ impl Driver {
             if conn.send(&ClientMessage::Subscribe { results }).await.is_err() {
                 return true;
             }
-            waiting.push_back(Waiter::Renewal);
+            waiting.push_back(Waiter::Internal);
         }
+        let mut keepalive = tokio::time::interval(self.options.keepalive.max(Duration::from_millis(10)));
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.reset();
+        let mut sent = false;
         let fail_all = |waiting: &mut VecDeque<Waiter>| {
             for waiter in waiting.drain(..) {
                 if let Waiter::Caller(reply) = waiter {
@@ -379,6 +387,7 @@ impl Driver {
             tokio::select! {
                 call = calls.recv() => {
                     let Some(Call { msg, reply }) = call else { return false };
+                    sent = true;
                     match conn.send(&msg).await {
                         Ok(()) => waiting.push_back(Waiter::Caller(reply)),
                         Err(err) if !err.is_fatal() || matches!(err, ProtocolError::FrameTooLarge { .. }) => {
@@ -389,6 +398,15 @@ impl Driver {
                             fail_all(&mut waiting);
                             return true;
                         }
+                    }
+                }
+                _ = keepalive.tick() => {
+                    if !std::mem::take(&mut sent) {
+                        if conn.send(&ClientMessage::Ping { nonce: None }).await.is_err() {
+                            fail_all(&mut waiting);
+                            return true;
+                        }
+                        waiting.push_back(Waiter::Internal);
                     }
                 }
                 msg = conn.recv::<ServerMessage>() => {
@@ -410,7 +428,7 @@ impl Driver {
                                 Some(Waiter::Caller(reply)) => {
                                     let _ = reply.send(Ok(answer));
                                 }
-                                Some(Waiter::Renewal) => {}
+                                Some(Waiter::Internal) => {}
                                 // A closing `error` not tied to a call (idle timeout, shutdown).
                                 None => tracing::debug!("message from the service: {answer:?}"),
                             }
