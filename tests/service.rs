@@ -450,3 +450,35 @@ fn cli_commands() {
     let (ok, _, err) = cli(&["get", "/elsewhere/key"]);
     assert!(!ok && err.contains("forbidden"), "{err}");
 }
+
+/// Control keeps the last 64 graph versions: older documents are deleted, and a request based on
+/// a version no longer kept is a conflict (its changes since cannot be known).
+#[test]
+fn old_graph_versions_are_dropped_and_too_old_bases_conflict() {
+    let service = Service::start(&scratch("retention"), "127.0.0.1:0", &[]);
+    let editor = client(&service.addr);
+    let (first, _) = editor.graph().unwrap();
+    let mut version = first;
+    for i in 0..70 {
+        let edit = Edit::SetParams {
+            id: "trace_peaks".into(),
+            params: json!({"threshold": 0.5 + (i % 2) as f64 * 0.1}),
+        };
+        version = accepted(editor.request(version, vec![edit], None).unwrap());
+    }
+    assert_eq!(version, first + 70);
+    let key = |v: u64| format!("/control/graph/v/{v:012}");
+    assert_eq!(editor.get_key(&key(version - 70)).unwrap(), None);
+    assert_eq!(editor.get_key(&key(version - 64)).unwrap(), None);
+    assert!(editor.get_key(&key(version - 63)).unwrap().is_some());
+    assert!(editor.get_key(&format!("/control/graph/edited/{:012}", version)).unwrap().is_some());
+    // Based on a kept version, touching another node: rebased and accepted.
+    accepted(editor.request(version - 63, vec![strip_chart("late")], None).unwrap());
+    match editor.request(first, vec![strip_chart("too_late")], None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.reasons[0].code, ErrorCode::Conflict);
+            assert!(r.reasons[0].message.contains("no longer kept"), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
