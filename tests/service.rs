@@ -335,11 +335,8 @@ fn a_slow_subscriber_loses_its_oldest_bins_and_slows_nobody() {
         assert!(Instant::now() < deadline, "the stuck client's bins were never dropped");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut latest = first;
-    while let Ok(Some(Event::Bin(bin))) = watcher.next_event(Duration::from_millis(500)) {
-        latest = bin.bin;
-    }
-    assert!(latest > first, "no bins for the other subscriber while one was stuck");
+    // The other subscriber got later bins (it may have lost some too: its queue is as small).
+    assert!(next_bin(&mut watcher).bin > first);
     // The stuck client, reading at last, is told what it lost.
     stuck.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut dropped = 0;
