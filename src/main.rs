@@ -3,11 +3,13 @@
 //! Subcommands start the service or talk to it; `ami2 doctor` checks that the Legion runtime
 //! works on this machine.
 
+mod client;
 mod doctor;
 mod metrics;
 mod profiling;
 mod record;
 mod run;
+mod service;
 mod supervise;
 
 use anyhow::Result;
@@ -38,6 +40,15 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Show or change the running service's computation graph.
+    #[command(subcommand)]
+    Graph(client::GraphCommand),
+    /// Print the finished bins of results as JSON lines, live.
+    Watch(client::WatchArgs),
+    /// Print a key of the service's Control or Results store.
+    Get(client::GetArgs),
+    /// Print the service's status.
+    Status(client::StatusArgs),
     /// Turn the Legion Prof logs of a `--profile DIR` run into statistics and a trace to open.
     Prof(profiling::ProfArgs),
     /// Draw the dataflow and event graphs of a `--spy DIR` run with Legion Spy.
@@ -72,5 +83,9 @@ fn main() -> Result<()> {
         Command::Prof(args) => profiling::prof(args),
         Command::Spy(args) => profiling::spy(args),
         Command::Metrics(args) => metrics::print(args),
+        Command::Graph(command) => client::graph(command),
+        Command::Watch(args) => client::watch(args),
+        Command::Get(args) => client::get(args),
+        Command::Status(args) => client::status(args),
     }
 }

@@ -76,6 +76,8 @@ pub struct RunArgs {
     /// final counts.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     metrics_linger: f64,
+    #[command(flatten)]
+    service: crate::service::ServiceArgs,
     /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
     #[arg(last = true)]
     legion_args: Vec<String>,
@@ -269,7 +271,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         }
         _ => None,
     };
-    let mut printer = Printer {
+    let printer = Printer {
         json: args.json,
         started: Instant::now(),
         seconds: args.seconds,
@@ -278,6 +280,8 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
     };
+    let service = crate::service::Service::start(&args.service, ami_tasks::event::bin_width_ns(config.display_rate_hz))?;
+    let mut observer = crate::service::ServiceObserver::new(printer, service.as_ref().map(|s| s.hub()));
     let data_dir = args.data_dir.clone();
     let started = Instant::now();
     let mut legion_args = args.legion_args.clone();
@@ -289,10 +293,14 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let summary = runtime::start(&legion_args, move |ctx| {
         // The driver's process is the one whose metrics count: serve them from here.
         crate::metrics::install(metrics_endpoint).map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
-        let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut printer)?;
+        let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer)?;
         Ok(summary)
     })
-    .context("running the pipeline")?;
+    .context("running the pipeline");
+    if let Some(service) = service {
+        service.stop();
+    }
+    let summary = summary?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "ami2: {} events in {:.1} s ({:.0} events/s), {} bins published, {} late partials, graph version {}{}",

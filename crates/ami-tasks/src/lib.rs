@@ -7,6 +7,7 @@
 //! - [`source`]: the `DataSource` trait and the synthetic, file and shared-memory sources.
 //! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
+//! - [`graph_manager`]: clients' graph edits: decided, optimised, written durably to Control.
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests.
@@ -16,6 +17,7 @@
 pub mod event;
 pub mod fault;
 pub mod graph;
+pub mod graph_manager;
 pub mod health;
 pub mod metrics;
 pub mod monitor;
@@ -25,6 +27,7 @@ pub mod source;
 pub mod stores;
 pub mod tasks;
 
+pub use graph_manager::{GraphManagerReport, GraphRequests, PendingRequest};
 pub use pipeline::{install_graph, run, Flow, Observer, PipelineConfig, RunSummary, RunToEnd};
 pub use tasks::{register_tasks, EmittedBin, GlobalReport};
 

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
+use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, INCIDENT_FILE};
@@ -134,6 +135,12 @@ pub enum Flow {
 /// Sees every global report (finished bins) as the run goes; may change the graph or stop.
 pub trait Observer {
     fn on_report(&mut self, ctx: &TaskContext, stores: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError>;
+
+    /// Clients' graph requests, when this observer serves them: the driver hands them to the
+    /// graph manager task after each report and answers through it (see [`crate::graph_manager`]).
+    fn graph_requests(&mut self) -> Option<&mut dyn GraphRequests> {
+        None
+    }
 }
 
 /// An observer that lets the run go to the end of its sources.
@@ -357,6 +364,7 @@ pub fn run(
         graph_version = summary.graph_version,
         "pipeline started"
     );
+    let mut graph_manager = GraphManagerHook::default();
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
@@ -390,6 +398,9 @@ pub fn run(
         summary.superseded_partials = report.state.superseded_partials;
         summary.sources.extend(report.sources.clone());
         let flow = observer.on_report(ctx, &stores, &report)?;
+        if let Some(requests) = observer.graph_requests() {
+            graph_manager.poll(ctx, &stores, requests)?;
+        }
         Ok(report.all_ended || flow == Flow::Stop)
     };
 
@@ -471,6 +482,9 @@ pub fn run(
         flush = flush.future(previous);
     }
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
+    if let Some(requests) = observer.graph_requests() {
+        graph_manager.finish(ctx, &stores, requests)?;
+    }
     health::stop_monitors();
     if let Some(Err(error)) = monitor.map(|m| m.get()) {
         tracing::warn!("robustness monitor: {error}");

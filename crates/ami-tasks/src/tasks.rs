@@ -30,8 +30,8 @@ use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats}
 use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
-/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 6`; the
-/// robustness monitor is `PIPELINE_TASK_BASE + 5`).
+/// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 6`: data source,
+/// worker, local and global reducer, graph manager, robustness monitor).
 pub const PIPELINE_TASK_BASE: u32 = 500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -203,6 +203,7 @@ pub struct PipelineTasks {
     pub local_reduce: TaskId<RetryPolicy, PartialReport>,
     pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
     pub monitor: TaskId<MonitorArgs, MonitorReport>,
+    pub graph_manager: TaskId<crate::graph_manager::GraphManagerArgs, crate::graph_manager::Json<crate::graph_manager::GraphManagerReport>>,
 }
 
 static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
@@ -234,6 +235,12 @@ pub fn register_tasks() -> Result<(), PipelineError> {
             "robustness_monitor",
             VariantOptions::default(),
             monitor_task,
+        )?,
+        graph_manager: register_task(
+            PIPELINE_TASK_BASE + 4,
+            "graph_manager",
+            VariantOptions::default(),
+            crate::graph_manager::graph_manager_task,
         )?,
     };
     let _ = TASKS.set(tasks);

@@ -240,7 +240,7 @@ impl ProtocolError {
 
     /// Whether the connection cannot be used after this error. Only errors about one frame's
     /// content (`BadJson`, `UnknownMessage`, `UnexpectedMessage`, `Remote`) leave the framing
-    /// intact; a server still disconnects a client that sends such frames (see PROTOCOL.md).
+    /// intact; a server still disconnects a client that sends such frames (see docs/protocol.md).
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,

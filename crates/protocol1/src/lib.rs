@@ -8,7 +8,7 @@
 //! framing ([`FrameCodec`], [`Connection`]), the handshake and access policy, and the server's
 //! per-connection bounded queue; the service and `client-lib` build on it. It knows nothing of
 //! Legion: graphs travel as JSON. The specification, precise enough for clients in other
-//! languages, is `PROTOCOL.md` next to this crate's `Cargo.toml`.
+//! languages, is `docs/protocol.md` at the root of the workspace.
 //!
 //! ```
 //! use protocol1::{ClientMessage, Edit, NodeDoc, Request, ServerMessage};

@@ -16,7 +16,7 @@ use crate::requests::{Accepted, Rejected, Request};
 use crate::results::{Bin, Dropped};
 
 /// A message from a client. The first one must be [`ClientMessage::Hello`]; after it, the
-/// server answers every message in order (see PROTOCOL.md for which answer).
+/// server answers every message in order (see docs/protocol.md for which answer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {

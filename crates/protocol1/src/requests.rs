@@ -103,6 +103,23 @@ pub struct Request {
 }
 
 impl Request {
+    /// The node ids the request depends on: the nodes its edits concern, the inputs they name,
+    /// and the result names it sets. The service's conflict rule (docs/protocol.md §5) rejects a
+    /// request based on an older version when one of these nodes changed since.
+    pub fn touched(&self) -> std::collections::BTreeSet<&str> {
+        let mut ids = std::collections::BTreeSet::new();
+        for edit in &self.edits {
+            ids.insert(edit.node_id());
+            match edit {
+                Edit::AddNode { node } | Edit::ReplaceNode { node } => ids.extend(node.inputs.iter().map(String::as_str)),
+                Edit::ConnectInputs { inputs, .. } => ids.extend(inputs.iter().map(String::as_str)),
+                Edit::RemoveNode { .. } | Edit::SetParams { .. } => {}
+            }
+        }
+        ids.extend(self.results.iter().flatten().map(String::as_str));
+        ids
+    }
+
     /// Structural checks that need no graph: something to do, non-empty ids and input names,
     /// parameters that are objects or `null`, non-empty and distinct result names. Every problem
     /// found is returned (code `invalid_request`, with the node when there is one).
@@ -221,7 +238,9 @@ impl Reason {
     }
 }
 
-/// The conflict rule: `Ok` when `request.base_version == current`, else the `rejected` answer.
+/// The strict conflict rule, for a server that keeps no graph history: `Ok` when
+/// `request.base_version == current`, else the `rejected` answer. (The ami2 service keeps
+/// history and uses a finer rule, see [`Request::touched`].)
 pub fn check_base_version(request: &Request, current: u64) -> Result<(), Rejected> {
     if request.base_version == current {
         Ok(())
@@ -285,6 +304,29 @@ mod tests {
         assert_eq!(reasons[4].node.as_deref(), Some("h"));
         assert_eq!(reasons[7].node.as_deref(), Some("a"));
         assert_eq!(req(vec![], None).validate().unwrap_err().len(), 1);
+    }
+
+    #[test]
+    fn touched_nodes() {
+        let r = req(
+            vec![
+                Edit::AddNode {
+                    node: NodeDoc::new("m", "mean", &["roi"], Value::Null),
+                },
+                Edit::SetParams {
+                    id: "h".into(),
+                    params: json!({}),
+                },
+                Edit::ConnectInputs {
+                    id: "c".into(),
+                    inputs: vec!["a".into(), "b".into()],
+                },
+                Edit::RemoveNode { id: "x".into() },
+            ],
+            Some(vec!["m", "z"]),
+        );
+        let touched: Vec<&str> = r.touched().into_iter().collect();
+        assert_eq!(touched, vec!["a", "b", "c", "h", "m", "roi", "x", "z"]);
     }
 
     #[test]

@@ -243,3 +243,22 @@ fn hostile_inputs() {
         check_both(&len.to_be_bytes(), 64);
     }
 }
+
+/// Replays the seed corpus of the cargo-fuzz target (`fuzz/seeds`), and the corpus named by
+/// `PROTOCOL1_FUZZ_CORPUS` when set (CI sets it to the corpus its fuzz run grew), through both
+/// decoders with the target's caps.
+#[test]
+fn replays_the_fuzz_corpus() {
+    let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")];
+    dirs.extend(std::env::var_os("PROTOCOL1_FUZZ_CORPUS").map(std::path::PathBuf::from));
+    let mut replayed = 0;
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let max = if bytes.len() % 5 == 0 { 64 } else { MAX_FRAME_BYTES };
+            check_both(&bytes, max);
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 20, "only {replayed} inputs replayed");
+}

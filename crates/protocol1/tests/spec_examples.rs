@@ -1,4 +1,4 @@
-//! Keeps PROTOCOL.md honest: every ```json block is a message that decodes and round trips,
+//! Keeps docs/protocol.md honest: every ```json block is a message that decodes and round trips,
 //! every message type has an example, the wire example matches, and the error code table lists
 //! exactly the codes of `ErrorCode` with their numbers.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use protocol1::{decode_message, encode_frame, ClientMessage, ErrorCode, ServerMessage, MAX_FRAME_BYTES};
 
-const SPEC: &str = include_str!("../PROTOCOL.md");
+const SPEC: &str = include_str!("../../../docs/protocol.md");
 
 fn blocks(lang: &str) -> Vec<String> {
     let fence = format!("```{lang}");
@@ -57,7 +57,7 @@ fn wire_example_matches() {
     let frame = encode_frame(&ClientMessage::Ping { nonce: None }, MAX_FRAME_BYTES).unwrap();
     let hex: Vec<String> = frame.iter().map(|b| format!("{b:02x}")).collect();
     let hex = hex.join(" ");
-    assert!(blocks("text").iter().any(|b| b.trim() == hex), "{hex} not in PROTOCOL.md");
+    assert!(blocks("text").iter().any(|b| b.trim() == hex), "{hex} not in docs/protocol.md");
 }
 
 #[test]

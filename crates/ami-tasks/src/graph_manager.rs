@@ -1,0 +1,512 @@
+//! The graph manager: applies clients' protocol 1 requests to the current graph, validates,
+//! optimises, writes the new graph to Control durably, and only then answers.
+//!
+//! ```text
+//! socket side ──take_requests()──▶ driver ──launch (each round, when requests wait)──▶ graph_manager task
+//!      ▲                                                                              │ per request: decide,
+//!      └──────────── answer(report) ◀── driver (once the task's future is ready) ◀────┘ write, log fsync
+//! ```
+//!
+//! The socket side (the `ami2` server) hands requests over through [`GraphRequests`], which the
+//! pipeline's observer provides ([`Observer::graph_requests`](crate::Observer::graph_requests)).
+//! The driver never waits for the task: [`GraphManagerHook::poll`] launches one batch at a time
+//! and collects its answers in a later round.
+//!
+//! # Rules (also in docs/protocol.md §5)
+//!
+//! - Requests are decided one at a time, in the order they arrived; each accepted one makes
+//!   exactly one new version.
+//! - **Conflicts**: a request based on the current version never conflicts. A request based on
+//!   an older version `b` conflicts when a node it touches ([`Request::touched`]: the nodes its
+//!   edits concern, the inputs they name, the results it sets) was added, removed or changed
+//!   between `b` and the current version, or when it sets the results and the list of results
+//!   changed since `b`; one `conflict` reason per such node. Otherwise its edits are applied to
+//!   the *current* graph (a rebase). A base version that is newer than the current one, or older
+//!   than the oldest kept ([`RETAINED_GRAPH_VERSIONS`]), is a conflict.
+//! - Every edit failure (`unknown_node`, `duplicate_node`) and every validation problem of the
+//!   resulting graph (`invalid_graph`, from [`compile`]) is reported.
+//! - Two documents per version: the graph *as edited* (what clients see and edit, under
+//!   [`edited_graph_key`]) and the *optimised* graph the workers run (under
+//!   [`graph_key`](crate::stores::graph_key)): nodes no result depends on dropped, identical
+//!   sub-graphs shared ([`optimise`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+
+use kv_region::view::{apply_ops, with_writer};
+use kv_region::{Codec, Op, Outcome, Slot};
+use legion_bridge::{Field, Future, Privilege, TaskContext, TaskError, TaskLauncher};
+use protocol1::{Accepted, Edit, ErrorCode, NodeDoc, Reason, Rejected, Request};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::graph::{compile, GraphSpec, NodeSpec};
+use crate::stores::{graph_key, Stores, GRAPH_VERSION_KEY};
+use crate::tasks::tasks;
+use crate::PipelineError;
+
+/// Graph versions kept in Control (both documents); older ones are deleted as new ones come.
+pub const RETAINED_GRAPH_VERSIONS: u64 = 64;
+
+/// Prefix of the graphs as clients edited them.
+pub const EDITED_GRAPH_PREFIX: &str = "/control/graph/edited/";
+
+/// Key of graph `version` as edited by clients (absent for graphs installed at start: then the
+/// document under [`graph_key`] is both).
+pub fn edited_graph_key(version: u64) -> String {
+    format!("{EDITED_GRAPH_PREFIX}{version:012}")
+}
+
+/// A value that travels through Legion (bincode) as JSON text: bincode cannot carry
+/// self-describing JSON values or internally tagged enums.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> Serialize for Json<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_string(&self.0)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map(Json).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A request handed over by the socket side; `ticket` routes its answer back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub ticket: u64,
+    pub request: Request,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    Accepted(Accepted),
+    Rejected(Rejected),
+}
+
+/// What one graph manager task did: an answer per ticket, and the graph (as edited) and version
+/// current afterwards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphManagerReport {
+    pub answers: Vec<(u64, Answer)>,
+    pub version: u64,
+    pub graph: Option<GraphSpec>,
+}
+
+/// The socket side of the graph manager, as the pipeline driver sees it. Both calls run on the
+/// driver's thread and must not block.
+pub trait GraphRequests {
+    /// The requests that arrived since the previous call.
+    fn take_requests(&mut self) -> Vec<PendingRequest>;
+    /// The answers to a batch of requests, once they are durable.
+    fn answer(&mut self, report: GraphManagerReport);
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GraphManagerArgs {
+    pub requests: Json<Vec<PendingRequest>>,
+    pub control_field: Field<Slot>,
+    /// The log of Control's `/control/` segment (fsynced before the task returns).
+    pub log: Option<PathBuf>,
+}
+
+/// A graph accepted by [`decide`]: as edited, and optimised for the workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub edited: GraphSpec,
+    pub optimised: GraphSpec,
+}
+
+fn reason(code: ErrorCode, node: Option<&str>, message: impl Into<String>) -> Reason {
+    Reason::new(code, node.map(str::to_string), message)
+}
+
+/// Decides a request against the current graph (`current`, version `current_version`);
+/// `history(v)` gives the graph as edited at an older version `v` when it is still kept.
+/// Returns the new graph, or every reason to reject the request.
+pub fn decide(
+    request: &Request,
+    current_version: u64,
+    current: &GraphSpec,
+    history: impl FnOnce(u64) -> Option<GraphSpec>,
+) -> Result<Decision, Vec<Reason>> {
+    request.validate()?;
+    let conflicts = conflicts(request, current_version, current, history);
+    if !conflicts.is_empty() {
+        return Err(conflicts);
+    }
+    let (mut edited, mut reasons) = apply_edits(current, &request.edits);
+    if let Some(results) = &request.results {
+        edited.results = results.clone();
+    }
+    if let Err(errors) = compile(&edited) {
+        reasons.extend(
+            errors
+                .into_iter()
+                .map(|e| reason(ErrorCode::InvalidGraph, e.node.as_deref().filter(|n| !n.is_empty()), e.message)),
+        );
+    }
+    if !reasons.is_empty() {
+        return Err(reasons);
+    }
+    let optimised = optimise(&edited);
+    // The optimised graph computes the same results; should it ever not compile, run the graph
+    // as edited rather than refuse a valid request.
+    let optimised = if compile(&optimised).is_ok() { optimised } else { edited.clone() };
+    Ok(Decision { edited, optimised })
+}
+
+/// The conflict rule (module docs): the `conflict` reasons of `request`, none when it may be
+/// applied to the current graph.
+pub fn conflicts(
+    request: &Request,
+    current_version: u64,
+    current: &GraphSpec,
+    history: impl FnOnce(u64) -> Option<GraphSpec>,
+) -> Vec<Reason> {
+    let base = request.base_version;
+    if base == current_version {
+        return Vec::new();
+    }
+    if base > current_version {
+        return vec![reason(
+            ErrorCode::Conflict,
+            None,
+            format!("the request is based on version {base}, but the graph is at version {current_version}"),
+        )];
+    }
+    let Some(base_graph) = history(base) else {
+        return vec![reason(
+            ErrorCode::Conflict,
+            None,
+            format!("the request is based on version {base}, which is no longer kept (the graph is at version {current_version})"),
+        )];
+    };
+    let changed = changed_nodes(&base_graph, current);
+    let mut reasons: Vec<Reason> = request
+        .touched()
+        .into_iter()
+        .filter(|id| changed.contains(*id))
+        .map(|id| {
+            reason(
+                ErrorCode::Conflict,
+                Some(id),
+                format!("node `{id}` changed between version {base} (the request's base) and version {current_version}"),
+            )
+        })
+        .collect();
+    if request.results.is_some() && base_graph.results != current.results {
+        reasons.push(reason(
+            ErrorCode::Conflict,
+            None,
+            format!("the list of results changed between version {base} (the request's base) and version {current_version}"),
+        ));
+    }
+    reasons
+}
+
+/// Ids of the nodes added, removed or changed between two graphs.
+pub fn changed_nodes(before: &GraphSpec, after: &GraphSpec) -> BTreeSet<String> {
+    let index = |g: &GraphSpec| g.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect::<HashMap<_, _>>();
+    let (a, b) = (index(before), index(after));
+    a.keys().chain(b.keys()).filter(|id| a.get(*id) != b.get(*id)).cloned().collect()
+}
+
+fn node_spec(doc: &NodeDoc) -> NodeSpec {
+    NodeSpec {
+        id: doc.id.clone(),
+        op: doc.op.clone(),
+        inputs: doc.inputs.clone(),
+        params: doc.params.clone(),
+    }
+}
+
+/// Applies `edits` in order to a copy of `graph`; an edit that cannot apply is skipped and
+/// reported.
+pub fn apply_edits(graph: &GraphSpec, edits: &[Edit]) -> (GraphSpec, Vec<Reason>) {
+    let mut out = graph.clone();
+    let mut reasons = Vec::new();
+    for (i, edit) in edits.iter().enumerate() {
+        let id = edit.node_id();
+        let position = out.nodes.iter().position(|n| n.id == id);
+        let unknown = || reason(ErrorCode::UnknownNode, Some(id), format!("edit {i}: no node `{id}`"));
+        match (edit, position) {
+            (Edit::AddNode { node }, None) => out.nodes.push(node_spec(node)),
+            (Edit::AddNode { .. }, Some(_)) => reasons.push(reason(
+                ErrorCode::DuplicateNode,
+                Some(id),
+                format!("edit {i}: a node `{id}` exists"),
+            )),
+            (_, None) => reasons.push(unknown()),
+            (Edit::RemoveNode { .. }, Some(p)) => {
+                out.nodes.remove(p);
+            }
+            (Edit::ReplaceNode { node }, Some(p)) => out.nodes[p] = node_spec(node),
+            (Edit::SetParams { params, .. }, Some(p)) => out.nodes[p].params = params.clone(),
+            (Edit::ConnectInputs { inputs, .. }, Some(p)) => out.nodes[p].inputs = inputs.clone(),
+        }
+    }
+    (out, reasons)
+}
+
+/// The graph the workers run: only the nodes some result depends on, in dependency order, with
+/// identical sub-graphs shared (a node with the same op, params and — after sharing — inputs as
+/// an earlier one is replaced by it; result nodes are kept, since clients know them by id).
+/// `graph` must be valid ([`compile`]).
+pub fn optimise(graph: &GraphSpec) -> GraphSpec {
+    let by_id: HashMap<&str, &NodeSpec> = graph.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    // Depth-first from the results, inputs before the node (iterative: graphs may be deep).
+    let mut order: Vec<&str> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for result in &graph.results {
+        let mut stack: Vec<(&str, bool)> = vec![(result.as_str(), false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if expanded {
+                order.push(id);
+                continue;
+            }
+            if !seen.insert(id) {
+                continue;
+            }
+            stack.push((id, true));
+            if let Some(node) = by_id.get(id) {
+                for input in node.inputs.iter().rev() {
+                    if !seen.contains(input.as_str()) {
+                        stack.push((input.as_str(), false));
+                    }
+                }
+            }
+        }
+    }
+    let results: HashSet<&str> = graph.results.iter().map(String::as_str).collect();
+    let mut alias: HashMap<&str, String> = HashMap::new();
+    let mut canonical: HashMap<String, String> = HashMap::new();
+    let mut nodes = Vec::with_capacity(order.len());
+    for id in order {
+        let Some(node) = by_id.get(id) else { continue };
+        let mut node = (*node).clone();
+        for input in &mut node.inputs {
+            if let Some(rep) = alias.get(input.as_str()) {
+                *input = rep.clone();
+            }
+        }
+        // serde_json keeps object members sorted: equal params give equal text.
+        let key = serde_json::to_string(&(&node.op, &node.params, &node.inputs)).expect("JSON serializes");
+        match canonical.get(&key) {
+            Some(rep) if !results.contains(id) => {
+                alias.insert(id, rep.clone());
+            }
+            _ => {
+                canonical.entry(key).or_insert_with(|| node.id.clone());
+                nodes.push(node);
+            }
+        }
+    }
+    GraphSpec {
+        nodes,
+        results: graph.results.clone(),
+    }
+}
+
+fn read_json<B: AsRef<[u8]>>(view: &kv_region::view::View<B>, key: &str) -> kv_region::KvResult<Option<Value>> {
+    Ok(match view.get(key)? {
+        Some((Codec::Json, bytes)) => serde_json::from_slice(bytes).ok(),
+        _ => None,
+    })
+}
+
+/// Graph `version` as clients edited it (the optimised document when no edited one exists).
+fn edited_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>, version: u64) -> kv_region::KvResult<Option<GraphSpec>> {
+    let doc = match read_json(view, &edited_graph_key(version))? {
+        Some(doc) => Some(doc),
+        None => read_json(view, &graph_key(version))?,
+    };
+    Ok(doc.and_then(|d| serde_json::from_value(d).ok()))
+}
+
+fn put(key: String, value: &impl Serialize) -> Op {
+    Op::Put {
+        key,
+        codec: Codec::Json,
+        value: serde_json::to_vec(value).expect("JSON serializes"),
+    }
+}
+
+fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()> {
+    outcomes.into_iter().try_for_each(|o| o.map(drop))
+}
+
+/// Region 0: Control's `/control/` segment (read-write).
+pub(crate) fn graph_manager_task(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Json<GraphManagerReport>, TaskError> {
+    let report = with_writer(&ctx.region(0)?, args.control_field, |view| {
+        let mut version = read_json(view, GRAPH_VERSION_KEY)?.and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut current = if version > 0 { edited_graph(view, version)? } else { None };
+        let mut answers = Vec::new();
+        for PendingRequest { ticket, request } in args.requests.0 {
+            let empty = GraphSpec {
+                nodes: Vec::new(),
+                results: Vec::new(),
+            };
+            let decision = decide(&request, version, current.as_ref().unwrap_or(&empty), |v| {
+                if v == 0 || v + RETAINED_GRAPH_VERSIONS <= version {
+                    return None;
+                }
+                edited_graph(view, v).ok().flatten()
+            });
+            let decision = match decision {
+                Ok(decision) => decision,
+                Err(reasons) => {
+                    answers.push((
+                        ticket,
+                        Answer::Rejected(Rejected {
+                            id: request.id,
+                            version,
+                            reasons,
+                        }),
+                    ));
+                    continue;
+                }
+            };
+            let next = version + 1;
+            // Documents first, then the version: a failure leaves the current graph as it was.
+            let log = args.log.as_deref();
+            let docs = vec![
+                put(graph_key(next), &decision.optimised),
+                put(edited_graph_key(next), &decision.edited),
+            ];
+            if let Err(err) = apply_ops(view, docs, log).and_then(check) {
+                answers.push((
+                    ticket,
+                    Answer::Rejected(Rejected {
+                        id: request.id,
+                        version,
+                        reasons: vec![reason(ErrorCode::Internal, None, format!("writing the graph to Control: {err}"))],
+                    }),
+                ));
+                continue;
+            }
+            let mut ops = vec![put(GRAPH_VERSION_KEY.to_string(), &next)];
+            if let Some(old) = next.checked_sub(RETAINED_GRAPH_VERSIONS).filter(|v| *v > 0) {
+                ops.push(Op::Delete { key: graph_key(old) });
+                ops.push(Op::Delete {
+                    key: edited_graph_key(old),
+                });
+            }
+            // The version is durable (log fsynced) once this returns: only then is it accepted.
+            apply_ops(view, ops, log).and_then(check)?;
+            version = next;
+            current = Some(decision.edited);
+            answers.push((ticket, Answer::Accepted(Accepted { id: request.id, version })));
+        }
+        Ok(GraphManagerReport {
+            answers,
+            version,
+            graph: current,
+        })
+    })?;
+    Ok(Json(report))
+}
+
+/// The driver's side: at most one graph manager task in flight; its answers are handed back
+/// when its future is ready, never waited for in the middle of the event flow.
+#[derive(Default)]
+pub struct GraphManagerHook {
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    future: Future<Json<GraphManagerReport>>,
+    /// (ticket, request id, base version) of the batch, to answer if the task fails.
+    batch: Vec<(u64, u64, u64)>,
+}
+
+impl GraphManagerHook {
+    /// Hands back the answers of a finished task, then launches one for the requests waiting.
+    pub fn poll(&mut self, ctx: &TaskContext, stores: &Stores, requests: &mut dyn GraphRequests) -> Result<(), PipelineError> {
+        if let Some(in_flight) = &self.in_flight {
+            if !in_flight.future.is_ready() {
+                return Ok(());
+            }
+            self.collect(requests);
+        }
+        let batch = requests.take_requests();
+        if !batch.is_empty() {
+            self.launch(ctx, stores, batch)?;
+        }
+        Ok(())
+    }
+
+    /// At the end of a run: waits for the task in flight and answers it, then decides the
+    /// requests still waiting.
+    pub fn finish(&mut self, ctx: &TaskContext, stores: &Stores, requests: &mut dyn GraphRequests) -> Result<(), PipelineError> {
+        self.collect(requests);
+        let batch = requests.take_requests();
+        if !batch.is_empty() {
+            self.launch(ctx, stores, batch)?;
+            self.collect(requests);
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, ctx: &TaskContext, stores: &Stores, batch: Vec<PendingRequest>) -> Result<(), PipelineError> {
+        let ids = batch.iter().map(|p| (p.ticket, p.request.id, p.request.base_version)).collect();
+        let args = GraphManagerArgs {
+            requests: Json(batch),
+            control_field: stores.control.field(),
+            log: stores.control.log_path("/control/"),
+        };
+        let future = ctx.execute(
+            &TaskLauncher::new(tasks()?.graph_manager, &args)?.region(stores.control.requirement(
+                ctx,
+                "/control/",
+                Privilege::ReadWrite,
+            )?),
+        )?;
+        self.in_flight = Some(InFlight { future, batch: ids });
+        Ok(())
+    }
+
+    /// Waits for the task in flight (if any) and hands its answers back; a failed task rejects
+    /// its whole batch with `internal` (nothing of a failed batch was acknowledged).
+    fn collect(&mut self, requests: &mut dyn GraphRequests) {
+        let Some(InFlight { future, batch }) = self.in_flight.take() else {
+            return;
+        };
+        match future.get() {
+            Ok(Json(report)) => requests.answer(report),
+            Err(err) => {
+                tracing::error!("graph manager task failed: {err}");
+                let answers = batch
+                    .into_iter()
+                    .map(|(ticket, id, base)| {
+                        let reasons = vec![reason(ErrorCode::Internal, None, format!("the graph manager failed: {err}"))];
+                        (
+                            ticket,
+                            Answer::Rejected(Rejected {
+                                id,
+                                version: base,
+                                reasons,
+                            }),
+                        )
+                    })
+                    .collect();
+                requests.answer(GraphManagerReport {
+                    answers,
+                    version: 0,
+                    graph: None,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

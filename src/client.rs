@@ -1,0 +1,255 @@
+//! Client subcommands (`graph`, `watch`, `get`, `status`), built on `client-lib`'s blocking API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use client_lib::{Answer, BlockingClient, ClientOptions, Event};
+use protocol1::{Edit, ErrorCode, NodeDoc, Role};
+use serde_json::{Map, Value};
+
+/// Where the service is.
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// The service's address.
+    #[arg(long, env = "AMI2_ADDR", default_value = protocol1::DEFAULT_ADDR)]
+    connect: String,
+    /// File holding the service's access token.
+    #[arg(long, env = "AMI2_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    fn client(&self, role: Role) -> Result<BlockingClient> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let options = ClientOptions {
+            name: format!("ami2-cli/{}", env!("CARGO_PKG_VERSION")),
+            role,
+            token,
+            reconnect: role == Role::Subscriber,
+            ..ClientOptions::default()
+        };
+        BlockingClient::connect(&self.connect, options).with_context(|| "is the service running (`ami2 run`)?".to_string())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum GraphCommand {
+    /// Replace the graph by the one in FILE (JSON, docs/graph.md).
+    Submit {
+        file: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Print the current graph (JSON) and its version (on stderr).
+    Show {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Edit the graph. Edits apply in this order: --remove, --add-node, --set-param,
+    /// --connect-inputs, then --results. Retried on a conflict (up to 3 times).
+    Edit(EditArgs),
+}
+
+#[derive(Args)]
+pub struct EditArgs {
+    /// Remove a node: `--remove NODE`.
+    #[arg(long, value_name = "NODE")]
+    remove: Vec<String>,
+    /// Add a node given as JSON: `--add-node '{"id": "m", "op": "mean", "inputs": ["roi"]}'`.
+    #[arg(long, value_name = "JSON")]
+    add_node: Vec<String>,
+    /// Set one parameter: `--set-param NODE.KEY=VALUE` (VALUE is JSON, or else a string).
+    #[arg(long, value_name = "NODE.KEY=VALUE")]
+    set_param: Vec<String>,
+    /// Replace a node's inputs: `--connect-inputs NODE=IN1,IN2`.
+    #[arg(long, value_name = "NODE=INPUTS")]
+    connect_inputs: Vec<String>,
+    /// Replace the list of results: `--results A,B`.
+    #[arg(long, value_delimiter = ',')]
+    results: Option<Vec<String>>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Result names to follow.
+    #[arg(required = true)]
+    results: Vec<String>,
+    /// Stop after this many bins.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// A key of the Control or Results store, e.g. /control/graph/version.
+    key: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+pub fn graph(command: GraphCommand) -> Result<()> {
+    match command {
+        GraphCommand::Submit { file, connect } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let graph: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let client = connect.client(Role::Editor)?;
+            report(client.submit_graph(&graph)?)
+        }
+        GraphCommand::Show { connect } => {
+            let (version, graph) = connect.client(Role::Subscriber)?.graph()?;
+            eprintln!("graph version {version}");
+            println!("{}", serde_json::to_string_pretty(&graph)?);
+            Ok(())
+        }
+        GraphCommand::Edit(args) => edit(args),
+    }
+}
+
+/// Prints the answer; a rejection is an error (exit status 1) listing every reason.
+fn report(answer: Answer) -> Result<()> {
+    match answer {
+        Answer::Accepted(a) => {
+            println!("accepted, version {}", a.version);
+            Ok(())
+        }
+        Answer::Rejected(r) => {
+            let reasons: Vec<String> = r
+                .reasons
+                .iter()
+                .map(|reason| match &reason.node {
+                    Some(node) => format!("  {} (node {node}): {}", reason.code, reason.message),
+                    None => format!("  {}: {}", reason.code, reason.message),
+                })
+                .collect();
+            bail!("rejected (graph at version {}):\n{}", r.version, reasons.join("\n"))
+        }
+    }
+}
+
+fn edit(args: EditArgs) -> Result<()> {
+    if args.remove.is_empty()
+        && args.add_node.is_empty()
+        && args.set_param.is_empty()
+        && args.connect_inputs.is_empty()
+        && args.results.is_none()
+    {
+        bail!("nothing to do: give --remove, --add-node, --set-param, --connect-inputs or --results");
+    }
+    let client = args.connect.client(Role::Editor)?;
+    for attempt in 1.. {
+        let (version, graph) = client.graph()?;
+        let edits = edits(&args, &graph)?;
+        let answer = client.request(version, edits, args.results.clone())?;
+        let conflict = matches!(&answer, Answer::Rejected(r) if r.reasons.iter().all(|x| x.code == ErrorCode::Conflict));
+        if conflict && attempt < 3 {
+            continue;
+        }
+        return report(answer);
+    }
+    unreachable!("the loop returns")
+}
+
+/// The edits of `args` against `graph` (needed for --set-param, which changes one key of the
+/// node's current params).
+fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
+    let mut edits: Vec<Edit> = args.remove.iter().map(|id| Edit::RemoveNode { id: id.clone() }).collect();
+    for text in &args.add_node {
+        let node: NodeDoc = serde_json::from_str(text).with_context(|| format!("--add-node {text}: not a node"))?;
+        edits.push(Edit::AddNode { node });
+    }
+    let mut params: Vec<(String, Map<String, Value>)> = Vec::new();
+    for setting in &args.set_param {
+        let (path, value) = setting
+            .split_once('=')
+            .with_context(|| format!("--set-param {setting}: expected NODE.KEY=VALUE"))?;
+        let (node, key) = path
+            .rsplit_once('.')
+            .with_context(|| format!("--set-param {setting}: expected NODE.KEY=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let index = match params.iter().position(|(n, _)| n == node) {
+            Some(i) => i,
+            None => {
+                let current = graph["nodes"]
+                    .as_array()
+                    .and_then(|nodes| nodes.iter().find(|n| n["id"] == node))
+                    .and_then(|n| n["params"].as_object().cloned())
+                    .unwrap_or_default();
+                params.push((node.to_string(), current));
+                params.len() - 1
+            }
+        };
+        params[index].1.insert(key.to_string(), value);
+    }
+    edits.extend(params.into_iter().map(|(id, p)| Edit::SetParams {
+        id,
+        params: Value::Object(p),
+    }));
+    for setting in &args.connect_inputs {
+        let (id, inputs) = setting
+            .split_once('=')
+            .with_context(|| format!("--connect-inputs {setting}: expected NODE=IN1,IN2"))?;
+        edits.push(Edit::ConnectInputs {
+            id: id.to_string(),
+            inputs: inputs.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        });
+    }
+    Ok(edits)
+}
+
+/// Prints each bin as a JSON line; notices (dropped bins, reconnects) go to stderr.
+pub fn watch(args: WatchArgs) -> Result<()> {
+    let mut client = args.connect.client(Role::Subscriber)?;
+    let names: Vec<&str> = args.results.iter().map(String::as_str).collect();
+    client.subscribe(&names)?;
+    let mut seen = 0;
+    while args.count.is_none_or(|n| seen < n) {
+        match client.next_event(Duration::from_secs(3600)) {
+            Ok(Some(Event::Bin(bin))) => {
+                println!("{}", serde_json::to_string(&bin)?);
+                seen += 1;
+            }
+            Ok(Some(Event::Dropped(n))) => eprintln!("ami2 watch: {n} bins dropped (too slow)"),
+            Ok(Some(Event::Reconnected)) => eprintln!("ami2 watch: reconnected"),
+            Ok(None) => bail!("the connection to the service was lost"),
+            Err(client_lib::ClientError::Timeout(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+pub fn get(args: GetArgs) -> Result<()> {
+    match args.connect.client(Role::Subscriber)?.get_key(&args.key)? {
+        Some(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        None => bail!("no key {}", args.key),
+    }
+}
+
+pub fn status(args: StatusArgs) -> Result<()> {
+    let status = args.connect.client(Role::Subscriber)?.status()?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}

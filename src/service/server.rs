@@ -1,0 +1,198 @@
+//! The TCP server: a tokio runtime on its own threads, one task per connection (a reader that
+//! handles messages one at a time, in order, and a writer that drains the connection's
+//! [`Outbox`]). Layers as in tokio's mini-redis: frames (protocol1) → connection → message →
+//! server; a semaphore caps connections; accept errors back off.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol1::{ClientMessage, Connection, ErrorCode, HandshakePolicy, ProtocolError, Reason, Refused, Rejected, Role, ServerMessage};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::hub::{Hub, Outbox};
+
+/// How the server treats connections.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub policy: HandshakePolicy,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_frame_bytes: usize,
+    /// Bins queued per connection before the oldest are dropped.
+    pub queue_bins: usize,
+    /// Answers queued per connection before the connection is closed (`busy`).
+    pub queue_answers: usize,
+    /// Result names one connection may subscribe to.
+    pub max_subscriptions: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            policy: HandshakePolicy::open(),
+            max_connections: 64,
+            idle_timeout: protocol1::DEFAULT_IDLE_TIMEOUT,
+            max_frame_bytes: protocol1::MAX_FRAME_BYTES,
+            queue_bins: protocol1::DEFAULT_SUBSCRIBER_QUEUE,
+            queue_answers: protocol1::DEFAULT_SUBSCRIBER_QUEUE,
+            max_subscriptions: 1024,
+        }
+    }
+}
+
+const SERVER_NAME: &str = concat!("ami2/", env!("CARGO_PKG_VERSION"));
+
+/// How long a closing connection may take to write what is queued.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Accepts connections (once the hub is ready) until the runtime is dropped.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, config: ServerConfig) {
+    hub.wait_ready().await;
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait, then try again.
+                tracing::warn!("accept failed: {err}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (hub, config) = (hub.clone(), config.clone());
+                tokio::spawn(async move {
+                    connection(stream, peer, &hub, &config).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut conn = Connection::new(stream);
+                    let refused = Refused {
+                        code: ErrorCode::Busy,
+                        message: "too many connections".into(),
+                    };
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.send(&ServerMessage::Refused(refused))).await;
+                });
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config: &ServerConfig) {
+    let mut conn = Connection::with_max_frame_length(stream, config.max_frame_bytes);
+    let hello = match conn.server_handshake(&config.policy, SERVER_NAME, hub.graph_version()).await {
+        Ok(hello) => hello,
+        Err(err) => {
+            tracing::info!(%peer, "handshake refused: {err}");
+            return;
+        }
+    };
+    tracing::info!(%peer, client = %hello.client, role = ?hello.role, "client connected");
+    let (mut recv, mut send) = conn.split();
+    let outbox = Arc::new(Outbox::new(config.queue_bins, config.queue_answers));
+    let id = hub.connect(outbox.clone());
+    let writer_outbox = outbox.clone();
+    let mut writer = tokio::spawn(async move {
+        while let Some(msg) = writer_outbox.next().await {
+            match send.send(&msg).await {
+                Ok(()) => {}
+                Err(ProtocolError::FrameTooLarge { len, max }) if msg.is_push() => {
+                    tracing::warn!("a bin of {len} bytes exceeds the frame cap of {max}: dropped");
+                    writer_outbox.note_dropped();
+                }
+                Err(ProtocolError::FrameTooLarge { len, max }) => {
+                    let error = ServerMessage::error(
+                        ErrorCode::FrameTooLarge,
+                        format!("the answer ({len} bytes) exceeds the frame cap ({max} bytes)"),
+                    );
+                    if send.send(&error).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = send.close().await;
+    });
+
+    loop {
+        let msg = match recv.recv_timeout::<ClientMessage>(config.idle_timeout).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::info!(%peer, "closing the connection: {err}");
+                if !matches!(err, ProtocolError::Io(_) | ProtocolError::UnexpectedEof) {
+                    let _ = outbox.push(ServerMessage::error(err.code(), err.to_string()));
+                }
+                break;
+            }
+        };
+        let (answer, closing) = handle(msg, hello.role, id, hub, config).await;
+        if outbox.push(answer).is_err() {
+            tracing::info!(%peer, "closing the connection: it does not read its answers");
+            break;
+        }
+        if closing {
+            break;
+        }
+    }
+    hub.disconnect(id);
+    outbox.close();
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    tracing::info!(%peer, "client disconnected");
+}
+
+/// The answer to one message, and whether the connection closes after it.
+async fn handle(msg: ClientMessage, role: Role, id: u64, hub: &Hub, config: &ServerConfig) -> (ServerMessage, bool) {
+    let internal = || ServerMessage::error(ErrorCode::ShuttingDown, "the service stopped before answering");
+    let answer = match msg {
+        ClientMessage::Hello(_) => {
+            return (
+                ServerMessage::error(ErrorCode::UnexpectedMessage, "hello was already received on this connection"),
+                true,
+            )
+        }
+        ClientMessage::Request(request) if role != Role::Editor => ServerMessage::Rejected(Rejected {
+            id: request.id,
+            version: hub.graph_version(),
+            reasons: vec![Reason::new(
+                ErrorCode::Forbidden,
+                None,
+                "a subscriber connection cannot edit the graph",
+            )],
+        }),
+        ClientMessage::Request(request) => hub.submit(request).await.unwrap_or_else(|_| internal()),
+        ClientMessage::GetGraph {} => hub.graph(),
+        ClientMessage::GetStatus {} => ServerMessage::Status { status: hub.status() },
+        ClientMessage::GetKey { key } => hub.read_key(key).await.unwrap_or_else(|_| internal()),
+        ClientMessage::Subscribe { results } => {
+            if results.iter().any(String::is_empty) {
+                ServerMessage::error(ErrorCode::InvalidRequest, "empty result name")
+            } else {
+                match hub.subscribe(id, results, config.max_subscriptions) {
+                    Ok(results) => ServerMessage::Subscribed { results },
+                    Err(max) => ServerMessage::error(ErrorCode::Busy, format!("at most {max} subscriptions per connection")),
+                }
+            }
+        }
+        ClientMessage::Unsubscribe { results } => ServerMessage::Subscribed {
+            results: hub.unsubscribe(id, results),
+        },
+        ClientMessage::Ping { nonce } => ServerMessage::Pong { nonce },
+    };
+    (answer, false)
+}

@@ -1,0 +1,86 @@
+//! Running `ami2 run` as a service for tests: a real process with a real Legion runtime,
+//! listening on a free loopback port that it reports through `--port-file`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `ami2 run`; killed (SIGKILL) when dropped.
+pub struct Service {
+    pub child: Child,
+    pub addr: String,
+}
+
+/// A fresh scratch folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("service").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Service {
+    /// Starts `ami2 run` on synthetic events (endless, 500 Hz unless `extra` has `--rate`) with `extra` options, its data
+    /// in `dir/data`, listening on `listen`; waits until it serves clients.
+    pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Service {
+        let port_file = dir.join("port");
+        let _ = std::fs::remove_file(&port_file);
+        let stderr = std::fs::File::create(dir.join(format!("stderr-{}", Instant::now().elapsed().as_nanos()))).unwrap();
+        let mut args: Vec<String> = [
+            "run",
+            "--listen",
+            listen,
+            "--port-file",
+            port_file.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.contains(&"--rate") {
+            args.extend(["--rate".to_string(), "500".to_string()]);
+        }
+        args.extend(["--", "-ll:cpu", "1", "-ll:util", "1"].iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(&args)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("ami2 starts");
+        let started = Instant::now();
+        let addr = loop {
+            if let Ok(addr) = std::fs::read_to_string(&port_file) {
+                break addr.trim().to_string();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("ami2 run exited early ({status}); see the stderr files in {}", dir.display());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "ami2 run did not start serving in time"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Service { child, addr }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,481 @@
+//! The service over real sockets: `ami2 run` processes (real Legion runtime, real files) and
+//! clients speaking the protocols through `client-lib` or raw bytes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use client_lib::{Answer, BlockingClient, ClientOptions, Event};
+use protocol1::{ClientMessage, Edit, ErrorCode, Hello, NodeDoc, Role, ServerMessage};
+use serde_json::{json, Value};
+use service_process::{free_port, scratch, Service};
+
+mod common;
+#[path = "common/service.rs"]
+mod service_process;
+
+fn client(addr: &str) -> BlockingClient {
+    BlockingClient::connect(addr, ClientOptions::default()).expect("connects")
+}
+
+fn with_token(addr: &str, token: Option<&str>, role: Role) -> Result<BlockingClient, client_lib::ClientError> {
+    let options = ClientOptions {
+        token: token.map(str::to_string),
+        role,
+        reconnect: false,
+        ..ClientOptions::default()
+    };
+    BlockingClient::connect(addr, options)
+}
+
+fn accepted(answer: Answer) -> u64 {
+    match answer {
+        Answer::Accepted(a) => a.version,
+        Answer::Rejected(r) => panic!("rejected: {r:?}"),
+    }
+}
+
+fn node_ids(graph: &Value) -> Vec<String> {
+    graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn strip_chart(id: &str) -> Edit {
+    Edit::AddNode {
+        node: NodeDoc::new(id, "strip_chart", &["energy"], Value::Null),
+    }
+}
+
+/// Waits for a bin (skipping other events) for at most 30 s.
+fn next_bin(client: &mut BlockingClient) -> protocol1::Bin {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(Event::Bin(bin))) = client.next_event(Duration::from_secs(1)) {
+            return bin;
+        }
+    }
+    panic!("no bin within 30 s");
+}
+
+#[test]
+fn concurrent_editors_and_a_conflicting_edit() {
+    let service = Service::start(&scratch("concurrent"), "127.0.0.1:0", &[]);
+    let (base, _) = client(&service.addr).graph().unwrap();
+
+    // Four editors, same base version, disjoint nodes: all accepted (rebased), one version each.
+    let versions: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let addr = service.addr.clone();
+                s.spawn(move || accepted(client(&addr).request(base, vec![strip_chart(&format!("chart{i}"))], None).unwrap()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = versions.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![base + 1, base + 2, base + 3, base + 4], "{versions:?}");
+    let (version, graph) = client(&service.addr).graph().unwrap();
+    assert_eq!(version, base + 4);
+    let ids = node_ids(&graph);
+    assert!((0..4).all(|i| ids.contains(&format!("chart{i}"))), "{ids:?}");
+
+    // Two editors change the same node from the same base: the second is a conflict naming it.
+    let set = |threshold: f64| Edit::SetParams {
+        id: "trace_peaks".into(),
+        params: json!({ "threshold": threshold }),
+    };
+    let (a, b) = (client(&service.addr), client(&service.addr));
+    let first = a.request(version, vec![set(0.7)], None).unwrap();
+    assert_eq!(accepted(first), version + 1);
+    match b.request(version, vec![set(0.9)], None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.version, version + 1);
+            assert_eq!(r.reasons.len(), 1, "{r:?}");
+            assert_eq!(r.reasons[0].code, ErrorCode::Conflict);
+            assert_eq!(r.reasons[0].node.as_deref(), Some("trace_peaks"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An invalid edit gets every reason; nothing changes.
+    match b
+        .request(
+            version + 1,
+            vec![Edit::RemoveNode { id: "nope".into() }, Edit::RemoveNode { id: "energy".into() }],
+            None,
+        )
+        .unwrap()
+    {
+        Answer::Rejected(r) => {
+            let codes: Vec<ErrorCode> = r.reasons.iter().map(|r| r.code).collect();
+            assert_eq!(codes[0], ErrorCode::UnknownNode);
+            assert!(codes[1..].iter().all(|c| *c == ErrorCode::InvalidGraph) && codes.len() > 1, "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.graph().unwrap().0, version + 1);
+    let status = b.status().unwrap();
+    assert_eq!(status["server"]["requests_accepted"], json!(5));
+    assert_eq!(status["server"]["requests_rejected"], json!(2));
+}
+
+/// Writes raw bytes on a fresh connection and returns what the server sent until it closed.
+fn raw(addr: &str, hello_first: bool, bytes: &[u8], close_write: bool) -> Vec<ServerMessage> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    if hello_first {
+        let hello = protocol1::encode_frame(&ClientMessage::Hello(Hello::new("raw", Role::Editor)), usize::MAX).unwrap();
+        stream.write_all(&hello).unwrap();
+    }
+    stream.write_all(bytes).unwrap();
+    if close_write {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    // What arrived is whole frames.
+    protocol1::decode_frames(&received, usize::MAX).expect("the server sends whole frames")
+}
+
+fn error_code(msgs: &[ServerMessage]) -> Option<ErrorCode> {
+    msgs.iter().find_map(|m| match m {
+        ServerMessage::Error { code, .. } | ServerMessage::Refused(protocol1::Refused { code, .. }) => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn misbehaving_clients_are_refused_while_others_carry_on() {
+    let dir = scratch("misbehaving");
+    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+    let token_file = dir.join("token");
+    let service = Service::start(
+        &dir,
+        "127.0.0.1:0",
+        &["--token-file", token_file.to_str().unwrap(), "--idle-timeout", "2"],
+    );
+    let addr = service.addr.as_str();
+    let options = ClientOptions {
+        token: Some("s3cret".into()),
+        role: Role::Subscriber,
+        reconnect: false,
+        keepalive: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let mut good = BlockingClient::connect(addr, options).unwrap();
+    good.subscribe(&["energy_hist"]).unwrap();
+    next_bin(&mut good);
+
+    // Wrong or missing token: refused at the handshake.
+    for token in [Some("wrong"), None] {
+        match with_token(addr, token, Role::Editor) {
+            Err(client_lib::ClientError::Connect {
+                source: protocol1::ProtocolError::Handshake { code, .. },
+                ..
+            }) => assert_eq!(code, ErrorCode::Unauthorized),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a connection without the right token was accepted"),
+        }
+    }
+    // Garbage instead of a frame: "GET " read as a length is far over the cap.
+    let msgs = raw(addr, false, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert_eq!(error_code(&msgs), Some(ErrorCode::FrameTooLarge), "{msgs:?}");
+    // A valid frame of garbage.
+    let mut frame = 9u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(b"\x00garbage\xff");
+    assert_eq!(error_code(&raw(addr, false, &frame, false)), Some(ErrorCode::BadJson));
+    // After a hello that is refused for lack of a token... the raw hello has no token.
+    assert_eq!(error_code(&raw(addr, true, &[], false)), Some(ErrorCode::Unauthorized));
+    // A frame over the cap (2 MiB announced) after a good handshake.
+    let hello = protocol1::encode_frame(
+        &ClientMessage::Hello(Hello::new("raw", Role::Editor).with_token("s3cret")),
+        usize::MAX,
+    )
+    .unwrap();
+    let mut big = hello.clone();
+    big.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    big.extend_from_slice(&[b'x'; 1000]);
+    let msgs = raw(addr, false, &big, false);
+    assert!(matches!(msgs.first(), Some(ServerMessage::Welcome(_))), "{msgs:?}");
+    assert_eq!(error_code(&msgs), Some(ErrorCode::FrameTooLarge), "{msgs:?}");
+    // Disconnecting in the middle of a frame (prefix says 100 bytes, 10 come, then EOF).
+    let mut partial = hello.clone();
+    partial.extend_from_slice(&100u32.to_be_bytes());
+    partial.extend_from_slice(&[b'{'; 10]);
+    let msgs = raw(addr, false, &partial, true);
+    assert!(matches!(msgs.first(), Some(ServerMessage::Welcome(_))), "{msgs:?}");
+    // An unknown message type: a closing error.
+    let mut unknown = hello.clone();
+    let payload = br#"{"type": "launch_rockets"}"#;
+    unknown.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    unknown.extend_from_slice(payload);
+    assert_eq!(error_code(&raw(addr, false, &unknown, false)), Some(ErrorCode::UnknownMessage));
+    // A connection that says nothing after its hello is closed after the idle timeout (2 s).
+    let started = Instant::now();
+    let msgs = raw(addr, false, &hello, false);
+    assert!(matches!(msgs.first(), Some(ServerMessage::Welcome(_))), "{msgs:?}");
+    assert_eq!(error_code(&msgs), Some(ErrorCode::IdleTimeout), "{msgs:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // A subscriber may not edit.
+    let (version, _) = good.graph().unwrap();
+    match good.request(version, vec![strip_chart("x")], None).unwrap() {
+        Answer::Rejected(r) => assert_eq!(r.reasons[0].code, ErrorCode::Forbidden),
+        other => panic!("{other:?}"),
+    }
+
+    // The well-behaved client carried on all along (its keepalive pings kept it past the idle
+    // timeout).
+    good.ping().unwrap();
+    let before = next_bin(&mut good).bin;
+    assert!(next_bin(&mut good).bin > before);
+    let status = good.status().unwrap();
+    assert_eq!(status["server"]["connections"], json!(1), "{status}");
+}
+
+#[test]
+fn an_accepted_edit_survives_kill_9() {
+    let dir = scratch("kill9");
+    let mut service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let editor = client(&service.addr);
+    let (version, _) = editor.graph().unwrap();
+    let new_version = accepted(
+        editor
+            .request(
+                version,
+                vec![strip_chart("survivor")],
+                Some(vec!["survivor".into(), "energy_hist".into()]),
+            )
+            .unwrap(),
+    );
+    service.kill(); // right after "accepted"
+    drop(editor);
+
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let (version, graph) = client(&service.addr).graph().unwrap();
+    assert_eq!(version, new_version);
+    assert!(node_ids(&graph).contains(&"survivor".to_string()), "{graph}");
+    assert_eq!(graph["results"], json!(["survivor", "energy_hist"]));
+    // And the workers run it: bins of the new result arrive.
+    let mut watcher = client(&service.addr);
+    watcher.subscribe(&["survivor"]).unwrap();
+    let bin = next_bin(&mut watcher);
+    assert_eq!(bin.result, "survivor");
+    assert_eq!(bin.graph_version, new_version);
+}
+
+#[test]
+fn a_subscriber_reconnects_and_subscribes_again_after_a_restart() {
+    let dir = scratch("reconnect");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut service = Service::start(&dir, &listen, &[]);
+    let mut watcher = BlockingClient::connect(
+        &service.addr,
+        ClientOptions {
+            role: Role::Subscriber,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    watcher.subscribe(&["trace_peaks"]).unwrap();
+    next_bin(&mut watcher);
+    service.kill();
+    let _service = Service::start(&dir, &listen, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reconnected = false;
+    loop {
+        assert!(Instant::now() < deadline, "no bin after the restart");
+        match watcher.next_event(Duration::from_secs(1)) {
+            Ok(Some(Event::Reconnected)) => reconnected = true,
+            Ok(Some(Event::Bin(bin))) if reconnected => {
+                assert_eq!(bin.result, "trace_peaks");
+                break;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_slow_subscriber_loses_its_oldest_bins_and_slows_nobody() {
+    let dir = scratch("slow");
+    let service = Service::start(&dir, "127.0.0.1:0", &["--subscriber-queue", "4"]);
+    let editor = client(&service.addr);
+    // A result as large as an image (128x128 means, ~300 kB of JSON per bin) fills socket
+    // buffers quickly.
+    let (version, _) = editor.graph().unwrap();
+    accepted(
+        editor
+            .request(version, vec![], Some(vec!["cspad".into(), "energy_hist".into()]))
+            .unwrap(),
+    );
+    let mut stuck = TcpStream::connect(&service.addr).unwrap();
+    let mut bytes = protocol1::encode_frame(&ClientMessage::Hello(Hello::new("stuck", Role::Subscriber)), usize::MAX).unwrap();
+    bytes.extend(
+        protocol1::encode_frame(
+            &ClientMessage::Subscribe {
+                results: vec!["cspad".into()],
+            },
+            usize::MAX,
+        )
+        .unwrap(),
+    );
+    stuck.write_all(&bytes).unwrap();
+    // Not reading for a while; meanwhile another client is served promptly and bins flow.
+    let mut watcher = client(&service.addr);
+    watcher.subscribe(&["energy_hist"]).unwrap();
+    let first = next_bin(&mut watcher).bin;
+    // Bins go on being published past what the stuck client can hold (its queue, socket
+    // buffers): the service drops its oldest ones, and serves the others meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while editor.status().unwrap()["server"]["bins_dropped"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the stuck client's bins were never dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The other subscriber got later bins (it may have lost some too: its queue is as small).
+    assert!(next_bin(&mut watcher).bin > first);
+    // The stuck client, reading at last, is told what it lost.
+    stuck.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut dropped = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    while dropped == 0 && Instant::now() < deadline {
+        let n = stuck.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            if let Ok(ServerMessage::Dropped(d)) = protocol1::decode_message::<ServerMessage>(&buf[4..4 + len]) {
+                dropped = d.count;
+            }
+            buf.drain(..4 + len);
+        }
+    }
+    assert!(dropped > 0, "no dropped notice");
+}
+
+#[test]
+fn listening_off_loopback_needs_a_token() {
+    let out = common::ami2(&["run", "--listen", "0.0.0.0:0", "--frames", "10"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token-file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ami2 graph ...`, `get`, `watch`, `status` against a running service.
+#[test]
+fn cli_commands() {
+    let dir = scratch("cli");
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(args)
+            .env("AMI2_ADDR", &service.addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = cli(&[
+        "graph",
+        "edit",
+        "--set-param",
+        "trace_peaks.threshold=0.8",
+        "--add-node",
+        r#"{"id": "e_chart", "op": "strip_chart", "inputs": ["energy"]}"#,
+        "--results",
+        "e_chart,trace_peaks",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "accepted, version 2");
+    let (ok, out, err) = cli(&["graph", "show"]);
+    assert!(ok && err.contains("graph version 2"), "{err}");
+    let graph: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(graph["results"], json!(["e_chart", "trace_peaks"]));
+    let peaks = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "trace_peaks")
+        .unwrap();
+    assert_eq!(peaks["params"], json!({"threshold": 0.8}));
+
+    // A rejected edit: exit status 1, every reason on stderr.
+    let (ok, _, err) = cli(&["graph", "edit", "--remove", "nope", "--set-param", "cspad_roi.x1=500"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown_node (node nope)") && err.contains("invalid_graph (node cspad_roi)"),
+        "{err}"
+    );
+
+    let file = dir.join("graph.json");
+    let new_graph = json!({"nodes": [{"id": "energy", "op": "select", "params": {"field": "energy", "kind": "scalar"}},
+                                     {"id": "energy_sum", "op": "strip_chart", "inputs": ["energy"]}],
+                           "results": ["energy_sum"]});
+    std::fs::write(&file, new_graph.to_string()).unwrap();
+    let (ok, out, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "accepted, version 3");
+    let (ok, out, _) = cli(&["get", "/control/graph/version"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "3");
+    let (ok, out, err) = cli(&["watch", "energy_sum", "--count", "3"]);
+    assert!(ok, "{err}");
+    let bins: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(bins.len(), 3);
+    assert!(bins.iter().all(|b| b["result"] == "energy_sum" && b["graph_version"] == 3), "{out}");
+    let (ok, out, _) = cli(&["status"]);
+    assert!(ok);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["graph_version"], json!(3));
+    assert!(status["sources"]["0"]["stats"]["frames"].as_u64().unwrap() > 0);
+    assert!(status.get("metrics").is_some());
+    let (ok, _, err) = cli(&["get", "/elsewhere/key"]);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+}
+
+/// Control keeps the last 64 graph versions: older documents are deleted, and a request based on
+/// a version no longer kept is a conflict (its changes since cannot be known).
+#[test]
+fn old_graph_versions_are_dropped_and_too_old_bases_conflict() {
+    let service = Service::start(&scratch("retention"), "127.0.0.1:0", &[]);
+    let editor = client(&service.addr);
+    let (first, _) = editor.graph().unwrap();
+    let mut version = first;
+    for i in 0..70 {
+        let edit = Edit::SetParams {
+            id: "trace_peaks".into(),
+            params: json!({"threshold": 0.5 + (i % 2) as f64 * 0.1}),
+        };
+        version = accepted(editor.request(version, vec![edit], None).unwrap());
+    }
+    assert_eq!(version, first + 70);
+    let key = |v: u64| format!("/control/graph/v/{v:012}");
+    assert_eq!(editor.get_key(&key(version - 70)).unwrap(), None);
+    assert_eq!(editor.get_key(&key(version - 64)).unwrap(), None);
+    assert!(editor.get_key(&key(version - 63)).unwrap().is_some());
+    assert!(editor.get_key(&format!("/control/graph/edited/{:012}", version)).unwrap().is_some());
+    // Based on a kept version, touching another node: rebased and accepted.
+    accepted(editor.request(version - 63, vec![strip_chart("late")], None).unwrap());
+    match editor.request(first, vec![strip_chart("too_late")], None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.reasons[0].code, ErrorCode::Conflict);
+            assert!(r.reasons[0].message.contains("no longer kept"), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
