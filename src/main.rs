@@ -4,6 +4,7 @@
 //! works on this machine.
 
 mod doctor;
+mod launch;
 mod record;
 mod run;
 
@@ -32,6 +33,8 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Run an ami2 command as N processes of one Legion run on this machine (p2p or mpirun).
+    Launch(launch::LaunchArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +49,6 @@ fn main() -> Result<()> {
         Command::Demo(args) => run::run(args, true),
         Command::Record(args) => record::record(args),
         Command::DaqSim(args) => record::daq_sim(args),
+        Command::Launch(args) => launch::launch(args),
     }
 }

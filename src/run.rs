@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     seconds: Option<f64>,
+    /// Processes (of a multi-process run) that serve rather than hold data: graph manager,
+    /// global reducer, monitors (docs/cluster.md).
+    #[arg(long, default_value_t = 1)]
+    service_nodes: usize,
+    /// Write the run's summary (totals, where tasks ran, mapper costs) as JSON to this file.
+    #[arg(long)]
+    summary: Option<PathBuf>,
     /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
     #[arg(last = true)]
     legion_args: Vec<String>,
@@ -217,6 +224,8 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         None => config.max_frame_bytes()?,
     });
     ami_tasks::register_tasks()?;
+    ami_tasks::placement::install(config.partitions, ami_mapper::Roles { service_nodes: args.service_nodes })?;
+    crate::launch::signal_readiness()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
@@ -252,12 +261,20 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if !legion_args.iter().any(|a| a == "-ll:csize") {
         legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
     }
-    let summary = runtime::start(&legion_args, move |ctx| {
+    // In a multi-process run, only the process of address space 0 runs the driver.
+    let Some(summary) = runtime::start_rank(&legion_args, move |ctx| {
         let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut printer)?;
         Ok(summary)
     })
-    .context("running the pipeline")?;
+    .context("running the pipeline")?
+    else {
+        tracing::info!(mapper = ?legion_bridge::mapper::stats(), "this process served the run");
+        return Ok(());
+    };
     let secs = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.summary {
+        crate::launch::write_summary(path, &summary, secs)?;
+    }
     eprintln!(
         "ami2: {} events in {:.1} s ({:.0} events/s), {} bins published, {} late partials, graph version {}{}",
         summary.events,

@@ -8,11 +8,13 @@
 //! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
+//! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
 pub mod graph;
 pub mod pipeline;
+pub mod placement;
 pub mod source;
 pub mod stores;
 pub mod tasks;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
+use ami_mapper::TaskKind;
 use legion_bridge::{Future, Privilege, TaskContext, TaskLauncher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -13,7 +14,8 @@ use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
-use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
+use crate::placement::{partition_groups, tag};
+use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, RanOn, SourceArgs, WorkerArgs};
 use crate::PipelineError;
 
 /// How to run the pipeline.
@@ -137,6 +139,8 @@ pub struct RunSummary {
     pub graph_failures: Vec<GraphFailure>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
+    /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
+    pub ran_on: RanOn,
 }
 
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
@@ -240,6 +244,8 @@ pub fn run(
         flush,
     };
     let results_requirement = stores.results.requirement(ctx, "/results/", Privilege::ReadWrite)?;
+    // Tasks carry their kind in their mapping tag, for the placement policy (when installed).
+    let groups = partition_groups(config.partitions);
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         if !report.failures.is_empty() {
@@ -251,6 +257,7 @@ pub fn run(
         summary.late_partials = report.state.late_partials;
         summary.superseded_partials = report.state.superseded_partials;
         summary.sources.extend(report.sources.clone());
+        merge_ran_on(&mut summary.ran_on, report.ran_on.clone());
         let flow = observer.on_report(ctx, &stores, &report)?;
         Ok(report.all_ended || flow == Flow::Stop)
     };
@@ -274,8 +281,10 @@ pub fn run(
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),
             };
+            let partition = p as u32;
             let source = ctx.execute(
                 &TaskLauncher::new(tasks.source, &source_args)?
+                    .tag(tag(TaskKind::DataSource { partition }))
                     .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadWrite)?)
                     .region(stores.control.requirement(ctx, &source_prefix(p), Privilege::ReadWrite)?),
             )?;
@@ -289,23 +298,32 @@ pub fn run(
             workers.push(
                 ctx.execute(
                     &TaskLauncher::new(tasks.worker, &worker_args)?
+                        .tag(tag(TaskKind::Worker { partition }))
                         .future(&source)
                         .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadOnly)?)
                         .region(stores.control.requirement(ctx, "/control/", Privilege::ReadOnly)?),
                 )?,
             );
         }
-        let mut local = TaskLauncher::new(tasks.local_reduce, &())?;
-        for worker in &workers {
-            local = local.future(worker);
+        // One local reducer per node, merging the workers of the partitions it owns.
+        let mut locals = Vec::with_capacity(groups.len());
+        for (node, partitions) in &groups {
+            let mut local = TaskLauncher::new(tasks.local_reduce, node)?.tag(tag(TaskKind::LocalReducer { node: *node }));
+            for &p in partitions {
+                local = local.future(&workers[p]);
+            }
+            locals.push(ctx.execute(&local)?);
         }
-        let local = ctx.execute(&local)?;
-        let mut global =
-            TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?.region(results_requirement.clone());
+        let mut global = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?
+            .tag(tag(TaskKind::GlobalReducer))
+            .region(results_requirement.clone());
         if let Some(previous) = &previous {
             global = global.future(previous);
         }
-        let global = ctx.execute(&global.future(&local))?;
+        for local in &locals {
+            global = global.future(local);
+        }
+        let global = ctx.execute(&global)?;
         in_flight.push_back(global.clone());
         previous = Some(global);
         summary.rounds = round + 1;
@@ -318,7 +336,9 @@ pub fn run(
         handle(future.get()?, &mut summary)?;
     }
     // Publish what is still pending (a stop before the sources ended).
-    let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?.region(results_requirement);
+    let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?
+        .tag(tag(TaskKind::GlobalReducer))
+        .region(results_requirement);
     if let Some(previous) = &previous {
         flush = flush.future(previous);
     }

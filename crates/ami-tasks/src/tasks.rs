@@ -10,7 +10,7 @@
 //! Every arrow is a Legion dependency (a future attached to the launch, or a region one task writes
 //! and the next reads); no task waits for another inside Rust.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -56,6 +56,8 @@ pub struct SourceReport {
     pub ended: bool,
     pub position: SourcePosition,
     pub stats: SourceStats,
+    /// The process (Legion address space) the task ran in.
+    pub address_space: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,6 +87,19 @@ pub struct PartialReport {
     pub events: u64,
     pub failures: Vec<GraphFailure>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
+    /// Where the tasks behind this report ran: task (`source/<p>`, `worker/<p>`,
+    /// `local_reducer/<node>`, `global_reducer`) → address spaces.
+    pub ran_on: RanOn,
+}
+
+/// Task label → the address spaces it ran in (one, when placement holds).
+pub type RanOn = BTreeMap<String, BTreeSet<u32>>;
+
+/// Adds `other` to `into`.
+pub fn merge_ran_on(into: &mut RanOn, other: RanOn) {
+    for (task, spaces) in other {
+        into.entry(task).or_default().extend(spaces);
+    }
 }
 
 impl PartialReport {
@@ -105,6 +120,7 @@ impl PartialReport {
         self.events += other.events;
         self.failures.extend(other.failures);
         self.sources.extend(other.sources);
+        merge_ran_on(&mut self.ran_on, other.ran_on);
         Ok(())
     }
 }
@@ -177,12 +193,15 @@ pub struct GlobalReport {
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     /// True once every partition's source has ended.
     pub all_ended: bool,
+    /// Where this round's tasks ran.
+    pub ran_on: RanOn,
 }
 
 pub struct PipelineTasks {
     pub source: TaskId<SourceArgs, SourceReport>,
     pub worker: TaskId<WorkerArgs, PartialReport>,
-    pub local_reduce: TaskId<(), PartialReport>,
+    /// Argument: the node whose workers it merges.
+    pub local_reduce: TaskId<u32, PartialReport>,
     pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
 }
 
@@ -314,6 +333,7 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
         ended: batch.ended,
         position,
         stats,
+        address_space: ctx.address_space(),
     })
 }
 
@@ -443,6 +463,8 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     };
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
+    out.ran_on.insert(format!("source/{}", args.partition), [report.address_space].into());
+    out.ran_on.insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
     let Some((version, graph)) = graph else {
         return Ok(out);
     };
@@ -471,12 +493,13 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     Ok(out)
 }
 
-/// Merges the partial reports of its input futures (the workers of one node for one round).
-fn local_reduce_task(ctx: &TaskContext, (): ()) -> Result<PartialReport, TaskError> {
+/// Merges the partial reports of its input futures (the workers of node `node` for one round).
+fn local_reduce_task(ctx: &TaskContext, node: u32) -> Result<PartialReport, TaskError> {
     let mut merged = PartialReport::default();
     for i in 0..ctx.input_future_count() {
         merged.merge(ctx.input_future(i)?)?;
     }
+    merged.ran_on.insert(format!("local_reducer/{node}"), [ctx.address_space()].into());
     Ok(merged)
 }
 
@@ -496,6 +519,7 @@ fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalRepor
         state.events += local.events;
         report.failures.extend(local.failures);
         report.sources.extend(local.sources);
+        merge_ran_on(&mut report.ran_on, local.ran_on);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);
@@ -585,6 +609,7 @@ fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalRepor
             Ok(())
         })?;
     }
+    report.ran_on.insert("global_reducer".into(), [ctx.address_space()].into());
     report.state = state;
     Ok(report)
 }

@@ -30,6 +30,12 @@ pub(crate) fn has_started() -> bool {
 /// bootstrap); without any of them there is no network to set up.
 const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "WORKER_PEERS_INFO"];
 
+/// True when this process is one of several of a Legion run (launched by `mpirun` or with
+/// Realm's p2p bootstrap variables).
+pub fn is_multi_process() -> bool {
+    MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
 /// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
 pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 
@@ -37,7 +43,7 @@ pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 /// processor (two on larger machines) and the runtime's own threads, at least one of each; Realm's
 /// log on stderr; 1 GiB of system memory for region instances; no automatic tracing; and, in a
 /// single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
-/// failures).
+/// failures); with several processes on a machine of at most 4 cores, one background worker.
 pub fn default_args() -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let util = if cores > 8 { 2 } else { 1 };
@@ -59,8 +65,12 @@ pub fn default_args() -> Vec<String> {
     // Automatic tracing keeps a hash of every operation a parent task launches, for as long as
     // that task runs: ami2's top-level task runs for days, so its memory would grow without end.
     args.push("-lg:no_auto_tracing".into());
-    if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
+    if !is_multi_process() {
         args.extend(["-ll:networks".into(), "none".into()]);
+    } else if cores <= 4 {
+        // Realm's background workers poll; with several processes on a small machine, one per
+        // process leaves the cores to the tasks (a 2-process run on 2 cores: 13 s → 4 s).
+        args.extend(["-ll:bgwork".into(), "1".into()]);
     }
     args
 }
@@ -94,6 +104,18 @@ where
     T: Send + 'static,
     F: FnOnce(&TaskContext) -> Result<T, TaskError> + Send + 'static,
 {
+    start_rank(legion_args, top_level)?.ok_or(Error::RuntimeExit { code: 0 })
+}
+
+/// [`start`] for a process that may be one of several (an `mpirun` or p2p launch): Legion runs the
+/// top-level task in one process only (address space 0), and the others serve its sub-tasks until
+/// the runtime shuts down. Returns `Some(value)` in the process that ran `top_level`, `None` in
+/// the others.
+pub fn start_rank<T, F>(legion_args: &[String], top_level: F) -> Result<Option<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&TaskContext) -> Result<T, TaskError> + Send + 'static,
+{
     if STARTED.load(Ordering::SeqCst) {
         return Err(Error::AlreadyStarted);
     }
@@ -120,8 +142,10 @@ where
         raw::legion_runtime_start(argv.len() as i32, argv.as_mut_ptr(), false)
     };
     match TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        Some(Ok(value)) => Ok(*value.downcast::<T>().expect("the top-level result has the type of `start`")),
+        Some(Ok(value)) => Ok(Some(*value.downcast::<T>().expect("the top-level result has the type of `start`"))),
         Some(Err(error)) => Err(error),
+        // Another process ran the top-level task; this one served it and shut down cleanly.
+        None if code == 0 && TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()).is_some() => Ok(None),
         None => Err(Error::RuntimeExit { code }),
     }
 }

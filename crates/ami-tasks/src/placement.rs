@@ -1,0 +1,130 @@
+//! ami-mapper's placement policy plugged into the bridge's mapper: every process builds the same
+//! [`Placement`] from the Legion machine once it is known, and the mapper shim asks it where each
+//! tagged task runs. The pipeline tags its launches with [`TaskKind`] tags and asks
+//! [`partition_groups`] which partitions each node's local reducer merges.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use ami_mapper::{Machine, Mem, MemKind, Node, Placement, Proc, ProcKind, Roles, TaskKind};
+use legion_bridge::mapper::{self, PlacementPolicy, TaskQuery};
+use legion_bridge::{MemoryKind, ProcessorKind};
+
+use crate::PipelineError;
+
+/// The placement of this process (set once, when the runtime has described the machine).
+static PLACEMENT: OnceLock<Arc<Placement>> = OnceLock::new();
+
+/// Installs the ami2 placement policy for `partitions` telemetry partitions and `roles` on every
+/// process of the run; call before the runtime starts. Every process must be given the same
+/// arguments (they all compute the same placement). A machine the policy cannot serve (a node
+/// without CPU, say) is logged and keeps Legion's default mapper.
+pub fn install(partitions: usize, roles: Roles) -> Result<(), PipelineError> {
+    let partitions = u32::try_from(partitions).map_err(|_| PipelineError::Config("too many partitions".into()))?;
+    mapper::install(move |registration| {
+        let machine = describe(&registration.machine());
+        match Placement::new(machine, roles, partitions) {
+            Ok(placement) => {
+                let placement = Arc::new(placement);
+                let _ = PLACEMENT.set(placement.clone());
+                Some(Arc::new(Policy(placement)) as Arc<dyn PlacementPolicy>)
+            }
+            Err(error) => {
+                tracing::error!("placement policy not installed, Legion's default mapper places every task: {error}");
+                None
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// The placement in effect in this process, once the runtime has started with the policy.
+pub fn current() -> Option<&'static Placement> {
+    PLACEMENT.get().map(Arc::as_ref)
+}
+
+/// The partitions `0..partitions` grouped by the node owning them (ascending nodes): one local
+/// reducer per group. Without a placement (or one made for another partition count), one group
+/// on node 0.
+pub fn partition_groups(partitions: usize) -> Vec<(u32, Vec<usize>)> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let placement = current().filter(|p| p.partitions() as usize == partitions);
+    for partition in 0..partitions {
+        let node = placement.and_then(|p| p.owner_of_partition(partition as u32).ok()).unwrap_or(0);
+        groups.entry(node).or_default().push(partition);
+    }
+    groups.into_iter().collect()
+}
+
+/// The mapping tag of a task of kind `kind`.
+pub fn tag(kind: TaskKind) -> u64 {
+    kind.to_tag()
+}
+
+/// The bridge's view of the machine in ami-mapper's terms.
+pub fn describe(machine: &legion_bridge::Machine) -> Machine {
+    let mut nodes: BTreeMap<u32, Node> = BTreeMap::new();
+    for p in &machine.processors {
+        let kind = match p.kind {
+            ProcessorKind::Cpu => ProcKind::Cpu,
+            ProcessorKind::Utility => ProcKind::Utility,
+            ProcessorKind::Gpu => ProcKind::Gpu,
+            ProcessorKind::Io => ProcKind::Io,
+            _ => ProcKind::Other,
+        };
+        entry(&mut nodes, p.address_space).processors.push(Proc { id: p.id, kind });
+    }
+    for m in &machine.memories {
+        let kind = match m.kind {
+            MemoryKind::System => MemKind::System,
+            MemoryKind::Registered => MemKind::Registered,
+            MemoryKind::Socket => MemKind::Socket,
+            MemoryKind::ZeroCopy => MemKind::ZeroCopy,
+            MemoryKind::Framebuffer => MemKind::Framebuffer,
+            MemoryKind::Global => MemKind::Global,
+            MemoryKind::Disk => MemKind::Disk,
+            MemoryKind::Other(_) => MemKind::Other,
+        };
+        entry(&mut nodes, m.address_space).memories.push(Mem {
+            id: m.id,
+            kind,
+            capacity_bytes: m.capacity_bytes,
+        });
+    }
+    Machine {
+        nodes: nodes.into_values().collect(),
+    }
+}
+
+fn entry(nodes: &mut BTreeMap<u32, Node>, address_space: u32) -> &mut Node {
+    nodes.entry(address_space).or_insert_with(|| Node {
+        address_space,
+        processors: Vec::new(),
+        memories: Vec::new(),
+    })
+}
+
+/// Answers the mapper from the placement: tasks whose tag is an ami2 task kind go where the
+/// policy says (point `i` of an index launch is the kind's partition, node or monitor `i`); other
+/// tasks are left to the default mapper.
+struct Policy(Arc<Placement>);
+
+impl Policy {
+    fn kind(task: &TaskQuery) -> Option<TaskKind> {
+        let kind = TaskKind::from_tag(task.tag)?;
+        match task.point {
+            Some(point) if kind.with_point(0).is_some() => kind.with_point(point),
+            _ => Some(kind),
+        }
+    }
+}
+
+impl PlacementPolicy for Policy {
+    fn processor(&self, task: &TaskQuery) -> Option<u64> {
+        self.0.processor_for(&Self::kind(task)?).ok()
+    }
+
+    fn memory(&self, task: &TaskQuery, _processor: u64) -> Option<u64> {
+        self.0.memory_for(&Self::kind(task)?).ok()
+    }
+}
