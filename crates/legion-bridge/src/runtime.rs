@@ -21,6 +21,8 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 type TopLevelBody = Box<dyn FnOnce(&TaskContext) -> Result<Box<dyn Any + Send>, TaskError> + Send>;
 static TOP_LEVEL: Mutex<Option<TopLevelBody>> = Mutex::new(None);
 static TOP_LEVEL_RESULT: Mutex<Option<Result<Box<dyn Any + Send>>>> = Mutex::new(None);
+/// Set when the machine has fewer processes than the launch started (see [`expected_processes`]).
+static MISSING_PEERS: Mutex<Option<String>> = Mutex::new(None);
 
 pub(crate) fn has_started() -> bool {
     STARTED.load(Ordering::SeqCst)
@@ -34,6 +36,16 @@ const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX
 /// Realm's p2p bootstrap variables).
 pub fn is_multi_process() -> bool {
     MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
+/// The number of processes the launcher started (`mpirun`'s `OMPI_COMM_WORLD_SIZE` or
+/// `PMI_SIZE`, or the peers of Realm's p2p bootstrap), when it says.
+pub fn expected_processes() -> Option<u32> {
+    let var = |name| std::env::var(name).ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .and_then(|n| n.parse().ok())
+        .or_else(|| var("WORKER_PEERS_INFO").map(|peers| peers.split_whitespace().count() as u32))
 }
 
 /// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
@@ -122,6 +134,7 @@ where
     let body: TopLevelBody = Box::new(move |ctx| top_level(ctx).map(|v| Box::new(v) as Box<dyn Any + Send>));
     *TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
     register_unit_task(TOP_LEVEL_TASK_ID, "top_level", VariantOptions::inner(), run_top_level)?;
+    add_trampoline();
     if STARTED.swap(true, Ordering::SeqCst) {
         return Err(Error::AlreadyStarted);
     }
@@ -157,6 +170,12 @@ fn run_top_level(ctx: &TaskContext) -> Result<(), TaskError> {
     let Some(body) = body else {
         return Err(TaskError::msg("the top-level task ran twice"));
     };
+    if let Some(message) = MISSING_PEERS.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        // SAFETY: sets the process exit code Legion reports; callable from any task.
+        unsafe { raw::legion_runtime_set_return_code(1) };
+        *TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(Error::MissingPeers(message)));
+        return Ok(());
+    }
     let result = match panic::catch(|| body(ctx)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(Error::TaskFailed {
@@ -213,13 +232,17 @@ pub fn add_registration_callback(callback: impl Fn(&Registration) + Send + Sync 
     if has_started() {
         return Err(Error::Registration("registration callback added after the runtime started".into()));
     }
-    let mut callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
-    if callbacks.is_empty() {
-        // SAFETY: registers a plain function before the runtime starts.
-        unsafe { raw::legion_runtime_add_registration_callback(Some(registration_trampoline)) };
-    }
-    callbacks.push(Box::new(callback));
+    add_trampoline();
+    CALLBACKS.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(callback));
     Ok(())
+}
+
+/// Registers [`registration_trampoline`] with Legion once per process (it also checks that the
+/// runtime found every process of a launch).
+fn add_trampoline() {
+    static ADDED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function before the runtime starts.
+    ADDED.call_once(|| unsafe { raw::legion_runtime_add_registration_callback(Some(registration_trampoline)) });
 }
 
 unsafe extern "C" fn registration_trampoline(
@@ -239,6 +262,17 @@ unsafe extern "C" fn registration_trampoline(
         machine,
         local_processors: procs.iter().copied().map(Processor::from_raw).collect(),
     };
+    let found = registration.machine().address_spaces();
+    if let Some(expected) = expected_processes().filter(|&n| n > found) {
+        // Realm runs alone when its network module fails to start: every process would then
+        // run the whole program by itself. The top-level task refuses instead.
+        let message = format!(
+            "this process was launched as one of {expected}, but the Legion runtime found {found} (its network module did not start; see Realm's messages above)"
+        );
+        tracing::error!("{message}");
+        *MISSING_PEERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        return;
+    }
     let callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
     for callback in callbacks.iter() {
         if let Err(message) = panic::catch(|| callback(&registration)) {
