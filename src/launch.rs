@@ -80,7 +80,12 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         Bootstrap::P2p => spawn_p2p(&args, &exe, ready_dir.path())?,
         Bootstrap::Mpi => vec![spawn_mpi(&args, &exe, ready_dir.path())?],
     };
-    let outcome = supervise(&mut children, args.np, ready_dir.path(), Duration::from_secs_f64(args.start_timeout));
+    let outcome = supervise(
+        &mut children,
+        args.np,
+        ready_dir.path(),
+        Duration::from_secs_f64(args.start_timeout),
+    );
     if outcome.is_err() {
         for (_, child) in &mut children {
             let _ = child.kill();
@@ -160,7 +165,11 @@ fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Named> {
 /// A Realm UCX bootstrap plugin of the Legion distribution this ami2 was built against.
 fn bootstrap_plugin(relative: &str) -> Result<PathBuf> {
     let root = Path::new(legion_sys::DIST_ROOT);
-    let candidates = [root.join("legate/lib64").join(relative), root.join("lib").join(relative), root.join("lib64").join(relative)];
+    let candidates = [
+        root.join("legate/lib64").join(relative),
+        root.join("lib").join(relative),
+        root.join("lib64").join(relative),
+    ];
     candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
         format!(
             "Realm's bootstrap plugin {relative} is not in the Legion distribution {} (looked in legate/lib64, lib, lib64); a site Legion built with GASNet-EX is launched with its own launcher instead (docs/cluster.md)",
@@ -241,6 +250,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "ran_on": summary.ran_on,
         "placement_installed": legion_bridge::mapper::is_installed(),
         "mapper": {
+            "placed_tasks": mapper.placed_tasks,
             "placed_calls": mapper.placed_calls,
             "placed_nanos": mapper.placed_nanos,
             "policy_calls": mapper.policy_calls,

@@ -224,7 +224,12 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         None => config.max_frame_bytes()?,
     });
     ami_tasks::register_tasks()?;
-    ami_tasks::placement::install(config.partitions, ami_mapper::Roles { service_nodes: args.service_nodes })?;
+    ami_tasks::placement::install(
+        config.partitions,
+        ami_mapper::Roles {
+            service_nodes: args.service_nodes,
+        },
+    )?;
     crate::launch::signal_readiness()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();

@@ -151,13 +151,20 @@ fn expected_placement(nodes: u32) -> Value {
             expected.insert(format!("local_reducer/{n}"), serde_json::json!([n]));
         }
     }
-    expected.insert("global_reducer".into(), serde_json::json!([placement.node_for(&TaskKind::GlobalReducer).unwrap()]));
+    expected.insert(
+        "global_reducer".into(),
+        serde_json::json!([placement.node_for(&TaskKind::GlobalReducer).unwrap()]),
+    );
     Value::Object(expected)
 }
 
 fn check_multi_process(run: &Run, nodes: u32) {
     assert_eq!(run.summary["placement_installed"], true);
-    assert_eq!(run.summary["ran_on"], expected_placement(nodes), "tasks ran where the policy does not put them");
+    assert_eq!(
+        run.summary["ran_on"],
+        expected_placement(nodes),
+        "tasks ran where the policy does not put them"
+    );
     assert_eq!(run.summary["mapper"]["rejected"], 0);
     let (one, many) = (bins(&baseline().output), bins(&run.output));
     assert!(!one.is_empty());
@@ -187,7 +194,10 @@ fn three_processes_p2p_spread_partitions_over_two_data_nodes() {
 
 #[test]
 fn two_processes_under_the_bundled_mpirun() {
-    check_multi_process(&run("mpi", &["launch", "--np", "2", "--bootstrap", "mpi", "--start-timeout", "60"]), 2);
+    check_multi_process(
+        &run("mpi", &["launch", "--np", "2", "--bootstrap", "mpi", "--start-timeout", "60"]),
+        2,
+    );
 }
 
 /// Two consecutive TCP ports on 127.0.0.1, the second held by a listener (returned).
@@ -209,14 +219,31 @@ fn a_peer_that_cannot_start_stops_the_launch_with_a_clear_error() {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["launch", "--np", "2", "--base-port", &base.to_string(), "--start-timeout", "30"])
-        .args(["run", "--frames", "100", "--image-size", "0", "--", "-ll:cpu", "1", "-ll:util", "1", "-ll:csize", "256"])
+        .args([
+            "run",
+            "--frames",
+            "100",
+            "--image-size",
+            "0",
+            "--",
+            "-ll:cpu",
+            "1",
+            "-ll:util",
+            "1",
+            "-ll:csize",
+            "256",
+        ])
         .env_remove("LD_LIBRARY_PATH")
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(started.elapsed() < Duration::from_secs(45), "the launch took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the launch took {:?}",
+        started.elapsed()
+    );
     assert!(
         stderr.contains("process 1 failed") && stderr.contains("launched as one of 2, but the Legion runtime found 1"),
         "unclear error:\n{stderr}"

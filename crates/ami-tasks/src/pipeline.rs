@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec};
+use crate::placement::{partition_groups, tag};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
-use crate::placement::{partition_groups, tag};
 use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, RanOn, SourceArgs, WorkerArgs};
 use crate::PipelineError;
 

@@ -463,8 +463,10 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     };
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
-    out.ran_on.insert(format!("source/{}", args.partition), [report.address_space].into());
-    out.ran_on.insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
+    out.ran_on
+        .insert(format!("source/{}", args.partition), [report.address_space].into());
+    out.ran_on
+        .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
     let Some((version, graph)) = graph else {
         return Ok(out);
     };

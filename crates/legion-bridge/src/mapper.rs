@@ -45,6 +45,8 @@ pub trait PlacementPolicy: Send + Sync {
 /// What the mapper shim measured in this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapperStats {
+    /// Tasks and index-launch points the policy placed, counted where they were launched.
+    pub placed_tasks: u64,
     /// Mapper calls (`select_task_options`, `slice_task`, `map_task`) for tasks the policy placed.
     pub placed_calls: u64,
     /// Wall time of those calls, default-mapper work included.
@@ -66,6 +68,7 @@ struct Callbacks {
 #[repr(C)]
 #[derive(Default)]
 struct RawStats {
+    placed_tasks: u64,
     placed_calls: u64,
     placed_nanos: u64,
     policy_calls: u64,
@@ -137,6 +140,7 @@ pub fn stats() -> MapperStats {
     // SAFETY: reads atomic counters; callable at any time.
     let raw = unsafe { ami2_policy_mapper_stats() };
     MapperStats {
+        placed_tasks: raw.placed_tasks,
         placed_calls: raw.placed_calls,
         placed_nanos: raw.placed_nanos,
         policy_calls: raw.policy_calls,

@@ -31,6 +31,7 @@ typedef struct ami2_placement_callbacks_t {
 
 // Counters of the mapper calls that consulted the policy (all processes' mappers of this process).
 typedef struct ami2_mapper_stats_t {
+  uint64_t placed_tasks;  // tasks (and index-launch points) placed by the policy at their origin
   uint64_t placed_calls;  // select_task_options / slice_task / map_task calls for placed tasks
   uint64_t placed_nanos;  // wall time spent in those calls, default-mapper work included
   uint64_t policy_calls;  // callbacks into the policy
@@ -42,7 +43,7 @@ typedef struct ami2_mapper_stats_t {
 
 namespace {
 
-std::atomic<uint64_t> placed_calls{0}, placed_nanos{0}, policy_calls{0}, policy_nanos{0},
+std::atomic<uint64_t> placed_tasks{0}, placed_calls{0}, placed_nanos{0}, policy_calls{0}, policy_nanos{0},
     rejected{0};
 
 uint64_t now_nanos() {
@@ -79,6 +80,7 @@ class PolicyMapper : public DefaultMapper {
     Processor proc;
     CallTimer timer;
     if (placed_processor(task, false, 0, proc)) {
+      placed_tasks.fetch_add(1, std::memory_order_relaxed);
       output.initial_proc = proc;
       output.stealable = false;
       output.inline_task = false;
@@ -97,6 +99,7 @@ class PolicyMapper : public DefaultMapper {
         if (all) slices.push_back(TaskSlice(Domain(it.p, it.p), proc, false, false));
       }
       if (all) {
+        placed_tasks.fetch_add(slices.size(), std::memory_order_relaxed);
         output.slices = std::move(slices);
         output.verify_correctness = false;
         return;
@@ -192,6 +195,7 @@ void ami2_install_policy_mapper(legion_machine_t machine, legion_runtime_t runti
 
 ami2_mapper_stats_t ami2_policy_mapper_stats(void) {
   ami2_mapper_stats_t stats;
+  stats.placed_tasks = placed_tasks.load();
   stats.placed_calls = placed_calls.load();
   stats.placed_nanos = placed_nanos.load();
   stats.policy_calls = policy_calls.load();
