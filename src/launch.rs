@@ -68,7 +68,8 @@ pub fn signal_readiness() -> Result<()> {
     Ok(())
 }
 
-pub fn launch(args: LaunchArgs) -> Result<()> {
+/// Runs the launch; every process gets the launcher's log filter (`log`).
+pub fn launch(args: LaunchArgs, log: &str) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ami2 executable")?;
     let ready_dir = tempfile::Builder::new()
         .prefix("ami2-launch-")
@@ -77,8 +78,8 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     // Ctrl-C reaches every process of the terminal's group; the launcher waits for them to stop.
     ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
     let mut children = match args.bootstrap {
-        Bootstrap::P2p => spawn_p2p(&args, &exe, ready_dir.path())?,
-        Bootstrap::Mpi => vec![spawn_mpi(&args, &exe, ready_dir.path())?],
+        Bootstrap::P2p => spawn_p2p(&args, &exe, ready_dir.path(), log)?,
+        Bootstrap::Mpi => vec![spawn_mpi(&args, &exe, ready_dir.path(), log)?],
     };
     let outcome = supervise(
         &mut children,
@@ -100,7 +101,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
 /// A name for each child process in messages.
 type Named = (String, Child);
 
-fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Vec<Named>> {
+fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Result<Vec<Named>> {
     let plugin = bootstrap_plugin("realm_ucp_bootstrap_p2p.so")?;
     let ports = match args.base_port {
         Some(base) => (0..args.np)
@@ -118,6 +119,7 @@ fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Vec<Name
             .env("WORKER_PEERS_INFO", &peers)
             .env("WORKER_SELF_INFO", format!("127.0.0.1:{port}"))
             .env(READY_DIR_VAR, ready_dir)
+            .env("AMI2_LOG", log)
             .spawn()
             .with_context(|| format!("starting process {rank} ({})", exe.display()));
         match child {
@@ -134,7 +136,7 @@ fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Vec<Name
     Ok(children)
 }
 
-fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Named> {
+fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Result<Named> {
     let plugin = bootstrap_plugin("legate/wrapper/librealm_ucp_bootstrap_mpi_ompi.so")?;
     let mpi_dir = Path::new(legion_sys::MPI_DIR);
     let mpirun = match &args.mpirun {
@@ -156,6 +158,8 @@ fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path) -> Result<Named> {
         .arg(format!("REALM_UCP_BOOTSTRAP_PLUGIN={}", plugin.display()))
         .arg("-x")
         .arg(format!("{READY_DIR_VAR}={}", ready_dir.display()))
+        .arg("-x")
+        .arg(format!("AMI2_LOG={log}"))
         .arg(exe)
         .args(&args.command);
     let child = command.spawn().with_context(|| format!("starting {}", mpirun.display()))?;

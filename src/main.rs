@@ -49,6 +49,6 @@ fn main() -> Result<()> {
         Command::Demo(args) => run::run(args, true),
         Command::Record(args) => record::record(args),
         Command::DaqSim(args) => record::daq_sim(args),
-        Command::Launch(args) => launch::launch(args),
+        Command::Launch(args) => launch::launch(args, &cli.log),
     }
 }
