@@ -128,3 +128,82 @@ impl PlacementPolicy for Policy {
         self.0.memory_for(&Self::kind(task)?).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use legion_bridge::{Memory, Processor};
+
+    use super::*;
+
+    /// A bridge machine of `nodes` processes, each with `cpus` CPUs, a utility processor and a
+    /// system memory (ids as Realm makes them: address space in bits 40..56).
+    fn bridge_machine(nodes: u32, cpus: u64) -> legion_bridge::Machine {
+        let mut machine = legion_bridge::Machine {
+            processors: Vec::new(),
+            memories: Vec::new(),
+        };
+        for a in 0..nodes {
+            let base = (1u64 << 61) | (u64::from(a) << 40);
+            for i in 0..=cpus {
+                let kind = if i < cpus { ProcessorKind::Cpu } else { ProcessorKind::Utility };
+                machine.processors.push(Processor {
+                    id: base | i,
+                    kind,
+                    address_space: a,
+                });
+            }
+            machine.memories.push(Memory {
+                id: (1u64 << 60) | (u64::from(a) << 40),
+                kind: MemoryKind::System,
+                address_space: a,
+                capacity_bytes: 256 << 20,
+            });
+        }
+        machine
+    }
+
+    #[test]
+    fn the_bridge_machine_becomes_the_policy_machine() {
+        let machine = describe(&bridge_machine(3, 2));
+        assert_eq!(machine.nodes.len(), 3);
+        for (a, node) in machine.nodes.iter().enumerate() {
+            assert_eq!(node.address_space, a as u32);
+            assert_eq!(node.processors.iter().filter(|p| p.kind == ProcKind::Cpu).count(), 2);
+            assert_eq!(node.processors.iter().filter(|p| p.kind == ProcKind::Utility).count(), 1);
+            assert_eq!(node.memories.len(), 1);
+            assert_eq!(node.memories[0].capacity_bytes, 256 << 20);
+        }
+    }
+
+    #[test]
+    fn the_policy_answers_tagged_tasks_and_index_points_and_ignores_others() {
+        let bridge = bridge_machine(3, 2);
+        let placement = Arc::new(Placement::new(describe(&bridge), Roles { service_nodes: 1 }, 4).unwrap());
+        let policy = Policy(placement.clone());
+        let node_of = |proc_id: u64| bridge.processors.iter().find(|p| p.id == proc_id).unwrap().address_space;
+        let query = |tag, point| TaskQuery { task_id: 7, tag, point };
+        // Partitions 0, 1 on node 0 and 2, 3 on node 1; the global reducer on the service node 2.
+        for p in 0..4u32 {
+            let worker = policy.processor(&query(tag(TaskKind::Worker { partition: p }), None)).unwrap();
+            let source = policy.processor(&query(tag(TaskKind::DataSource { partition: p }), None)).unwrap();
+            assert_eq!(worker, source);
+            assert_eq!(node_of(worker), p / 2);
+            // The same kind as an index launch: point p is partition p.
+            let point = policy.processor(&query(tag(TaskKind::Worker { partition: 0 }), Some(i64::from(p)))).unwrap();
+            assert_eq!(point, worker);
+        }
+        let global = policy.processor(&query(tag(TaskKind::GlobalReducer), None)).unwrap();
+        assert_eq!(node_of(global), 2);
+        let memory = policy.memory(&query(tag(TaskKind::GlobalReducer), None), global).unwrap();
+        assert_eq!(bridge.memories.iter().find(|m| m.id == memory).unwrap().address_space, 2);
+        assert_eq!(policy.processor(&query(0, None)), None);
+        assert_eq!(policy.processor(&query(0x1234, Some(3))), None);
+        assert_eq!(policy.processor(&query(tag(TaskKind::Worker { partition: 9 }), None)), None);
+    }
+
+    #[test]
+    fn without_a_placement_one_local_reducer_merges_every_partition_on_node_0() {
+        // No runtime in unit tests: no placement was installed in this process.
+        assert_eq!(partition_groups(3), vec![(0, vec![0, 1, 2])]);
+    }
+}
