@@ -227,7 +227,9 @@ fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duratio
         }
         if done.iter().all(Option::is_some) {
             if !all_ready && !not_ready(np, ready_dir).is_empty() {
-                bail!("the processes ended before all of them had joined the run");
+                bail!(
+                    "the processes ended before all of them had joined the run (launch runs commands that start Legion: run, demo, doctor)"
+                );
             }
             return Ok(());
         }

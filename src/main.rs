@@ -43,6 +43,10 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
         .init();
+    if !matches!(cli.command, Command::Launch(_)) {
+        // Under `ami2 launch`, a process that starts Legion tells the launcher it joined the run.
+        launch::signal_readiness()?;
+    }
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::Run(args) => run::run(args, false),

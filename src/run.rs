@@ -230,7 +230,6 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             service_nodes: args.service_nodes,
         },
     )?;
-    crate::launch::signal_readiness()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;

@@ -250,3 +250,28 @@ fn a_peer_that_cannot_start_stops_the_launch_with_a_clear_error() {
     );
     assert!(output.stdout.is_empty(), "a lone process ran the pipeline by itself");
 }
+
+#[test]
+fn doctor_under_launch_sees_every_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let output = common::ami2(&[
+        "launch",
+        "--np",
+        "2",
+        "doctor",
+        "--json",
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+        "-ll:csize",
+        "256",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // One report, from process 0, for the whole run.
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report");
+    assert_eq!(report["address_spaces"], 2);
+    assert_eq!(report["index_processors"], 2, "the index launch did not reach both processes");
+    assert_eq!(report["region_read_sum"], report["region_expected_sum"]);
+}

@@ -189,7 +189,9 @@ mod tests {
             assert_eq!(worker, source);
             assert_eq!(node_of(worker), p / 2);
             // The same kind as an index launch: point p is partition p.
-            let point = policy.processor(&query(tag(TaskKind::Worker { partition: 0 }), Some(i64::from(p)))).unwrap();
+            let point = policy
+                .processor(&query(tag(TaskKind::Worker { partition: 0 }), Some(i64::from(p))))
+                .unwrap();
             assert_eq!(point, worker);
         }
         let global = policy.processor(&query(tag(TaskKind::GlobalReducer), None)).unwrap();
