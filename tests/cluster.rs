@@ -275,3 +275,37 @@ fn doctor_under_launch_sees_every_process() {
     assert_eq!(report["index_processors"], 2, "the index launch did not reach both processes");
     assert_eq!(report["region_read_sum"], report["region_expected_sum"]);
 }
+
+#[test]
+fn a_three_process_run_persists_its_stores_and_the_next_one_resumes() {
+    let dir = scratch("persist");
+    let data = dir.join("data");
+    let launch = |summary: &Path| {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut args: Vec<String> = ["launch", "--np", "3", "run", "--data-dir", data.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // `run_args` starts with the subcommand name, which is already there.
+        args.extend(run_args(&dir, summary).into_iter().skip(1));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = common::ami2(&refs);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: Value = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+        summary
+    };
+    let first = launch(&dir.join("first.json"));
+    assert_eq!(first["events"], 400);
+    // Snapshots of every Control segment (written by tasks on the segments' nodes) and of Results.
+    for prefix in ["control-", "component_source_0-", "component_source_1-"] {
+        let found = std::fs::read_dir(data.join("control"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix) && e.file_name().to_string_lossy().ends_with(".snap"));
+        assert!(found, "no snapshot of {prefix}* in {}", data.display());
+    }
+    // The sources resume at their saved positions: the input is used up.
+    let second = launch(&dir.join("second.json"));
+    assert_eq!(second["events"], 0);
+    assert_eq!(second["graph_version"], 1, "the graph was installed again");
+}

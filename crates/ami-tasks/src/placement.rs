@@ -4,9 +4,10 @@
 //! [`partition_groups`] which partitions each node's local reducer merges.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use ami_mapper::{Machine, Mem, MemKind, Node, Placement, Proc, ProcKind, Roles, TaskKind};
+use ami_mapper::{Machine, Mem, MemKind, Node, Placement, Proc, ProcKind, Roles, SegmentOwner, StoreKind, TaskKind};
+use kv_region::StoreConfig;
 use legion_bridge::mapper::{self, PlacementPolicy, TaskQuery};
 use legion_bridge::{MemoryKind, ProcessorKind};
 
@@ -61,6 +62,53 @@ pub fn tag(kind: TaskKind) -> u64 {
     kind.to_tag()
 }
 
+/// Who owns a store segment: the partition in its prefix (`/telemetry/partition/<p>/...`,
+/// `/component/source/<p>/`), else the service.
+pub fn segment_owner(prefix: &str) -> SegmentOwner {
+    let partition = |rest: &str| rest.split('/').next().and_then(|p| p.parse().ok());
+    prefix
+        .strip_prefix("/telemetry/partition/")
+        .or_else(|| prefix.strip_prefix("/component/source/"))
+        .and_then(partition)
+        .map_or(SegmentOwner::Service, SegmentOwner::Partition)
+}
+
+/// Segment owners of each store, in segment order (point `i` of a store's index launches is
+/// segment `i`). Known in the process that created the stores (the driver's, where index launches
+/// are sliced); elsewhere such points keep the default mapper's processor on the node they were
+/// sent to.
+static SEGMENT_OWNERS: Mutex<BTreeMap<u8, Vec<SegmentOwner>>> = Mutex::new(BTreeMap::new());
+
+fn store_index(store: StoreKind) -> u8 {
+    match store {
+        StoreKind::Telemetry => 0,
+        StoreKind::Control => 1,
+        StoreKind::Results => 2,
+    }
+}
+
+/// `config` with mapping tags on its launches (store persistence tasks of `store`): each
+/// segment's operations go where the segment's owner is; the index launches over all segments
+/// (format, load, snapshot) put point `i` where segment `i`'s owner is.
+pub fn tag_store(config: StoreConfig, store: StoreKind) -> StoreConfig {
+    let owners: Vec<SegmentOwner> = config.segment_order().iter().map(|p| segment_owner(p)).collect();
+    SEGMENT_OWNERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(store_index(store), owners);
+    let all = TaskKind::StorePersistence {
+        store,
+        segment_owner: SegmentOwner::Service,
+    };
+    config.tags(all.to_tag(), |prefix| {
+        TaskKind::StorePersistence {
+            store,
+            segment_owner: segment_owner(prefix),
+        }
+        .to_tag()
+    })
+}
+
 /// The bridge's view of the machine in ami-mapper's terms.
 pub fn describe(machine: &legion_bridge::Machine) -> Machine {
     let mut nodes: BTreeMap<u32, Node> = BTreeMap::new();
@@ -112,8 +160,14 @@ struct Policy(Arc<Placement>);
 impl Policy {
     fn kind(task: &TaskQuery) -> Option<TaskKind> {
         let kind = TaskKind::from_tag(task.tag)?;
-        match task.point {
-            Some(point) if kind.with_point(0).is_some() => kind.with_point(point),
+        match (kind, task.point) {
+            // A store's index launch over its segments: point i is segment i.
+            (TaskKind::StorePersistence { store, .. }, Some(point)) => {
+                let owners = SEGMENT_OWNERS.lock().unwrap_or_else(|e| e.into_inner());
+                let segment_owner = *owners.get(&store_index(store))?.get(usize::try_from(point).ok()?)?;
+                Some(TaskKind::StorePersistence { store, segment_owner })
+            }
+            (_, Some(point)) if kind.with_point(0).is_some() => kind.with_point(point),
             _ => Some(kind),
         }
     }
@@ -201,6 +255,49 @@ mod tests {
         assert_eq!(policy.processor(&query(0, None)), None);
         assert_eq!(policy.processor(&query(0x1234, Some(3))), None);
         assert_eq!(policy.processor(&query(tag(TaskKind::Worker { partition: 9 }), None)), None);
+    }
+
+    #[test]
+    fn store_segments_belong_to_their_partition_or_the_service() {
+        assert_eq!(segment_owner("/telemetry/partition/3/buffer/1/"), SegmentOwner::Partition(3));
+        assert_eq!(segment_owner("/component/source/12/"), SegmentOwner::Partition(12));
+        for prefix in ["/control/", "/component/", "/incident/", "/results/", "/telemetry/partition/x/"] {
+            assert_eq!(segment_owner(prefix), SegmentOwner::Service, "{prefix}");
+        }
+    }
+
+    #[test]
+    fn store_launches_are_placed_by_segment_owner() {
+        let bridge = bridge_machine(3, 1);
+        let placement = Arc::new(Placement::new(describe(&bridge), Roles { service_nodes: 1 }, 2).unwrap());
+        let policy = Policy(placement);
+        let node_of = |proc_id: u64| bridge.processors.iter().find(|p| p.id == proc_id).unwrap().address_space;
+        // Segments in prefix order: /component/, /component/source/0/, /component/source/1/, /control/.
+        let config = StoreConfig::new("control")
+            .segment("/control/", 8, 4096)
+            .segment("/component/", 8, 4096)
+            .segment("/component/source/1/", 8, 4096)
+            .segment("/component/source/0/", 8, 4096);
+        let config = tag_store(config, StoreKind::Control);
+        let index = |point| {
+            let task = TaskQuery {
+                task_id: 1,
+                tag: config.tags.all_segments,
+                point: Some(point),
+            };
+            node_of(policy.processor(&task).unwrap())
+        };
+        assert_eq!((index(0), index(1), index(2), index(3)), (2, 0, 1, 2));
+        let single = |prefix: &str| {
+            let task = TaskQuery {
+                task_id: 1,
+                tag: config.tags.per_segment[prefix],
+                point: None,
+            };
+            node_of(policy.processor(&task).unwrap())
+        };
+        assert_eq!(single("/component/source/1/"), 1);
+        assert_eq!(single("/control/"), 2);
     }
 
     #[test]
