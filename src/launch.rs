@@ -150,10 +150,10 @@ fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Resu
         command.env("OPAL_PREFIX", mpi_dir);
         let library_path = std::env::var("LD_LIBRARY_PATH").map(|p| format!(":{p}")).unwrap_or_default();
         command.env("LD_LIBRARY_PATH", format!("{}{library_path}", mpi_dir.join("lib").display()));
+        command.args(["-x", "LD_LIBRARY_PATH", "-x", "OPAL_PREFIX"]);
     }
     command
         .args(["--allow-run-as-root", "--oversubscribe", "-np", &args.np.to_string()])
-        .args(["-x", "LD_LIBRARY_PATH", "-x", "OPAL_PREFIX"])
         .arg("-x")
         .arg(format!("REALM_UCP_BOOTSTRAP_PLUGIN={}", plugin.display()))
         .arg("-x")

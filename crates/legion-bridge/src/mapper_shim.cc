@@ -52,14 +52,11 @@ uint64_t now_nanos() {
       .count();
 }
 
-// Adds the duration of one placed mapper call to the counters when it ends.
-struct CallTimer {
-  uint64_t start = now_nanos();
-  ~CallTimer() {
-    placed_calls.fetch_add(1, std::memory_order_relaxed);
-    placed_nanos.fetch_add(now_nanos() - start, std::memory_order_relaxed);
-  }
-};
+// Adds one placed mapper call, begun at `start`, to the counters.
+void count_placed_call(uint64_t start) {
+  placed_calls.fetch_add(1, std::memory_order_relaxed);
+  placed_nanos.fetch_add(now_nanos() - start, std::memory_order_relaxed);
+}
 
 class PolicyMapper : public DefaultMapper {
  public:
@@ -75,22 +72,23 @@ class PolicyMapper : public DefaultMapper {
 
   void select_task_options(const MapperContext ctx, const Task &task,
                            TaskOptions &output) override {
+    uint64_t start = now_nanos();
     DefaultMapper::select_task_options(ctx, task, output);
     if (task.is_index_space) return;  // points are placed in slice_task
     Processor proc;
-    CallTimer timer;
     if (placed_processor(task, false, 0, proc)) {
       placed_tasks.fetch_add(1, std::memory_order_relaxed);
       output.initial_proc = proc;
       output.stealable = false;
       output.inline_task = false;
+      count_placed_call(start);
     }
   }
 
   void slice_task(const MapperContext ctx, const Task &task, const SliceTaskInput &input,
                   SliceTaskOutput &output) override {
     if (input.domain.get_dim() == 1) {
-      CallTimer timer;
+      uint64_t start = now_nanos();
       std::vector<TaskSlice> slices;
       bool all = true;
       for (Domain::DomainPointIterator it(input.domain); it && all; it++) {
@@ -102,6 +100,7 @@ class PolicyMapper : public DefaultMapper {
         placed_tasks.fetch_add(slices.size(), std::memory_order_relaxed);
         output.slices = std::move(slices);
         output.verify_correctness = false;
+        count_placed_call(start);
         return;
       }
     }
@@ -121,11 +120,12 @@ class PolicyMapper : public DefaultMapper {
       DefaultMapper::map_task(ctx, task, input, output);
       return;
     }
-    CallTimer timer;
+    uint64_t start = now_nanos();
     current_memory_ = placed_memory(task, has_point, point, proc);
     DefaultMapper::map_task(ctx, task, input, output);
     current_memory_ = Memory::NO_MEMORY;
     output.target_procs.assign(1, proc);
+    count_placed_call(start);
   }
 
  protected:
