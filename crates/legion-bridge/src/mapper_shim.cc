@@ -74,6 +74,9 @@ class PolicyMapper : public DefaultMapper {
                            TaskOptions &output) override {
     uint64_t start = now_nanos();
     DefaultMapper::select_task_options(ctx, task, output);
+    // The top-level task runs in one process (the bridge's top-level variant is not replicable):
+    // asking for replication would only make the default mapper warn on every multi-process run.
+    if (task.get_depth() == 0) output.replicate = false;
     if (task.is_index_space) return;  // points are placed in slice_task
     Processor proc;
     if (placed_processor(task, false, 0, proc)) {
