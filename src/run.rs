@@ -233,14 +233,16 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    if demo && !args.json {
+    // Under a multi-process launch, process 0 speaks for the run.
+    let quiet = runtime::launch_rank().is_some_and(|rank| rank > 0);
+    if demo && !args.json && !quiet {
         println!(
             "ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop",
             config_rate(&config)
         );
     }
     let progress = match (&config.source, &recording) {
-        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json => {
+        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json && !quiet => {
             let bar = indicatif::ProgressBar::new(info.frames);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")

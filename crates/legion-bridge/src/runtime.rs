@@ -48,6 +48,21 @@ pub fn expected_processes() -> Option<u32> {
         .or_else(|| var("WORKER_PEERS_INFO").map(|peers| peers.split_whitespace().count() as u32))
 }
 
+/// This process's rank in a multi-process launch (`OMPI_COMM_WORLD_RANK`, `PMI_RANK`,
+/// `PMIX_RANK`, or the position of `WORKER_SELF_INFO` among Realm's p2p peers), when launched so.
+/// Rank 0 becomes address space 0, the process that runs the top-level task.
+pub fn launch_rank() -> Option<u32> {
+    let var = |name: &str| std::env::var(name).ok();
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|name| var(name).and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            let me = var("WORKER_SELF_INFO")?;
+            let peers = var("WORKER_PEERS_INFO")?;
+            peers.split_whitespace().position(|peer| peer == me).map(|i| i as u32)
+        })
+}
+
 /// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
 pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 
