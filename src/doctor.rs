@@ -96,7 +96,8 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     let points = args.points;
     let started = Instant::now();
     let shown_args = legion_args.clone();
-    let mut report = runtime::start(&legion_args, move |ctx| {
+    // Under `ami2 launch` / mpirun, the process of address space 0 reports for the whole run.
+    let report = runtime::start_rank(&legion_args, move |ctx| {
         let machine: Machine = ctx.machine();
         let single = ctx.execute(&TaskLauncher::new(tasks.where_am_i, &())?)?.get()?;
 
@@ -145,6 +146,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         })
     })
     .context("running the Legion runtime")?;
+    let Some(mut report) = report else {
+        return Ok(());
+    };
     report.legion_args = shown_args;
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.json {

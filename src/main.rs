@@ -5,6 +5,7 @@
 
 mod client;
 mod doctor;
+mod launch;
 mod metrics;
 mod profiling;
 mod record;
@@ -40,6 +41,8 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Run an ami2 command as N processes of one Legion run on this machine (p2p or mpirun).
+    Launch(launch::LaunchArgs),
     /// Show or change the running service's computation graph.
     #[command(subcommand)]
     Graph(client::GraphCommand),
@@ -73,6 +76,10 @@ fn main() -> Result<()> {
         // Fields (component, partition, bin, ...) at the top level of each object.
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
+    if !matches!(cli.command, Command::Launch(_)) {
+        // Under `ami2 launch`, a process that starts Legion tells the launcher it joined the run.
+        launch::signal_readiness()?;
+    }
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::Run(args) if args.supervise => supervise::supervise(std::env::args().skip(1).filter(|a| a != "--supervise").collect()),
@@ -87,5 +94,6 @@ fn main() -> Result<()> {
         Command::Watch(args) => client::watch(args),
         Command::Get(args) => client::get(args),
         Command::Status(args) => client::status(args),
+        Command::Launch(args) => launch::launch(args, &cli.log),
     }
 }

@@ -78,6 +78,13 @@ pub struct RunArgs {
     metrics_linger: f64,
     #[command(flatten)]
     service: crate::service::ServiceArgs,
+    /// Processes (of a multi-process run) that serve rather than hold data: graph manager,
+    /// global reducer, monitors (docs/cluster.md).
+    #[arg(long, default_value_t = 1)]
+    service_nodes: usize,
+    /// Write the run's summary (totals, where tasks ran, mapper costs) as JSON to this file.
+    #[arg(long)]
+    summary: Option<PathBuf>,
     /// Arguments for Legion (after `--`), e.g. `-- -ll:cpu 1 -ll:util 1`.
     #[arg(last = true)]
     legion_args: Vec<String>,
@@ -251,17 +258,25 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         None => config.max_frame_bytes()?,
     });
     ami_tasks::register_tasks()?;
+    ami_tasks::placement::install(
+        config.partitions,
+        ami_mapper::Roles {
+            service_nodes: args.service_nodes,
+        },
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    if demo && !args.json {
+    // Under a multi-process launch, process 0 speaks for the run.
+    let quiet = runtime::launch_rank().is_some_and(|rank| rank > 0);
+    if demo && !args.json && !quiet {
         println!(
             "ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop",
             config_rate(&config)
         );
     }
     let progress = match (&config.source, &recording) {
-        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json => {
+        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json && !quiet => {
             let bar = indicatif::ProgressBar::new(info.frames);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")
@@ -290,7 +305,8 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     }
     let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), 1, &legion_args)?;
     legion_args.extend(tool_flags);
-    let summary = runtime::start(&legion_args, move |ctx| {
+    // In a multi-process run, only the process of address space 0 runs the driver.
+    let summary = runtime::start_rank(&legion_args, move |ctx| {
         // The driver's process is the one whose metrics count: serve them from here.
         crate::metrics::install(metrics_endpoint).map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
         let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer)?;
@@ -300,8 +316,14 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if let Some(service) = service {
         service.stop();
     }
-    let summary = summary?;
+    let Some(summary) = summary? else {
+        tracing::info!(mapper = ?legion_bridge::mapper::stats(), "this process served the run");
+        return Ok(());
+    };
     let secs = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.summary {
+        crate::launch::write_summary(path, &summary, secs)?;
+    }
     eprintln!(
         "ami2: {} events in {:.1} s ({:.0} events/s), {} bins published, {} late partials, graph version {}{}",
         summary.events,

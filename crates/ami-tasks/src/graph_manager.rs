@@ -99,6 +99,9 @@ pub struct GraphManagerReport {
     pub answers: Vec<(u64, Answer)>,
     pub version: u64,
     pub graph: Option<GraphSpec>,
+    /// Failed attempts before this answer (the driver records them in Control).
+    #[serde(default)]
+    pub incidents: Vec<crate::robust::Incident>,
 }
 
 /// The socket side of the graph manager, as the pipeline driver sees it. Both calls run on the
@@ -345,7 +348,17 @@ fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()>
 }
 
 /// Region 0: Control's `/control/` segment (read-write).
+/// A robust task: a failed attempt is retried (the requests it decided are written one by one with
+/// the log fsynced, so a retry sees what an earlier attempt already installed).
 pub(crate) fn graph_manager_task(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Json<GraphManagerReport>, TaskError> {
+    let retry = crate::robust::RetryPolicy::default();
+    let attempted = crate::robust::run("graph_manager", &retry, |_| graph_manager_attempt(ctx, args.clone()));
+    let Json(mut report) = attempted.result?;
+    report.incidents = attempted.incidents;
+    Ok(Json(report))
+}
+
+fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Json<GraphManagerReport>, TaskError> {
     let report = with_writer(&ctx.region(0)?, args.control_field, |view| {
         let mut version = read_json(view, GRAPH_VERSION_KEY)?.and_then(|v| v.as_u64()).unwrap_or(0);
         let mut current = if version > 0 { edited_graph(view, version)? } else { None };
@@ -407,6 +420,7 @@ pub(crate) fn graph_manager_task(ctx: &TaskContext, args: GraphManagerArgs) -> R
             answers.push((ticket, Answer::Accepted(Accepted { id: request.id, version })));
         }
         Ok(GraphManagerReport {
+            incidents: Vec::new(),
             answers,
             version,
             graph: current,
@@ -420,6 +434,8 @@ pub(crate) fn graph_manager_task(ctx: &TaskContext, args: GraphManagerArgs) -> R
 #[derive(Default)]
 pub struct GraphManagerHook {
     in_flight: Option<InFlight>,
+    /// Incidents of finished graph manager tasks, for the driver to record.
+    pub incidents: Vec<crate::robust::Incident>,
 }
 
 struct InFlight {
@@ -464,11 +480,9 @@ impl GraphManagerHook {
             log: stores.control.log_path("/control/"),
         };
         let future = ctx.execute(
-            &TaskLauncher::new(tasks()?.graph_manager, &args)?.region(stores.control.requirement(
-                ctx,
-                "/control/",
-                Privilege::ReadWrite,
-            )?),
+            &TaskLauncher::new(tasks()?.graph_manager, &args)?
+                .tag(crate::placement::tag(ami_mapper::TaskKind::GraphManager))
+                .region(stores.control.requirement(ctx, "/control/", Privilege::ReadWrite)?),
         )?;
         self.in_flight = Some(InFlight { future, batch: ids });
         Ok(())
@@ -481,7 +495,10 @@ impl GraphManagerHook {
             return;
         };
         match future.get() {
-            Ok(Json(report)) => requests.answer(report),
+            Ok(Json(mut report)) => {
+                self.incidents.append(&mut report.incidents);
+                requests.answer(report)
+            }
             Err(err) => {
                 tracing::error!("graph manager task failed: {err}");
                 let answers = batch
@@ -499,6 +516,7 @@ impl GraphManagerHook {
                     })
                     .collect();
                 requests.answer(GraphManagerReport {
+                    incidents: Vec::new(),
                     answers,
                     version: 0,
                     graph: None,

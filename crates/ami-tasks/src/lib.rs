@@ -12,6 +12,7 @@
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests.
 //! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
+//! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
+pub mod placement;
 pub mod robust;
 pub mod source;
 pub mod stores;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
+use ami_mapper::TaskKind;
 use legion_bridge::{Future, Privilege, TaskContext, TaskLauncher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -15,10 +16,11 @@ use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, INCIDENT_FILE};
+use crate::placement::{partition_groups, tag};
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
-use crate::tasks::{tasks, GlobalArgs, GlobalReport, GraphFailure, SourceArgs, WorkerArgs};
+use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, RanOn, SourceArgs, WorkerArgs};
 use crate::PipelineError;
 
 /// How to run the pipeline.
@@ -165,6 +167,8 @@ pub struct RunSummary {
     pub incidents: Vec<Incident>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
+    /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
+    pub ran_on: RanOn,
 }
 
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
@@ -365,6 +369,8 @@ pub fn run(
         "pipeline started"
     );
     let mut graph_manager = GraphManagerHook::default();
+    // Tasks carry their kind in their mapping tag, for the placement policy (when installed).
+    let groups = partition_groups(config.partitions);
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
@@ -397,9 +403,13 @@ pub fn run(
         summary.late_partials = report.state.late_partials;
         summary.superseded_partials = report.state.superseded_partials;
         summary.sources.extend(report.sources.clone());
+        merge_ran_on(&mut summary.ran_on, report.ran_on.clone());
         let flow = observer.on_report(ctx, &stores, &report)?;
         if let Some(requests) = observer.graph_requests() {
             graph_manager.poll(ctx, &stores, requests)?;
+            let incidents = std::mem::take(&mut graph_manager.incidents);
+            record_incidents(ctx, &stores, &incidents, &mut incident_sequence)?;
+            summary.incidents.extend(incidents);
         }
         Ok(report.all_ended || flow == Flow::Stop)
     };
@@ -424,8 +434,10 @@ pub fn run(
                 state_log: stores.control.log_path(&source_prefix(p)),
                 retry: config.retry.clone(),
             };
+            let partition = p as u32;
             let source = ctx.execute(
                 &TaskLauncher::new(tasks.source, &source_args)?
+                    .tag(tag(TaskKind::DataSource { partition }))
                     .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadWrite)?)
                     .region(stores.control.requirement(ctx, &source_prefix(p), Privilege::ReadWrite)?),
             )?;
@@ -440,23 +452,33 @@ pub fn run(
             workers.push(
                 ctx.execute(
                     &TaskLauncher::new(tasks.worker, &worker_args)?
+                        .tag(tag(TaskKind::Worker { partition }))
                         .future(&source)
                         .region(stores.telemetry.requirement(ctx, &buffer_prefix(p, buffer), Privilege::ReadOnly)?)
                         .region(stores.control.requirement(ctx, "/control/", Privilege::ReadOnly)?),
                 )?,
             );
         }
-        let mut local = TaskLauncher::new(tasks.local_reduce, &config.retry)?;
-        for worker in &workers {
-            local = local.future(worker);
+        // One local reducer per node, merging the workers of the partitions it owns.
+        let mut locals = Vec::with_capacity(groups.len());
+        for (node, partitions) in &groups {
+            let mut local =
+                TaskLauncher::new(tasks.local_reduce, &(*node, config.retry.clone()))?.tag(tag(TaskKind::LocalReducer { node: *node }));
+            for &p in partitions {
+                local = local.future(&workers[p]);
+            }
+            locals.push(ctx.execute(&local)?);
         }
-        let local = ctx.execute(&local)?;
-        let mut global =
-            TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?.region(results_requirement.clone());
+        let mut global = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), false))?
+            .tag(tag(TaskKind::GlobalReducer))
+            .region(results_requirement.clone());
         if let Some(previous) = &previous {
             global = global.future(previous);
         }
-        let global = ctx.execute(&global.future(&local))?;
+        for local in &locals {
+            global = global.future(local);
+        }
+        let global = ctx.execute(&global)?;
         health::round_launched(round);
         in_flight.push_back((round, global.clone()));
         previous = Some(global);
@@ -477,13 +499,17 @@ pub fn run(
         handle(report, &mut summary)?;
     }
     // Publish what is still pending (a stop before the sources ended).
-    let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?.region(results_requirement);
+    let mut flush = TaskLauncher::new(tasks.global_reduce, &global_args(previous.is_some(), true))?
+        .tag(tag(TaskKind::GlobalReducer))
+        .region(results_requirement);
     if let Some(previous) = &previous {
         flush = flush.future(previous);
     }
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
     if let Some(requests) = observer.graph_requests() {
         graph_manager.finish(ctx, &stores, requests)?;
+        record_incidents(ctx, &stores, &graph_manager.incidents, &mut incident_sequence)?;
+        summary.incidents.append(&mut graph_manager.incidents);
     }
     health::stop_monitors();
     if let Some(Err(error)) = monitor.map(|m| m.get()) {

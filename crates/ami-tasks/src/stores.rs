@@ -7,7 +7,9 @@ use kv_region::{KeyValueStore, LoadStats, StoreConfig};
 use legion_bridge::TaskContext;
 use serde::{Deserialize, Serialize};
 
+use crate::placement;
 use crate::PipelineError;
+use ami_mapper::StoreKind;
 
 /// Key of the current graph version in the control store.
 pub const GRAPH_VERSION_KEY: &str = kv_region::typed::GRAPH_VERSION_KEY;
@@ -96,6 +98,10 @@ impl Stores {
         let results = StoreConfig::new("results")
             .segment("/results/", sizes.result_keys + 64, (sizes.result_keys + 64) * 4096)
             .max_value_bytes(1 << 20);
+        // Mapping tags: each segment's tasks run where its partition (or the service) lives.
+        let telemetry = placement::tag_store(telemetry, StoreKind::Telemetry);
+        let control = placement::tag_store(control, StoreKind::Control);
+        let results = placement::tag_store(results, StoreKind::Results);
         let (telemetry, _) = KeyValueStore::create(ctx, &telemetry, None)?;
         let (control, mut stats) = KeyValueStore::create(ctx, &control, data_dir)?;
         let (results, result_stats) = KeyValueStore::create(ctx, &results, data_dir)?;

@@ -10,7 +10,7 @@
 //! Every arrow is a Legion dependency (a future attached to the launch, or a region one task writes
 //! and the next reads); no task waits for another inside Rust.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -61,6 +61,8 @@ pub struct SourceReport {
     pub position: SourcePosition,
     pub stats: SourceStats,
     pub incidents: Vec<Incident>,
+    /// The process (Legion address space) the task ran in.
+    pub address_space: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,6 +94,19 @@ pub struct PartialReport {
     pub failures: Vec<GraphFailure>,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub incidents: Vec<Incident>,
+    /// Where the tasks behind this report ran: task (`source/<p>`, `worker/<p>`,
+    /// `local_reducer/<node>`, `global_reducer`) → address spaces.
+    pub ran_on: RanOn,
+}
+
+/// Task label → the address spaces it ran in (one, when placement holds).
+pub type RanOn = BTreeMap<String, BTreeSet<u32>>;
+
+/// Adds `other` to `into`.
+pub fn merge_ran_on(into: &mut RanOn, other: RanOn) {
+    for (task, spaces) in other {
+        into.entry(task).or_default().extend(spaces);
+    }
 }
 
 impl PartialReport {
@@ -113,6 +128,7 @@ impl PartialReport {
         self.failures.extend(other.failures);
         self.sources.extend(other.sources);
         self.incidents.extend(other.incidents);
+        merge_ran_on(&mut self.ran_on, other.ran_on);
         Ok(())
     }
 }
@@ -195,12 +211,15 @@ pub struct GlobalReport {
     pub all_ended: bool,
     /// Failed attempts of this round's tasks (each recovered by a later attempt).
     pub incidents: Vec<Incident>,
+    /// Where this round's tasks ran.
+    pub ran_on: RanOn,
 }
 
 pub struct PipelineTasks {
     pub source: TaskId<SourceArgs, SourceReport>,
     pub worker: TaskId<WorkerArgs, PartialReport>,
-    pub local_reduce: TaskId<RetryPolicy, PartialReport>,
+    /// Argument: the node whose workers it merges, and the retry policy.
+    pub local_reduce: TaskId<(u32, RetryPolicy), PartialReport>,
     pub global_reduce: TaskId<GlobalArgs, GlobalReport>,
     pub monitor: TaskId<MonitorArgs, MonitorReport>,
     pub graph_manager: TaskId<crate::graph_manager::GraphManagerArgs, crate::graph_manager::Json<crate::graph_manager::GraphManagerReport>>,
@@ -391,6 +410,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
         position,
         stats,
         incidents: Vec::new(),
+        address_space: ctx.address_space(),
     })
 }
 
@@ -527,6 +547,10 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
     out.incidents = report.incidents;
+    out.ran_on
+        .insert(format!("source/{}", args.partition), [report.address_space].into());
+    out.ran_on
+        .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
     let Some((version, graph)) = graph else {
         tracing::warn!(
             component = "worker",
@@ -576,15 +600,17 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
     Ok(out)
 }
 
-/// Merges the partial reports of its input futures (the workers of one node for one round).
-fn local_reduce_task(ctx: &TaskContext, retry: RetryPolicy) -> Result<PartialReport, TaskError> {
+/// Merges the partial reports of its input futures (the workers of node `node` for one round).
+fn local_reduce_task(ctx: &TaskContext, (node, retry): (u32, RetryPolicy)) -> Result<PartialReport, TaskError> {
     let merge = |_| {
         let mut merged = PartialReport::default();
         for i in 0..ctx.input_future_count() {
             merged.merge(ctx.input_future(i)?)?;
         }
+        merged.ran_on.insert(format!("local_reducer/{node}"), [ctx.address_space()].into());
         tracing::debug!(
             component = "local_reducer",
+            node,
             partitions = merged.progress.len(),
             bins = merged.bins.len(),
             events = merged.events,
@@ -592,7 +618,7 @@ fn local_reduce_task(ctx: &TaskContext, retry: RetryPolicy) -> Result<PartialRep
         );
         Ok(merged)
     };
-    robustly("local_reducer", &retry, merge, |report| &mut report.incidents)
+    robustly(&format!("local_reducer/{node}"), &retry, merge, |report| &mut report.incidents)
 }
 
 /// Input futures: the previous global report (when `has_previous`), then local reports. Region 0:
@@ -621,6 +647,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         report.failures.extend(local.failures);
         report.sources.extend(local.sources);
         report.incidents.extend(local.incidents);
+        merge_ran_on(&mut report.ran_on, local.ran_on);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);
@@ -726,6 +753,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
             Ok(())
         })?;
     }
+    report.ran_on.insert("global_reducer".into(), [ctx.address_space()].into());
     report.state = state;
     Ok(report)
 }

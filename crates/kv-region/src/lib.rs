@@ -24,6 +24,6 @@ pub mod view;
 
 pub use error::{KvError, KvResult};
 pub use segment::{Codec, SegmentSpec, Slot, SLOT_BYTES};
-pub use store::{KeyValueStore, StoreConfig, DEFAULT_MAX_VALUE_BYTES};
+pub use store::{KeyValueStore, MappingTags, StoreConfig, DEFAULT_MAX_VALUE_BYTES};
 pub use tasks::{register_tasks, LoadStats, Op, Outcome, SnapshotStats, KV_TASK_BASE};
 pub use typed::{ControlStore, FieldValue, Frame, ResultStore, TelemetryCapacity, TelemetryStore};

@@ -28,6 +28,20 @@ pub struct StoreConfig {
     pub max_value_bytes: usize,
     /// Append every change to a per-segment log, fsynced before the change is reported done.
     pub logged: bool,
+    /// Mapping tags for the mapper (0: none): of the index launches over every segment (format,
+    /// load, snapshot), and of each segment's single launches (operations), by prefix.
+    #[serde(default)]
+    pub tags: MappingTags,
+}
+
+/// The mapping tags a store puts on its launches, for a placement policy (see [`StoreConfig::tags`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MappingTags {
+    /// Tag of the index launches over all segments; their point `i` is the `i`-th segment in
+    /// prefix order ([`StoreConfig::segment_order`]).
+    pub all_segments: u64,
+    /// Tag of the operations on one segment, by prefix (missing: 0).
+    pub per_segment: std::collections::BTreeMap<String, u64>,
 }
 
 impl StoreConfig {
@@ -38,7 +52,25 @@ impl StoreConfig {
             segments: Vec::new(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             logged: false,
+            tags: MappingTags::default(),
         }
+    }
+    /// Sets the mapping tags of the store's launches: `all_segments` for the index launches over
+    /// every segment, `per_segment(prefix)` for the operations on one segment. Call after the
+    /// last [`StoreConfig::segment`].
+    pub fn tags(mut self, all_segments: u64, per_segment: impl Fn(&str) -> u64) -> Self {
+        self.tags = MappingTags {
+            all_segments,
+            per_segment: self.segments.iter().map(|s| (s.prefix.clone(), per_segment(&s.prefix))).collect(),
+        };
+        self
+    }
+    /// The segments' prefixes in region order (sorted): point `i` of the store's index launches
+    /// works on segment `i`.
+    pub fn segment_order(&self) -> Vec<String> {
+        let mut prefixes: Vec<String> = self.segments.iter().map(|s| s.prefix.clone()).collect();
+        prefixes.sort();
+        prefixes
     }
     /// Adds a segment owning `prefix`, for up to `max_keys` keys and `data_bytes` of keys + values.
     pub fn segment(mut self, prefix: &str, max_keys: usize, data_bytes: usize) -> Self {
@@ -104,6 +136,7 @@ pub struct KeyValueStore {
     /// The store's folder in the data directory, when persistent.
     dir: Option<PathBuf>,
     logged: bool,
+    tags: MappingTags,
 }
 
 impl KeyValueStore {
@@ -142,14 +175,17 @@ impl KeyValueStore {
             max_value_bytes: config.max_value_bytes,
             dir: data_dir.map(|d| d.join(&config.name)),
             logged: config.logged,
+            tags: config.tags.clone(),
         };
         let colors = 0..=store.placements.len() as i64 - 1;
         let init = IndexLauncher::new(tasks.init, colors.clone(), &InitArgs { field, specs })?
+            .tag(store.tags.all_segments)
             .region(RegionRequirement::partition(partition, region, Privilege::WriteDiscard).field(field));
         ctx.execute_index(&init)?.collect()?;
         let loaded = match &store.dir {
             Some(dir) => {
                 let load = IndexLauncher::new(tasks.load, colors, &store.persist_args(dir))?
+                    .tag(store.tags.all_segments)
                     .region(RegionRequirement::partition(partition, region, Privilege::ReadWrite).field(field));
                 ctx.execute_index(&load)?.collect()?
             }
@@ -327,8 +363,10 @@ impl KeyValueStore {
                 ops: seg_ops,
                 log,
             };
-            let launcher =
-                TaskLauncher::new(tasks.apply, &args)?.region(RegionRequirement::subregion(sub, self.region, privilege).field(self.field));
+            let tag = self.tags.per_segment.get(&self.placements[color].prefix).copied().unwrap_or(0);
+            let launcher = TaskLauncher::new(tasks.apply, &args)?
+                .tag(tag)
+                .region(RegionRequirement::subregion(sub, self.region, privilege).field(self.field));
             futures.push(ctx.execute(&launcher)?);
         }
         let mut results: Vec<Option<KvResult<Outcome>>> = (0..ops.len()).map(|_| None).collect();
@@ -469,6 +507,7 @@ impl KeyValueStore {
             .as_ref()
             .ok_or_else(|| KvError::Layout(format!("store {:?} has no data directory", self.name)))?;
         let launcher = IndexLauncher::new(tasks()?.snapshot, 0..=self.placements.len() as i64 - 1, &self.persist_args(dir))?
+            .tag(self.tags.all_segments)
             .region(RegionRequirement::partition(self.partition, self.region, Privilege::ReadOnly).field(self.field));
         Ok(ctx.execute_index(&launcher)?.collect()?)
     }

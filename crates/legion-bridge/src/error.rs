@@ -23,6 +23,10 @@ pub enum Error {
     /// The runtime stopped without running the top-level task to completion.
     #[error("the Legion runtime exited with code {code} before the top-level task finished")]
     RuntimeExit { code: i32 },
+    /// This process is one of several of a launch, but the runtime came up without its peers
+    /// (the network module failed to start): it refuses to run alone.
+    #[error("{0}")]
+    MissingPeers(String),
     /// A caller passed something Legion would reject or crash on.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

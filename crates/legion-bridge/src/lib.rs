@@ -9,6 +9,8 @@
 //! - [`region`]: 1-D index spaces, field spaces, logical regions, partitions (equal or by explicit
 //!   ranges), region requirements, typed accessors with slices over dense layouts.
 //! - [`machine`]: processors, memories and address spaces.
+//! - [`mapper`]: a Rust placement policy behind a C++ mapper (where tasks run, which memory
+//!   their instances use), installed on every process.
 //!
 //! `unsafe` code of the workspace lives here and in `legion-sys` only; `raw` below is the short
 //! alias that makes every FFI call visible.
@@ -29,6 +31,7 @@ mod error;
 pub mod harness;
 pub mod launch;
 pub mod machine;
+pub mod mapper;
 mod panic;
 pub mod region;
 pub mod runtime;

@@ -102,6 +102,8 @@ pub struct Memory {
     pub kind: MemoryKind,
     /// The process the memory belongs to.
     pub address_space: u32,
+    /// Size in bytes (0 for a memory that cannot hold instances).
+    pub capacity_bytes: u64,
 }
 
 impl Memory {
@@ -112,6 +114,7 @@ impl Memory {
             id: mem.id,
             kind: MemoryKind::from_raw(kind),
             address_space,
+            capacity_bytes: crate::mapper::memory_capacity(mem.id),
         }
     }
 }

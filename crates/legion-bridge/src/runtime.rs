@@ -21,6 +21,8 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 type TopLevelBody = Box<dyn FnOnce(&TaskContext) -> Result<Box<dyn Any + Send>, TaskError> + Send>;
 static TOP_LEVEL: Mutex<Option<TopLevelBody>> = Mutex::new(None);
 static TOP_LEVEL_RESULT: Mutex<Option<Result<Box<dyn Any + Send>>>> = Mutex::new(None);
+/// Set when the machine has fewer processes than the launch started (see [`expected_processes`]).
+static MISSING_PEERS: Mutex<Option<String>> = Mutex::new(None);
 
 pub(crate) fn has_started() -> bool {
     STARTED.load(Ordering::SeqCst)
@@ -30,6 +32,37 @@ pub(crate) fn has_started() -> bool {
 /// bootstrap); without any of them there is no network to set up.
 const MULTI_PROCESS_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "WORKER_PEERS_INFO"];
 
+/// True when this process is one of several of a Legion run (launched by `mpirun` or with
+/// Realm's p2p bootstrap variables).
+pub fn is_multi_process() -> bool {
+    MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
+/// The number of processes the launcher started (`mpirun`'s `OMPI_COMM_WORLD_SIZE` or
+/// `PMI_SIZE`, or the peers of Realm's p2p bootstrap), when it says.
+pub fn expected_processes() -> Option<u32> {
+    let var = |name| std::env::var(name).ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .and_then(|n| n.parse().ok())
+        .or_else(|| var("WORKER_PEERS_INFO").map(|peers| peers.split_whitespace().count() as u32))
+}
+
+/// This process's rank in a multi-process launch (`OMPI_COMM_WORLD_RANK`, `PMI_RANK`,
+/// `PMIX_RANK`, or the position of `WORKER_SELF_INFO` among Realm's p2p peers), when launched so.
+/// Rank 0 becomes address space 0, the process that runs the top-level task.
+pub fn launch_rank() -> Option<u32> {
+    let var = |name: &str| std::env::var(name).ok();
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|name| var(name).and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            let me = var("WORKER_SELF_INFO")?;
+            let peers = var("WORKER_PEERS_INFO")?;
+            peers.split_whitespace().position(|peer| peer == me).map(|i| i as u32)
+        })
+}
+
 /// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
 pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 
@@ -37,7 +70,7 @@ pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 /// processor (two on larger machines) and the runtime's own threads, at least one of each; Realm's
 /// log on stderr; 1 GiB of system memory for region instances; no automatic tracing; and, in a
 /// single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
-/// failures).
+/// failures); with several processes on a machine of at most 4 cores, one background worker.
 pub fn default_args() -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let util = if cores > 8 { 2 } else { 1 };
@@ -59,8 +92,12 @@ pub fn default_args() -> Vec<String> {
     // Automatic tracing keeps a hash of every operation a parent task launches, for as long as
     // that task runs: ami2's top-level task runs for days, so its memory would grow without end.
     args.push("-lg:no_auto_tracing".into());
-    if !MULTI_PROCESS_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
+    if !is_multi_process() {
         args.extend(["-ll:networks".into(), "none".into()]);
+    } else if cores <= 4 {
+        // Realm's background workers poll; with several processes on a small machine, one per
+        // process leaves the cores to the tasks (a 2-process run on 2 cores: 13 s → 4 s).
+        args.extend(["-ll:bgwork".into(), "1".into()]);
     }
     args
 }
@@ -94,12 +131,25 @@ where
     T: Send + 'static,
     F: FnOnce(&TaskContext) -> Result<T, TaskError> + Send + 'static,
 {
+    start_rank(legion_args, top_level)?.ok_or(Error::RuntimeExit { code: 0 })
+}
+
+/// [`start`] for a process that may be one of several (an `mpirun` or p2p launch): Legion runs the
+/// top-level task in one process only (address space 0), and the others serve its sub-tasks until
+/// the runtime shuts down. Returns `Some(value)` in the process that ran `top_level`, `None` in
+/// the others.
+pub fn start_rank<T, F>(legion_args: &[String], top_level: F) -> Result<Option<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&TaskContext) -> Result<T, TaskError> + Send + 'static,
+{
     if STARTED.load(Ordering::SeqCst) {
         return Err(Error::AlreadyStarted);
     }
     let body: TopLevelBody = Box::new(move |ctx| top_level(ctx).map(|v| Box::new(v) as Box<dyn Any + Send>));
     *TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
     register_unit_task(TOP_LEVEL_TASK_ID, "top_level", VariantOptions::inner(), run_top_level)?;
+    add_trampoline();
     if STARTED.swap(true, Ordering::SeqCst) {
         return Err(Error::AlreadyStarted);
     }
@@ -120,8 +170,10 @@ where
         raw::legion_runtime_start(argv.len() as i32, argv.as_mut_ptr(), false)
     };
     match TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        Some(Ok(value)) => Ok(*value.downcast::<T>().expect("the top-level result has the type of `start`")),
+        Some(Ok(value)) => Ok(Some(*value.downcast::<T>().expect("the top-level result has the type of `start`"))),
         Some(Err(error)) => Err(error),
+        // Another process ran the top-level task; this one served it and shut down cleanly.
+        None if code == 0 && TOP_LEVEL.lock().unwrap_or_else(|e| e.into_inner()).is_some() => Ok(None),
         None => Err(Error::RuntimeExit { code }),
     }
 }
@@ -133,6 +185,12 @@ fn run_top_level(ctx: &TaskContext) -> Result<(), TaskError> {
     let Some(body) = body else {
         return Err(TaskError::msg("the top-level task ran twice"));
     };
+    if let Some(message) = MISSING_PEERS.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        // SAFETY: sets the process exit code Legion reports; callable from any task.
+        unsafe { raw::legion_runtime_set_return_code(1) };
+        *TOP_LEVEL_RESULT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(Error::MissingPeers(message)));
+        return Ok(());
+    }
     let result = match panic::catch(|| body(ctx)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(Error::TaskFailed {
@@ -189,13 +247,17 @@ pub fn add_registration_callback(callback: impl Fn(&Registration) + Send + Sync 
     if has_started() {
         return Err(Error::Registration("registration callback added after the runtime started".into()));
     }
-    let mut callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
-    if callbacks.is_empty() {
-        // SAFETY: registers a plain function before the runtime starts.
-        unsafe { raw::legion_runtime_add_registration_callback(Some(registration_trampoline)) };
-    }
-    callbacks.push(Box::new(callback));
+    add_trampoline();
+    CALLBACKS.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(callback));
     Ok(())
+}
+
+/// Registers [`registration_trampoline`] with Legion once per process (it also checks that the
+/// runtime found every process of a launch).
+fn add_trampoline() {
+    static ADDED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function before the runtime starts.
+    ADDED.call_once(|| unsafe { raw::legion_runtime_add_registration_callback(Some(registration_trampoline)) });
 }
 
 unsafe extern "C" fn registration_trampoline(
@@ -215,6 +277,17 @@ unsafe extern "C" fn registration_trampoline(
         machine,
         local_processors: procs.iter().copied().map(Processor::from_raw).collect(),
     };
+    let found = registration.machine().address_spaces();
+    if let Some(expected) = expected_processes().filter(|&n| n > found) {
+        // Realm runs alone when its network module fails to start: every process would then
+        // run the whole program by itself. The top-level task refuses instead.
+        let message = format!(
+            "this process was launched as one of {expected}, but the Legion runtime found {found} (its network module did not start; see Realm's messages above)"
+        );
+        tracing::error!("{message}");
+        *MISSING_PEERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        return;
+    }
     let callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
     for callback in callbacks.iter() {
         if let Err(message) = panic::catch(|| callback(&registration)) {

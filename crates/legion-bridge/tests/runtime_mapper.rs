@@ -1,0 +1,137 @@
+//! The policy mapper against the real runtime (two CPU processors): tagged tasks and index-launch
+//! points run on the processor the Rust policy names, their region instances work in the memory
+//! it names, and tasks it does not place (no answer, an answer that is not a CPU, a panic) still
+//! run where the default mapper puts them.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use legion_bridge::harness::{case, check, run};
+use legion_bridge::mapper::{self, PlacementPolicy, TaskQuery};
+use legion_bridge::{
+    register_task, Field, IndexLauncher, MemoryKind, Privilege, ProcessorKind, RegionRequirement, TaskLauncher, VariantOptions,
+};
+
+/// Tags the test policy understands: `PLACE | k` runs on CPU `k % cpus` (or, in an index
+/// launch, CPU `point % cpus`); `UTILITY` names a utility processor (cannot be honoured);
+/// `PANIC` makes the policy panic. Anything else is not placed.
+const PLACE: u64 = 0x7E57_0000_0000;
+const UTILITY: u64 = 0x7E58_0000_0000;
+const PANIC: u64 = 0x7E59_0000_0000;
+
+struct TestPolicy {
+    cpus: Vec<u64>,
+    utility: u64,
+    system_memory: u64,
+}
+
+impl PlacementPolicy for TestPolicy {
+    fn processor(&self, task: &TaskQuery) -> Option<u64> {
+        match task.tag & !0xFFFF {
+            PLACE => {
+                let k = task.point.unwrap_or((task.tag & 0xFFFF) as i64) as usize;
+                Some(self.cpus[k % self.cpus.len()])
+            }
+            UTILITY => Some(self.utility),
+            PANIC => panic!("the test policy panics on purpose"),
+            _ => None,
+        }
+    }
+    fn memory(&self, task: &TaskQuery, _processor: u64) -> Option<u64> {
+        (task.tag & !0xFFFF == PLACE).then_some(self.system_memory)
+    }
+}
+
+fn main() -> ExitCode {
+    mapper::install(|registration| {
+        let machine = registration.machine();
+        let mut cpus: Vec<u64> = machine.processors_of(ProcessorKind::Cpu).map(|p| p.id).collect();
+        cpus.sort_unstable();
+        let utility = machine.processors_of(ProcessorKind::Utility).next()?.id;
+        let system_memory = machine.memories.iter().find(|m| m.kind == MemoryKind::System)?.id;
+        Some(Arc::new(TestPolicy {
+            cpus,
+            utility,
+            system_memory,
+        }) as Arc<dyn PlacementPolicy>)
+    })
+    .unwrap();
+    let where_am_i = register_task(40, "where_am_i", VariantOptions::leaf(), |ctx, ()| Ok(ctx.executing_processor().id)).unwrap();
+    // Writes `value` over its region and returns the processor it ran on.
+    let fill = register_task(41, "fill", VariantOptions::leaf(), |ctx, (field, value): (Field<i64>, i64)| {
+        let region = ctx.region(0)?;
+        let mut values = region.write(field)?;
+        for p in values.bounds() {
+            values.set(p, value)?;
+        }
+        Ok(ctx.executing_processor().id)
+    })
+    .unwrap();
+    let total = register_task(42, "total", VariantOptions::leaf(), |ctx, field: Field<i64>| {
+        let region = ctx.region(0)?;
+        let values = region.read(field)?;
+        values.bounds().map(|p| values.get(p)).sum::<Result<i64, _>>().map_err(Into::into)
+    })
+    .unwrap();
+
+    let cpus = |ctx: &legion_bridge::TaskContext| {
+        let mut cpus: Vec<u64> = ctx.machine().processors_of(ProcessorKind::Cpu).map(|p| p.id).collect();
+        cpus.sort_unstable();
+        cpus
+    };
+    let cases = vec![
+        case("the_policy_is_installed", |_| {
+            check(mapper::is_installed(), "no policy in this process")
+        }),
+        case("tagged_tasks_run_on_the_policy_processor", move |ctx| {
+            let cpus = cpus(ctx);
+            check(cpus.len() == 2, format!("expected 2 CPUs, found {}", cpus.len()))?;
+            let futures = (0..6u64)
+                .map(|k| ctx.execute(&TaskLauncher::new(where_am_i, &())?.tag(PLACE | k)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (k, future) in futures.iter().enumerate() {
+                let ran = future.get()?;
+                check(ran == cpus[k % 2], format!("task {k} ran on {ran:#x}, not {:#x}", cpus[k % 2]))?;
+            }
+            Ok(())
+        }),
+        case("index_points_are_sliced_to_the_policy_processors", move |ctx| {
+            let cpus = cpus(ctx);
+            let ran = ctx
+                .execute_index(&IndexLauncher::new(where_am_i, 0..=7, &())?.tag(PLACE))?
+                .collect()?;
+            let expected: Vec<u64> = (0..8).map(|p| cpus[p % 2]).collect();
+            check(ran == expected, format!("points ran on {ran:x?}, not {expected:x?}"))
+        }),
+        case("region_tasks_map_into_the_policy_memory", move |ctx| {
+            let cpus = cpus(ctx);
+            let space = ctx.create_index_space(0..=99);
+            let fields = ctx.create_field_space();
+            let field: Field<i64> = ctx.allocate_field(*fields, None)?;
+            let region = ctx.create_region(*space, *fields);
+            let before = mapper::stats();
+            let write = RegionRequirement::region(*region, Privilege::WriteDiscard).field(field);
+            let ran = ctx
+                .execute(&TaskLauncher::new(fill, &(field, 3))?.tag(PLACE | 1).region(write))?
+                .get()?;
+            check(ran == cpus[1], format!("fill ran on {ran:#x}, not {:#x}", cpus[1]))?;
+            let read = RegionRequirement::region(*region, Privilege::ReadOnly).field(field);
+            let sum = ctx.execute(&TaskLauncher::new(total, &field)?.tag(PLACE).region(read))?.get()?;
+            check(sum == 300, format!("sum {sum}, not 300"))?;
+            let after = mapper::stats();
+            check(after.placed_calls > before.placed_calls, "no placed mapper call counted")?;
+            check(after.rejected == before.rejected, "an answer was rejected")
+        }),
+        case("tasks_the_policy_does_not_place_still_run", move |ctx| {
+            let cpus = cpus(ctx);
+            let before = mapper::stats();
+            for tag in [0, UTILITY, PANIC] {
+                let ran = ctx.execute(&TaskLauncher::new(where_am_i, &())?.tag(tag))?.get()?;
+                check(cpus.contains(&ran), format!("tag {tag:#x}: ran on {ran:#x}, not a CPU"))?;
+            }
+            let after = mapper::stats();
+            check(after.rejected > before.rejected, "the utility processor answer was not rejected")
+        }),
+    ];
+    run(&["-ll:cpu".into(), "2".into(), "-ll:util".into(), "1".into()], cases)
+}

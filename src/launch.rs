@@ -1,0 +1,268 @@
+//! `ami2 launch --np N COMMAND...`: runs `ami2 COMMAND...` as N processes of one Legion run on
+//! this machine, through Realm's UCX p2p bootstrap (no MPI needed) or the bundled `mpirun`.
+//!
+//! Waits are bounded: every process must report that it joined the run (its registration
+//! callback ran, so the network is up) within `--start-timeout`; a process that fails, or does not
+//! start in time, stops the launch with an error naming it, and the others are ended. Once started,
+//! the run lasts as long as its command does; the launch succeeds when every process exits 0.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+/// Environment variable naming the folder where each process of a launch marks that it started.
+const READY_DIR_VAR: &str = "AMI2_LAUNCH_READY_DIR";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Bootstrap {
+    /// Realm's UCX p2p bootstrap over TCP ports on 127.0.0.1 (no MPI).
+    P2p,
+    /// The `mpirun` of the bundled Open MPI (or of `--mpirun`), with Realm's MPI bootstrap.
+    Mpi,
+}
+
+#[derive(Args, Clone)]
+pub struct LaunchArgs {
+    /// Number of processes (Legion address spaces).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    np: u32,
+    /// How the processes find each other.
+    #[arg(long, value_enum, default_value = "p2p")]
+    bootstrap: Bootstrap,
+    /// Seconds every process has to join the run before the launch is abandoned.
+    #[arg(long, default_value_t = 60.0)]
+    start_timeout: f64,
+    /// p2p: first TCP port on 127.0.0.1 (process i uses port + i); default: free ports.
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// mpi: the `mpirun` to use (default: the one of the bundled Open MPI).
+    #[arg(long)]
+    mpirun: Option<PathBuf>,
+    /// The ami2 command every process runs, e.g. `run --partitions 2 --frames 1000 -- -ll:cpu 1`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Marks this process of a launch as started (called from a registration callback, when the
+/// machine is known). Does nothing outside `ami2 launch`.
+pub fn mark_ready(address_space: u32) {
+    if let Some(dir) = std::env::var_os(READY_DIR_VAR) {
+        let path = Path::new(&dir).join(format!("ready-{address_space}"));
+        if let Err(error) = std::fs::write(&path, std::process::id().to_string()) {
+            tracing::warn!("cannot mark the process started in {}: {error}", path.display());
+        }
+    }
+}
+
+/// Installs [`mark_ready`] as a registration callback; call before the runtime starts.
+pub fn signal_readiness() -> Result<()> {
+    legion_bridge::runtime::add_registration_callback(|registration| {
+        if let Some(p) = registration.local_processors().first() {
+            mark_ready(p.address_space);
+        }
+    })?;
+    Ok(())
+}
+
+/// Runs the launch; every process gets the launcher's log filter (`log`).
+pub fn launch(args: LaunchArgs, log: &str) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the ami2 executable")?;
+    let ready_dir = tempfile::Builder::new()
+        .prefix("ami2-launch-")
+        .tempdir()
+        .context("creating the launch folder")?;
+    // Ctrl-C reaches every process of the terminal's group; the launcher waits for them to stop.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    let mut children = match args.bootstrap {
+        Bootstrap::P2p => spawn_p2p(&args, &exe, ready_dir.path(), log)?,
+        Bootstrap::Mpi => vec![spawn_mpi(&args, &exe, ready_dir.path(), log)?],
+    };
+    let outcome = supervise(
+        &mut children,
+        args.np,
+        ready_dir.path(),
+        Duration::from_secs_f64(args.start_timeout),
+    );
+    if outcome.is_err() {
+        for (_, child) in &mut children {
+            let _ = child.kill();
+        }
+    }
+    for (_, child) in &mut children {
+        let _ = child.wait();
+    }
+    outcome
+}
+
+/// A name for each child process in messages.
+type Named = (String, Child);
+
+fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Result<Vec<Named>> {
+    let plugin = bootstrap_plugin("realm_ucp_bootstrap_p2p.so")?;
+    let ports = match args.base_port {
+        Some(base) => (0..args.np)
+            .map(|i| base.checked_add(i as u16).context("--base-port + --np exceeds 65535"))
+            .collect::<Result<Vec<_>>>()?,
+        None => free_ports(args.np as usize)?,
+    };
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(" ");
+    let mut children = Vec::new();
+    for (rank, port) in ports.iter().enumerate() {
+        let child = Command::new(exe)
+            .args(&args.command)
+            .env("REALM_UCP_BOOTSTRAP_PLUGIN", &plugin)
+            .env("REALM_UCP_BOOTSTRAP_MODE", "p2p")
+            .env("WORKER_PEERS_INFO", &peers)
+            .env("WORKER_SELF_INFO", format!("127.0.0.1:{port}"))
+            .env(READY_DIR_VAR, ready_dir)
+            .env("AMI2_LOG", log)
+            .spawn()
+            .with_context(|| format!("starting process {rank} ({})", exe.display()));
+        match child {
+            Ok(child) => children.push((format!("process {rank}"), child)),
+            Err(error) => {
+                for (_, child) in &mut children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(children)
+}
+
+fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Result<Named> {
+    let plugin = bootstrap_plugin("legate/wrapper/librealm_ucp_bootstrap_mpi_ompi.so")?;
+    let mpi_dir = Path::new(legion_sys::MPI_DIR);
+    let mpirun = match &args.mpirun {
+        Some(path) => path.clone(),
+        None if !legion_sys::MPI_DIR.is_empty() => mpi_dir.join("bin/mpirun"),
+        None => bail!("this ami2 was built against a site Legion without a bundled Open MPI: pass --mpirun PATH (or use --bootstrap p2p)"),
+    };
+    let mut command = Command::new(&mpirun);
+    if args.mpirun.is_none() {
+        // The bundled Open MPI was unpacked away from the prefix it was built for.
+        command.env("OPAL_PREFIX", mpi_dir);
+        let library_path = std::env::var("LD_LIBRARY_PATH").map(|p| format!(":{p}")).unwrap_or_default();
+        command.env("LD_LIBRARY_PATH", format!("{}{library_path}", mpi_dir.join("lib").display()));
+        command.args(["-x", "LD_LIBRARY_PATH", "-x", "OPAL_PREFIX"]);
+    }
+    command
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", &args.np.to_string()])
+        .arg("-x")
+        .arg(format!("REALM_UCP_BOOTSTRAP_PLUGIN={}", plugin.display()))
+        .arg("-x")
+        .arg(format!("{READY_DIR_VAR}={}", ready_dir.display()))
+        .arg("-x")
+        .arg(format!("AMI2_LOG={log}"))
+        .arg(exe)
+        .args(&args.command);
+    let child = command.spawn().with_context(|| format!("starting {}", mpirun.display()))?;
+    Ok(("mpirun".to_string(), child))
+}
+
+/// A Realm UCX bootstrap plugin of the Legion distribution this ami2 was built against.
+fn bootstrap_plugin(relative: &str) -> Result<PathBuf> {
+    let root = Path::new(legion_sys::DIST_ROOT);
+    let candidates = [
+        root.join("legate/lib64").join(relative),
+        root.join("lib").join(relative),
+        root.join("lib64").join(relative),
+    ];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!(
+            "Realm's bootstrap plugin {relative} is not in the Legion distribution {} (looked in legate/lib64, lib, lib64); a site Legion built with GASNet-EX is launched with its own launcher instead (docs/cluster.md)",
+            root.display()
+        )
+    })
+}
+
+/// `count` TCP ports that were free a moment ago (another program may take one before Realm
+/// binds it; then that process fails to start and the launch says so).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free TCP ports on 127.0.0.1")?;
+    Ok(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect())
+}
+
+/// Waits for every process to start (within `timeout`) and then to end; the first failure is
+/// the error.
+fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut all_ready = false;
+    let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    loop {
+        if !all_ready {
+            let missing = not_ready(np, ready_dir);
+            all_ready = missing.is_empty();
+            if !all_ready && started.elapsed() > timeout {
+                bail!(
+                    "process(es) {missing:?} of {np} did not join the run within {:.0} s (see their messages above); all processes were stopped",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+        for ((name, child), status) in children.iter_mut().zip(done.iter_mut()) {
+            if status.is_some() {
+                continue;
+            }
+            if let Some(exit) = child.try_wait().with_context(|| format!("waiting for {name}"))? {
+                *status = Some(exit);
+                if !exit.success() {
+                    let when = if not_ready(np, ready_dir).is_empty() {
+                        "while running"
+                    } else {
+                        "before every process had joined the run"
+                    };
+                    bail!("{name} failed ({exit}) {when}; the other processes were stopped");
+                }
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            if !all_ready && !not_ready(np, ready_dir).is_empty() {
+                bail!(
+                    "the processes ended before all of them had joined the run (launch runs commands that start Legion: run, demo, doctor)"
+                );
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The processes (address spaces) that have not marked themselves started yet.
+fn not_ready(np: u32, ready_dir: &Path) -> Vec<u32> {
+    (0..np).filter(|i| !ready_dir.join(format!("ready-{i}")).exists()).collect()
+}
+
+/// Writes `ami2 run --summary`: the run's totals, where its tasks ran and what the mapper of the
+/// driver's process measured.
+pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64) -> Result<()> {
+    let mapper = legion_bridge::mapper::stats();
+    let doc = serde_json::json!({
+        "events": summary.events,
+        "rounds": summary.rounds,
+        "bins_emitted": summary.bins_emitted,
+        "late_partials": summary.late_partials,
+        "graph_version": summary.graph_version,
+        "seconds": seconds,
+        "ran_on": summary.ran_on,
+        "placement_installed": legion_bridge::mapper::is_installed(),
+        "mapper": {
+            "placed_tasks": mapper.placed_tasks,
+            "placed_calls": mapper.placed_calls,
+            "placed_nanos": mapper.placed_nanos,
+            "policy_calls": mapper.policy_calls,
+            "policy_nanos": mapper.policy_nanos,
+            "rejected": mapper.rejected,
+        },
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))
+}

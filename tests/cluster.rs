@@ -1,0 +1,311 @@
+//! Multi-process runs on this machine: `ami2 launch --np N run ...` with real processes joined
+//! by Realm's UCX network (p2p bootstrap, and the bundled mpirun). Tasks report the address space
+//! they ran in; it must be where the placement policy puts them, and the results must be those
+//! of the one-process run.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ami_mapper::{Machine, Placement, Roles, TaskKind};
+use serde_json::Value;
+
+const PARTITIONS: u32 = 2;
+
+/// The runs share 2 cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ami2-cluster-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A graph over the synthetic source's scalar and waveform fields (the images are left out to
+/// keep the runs small).
+fn graph_file(dir: &Path) -> PathBuf {
+    let graph = serde_json::json!({
+        "nodes": [
+            {"id": "energy", "op": "select", "params": {"field": "energy", "kind": "scalar"}},
+            {"id": "energy_hist", "op": "histogram", "inputs": ["energy"], "params": {"bins": 50, "low": 0.0, "high": 10.0}},
+            {"id": "scan", "op": "select", "params": {"field": "scan", "kind": "scalar"}},
+            {"id": "energy_vs_scan", "op": "binned_mean", "inputs": ["energy", "scan"], "params": {"bins": 20, "low": 0.0, "high": 1.0}},
+            {"id": "trace", "op": "select", "params": {"field": "trace", "kind": "waveform", "length": 256}},
+            {"id": "trace_peaks", "op": "peaks", "inputs": ["trace"], "params": {"threshold": 0.5}}
+        ],
+        "results": ["energy_hist", "energy_vs_scan", "trace", "trace_peaks"]
+    });
+    let path = dir.join("graph.json");
+    std::fs::write(&path, graph.to_string()).unwrap();
+    path
+}
+
+/// `run` arguments of the fixed synthetic input, writing the summary to `summary`.
+fn run_args(dir: &Path, summary: &Path) -> Vec<String> {
+    let graph = graph_file(dir);
+    [
+        "run",
+        "--frames",
+        "400",
+        "--batch-size",
+        "50",
+        "--image-size",
+        "0",
+        "--partitions",
+        &PARTITIONS.to_string(),
+        "--json",
+        "--graph",
+        graph.to_str().unwrap(),
+        "--summary",
+        summary.to_str().unwrap(),
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+        "-ll:csize",
+        "256",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+struct Run {
+    output: Output,
+    summary: Value,
+}
+
+fn run(name: &str, launch: &[&str]) -> Run {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch(name);
+    let summary_path = dir.join("summary.json");
+    let mut args: Vec<String> = launch.iter().map(|s| s.to_string()).collect();
+    args.extend(run_args(&dir, &summary_path));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = common::ami2(&refs);
+    assert!(
+        output.status.success(),
+        "ami2 {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = serde_json::from_slice(&std::fs::read(&summary_path).expect("the summary is written")).unwrap();
+    Run { output, summary }
+}
+
+/// The one-process run of the same input (run once, shared).
+fn baseline() -> &'static Run {
+    static BASELINE: OnceLock<Run> = OnceLock::new();
+    BASELINE.get_or_init(|| run("one", &[]))
+}
+
+/// The bins `run --json` printed; result values (JSON text) parsed.
+fn bins(out: &Output) -> Vec<Value> {
+    let mut bins: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout holds JSON lines only"))
+        .collect();
+    for bin in &mut bins {
+        if let Some(values) = bin["values"].as_object_mut() {
+            for value in values.values_mut() {
+                if let Some(text) = value.as_str() {
+                    *value = serde_json::from_str(text).unwrap();
+                }
+            }
+        }
+    }
+    bins
+}
+
+/// Equal, numbers within a relative 1e-9: batches end where a source's time-out cuts them, so
+/// sums may be added in another order (the last bits differ), never to another value.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs())
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        _ => a == b,
+    }
+}
+
+/// Where the policy puts each task the pipeline reports, for `nodes` processes of one CPU each.
+fn expected_placement(nodes: u32) -> Value {
+    let placement = Placement::new(Machine::uniform(nodes, 1), Roles { service_nodes: 1 }, PARTITIONS).unwrap();
+    let mut expected = serde_json::Map::new();
+    for p in 0..PARTITIONS {
+        let node = |kind| serde_json::json!([placement.node_for(&kind).unwrap()]);
+        expected.insert(format!("source/{p}"), node(TaskKind::DataSource { partition: p }));
+        expected.insert(format!("worker/{p}"), node(TaskKind::Worker { partition: p }));
+    }
+    for &n in placement.data_nodes() {
+        if !placement.partitions_on(n).is_empty() {
+            expected.insert(format!("local_reducer/{n}"), serde_json::json!([n]));
+        }
+    }
+    expected.insert(
+        "global_reducer".into(),
+        serde_json::json!([placement.node_for(&TaskKind::GlobalReducer).unwrap()]),
+    );
+    Value::Object(expected)
+}
+
+fn check_multi_process(run: &Run, nodes: u32) {
+    assert_eq!(run.summary["placement_installed"], true);
+    assert_eq!(
+        run.summary["ran_on"],
+        expected_placement(nodes),
+        "tasks ran where the policy does not put them"
+    );
+    assert_eq!(run.summary["mapper"]["rejected"], 0);
+    let (one, many) = (bins(&baseline().output), bins(&run.output));
+    assert!(!one.is_empty());
+    assert_eq!(one.len(), many.len(), "bins published");
+    for (a, b) in one.iter().zip(&many) {
+        assert!(same(a, b), "bin differs from the one-process run:\n{a}\n{b}");
+    }
+    assert_eq!(run.summary["events"], baseline().summary["events"]);
+}
+
+#[test]
+fn one_process_runs_everything_in_address_space_0() {
+    let run = baseline();
+    assert_eq!(run.summary["ran_on"], expected_placement(1));
+    assert_eq!(run.summary["events"], 400);
+}
+
+#[test]
+fn two_processes_p2p_keep_data_on_node_0_and_reduce_on_the_service_node() {
+    check_multi_process(&run("two", &["launch", "--np", "2", "--start-timeout", "60"]), 2);
+}
+
+#[test]
+fn three_processes_p2p_spread_partitions_over_two_data_nodes() {
+    check_multi_process(&run("three", &["launch", "--np", "3", "--start-timeout", "60"]), 3);
+}
+
+#[test]
+fn two_processes_under_the_bundled_mpirun() {
+    check_multi_process(
+        &run("mpi", &["launch", "--np", "2", "--bootstrap", "mpi", "--start-timeout", "60"]),
+        2,
+    );
+}
+
+/// Two consecutive TCP ports on 127.0.0.1, the second held by a listener (returned).
+fn base_port_with_second_taken() -> (u16, TcpListener) {
+    for _ in 0..50 {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        if port > 1024 && TcpListener::bind((Ipv4Addr::LOCALHOST, port - 1)).is_ok() {
+            return (port - 1, taken);
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+#[test]
+fn a_peer_that_cannot_start_stops_the_launch_with_a_clear_error() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (base, _taken) = base_port_with_second_taken();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["launch", "--np", "2", "--base-port", &base.to_string(), "--start-timeout", "30"])
+        .args([
+            "run",
+            "--frames",
+            "100",
+            "--image-size",
+            "0",
+            "--",
+            "-ll:cpu",
+            "1",
+            "-ll:util",
+            "1",
+            "-ll:csize",
+            "256",
+        ])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the launch took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("process 1 failed") && stderr.contains("launched as one of 2, but the Legion runtime found 1"),
+        "unclear error:\n{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "a lone process ran the pipeline by itself");
+}
+
+#[test]
+fn doctor_under_launch_sees_every_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let output = common::ami2(&[
+        "launch",
+        "--np",
+        "2",
+        "doctor",
+        "--json",
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+        "-ll:csize",
+        "256",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // One report, from process 0, for the whole run.
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report");
+    assert_eq!(report["address_spaces"], 2);
+    assert_eq!(report["index_processors"], 2, "the index launch did not reach both processes");
+    assert_eq!(report["region_read_sum"], report["region_expected_sum"]);
+}
+
+#[test]
+fn a_three_process_run_persists_its_stores_and_the_next_one_resumes() {
+    let dir = scratch("persist");
+    let data = dir.join("data");
+    let launch = |summary: &Path| {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut args: Vec<String> = ["launch", "--np", "3", "run", "--data-dir", data.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // `run_args` starts with the subcommand name, which is already there.
+        args.extend(run_args(&dir, summary).into_iter().skip(1));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = common::ami2(&refs);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: Value = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+        summary
+    };
+    let first = launch(&dir.join("first.json"));
+    assert_eq!(first["events"], 400);
+    // Snapshots of every Control segment (written by tasks on the segments' nodes) and of Results.
+    for prefix in ["control-", "component_source_0-", "component_source_1-"] {
+        let found = std::fs::read_dir(data.join("control"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix) && e.file_name().to_string_lossy().ends_with(".snap"));
+        assert!(found, "no snapshot of {prefix}* in {}", data.display());
+    }
+    // The sources resume at their saved positions: the input is used up.
+    let second = launch(&dir.join("second.json"));
+    assert_eq!(second["events"], 0);
+    assert_eq!(second["graph_version"], 1, "the graph was installed again");
+}
