@@ -105,6 +105,10 @@ pub struct GetArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     connect: ConnectArgs,
+    /// Health check (for watchdogs): print one line and exit with status 1 unless the service
+    /// answers and its pipeline reported within this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    check: Option<f64>,
 }
 
 pub fn graph(command: GraphCommand) -> Result<()> {
@@ -250,6 +254,18 @@ pub fn get(args: GetArgs) -> Result<()> {
 
 pub fn status(args: StatusArgs) -> Result<()> {
     let status = args.connect.client(Role::Subscriber)?.status()?;
-    println!("{}", serde_json::to_string_pretty(&status)?);
-    Ok(())
+    let Some(max_quiet) = args.check else {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    };
+    let health: ami_tasks::health::HealthSnapshot =
+        serde_json::from_value(status["health"].clone()).context("the status answer has no heartbeats")?;
+    match health.quiet_ms() {
+        Some(quiet) if quiet as f64 <= max_quiet * 1000.0 => {
+            println!("healthy: last pipeline report {quiet} ms ago, graph version {}", status["graph_version"]);
+            Ok(())
+        }
+        Some(quiet) => bail!("unhealthy: the pipeline has been quiet for {quiet} ms"),
+        None => bail!("unhealthy: the pipeline has not started"),
+    }
 }

@@ -4,6 +4,7 @@
 //! works on this machine.
 
 mod client;
+mod cron;
 mod doctor;
 mod launch;
 mod metrics;
@@ -41,6 +42,9 @@ enum Command {
     Record(record::RecordArgs),
     /// Produce synthetic events into a shared-memory ring (read it with `run --source shm:NAME`).
     DaqSim(record::DaqSimArgs),
+    /// Install or remove the cron watchdog that keeps the service running.
+    #[command(subcommand)]
+    Cron(cron::CronCommand),
     /// Run an ami2 command as N processes of one Legion run on this machine (p2p or mpirun).
     Launch(launch::LaunchArgs),
     /// Show or change the running service's computation graph.
@@ -94,6 +98,7 @@ fn main() -> Result<()> {
         Command::Watch(args) => client::watch(args),
         Command::Get(args) => client::get(args),
         Command::Status(args) => client::status(args),
+        Command::Cron(command) => cron::cron(command),
         Command::Launch(args) => launch::launch(args, &cli.log),
     }
 }

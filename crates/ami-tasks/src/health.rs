@@ -21,6 +21,8 @@ struct Board {
     rounds: BTreeMap<u64, Instant>,
     /// Last report the driver received.
     last_report: Option<Instant>,
+    /// When the current run started.
+    run_started: Option<Instant>,
     /// Last time a monitor looked.
     monitor_beat: Option<Instant>,
     /// Number of the current run in this process; monitors of older runs return.
@@ -72,6 +74,7 @@ pub fn reset() -> u64 {
     let mut board = board();
     board.rounds.clear();
     board.last_report = None;
+    board.run_started = Some(Instant::now());
     board.monitor_beat = None;
     board.stop = false;
     board.run += 1;
@@ -159,6 +162,16 @@ pub struct HealthSnapshot {
     pub rounds_in_flight: usize,
     pub last_report_ms_ago: Option<u64>,
     pub monitor_beat_ms_ago: Option<u64>,
+    /// Milliseconds since the pipeline run started (none before it starts).
+    pub run_age_ms: Option<u64>,
+}
+
+impl HealthSnapshot {
+    /// Milliseconds the pipeline has been without news: since the last report, or since the
+    /// run started when no report came yet.
+    pub fn quiet_ms(&self) -> Option<u64> {
+        self.last_report_ms_ago.or(self.run_age_ms)
+    }
 }
 
 pub fn snapshot() -> HealthSnapshot {
@@ -171,6 +184,7 @@ pub fn snapshot() -> HealthSnapshot {
         rounds_in_flight: board.rounds.len(),
         last_report_ms_ago: board.last_report.map(ms),
         monitor_beat_ms_ago: board.monitor_beat.map(ms),
+        run_age_ms: board.run_started.map(ms),
     }
 }
 

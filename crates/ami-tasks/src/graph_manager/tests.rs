@@ -186,6 +186,7 @@ fn optimise_drops_unused_nodes_and_keeps_duplicate_results() {
 #[test]
 fn json_wrapper_travels_as_text_through_bincode() {
     let report = GraphManagerReport {
+        incidents: Vec::new(),
         answers: vec![(
             1,
             Answer::Rejected(Rejected {
