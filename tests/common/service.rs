@@ -23,6 +23,11 @@ impl Service {
     /// Starts `ami2 run` on synthetic events (endless, 500 Hz unless `extra` has `--rate`) with `extra` options, its data
     /// in `dir/data`, listening on `listen`; waits until it serves clients.
     pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Service {
+        Self::start_with_env(dir, listen, extra, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables (e.g. `AMI2_FAULT`).
+    pub fn start_with_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Service {
         let port_file = dir.join("port");
         let _ = std::fs::remove_file(&port_file);
         let stderr = std::fs::File::create(dir.join(format!("stderr-{}", Instant::now().elapsed().as_nanos()))).unwrap();
@@ -46,6 +51,7 @@ impl Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ami2"))
             .args(&args)
             .env_remove("LD_LIBRARY_PATH")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -23,6 +23,8 @@ struct Board {
     last_report: Option<Instant>,
     /// When the current run started.
     run_started: Option<Instant>,
+    /// The newest incidents the driver recorded (for status pages), oldest first.
+    recent_incidents: std::collections::VecDeque<crate::robust::Incident>,
     /// Last time a monitor looked.
     monitor_beat: Option<Instant>,
     /// Number of the current run in this process; monitors of older runs return.
@@ -164,6 +166,22 @@ pub struct HealthSnapshot {
     pub monitor_beat_ms_ago: Option<u64>,
     /// Milliseconds since the pipeline run started (none before it starts).
     pub run_age_ms: Option<u64>,
+    /// The newest incidents recorded in Control (at most [`RECENT_INCIDENTS`]), oldest first.
+    pub recent_incidents: Vec<crate::robust::Incident>,
+}
+
+/// Incidents a status page shows.
+pub const RECENT_INCIDENTS: usize = 20;
+
+/// Notes incidents the driver recorded, for [`snapshot`].
+pub fn note_incidents(incidents: &[crate::robust::Incident]) {
+    let mut board = board();
+    for incident in incidents {
+        if board.recent_incidents.len() == RECENT_INCIDENTS {
+            board.recent_incidents.pop_front();
+        }
+        board.recent_incidents.push_back(incident.clone());
+    }
 }
 
 impl HealthSnapshot {
@@ -185,6 +203,7 @@ pub fn snapshot() -> HealthSnapshot {
         last_report_ms_ago: board.last_report.map(ms),
         monitor_beat_ms_ago: board.monitor_beat.map(ms),
         run_age_ms: board.run_started.map(ms),
+        recent_incidents: board.recent_incidents.iter().cloned().collect(),
     }
 }
 

@@ -241,6 +241,7 @@ fn record_incidents(ctx: &TaskContext, stores: &Stores, incidents: &[Incident], 
     if incidents.is_empty() {
         return Ok(());
     }
+    health::note_incidents(incidents);
     for incident in incidents {
         crate::metrics::incident(incident.kind.as_str());
         if incident.kind == IncidentKind::Restart {

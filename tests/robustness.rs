@@ -1,0 +1,384 @@
+//! Robustness against the real runtime and real processes: every component made to fail (panic,
+//! error) and to hang through `AMI2_FAULT`; the service killed with `kill -9` again and again while
+//! a client edits the graph; the cron watchdog run as cron would run it.
+//!
+//! The crash loop runs `AMI2_CRASH_LOOPS` times (3 by default, so CI stays short); the full count:
+//! `AMI2_CRASH_LOOPS=50 cargo test --release --test robustness crash_loop -- --nocapture`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use client_lib::{Answer, BlockingClient, ClientOptions, Event};
+use protocol1::{Edit, Role};
+use serde_json::{json, Value};
+use service_process::{free_port, scratch, Service};
+
+#[path = "common/service.rs"]
+mod service_process;
+
+/// `ami2 ARGS` with `AMI2_FAULT=fault`, to completion.
+fn run_with_fault(fault: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(args)
+        .env("AMI2_FAULT", fault)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("ami2 runs")
+}
+
+/// The bins printed with `--json`.
+fn bins(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a bin is JSON"))
+        .collect()
+}
+
+fn events_in(bins: &[Value]) -> u64 {
+    bins.iter().map(|b| b["events"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn a_failing_attempt_of_every_pipeline_task_is_retried_and_nothing_is_lost() {
+    let frames = 3000;
+    for fault in [
+        "source/0:panic@3",
+        "source/1:error@4",
+        "worker/1:panic@3",
+        "worker/0:error@5",
+        "local_reducer:panic@2",
+        "global_reducer:panic@4",
+        "global_reducer:error@6",
+        "monitor:panic@1",
+    ] {
+        let out = run_with_fault(
+            fault,
+            &[
+                "run",
+                "--frames",
+                "3000",
+                "--rate",
+                "3000",
+                "--partitions",
+                "2",
+                "--json",
+                "--metrics",
+                "0",
+                "--no-listen",
+                "--",
+                "-ll:cpu",
+                "1",
+                "-ll:util",
+                "1",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{fault}: {stderr}");
+        let component = fault.split(':').next().unwrap();
+        assert!(stderr.contains("injected fault"), "{fault}: the fault did not strike\n{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.trim_start().starts_with(component) && (l.contains("Panic") || l.contains("Error"))),
+            "{fault}: no incident reported\n{stderr}"
+        );
+        // Retried: every event is in a published bin, once.
+        assert_eq!(events_in(&bins(&out)), frames, "{fault}: events in bins\n{stderr}");
+    }
+}
+
+#[test]
+fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
+    let out = run_with_fault(
+        "worker:error@3x3",
+        &[
+            "run",
+            "--frames",
+            "2000",
+            "--rate",
+            "2000",
+            "--json",
+            "--metrics",
+            "0",
+            "--no-listen",
+            "--",
+            "-ll:cpu",
+            "1",
+            "-ll:util",
+            "1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("worker/0 failed 3 times"), "{stderr}");
+}
+
+/// Runs a bounded job under the supervisor with `fault` (a hang) and a 2 s stall limit; returns the
+/// output and the bins printed by all the service's lives.
+fn supervised_run_with_hang(fault: &str, dir: &Path) -> (Output, Vec<Value>) {
+    let out = run_with_fault(
+        fault,
+        &[
+            "run",
+            "--supervise",
+            "--frames",
+            "8000",
+            "--rate",
+            "2000",
+            "--json",
+            "--metrics",
+            "0",
+            "--no-listen",
+            "--stall-timeout",
+            "2",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--",
+            "-ll:cpu",
+            "1",
+            "-ll:util",
+            "1",
+        ],
+    );
+    let bins = bins(&out);
+    (out, bins)
+}
+
+#[test]
+fn a_hung_task_is_found_by_the_monitor_and_the_service_restarts_from_its_saved_state() {
+    for fault in ["worker/0:hang@12", "source/0:hang@12", "global_reducer:hang@12"] {
+        let dir = scratch(&format!("hang-{}", fault.replace(['/', ':', '@'], "-")));
+        let started = Instant::now();
+        let (out, bins) = supervised_run_with_hang(fault, &dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{fault}: {stderr}");
+        let component = fault.split(':').next().unwrap();
+        assert!(stderr.contains(&format!("stalled: attempt 1 has run for")), "{fault}: {stderr}");
+        assert!(stderr.contains("restart 1"), "{fault}: no restart\n{stderr}");
+        // The restarted service moved the monitor's record into Control and reports it.
+        assert!(
+            stderr.lines().any(|l| l.trim_start().starts_with(component) && l.contains("Stall")),
+            "{fault}: {stderr}"
+        );
+        assert!(stderr.contains("service Restart"), "{fault}: {stderr}");
+        // Results resumed, and the source never went backwards: bins only move forward.
+        let numbers: Vec<u64> = bins.iter().map(|b| b["bin"].as_u64().unwrap()).collect();
+        assert!(numbers.len() > 40, "{fault}: only {} bins", numbers.len());
+        assert!(
+            numbers.windows(2).all(|w| w[0] <= w[1]),
+            "{fault}: bins went backwards: {numbers:?}"
+        );
+        eprintln!(
+            "{fault}: {} bins, {:.1} s including the stall and the restart",
+            numbers.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn client(addr: &str) -> BlockingClient {
+    BlockingClient::connect(addr, ClientOptions::default()).expect("connects")
+}
+
+#[test]
+fn the_graph_manager_retries_and_the_incident_shows_in_status() {
+    let dir = scratch("graph-manager-fault");
+    let service = Service::start_with_env(&dir, "127.0.0.1:0", &[], &[("AMI2_FAULT", "graph_manager:panic@1")]);
+    let editor = client(&service.addr);
+    let (version, _) = editor.graph().unwrap();
+    let edit = Edit::SetParams {
+        id: "energy_hist".into(),
+        params: json!({"bins": 40, "low": 0.0, "high": 10.0}),
+    };
+    match editor.request(version, vec![edit], None).unwrap() {
+        Answer::Accepted(a) => assert_eq!(a.version, version + 1),
+        Answer::Rejected(r) => panic!("rejected: {r:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = editor.status().unwrap();
+        let incidents = status["health"]["recent_incidents"].as_array().cloned().unwrap_or_default();
+        if incidents
+            .iter()
+            .any(|i| i["component"] == "graph_manager" && i["kind"] == "panic" && i["recovered"] == true)
+        {
+            assert!(status["metrics"]["incidents"]["panic"].as_u64() >= Some(1), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no graph manager incident in status: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The saved position of data source 0 (frames delivered so far).
+fn source_position(client: &BlockingClient) -> u64 {
+    let state = client.get_key("/component/source/0/state").unwrap().expect("a saved source state");
+    state["position"]["next_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no position in {state}"))
+}
+
+/// Waits for the next bin; returns when it came.
+fn first_bin(watcher: &mut BlockingClient, deadline: Instant) -> Instant {
+    loop {
+        assert!(Instant::now() < deadline, "no result bin after the restart");
+        if let Ok(Some(Event::Bin(_))) = watcher.next_event(Duration::from_millis(200)) {
+            return Instant::now();
+        }
+    }
+}
+
+#[test]
+fn crash_loop_loses_no_accepted_edit_and_never_goes_backwards() {
+    let loops: usize = std::env::var("AMI2_CRASH_LOOPS").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let dir = scratch("crash-loop");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut service = Service::start(&dir, &listen, &[]);
+    let mut watcher = BlockingClient::connect(
+        &service.addr,
+        ClientOptions {
+            role: Role::Subscriber,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    watcher.subscribe(&["energy_hist"]).unwrap();
+    let editor = client(&service.addr);
+    let mut last_position = 0;
+    let mut accepted: Vec<(u64, u64)> = Vec::new(); // (version, bins param)
+    let mut recoveries = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..loops {
+        // Edits until a random moment, then kill -9 (possibly while a request is in flight).
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let kill_at = Instant::now() + Duration::from_millis(300 + rng % 1500);
+        while Instant::now() < kill_at {
+            let Ok((version, _)) = editor.graph() else { continue };
+            let bins = 10 + accepted.len() as u64;
+            let edit = Edit::SetParams {
+                id: "energy_hist".into(),
+                params: json!({"bins": bins, "low": 0.0, "high": 10.0}),
+            };
+            if let Ok(Answer::Accepted(a)) = editor.request(version, vec![edit], None) {
+                accepted.push((a.version, bins));
+            }
+        }
+        service.kill();
+        let killed = Instant::now();
+        service = Service::start(&dir, &listen, &[]);
+        let back = first_bin(&mut watcher, killed + Duration::from_secs(60));
+        recoveries.push(back - killed);
+
+        // Nothing accepted is lost: the graph is at least the last accepted version, with its edit
+        // (or a later one whose answer the kill cut off).
+        let (version, graph) = client(&service.addr).graph().unwrap();
+        if let Some(&(last_version, last_bins)) = accepted.last() {
+            assert!(
+                version >= last_version,
+                "round {round}: version {version} < accepted {last_version}"
+            );
+            let hist = graph["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == "energy_hist")
+                .unwrap();
+            let bins = hist["params"]["bins"].as_u64().unwrap();
+            assert!(bins >= last_bins, "round {round}: bins {bins} < accepted {last_bins}: {graph}");
+        }
+        // The source continues from where it was.
+        let position = source_position(&client(&service.addr));
+        assert!(
+            position >= last_position,
+            "round {round}: source went back from {last_position} to {position}"
+        );
+        last_position = position;
+    }
+    recoveries.sort();
+    let median = recoveries[recoveries.len() / 2];
+    let worst = recoveries[recoveries.len() - 1];
+    eprintln!(
+        "crash loop: {loops} kills, {} edits accepted, kill → first new bin: median {:.2} s, worst {:.2} s",
+        accepted.len(),
+        median.as_secs_f64(),
+        worst.as_secs_f64()
+    );
+    assert!(!accepted.is_empty(), "no edit was accepted");
+}
+
+/// Runs the watchdog script as cron would (no terminal, its own environment).
+fn watchdog(config: &Path) -> std::process::ExitStatus {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cron/ami2-watchdog"))
+        .arg(config)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the watchdog runs")
+}
+
+fn status_ok(addr: &str) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["status", "--connect", addr, "--check", "30"])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
+    let dir = scratch("watchdog");
+    let data = dir.join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("watchdog.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "AMI2_BIN='{}'\nAMI2_DATA_DIR='{}'\nAMI2_ADDR='{addr}'\nAMI2_START_GRACE=0\nAMI2_RUN_ARGS=(--rate 500 --metrics 0 -- -ll:cpu 1 -ll:util 1)\n",
+            env!("CARGO_BIN_EXE_ami2"),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let pid_file = data.join("service.pid");
+    let log = data.join("watchdog.log");
+    let stop = |pid: &str| {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    };
+
+    // No service yet: the watchdog starts one and waits until it answers.
+    assert!(watchdog(&config).success(), "{}", read(&log));
+    assert!(status_ok(&addr), "{}", read(&log));
+    let first = read(&pid_file);
+
+    // Healthy: nothing changes (same process, nothing logged).
+    let log_before = read(&log);
+    assert!(watchdog(&config).success());
+    assert_eq!(read(&pid_file), first);
+    assert_eq!(read(&log), log_before);
+
+    // kill -9 of the whole service (supervisor and child): the next run brings it back.
+    stop(first.trim());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!status_ok(&addr));
+    assert!(watchdog(&config).success(), "{}", read(&log));
+    let second = read(&pid_file);
+    assert_ne!(second, first);
+    assert!(status_ok(&addr));
+    assert!(read(&log).contains("not running"), "{}", read(&log));
+
+    // The same data directory: the graph the first life had.
+    let (version, _) = client(&addr).graph().unwrap();
+    assert!(version >= 1);
+    stop(second.trim());
+}
