@@ -155,7 +155,7 @@ fn a_hung_task_is_found_by_the_monitor_and_the_service_restarts_from_its_saved_s
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{fault}: {stderr}");
         let component = fault.split(':').next().unwrap();
-        assert!(stderr.contains(&format!("stalled: attempt 1 has run for")), "{fault}: {stderr}");
+        assert!(stderr.contains("stalled: attempt 1 has run for"), "{fault}: {stderr}");
         assert!(stderr.contains("restart 1"), "{fault}: no restart\n{stderr}");
         // The restarted service moved the monitor's record into Control and reports it.
         assert!(
