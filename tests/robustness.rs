@@ -371,11 +371,13 @@ fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
     stop(first.trim());
     std::thread::sleep(Duration::from_millis(300));
     assert!(!status_ok(&addr));
+    let log_before = read(&log);
     assert!(watchdog(&config).success(), "{}", read(&log));
     let second = read(&pid_file);
     assert_ne!(second, first);
     assert!(status_ok(&addr));
-    assert!(read(&log).contains("not running"), "{}", read(&log));
+    let logged = read(&log)[log_before.len()..].to_string();
+    assert!(logged.contains("not running") && logged.contains("started:"), "{logged}");
 
     // The same data directory: the graph the first life had.
     let (version, _) = client(&addr).graph().unwrap();
