@@ -88,7 +88,9 @@ fn main() {
         Some("monitor:panic@2"),
         Some("source/0:hang@40"),
         Some("worker/0:hang@40"),
+        Some("local_reducer:hang@40"),
         Some("global_reducer:hang@40"),
+        Some("monitor:hang@20"),
     ] {
         let (gap, bins, restarts) = measure(fault, seconds, &stall_timeout);
         println!(
