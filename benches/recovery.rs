@@ -33,8 +33,24 @@ fn measure(fault: Option<&str>, seconds: f64, stall_timeout: &str) -> (Duration,
     let port_file = dir.join("port");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ami2"));
     command
-        .args(["run", "--supervise", "--rate", "1000", "--metrics", "0", "--stall-timeout", stall_timeout, "--listen", &listen])
-        .args(["--port-file", port_file.to_str().unwrap(), "--data-dir", dir.join("data").to_str().unwrap()])
+        .args([
+            "run",
+            "--supervise",
+            "--rate",
+            "1000",
+            "--metrics",
+            "0",
+            "--stall-timeout",
+            stall_timeout,
+            "--listen",
+            &listen,
+        ])
+        .args([
+            "--port-file",
+            port_file.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ])
         .args(["--", "-ll:cpu", "1", "-ll:util", "1"])
         .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::null())
@@ -68,7 +84,9 @@ fn measure(fault: Option<&str>, seconds: f64, stall_timeout: &str) -> (Duration,
         }
         (gap, bins)
     });
-    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", supervisor.id())]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", supervisor.id())])
+        .status();
     let _ = supervisor.wait();
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
     (gap, bins, stderr.matches("ami2 supervisor: service").count())

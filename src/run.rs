@@ -303,7 +303,9 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if !legion_args.iter().any(|a| a == "-ll:csize") {
         legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
     }
-    let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), 1, &legion_args)?;
+    // Every process of a multi-process run (`ami2 launch`, mpirun) writes its own profile.
+    let ranks = runtime::expected_processes().unwrap_or(1) as usize;
+    let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), ranks, &legion_args)?;
     legion_args.extend(tool_flags);
     // In a multi-process run, only the process of address space 0 runs the driver.
     let summary = runtime::start_rank(&legion_args, move |ctx| {
