@@ -295,7 +295,12 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
     };
-    let service = crate::service::Service::start(&args.service, ami_tasks::event::bin_width_ns(config.display_rate_hz))?;
+    // Clients talk to the process that runs the driver (rank 0); the other ranks only run tasks.
+    let service = if runtime::launch_rank().unwrap_or(0) == 0 {
+        crate::service::Service::start(&args.service, ami_tasks::event::bin_width_ns(config.display_rate_hz))?
+    } else {
+        None
+    };
     let mut observer = crate::service::ServiceObserver::new(printer, service.as_ref().map(|s| s.hub()));
     let data_dir = args.data_dir.clone();
     let started = Instant::now();

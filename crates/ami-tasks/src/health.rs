@@ -83,6 +83,11 @@ pub fn reset() -> u64 {
     board.run
 }
 
+/// The number of the current run of this process (0: none started here).
+pub fn current_run() -> u64 {
+    board().run
+}
+
 /// Asks the monitors to return (end of the run).
 pub fn stop_monitors() {
     board().stop = true;

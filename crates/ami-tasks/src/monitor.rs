@@ -69,13 +69,22 @@ fn stalls_seen() -> std::sync::MutexGuard<'static, Vec<health::Stall>> {
 }
 
 pub(crate) fn monitor_task(_ctx: &TaskContext, args: MonitorArgs) -> Result<MonitorReport, TaskError> {
+    crate::fault::inject(&format!("monitor/{}", args.index), 0).map_err(TaskError::msg)?;
+    Ok(ensure_watcher(&args))
+}
+
+/// Makes sure this process has a live watcher thread (starting it again if it died) and says
+/// what happened. In the driver's process it watches the driver's run (and ends with it); in
+/// another process of a multi-process run, which has no run of its own, it watches the tasks of
+/// that process for as long as the process lives.
+pub fn ensure_watcher(args: &MonitorArgs) -> MonitorReport {
+    let run = if health::current_run() == 0 { 0 } else { args.run };
     let label = format!("monitor/{}", args.index);
-    crate::fault::inject(&label, 0).map_err(TaskError::msg)?;
     let mut report = MonitorReport::default();
     let mut current = watcher();
-    let alive = current.as_ref().is_some_and(|w| w.run == args.run && !w.thread.is_finished());
+    let alive = current.as_ref().is_some_and(|w| w.run == run && !w.thread.is_finished());
     if !alive {
-        if let Some(old) = current.take().filter(|w| w.run == args.run) {
+        if let Some(old) = current.take().filter(|w| w.run == run) {
             report.watcher_died = Some(match old.thread.join() {
                 Ok(()) => "returned".to_string(),
                 Err(payload) => legion_bridge::catch_panic(|| std::panic::resume_unwind(payload))
@@ -84,16 +93,20 @@ pub(crate) fn monitor_task(_ctx: &TaskContext, args: MonitorArgs) -> Result<Moni
             });
         }
         stalls_seen().clear();
-        let run = args.run;
-        let thread = std::thread::Builder::new()
+        let watched = MonitorArgs { run, ..args.clone() };
+        match std::thread::Builder::new()
             .name(label.clone())
-            .spawn(move || watch(&label, &args))
-            .map_err(|e| TaskError::msg(format!("cannot start the monitor's watcher: {e}")))?;
-        *current = Some(Watcher { run, thread });
-        report.started_watcher = true;
+            .spawn(move || watch(&label, &watched))
+        {
+            Ok(thread) => {
+                *current = Some(Watcher { run, thread });
+                report.started_watcher = true;
+            }
+            Err(error) => report.watcher_died = Some(format!("cannot be started: {error}")),
+        }
     }
     report.stalls = stalls_seen().clone();
-    Ok(report)
+    report
 }
 
 /// The watcher thread: looks every interval until its run ends.

@@ -15,7 +15,7 @@ use crate::graph::{compile, default_graph, GraphSpec};
 use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
-use crate::monitor::{read_incidents, MonitorArgs, INCIDENT_FILE};
+use crate::monitor::{ensure_watcher, read_incidents, MonitorArgs, MonitorReport, INCIDENT_FILE};
 use crate::placement::{partition_groups, tag};
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
@@ -335,13 +335,24 @@ pub fn run(
         incident_file: data_dir.map(|dir| dir.join(INCIDENT_FILE)),
         exit_on_stall: config.exit_on_stall,
     };
-    let launch_monitor = || -> Result<Future<crate::monitor::MonitorReport>, PipelineError> {
-        Ok(ctx.execute(&TaskLauncher::new(tasks.monitor, &monitor_args)?)?)
+    // One monitor per service node (node 0 in a one-process run), placed by the policy; each
+    // keeps a watcher thread alive in its process. The driver keeps one in its own process too,
+    // where the rounds are seen (in a one-process run, the same one).
+    let monitor_indexes: Vec<u32> = crate::placement::current()
+        .map(|p| p.monitors().into_iter().map(|(index, _)| index).collect())
+        .unwrap_or_else(|| vec![0]);
+    let launch_monitor = |index: u32| -> Result<Future<MonitorReport>, PipelineError> {
+        let args = MonitorArgs {
+            index: index as usize,
+            ..monitor_args.clone()
+        };
+        Ok(ctx.execute(&TaskLauncher::new(tasks.monitor, &args)?.tag(tag(TaskKind::RobustnessMonitor { index })))?)
     };
-    // The monitor task runs every interval: it starts the watcher thread, and starts it again if
-    // it died (see `monitor`).
     let monitor_interval = std::time::Duration::from_millis(config.monitor_interval_ms);
-    let mut monitor = Some(launch_monitor()?);
+    let mut monitors: Vec<Option<Future<MonitorReport>>> = monitor_indexes
+        .iter()
+        .map(|&i| launch_monitor(i).map(Some))
+        .collect::<Result<_, _>>()?;
     let mut monitor_launched = std::time::Instant::now();
     // However the run ends (an error included), the monitor must return: Legion waits for it.
     let _stop_monitors = StopMonitorsOnDrop;
@@ -376,23 +387,34 @@ pub fn run(
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
         summary.incidents.extend(report.incidents.iter().cloned());
-        if let Some(done) = monitor.take_if(|m| m.is_ready()) {
-            let trouble = match done.get() {
+        let mut monitor_reports = Vec::new();
+        for (slot, &index) in monitors.iter_mut().zip(&monitor_indexes) {
+            if let Some(done) = slot.take_if(|m| m.is_ready()) {
+                monitor_reports.push((format!("monitor/{index}"), done.get()));
+            }
+        }
+        if monitor_launched.elapsed() >= monitor_interval {
+            monitor_reports.push(("driver".into(), Ok(ensure_watcher(&monitor_args))));
+            for (slot, &index) in monitors.iter_mut().zip(&monitor_indexes) {
+                if slot.is_none() {
+                    *slot = Some(launch_monitor(index)?);
+                }
+            }
+            monitor_launched = std::time::Instant::now();
+        }
+        for (component, outcome) in monitor_reports {
+            let trouble = match outcome {
                 Ok(report) => report
                     .watcher_died
                     .map(|why| (IncidentKind::Restart, format!("watcher {why}; started again"))),
                 Err(error) => Some((IncidentKind::Error, error.to_string())),
             };
             if let Some((kind, message)) = trouble {
-                let incident = Incident::new("monitor/0", kind, 0, message);
-                tracing::error!(component = "monitor/0", "{}", incident.message);
+                let incident = Incident::new(&component, kind, 0, message);
+                tracing::error!(component, "{}", incident.message);
                 record_incidents(ctx, &stores, std::slice::from_ref(&incident), &mut incident_sequence)?;
                 summary.incidents.push(incident);
             }
-        }
-        if monitor.is_none() && monitor_launched.elapsed() >= monitor_interval {
-            monitor = Some(launch_monitor()?);
-            monitor_launched = std::time::Instant::now();
         }
         metrics.record(&report);
         if !report.failures.is_empty() {
@@ -513,7 +535,7 @@ pub fn run(
         summary.incidents.append(&mut graph_manager.incidents);
     }
     health::stop_monitors();
-    if let Some(Err(error)) = monitor.map(|m| m.get()) {
+    for error in monitors.into_iter().flatten().filter_map(|m| m.get().err()) {
         tracing::warn!("robustness monitor: {error}");
     }
     summary.graph_version = current_graph_version(ctx, &stores)?;
