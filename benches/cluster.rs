@@ -12,13 +12,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
+#[path = "common/options.rs"]
+mod options;
+use options::arg;
+
 fn option(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    arg(name, &default.to_string()).parse().unwrap_or(default)
 }
 
 fn main() {

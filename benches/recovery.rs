@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 
 use client_lib::{Client, ClientOptions, Event};
 
+#[path = "common/options.rs"]
+mod options;
+use options::arg;
+
 #[path = "../tests/common/service.rs"]
 #[allow(dead_code)] // shared with the tests, which use all of it
 mod service_process;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 /// Runs the supervised service with `fault` for `seconds`; returns (longest gap between bins,
 /// bins seen, restarts).

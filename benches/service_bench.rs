@@ -17,17 +17,13 @@ use client_lib::{Answer, Client, ClientOptions, Event};
 use protocol1::Edit;
 use serde_json::json;
 
+#[path = "common/options.rs"]
+mod options;
+use options::arg;
+
 #[path = "../tests/common/service.rs"]
 #[allow(dead_code)] // shared with the tests, which use all of it
 mod service_process;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();

@@ -17,10 +17,13 @@ use service_process::{free_port, scratch, Service};
 #[path = "common/service.rs"]
 mod service_process;
 
-/// `ami2 ARGS` with `AMI2_FAULT=fault`, to completion.
+/// `ami2 run ARGS` with `AMI2_FAULT=fault`, to completion: bins as JSON lines, no metrics endpoint,
+/// no client server, one CPU processor.
 fn run_with_fault(fault: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .arg("run")
         .args(args)
+        .args(["--json", "--metrics", "0", "--no-listen", "--", "-ll:cpu", "1", "-ll:util", "1"])
         .env("AMI2_FAULT", fault)
         .env_remove("LD_LIBRARY_PATH")
         .output()
@@ -53,27 +56,7 @@ fn a_failing_attempt_of_every_pipeline_task_is_retried_and_nothing_is_lost() {
         "global_reducer:error@6",
         "monitor:panic@1",
     ] {
-        let out = run_with_fault(
-            fault,
-            &[
-                "run",
-                "--frames",
-                "3000",
-                "--rate",
-                "3000",
-                "--partitions",
-                "2",
-                "--json",
-                "--metrics",
-                "0",
-                "--no-listen",
-                "--",
-                "-ll:cpu",
-                "1",
-                "-ll:util",
-                "1",
-            ],
-        );
+        let out = run_with_fault(fault, &["--frames", "3000", "--rate", "3000", "--partitions", "2"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{fault}: {stderr}");
         let component = fault.split(':').next().unwrap();
@@ -91,25 +74,7 @@ fn a_failing_attempt_of_every_pipeline_task_is_retried_and_nothing_is_lost() {
 
 #[test]
 fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
-    let out = run_with_fault(
-        "worker:error@3x3",
-        &[
-            "run",
-            "--frames",
-            "2000",
-            "--rate",
-            "2000",
-            "--json",
-            "--metrics",
-            "0",
-            "--no-listen",
-            "--",
-            "-ll:cpu",
-            "1",
-            "-ll:util",
-            "1",
-        ],
-    );
+    let out = run_with_fault("worker:error@3x3", &["--frames", "2000", "--rate", "2000"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("worker/0 failed 3 times"), "{stderr}");
@@ -121,25 +86,15 @@ fn supervised_run_with_hang(fault: &str, dir: &Path) -> (Output, Vec<Value>) {
     let out = run_with_fault(
         fault,
         &[
-            "run",
             "--supervise",
             "--frames",
             "8000",
             "--rate",
             "2000",
-            "--json",
-            "--metrics",
-            "0",
-            "--no-listen",
             "--stall-timeout",
             "2",
             "--data-dir",
             dir.to_str().unwrap(),
-            "--",
-            "-ll:cpu",
-            "1",
-            "-ll:util",
-            "1",
         ],
     );
     let bins = bins(&out);
