@@ -95,16 +95,16 @@ fn main() {
     println!("{:<26} {:>14} {:>6} {:>9}", "fault (AMI2_FAULT)", "longest gap", "bins", "restarts");
     for fault in [
         None,
-        Some("source/0:panic@40"),
-        Some("worker/0:panic@40"),
-        Some("local_reducer:panic@40"),
-        Some("global_reducer:panic@40"),
-        Some("monitor:panic@2"),
-        Some("source/0:hang@40"),
-        Some("worker/0:hang@40"),
-        Some("local_reducer:hang@40"),
-        Some("global_reducer:hang@40"),
-        Some("monitor:hang@20"),
+        Some("source/0:panic@5s"),
+        Some("worker/0:panic@5s"),
+        Some("local_reducer:panic@5s"),
+        Some("global_reducer:panic@5s"),
+        Some("monitor:panic@5s"),
+        Some("source/0:hang@5s"),
+        Some("worker/0:hang@5s"),
+        Some("local_reducer:hang@5s"),
+        Some("global_reducer:hang@5s"),
+        Some("monitor:hang@5s"),
     ] {
         let (gap, bins, restarts) = measure(fault, seconds, &stall_timeout);
         println!(
