@@ -4,7 +4,7 @@
 //! one result through `client-lib` (which reconnects by itself) and prints the longest gap between
 //! two result bins — the time results were interrupted — next to the run without a fault.
 //!
-//! Run: `cargo bench --bench recovery [-- --seconds S --stall-timeout S]`.
+//! Run: `cargo bench --bench recovery [-- --seconds S --stall-timeout S --only SUBSTRING]`.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -91,6 +91,7 @@ fn measure(fault: Option<&str>, seconds: f64, stall_timeout: &str) -> (Duration,
 fn main() {
     let seconds: f64 = arg("--seconds", "12").parse().expect("--seconds S");
     let stall_timeout = arg("--stall-timeout", "2");
+    let only = arg("--only", "");
     println!("synthetic events at 1 kHz, bins every 50 ms, stall timeout {stall_timeout} s, {seconds} s per case");
     println!("{:<26} {:>14} {:>6} {:>9}", "fault (AMI2_FAULT)", "longest gap", "bins", "restarts");
     for fault in [
@@ -105,7 +106,11 @@ fn main() {
         Some("local_reducer:hang@5s"),
         Some("global_reducer:hang@5s"),
         Some("monitor:hang@5s"),
-    ] {
+        Some("monitor-watcher:hang@5s"),
+    ]
+    .into_iter()
+    .filter(|fault| fault.unwrap_or("(none)").contains(only.as_str()))
+    {
         let (gap, bins, restarts) = measure(fault, seconds, &stall_timeout);
         println!(
             "{:<26} {:>11.0} ms {:>6} {:>9}",

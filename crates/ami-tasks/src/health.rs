@@ -99,6 +99,11 @@ pub(crate) fn monitors_stopped(run: u64) -> bool {
     board.stop || board.run != run
 }
 
+/// How long ago a watcher last looked (none since the run started).
+pub(crate) fn monitor_beat_age() -> Option<Duration> {
+    board().monitor_beat.map(|t| t.elapsed())
+}
+
 pub(crate) fn monitor_beat() {
     board().monitor_beat = Some(Instant::now());
 }

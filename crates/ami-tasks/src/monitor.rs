@@ -56,6 +56,7 @@ pub struct MonitorReport {
 struct Watcher {
     run: u64,
     thread: JoinHandle<()>,
+    started: std::time::Instant,
 }
 
 fn watcher() -> std::sync::MutexGuard<'static, Option<Watcher>> {
@@ -82,14 +83,24 @@ pub fn ensure_watcher(args: &MonitorArgs) -> MonitorReport {
     let label = format!("monitor/{}", args.index);
     let mut report = MonitorReport::default();
     let mut current = watcher();
-    let alive = current.as_ref().is_some_and(|w| w.run == run && !w.thread.is_finished());
+    // A watcher that has not looked for several intervals is stuck: a thread cannot be stopped
+    // from outside, so it is left behind and a new one takes over.
+    let stuck_after = Duration::from_millis(args.interval_ms * 4 + 1000);
+    let silent = |w: &Watcher| health::monitor_beat_age().unwrap_or_else(|| w.started.elapsed()) > stuck_after;
+    let alive = current
+        .as_ref()
+        .is_some_and(|w| w.run == run && !w.thread.is_finished() && !silent(w));
     if !alive {
         if let Some(old) = current.take().filter(|w| w.run == run) {
-            report.watcher_died = Some(match old.thread.join() {
-                Ok(()) => "returned".to_string(),
-                Err(payload) => legion_bridge::catch_panic(|| std::panic::resume_unwind(payload))
-                    .err()
-                    .unwrap_or_default(),
+            report.watcher_died = Some(if !old.thread.is_finished() {
+                format!("stopped looking (nothing for {} ms)", stuck_after.as_millis())
+            } else {
+                match old.thread.join() {
+                    Ok(()) => "returned".to_string(),
+                    Err(payload) => legion_bridge::catch_panic(|| std::panic::resume_unwind(payload))
+                        .err()
+                        .unwrap_or_default(),
+                }
             });
         }
         stalls_seen().clear();
@@ -99,7 +110,11 @@ pub fn ensure_watcher(args: &MonitorArgs) -> MonitorReport {
             .spawn(move || watch(&label, &watched))
         {
             Ok(thread) => {
-                *current = Some(Watcher { run, thread });
+                *current = Some(Watcher {
+                    run,
+                    thread,
+                    started: std::time::Instant::now(),
+                });
                 report.started_watcher = true;
             }
             Err(error) => report.watcher_died = Some(format!("cannot be started: {error}")),
@@ -116,7 +131,7 @@ fn watch(label: &str, args: &MonitorArgs) {
         if health::monitors_stopped(args.run) {
             break;
         }
-        if let Err(error) = crate::fault::inject(&format!("{label}-watcher"), 0) {
+        if let Err(error) = crate::fault::inject(&label.replace("monitor/", "monitor-watcher/"), 0) {
             panic!("{error}");
         }
         health::monitor_beat();
