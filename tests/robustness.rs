@@ -80,6 +80,15 @@ fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
     assert!(stderr.contains("worker/0 failed 3 times"), "{stderr}");
 }
 
+#[test]
+fn a_stuck_monitor_watcher_is_replaced_without_stopping_results() {
+    let out = run_with_fault("monitor-watcher:hang@1s", &["--frames", "5000", "--rate", "1000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped looking"), "no incident for the stuck watcher\n{stderr}");
+    assert_eq!(events_in(&bins(&out)), 5000, "{stderr}");
+}
+
 /// Runs a bounded job under the supervisor with `fault` (a hang) and a 2 s stall limit; returns the
 /// output and the bins printed by all the service's lives.
 fn supervised_run_with_hang(fault: &str, dir: &Path) -> (Output, Vec<Value>) {
