@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client_lib::{Client, ClientOptions, Event};
+use protocol1::Edit;
+use serde_json::json;
 
 #[path = "common/options.rs"]
 mod options;
@@ -68,6 +70,21 @@ fn measure(fault: Option<&str>, seconds: f64, stall_timeout: &str) -> (Duration,
         let until = Instant::now() + Duration::from_secs_f64(seconds);
         let mut last: Option<Instant> = None;
         let (mut gap, mut bins) = (Duration::ZERO, 0);
+        // The graph manager runs only for requests: an editor sends one after the fault is armed
+        // (its answer is lost with the process when the fault is a hang).
+        if fault.is_some_and(|f| f.starts_with("graph_manager")) {
+            let listen = listen.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let editor = Client::connect(&listen, ClientOptions::default()).await.unwrap();
+                let (version, _) = editor.graph().await.unwrap();
+                let edit = Edit::SetParams {
+                    id: "energy_hist".into(),
+                    params: json!({"bins": 40, "low": 0.0, "high": 10.0}),
+                };
+                let _ = editor.request(version, vec![edit], None).await;
+            });
+        }
         while Instant::now() < until {
             if let Ok(Some(Event::Bin(_))) = watcher.next_event_timeout(Duration::from_millis(100)).await {
                 let now = Instant::now();
@@ -100,11 +117,13 @@ fn main() {
         Some("worker/0:panic@5s"),
         Some("local_reducer:panic@5s"),
         Some("global_reducer:panic@5s"),
+        Some("graph_manager:panic@1"),
         Some("monitor:panic@5s"),
         Some("source/0:hang@5s"),
         Some("worker/0:hang@5s"),
         Some("local_reducer:hang@5s"),
         Some("global_reducer:hang@5s"),
+        Some("graph_manager:hang@1"),
         Some("monitor:hang@5s"),
         Some("monitor-watcher:hang@5s"),
     ]
