@@ -67,6 +67,22 @@ impl<'a> View<&'a mut [u8]> {
         self.segment_mut(key)?.put(key, codec, value)
     }
 
+    /// Makes room for a value of `len` bytes under `key` and returns it to be written in place
+    /// (see [`Segment::reserve`]).
+    pub fn reserve(&mut self, key: &str, codec: Codec, len: usize) -> KvResult<&mut [u8]> {
+        self.segment_mut(key)?.reserve(key, codec, len)
+    }
+
+    /// `key`'s value, writable in place; `None` when absent.
+    pub fn value_mut(&mut self, key: &str) -> KvResult<Option<&mut [u8]>> {
+        Ok(self.segment_mut(key)?.value_mut(key))
+    }
+
+    /// Shortens `key`'s value to `len` bytes (see [`Segment::truncate`]).
+    pub fn truncate(&mut self, key: &str, len: usize) -> KvResult<bool> {
+        Ok(self.segment_mut(key)?.truncate(key, len))
+    }
+
     /// Removes `key`; true if it was there.
     pub fn delete(&mut self, key: &str) -> KvResult<bool> {
         Ok(self.segment_mut(key)?.delete(key))
