@@ -262,7 +262,10 @@ pub fn status(args: StatusArgs) -> Result<()> {
         serde_json::from_value(status["health"].clone()).context("the status answer has no heartbeats")?;
     match health.quiet_ms() {
         Some(quiet) if quiet as f64 <= max_quiet * 1000.0 => {
-            println!("healthy: last pipeline report {quiet} ms ago, graph version {}", status["graph_version"]);
+            println!(
+                "healthy: last pipeline report {quiet} ms ago, graph version {}",
+                status["graph_version"]
+            );
             Ok(())
         }
         Some(quiet) => bail!("unhealthy: the pipeline has been quiet for {quiet} ms"),

@@ -82,12 +82,20 @@ fn quoted_array(items: &[String]) -> String {
 fn crontab_line(data_dir: &Path) -> String {
     let script = data_dir.join("ami2-watchdog");
     let config = data_dir.join("watchdog.conf");
-    format!("* * * * * {} {} # ami2 watchdog", quote(&script.to_string_lossy()), quote(&config.to_string_lossy()))
+    format!(
+        "* * * * * {} {} # ami2 watchdog",
+        quote(&script.to_string_lossy()),
+        quote(&config.to_string_lossy())
+    )
 }
 
 /// Name of the cron.d file for a data directory (cron.d names allow letters, digits, - and _).
 fn cron_file(target: &TargetArgs, data_dir: &Path) -> PathBuf {
-    let name: String = data_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let name: String = data_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     target.cron_dir.join(format!("ami2{name}"))
 }
 
@@ -97,7 +105,11 @@ fn install(args: InstallArgs) -> Result<()> {
     let script = data_dir.join("ami2-watchdog");
     std::fs::write(&script, WATCHDOG).with_context(|| format!("writing {}", script.display()))?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let launch: Vec<String> = args.launch.as_deref().map(|l| l.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let launch: Vec<String> = args
+        .launch
+        .as_deref()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let config = data_dir.join("watchdog.conf");
     let text = format!(
         "# ami2 watchdog configuration (written by `ami2 cron install`)\nAMI2_BIN={}\nAMI2_DATA_DIR={}\nAMI2_ADDR={}\nAMI2_MAX_QUIET={}\nAMI2_RUN_ARGS={}\nAMI2_LAUNCH={}\n",
@@ -142,7 +154,11 @@ fn uninstall(target: &TargetArgs) -> Result<()> {
     let line = crontab_line(&data_dir);
     let current = read_crontab()?;
     if !current.lines().any(|l| l == line) {
-        bail!("no watchdog entry for {} in {} or the crontab", data_dir.display(), target.cron_dir.display());
+        bail!(
+            "no watchdog entry for {} in {} or the crontab",
+            data_dir.display(),
+            target.cron_dir.display()
+        );
     }
     let kept: String = current.lines().filter(|l| *l != line).map(|l| format!("{l}\n")).collect();
     write_crontab(&kept)?;
@@ -156,11 +172,19 @@ fn read_crontab() -> Result<String> {
         .output()
         .context("running `crontab -l` (no cron.d folder and no crontab command: install cron)")?;
     // `crontab -l` fails when the user has no crontab yet.
-    Ok(if out.status.success() { String::from_utf8_lossy(&out.stdout).into_owned() } else { String::new() })
+    Ok(if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::new()
+    })
 }
 
 fn write_crontab(text: &str) -> Result<()> {
-    let mut child = Command::new("crontab").arg("-").stdin(Stdio::piped()).spawn().context("running `crontab -`")?;
+    let mut child = Command::new("crontab")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running `crontab -`")?;
     child.stdin.take().context("crontab's input")?.write_all(text.as_bytes())?;
     if !child.wait()?.success() {
         bail!("`crontab -` refused the new table");
