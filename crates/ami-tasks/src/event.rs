@@ -43,6 +43,10 @@ pub trait Event {
     fn field_name(&self, i: usize) -> Option<&str>;
     /// Value of field `i` (`None` past the last).
     fn field(&self, i: usize) -> Option<FieldRef<'_>>;
+    /// Whether field `i` is called `name` (what the graph asks for every event).
+    fn field_is(&self, i: usize, name: &str) -> bool {
+        self.field_name(i) == Some(name)
+    }
 }
 
 impl Event for Frame {

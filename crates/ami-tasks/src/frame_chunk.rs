@@ -394,14 +394,14 @@ impl<'a> FrameRef<'a> {
         Ok(frame)
     }
 
-    /// Field `i`'s name, kind, and (offset, elements) of its data; `None`s where out of range.
-    fn entry(&self, i: usize) -> (Option<&'a str>, u8, Option<(usize, usize)>) {
+    /// Field `i`'s name (bytes), kind, and (offset, elements) of its data; `None`s where out of
+    /// range.
+    fn entry(&self, i: usize) -> (Option<&'a [u8]>, u8, Option<(usize, usize)>) {
         let b = self.bytes;
         let e = FRAME_HEADER + FIELD_ENTRY * i;
         let name = get_u16(b, e + 2)
             .zip(get_u32(b, e + 4))
-            .and_then(|(len, at)| b.get(at as usize..at as usize + len as usize))
-            .and_then(|bytes| std::str::from_utf8(bytes).ok());
+            .and_then(|(len, at)| b.get(at as usize..at as usize + len as usize));
         let kind = b.get(e).copied().unwrap_or(0);
         let data = get_u32(b, e + 8)
             .zip(get_u32(b, e + 12))
@@ -454,7 +454,10 @@ impl Event for FrameRef<'_> {
         if i >= self.fields {
             return None;
         }
-        self.entry(i).0
+        std::str::from_utf8(self.entry(i).0?).ok()
+    }
+    fn field_is(&self, i: usize, name: &str) -> bool {
+        i < self.fields && self.entry(i).0 == Some(name.as_bytes())
     }
     fn field(&self, i: usize) -> Option<FieldRef<'_>> {
         if i >= self.fields {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kv_region::view::{apply_ops, with_reader, with_writer, View};
+use kv_region::view::{apply_ops, with_reader, with_writer, ValueLocation, View};
 use kv_region::{Codec, Op, Slot};
 use legion_bridge::{register_task, Field, TaskContext, TaskError, TaskId, VariantOptions};
 use serde::{Deserialize, Serialize};
@@ -408,19 +408,16 @@ struct ChunkSink<'v, 'a> {
     partition: usize,
     buffer: usize,
     chunk_bytes: usize,
-    /// Key of the chunk being filled.
-    open: Option<String>,
+    /// The chunk being filled: its key and where its value lies.
+    open: Option<(String, ValueLocation)>,
 }
 
 impl ChunkSink<'_, '_> {
     /// The open chunk, to continue it.
     fn writer(&mut self) -> kv_region::KvResult<Option<ChunkWriter<'_>>> {
-        let Some(key) = &self.open else { return Ok(None) };
-        let bytes = self
-            .view
-            .value_mut(key)?
-            .ok_or_else(|| kv_region::KvError::Layout(format!("chunk {key} vanished while being written")))?;
-        ChunkWriter::resume(bytes)
+        let Some((_, location)) = &self.open else { return Ok(None) };
+        // Located once per chunk: no key lookup per frame.
+        ChunkWriter::resume(self.view.value_at(location)?)
             .map(Some)
             .map_err(|e| kv_region::KvError::Layout(e.to_string()))
     }
@@ -430,7 +427,7 @@ impl ChunkSink<'_, '_> {
         let Some(used) = self.writer()?.map(|w| w.len()) else {
             return Ok(());
         };
-        if let Some(key) = self.open.take() {
+        if let Some((key, _)) = self.open.take() {
             self.view.truncate(&key, used)?;
         }
         Ok(())
@@ -444,9 +441,12 @@ impl ChunkSink<'_, '_> {
         if self.view.reserve(&key, Codec::Raw, self.chunk_bytes.max(least)).is_err() {
             self.view.reserve(&key, Codec::Raw, least)?;
         }
-        let bytes = self.view.value_mut(&key)?.unwrap_or_default();
-        ChunkWriter::new(bytes).map_err(|e| kv_region::KvError::Layout(e.to_string()))?;
-        self.open = Some(key);
+        let location = self
+            .view
+            .locate(&key)?
+            .ok_or_else(|| kv_region::KvError::Layout(format!("chunk {key} vanished after it was reserved")))?;
+        ChunkWriter::new(self.view.value_at(&location)?).map_err(|e| kv_region::KvError::Layout(e.to_string()))?;
+        self.open = Some((key, location));
         Ok(())
     }
 }

@@ -361,10 +361,21 @@ impl<B: AsRef<[u8]>> Segment<B> {
             let mut run_start = from;
             let mut point = from;
             while point < to.min(total) {
-                if point % 8 == 0 && point + 8 <= total && self.b()[self.bitmap_start() + point / 8] == 0xFF {
-                    point += 8;
-                    run_start = point;
-                    continue;
+                if point % 8 == 0 && point + 8 <= to.min(total) {
+                    // Whole bytes at once: 8 used points, or 8 free ones (a large value spans
+                    // thousands of points).
+                    match self.b()[self.bitmap_start() + point / 8] {
+                        0xFF => {
+                            point += 8;
+                            run_start = point;
+                            continue;
+                        }
+                        0x00 if point + 8 - run_start < need => {
+                            point += 8;
+                            continue;
+                        }
+                        _ => {}
+                    }
                 }
                 if self.bit(point) {
                     run_start = point + 1;
@@ -531,12 +542,25 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
 
     /// The bytes of `key`'s value, writable in place.
     pub fn value_mut(&mut self, key: &str) -> Option<&mut [u8]> {
+        let range = self.value_range(key)?;
+        Some(&mut self.bm()[range])
+    }
+
+    /// Where `key`'s value lies in the segment's bytes.
+    pub(crate) fn value_range(&self, key: &str) -> Option<std::ops::Range<usize>> {
         let Probe::Found(index) = self.probe(key.as_bytes(), fnv1a(key.as_bytes())) else {
             return None;
         };
         let e = self.entry(index);
         let start = self.data_start() + e.first * SLOT_BYTES + e.key_len;
-        Some(&mut self.bm()[start..start + e.value_len])
+        Some(start..start + e.value_len)
+    }
+
+    /// The bytes at `range` (a value's, from [`value_range`](Self::value_range)); `None` outside
+    /// the data points, so a stale range never touches the header or the directory.
+    pub(crate) fn bytes_mut(&mut self, range: std::ops::Range<usize>) -> Option<&mut [u8]> {
+        let data = self.data_start()..self.points() * SLOT_BYTES;
+        (data.start <= range.start && range.start <= range.end && range.end <= data.end).then(|| &mut self.bm()[range])
     }
 
     /// Shortens `key`'s value to its first `len` bytes, freeing the points it no longer needs

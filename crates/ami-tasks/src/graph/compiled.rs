@@ -458,10 +458,10 @@ impl CompiledGraph {
 
     fn find_field<E: Event + ?Sized>(&self, node: &Node, frame: &E, field: &str) -> usize {
         let hint = node.field_hint.load(Ordering::Relaxed);
-        if frame.field_name(hint) == Some(field) {
+        if frame.field_is(hint, field) {
             return hint;
         }
-        match (0..frame.field_count()).position(|i| frame.field_name(i) == Some(field)) {
+        match (0..frame.field_count()).position(|i| frame.field_is(i, field)) {
             Some(i) => {
                 node.field_hint.store(i, Ordering::Relaxed);
                 i

@@ -269,6 +269,9 @@ pub struct SyntheticGenerator {
     images: Vec<ImagePlan>,
 }
 
+/// Frames with at most this many fields are described on the stack when written.
+const INLINE_FIELDS: usize = 16;
+
 const ENERGY_KEY: u64 = 0x656E_6572_6779; // "energy"
 const NOISE_KEY: u64 = 0x006E_6F69_7365; // "noise"
 
@@ -401,8 +404,24 @@ impl SyntheticGenerator {
                 height: plan.height as u32,
             },
         });
-        let specs: Vec<FieldSpec<'_>> = scalars.chain(waveforms).chain(images).collect();
-        let mut out = sink.frame(seq, self.timestamp_ns(seq), &specs)?;
+        // On the stack for the usual few fields: no allocation per frame.
+        let mut inline = [FieldSpec {
+            name: "",
+            shape: FieldShape::Scalar(0.0),
+        }; INLINE_FIELDS];
+        let mut heap = Vec::new();
+        let count = self.scalars.len() + self.waveforms.len() + self.images.len();
+        let specs: &[FieldSpec<'_>] = if count <= INLINE_FIELDS {
+            inline
+                .iter_mut()
+                .zip(scalars.chain(waveforms).chain(images))
+                .for_each(|(slot, spec)| *slot = spec);
+            &inline[..count]
+        } else {
+            heap.extend(scalars.chain(waveforms).chain(images));
+            &heap
+        };
+        let mut out = sink.frame(seq, self.timestamp_ns(seq), specs)?;
         let first_array = self.scalars.len();
         for (k, plan) in self.waveforms.iter().enumerate() {
             self.waveform(plan, frame_key, energy, out.array(first_array + k));
