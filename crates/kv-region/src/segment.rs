@@ -577,6 +577,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
         let keep = (e.key_len + len).div_ceil(SLOT_BYTES).max(1);
         self.mark(e.first + keep, e.count - keep, false);
         self.set_header_u32(H_USED_DATA, self.header_u32(H_USED_DATA) - (e.count - keep));
+        // The last value placed: the next one goes right after what it keeps, so values
+        // reserved large and truncated pack without gaps.
+        if self.header_u32(H_ALLOC_HINT) == e.first + e.count {
+            self.set_header_u32(H_ALLOC_HINT, e.first + keep);
+        }
         e.count = keep;
         e.value_len = len;
         self.write_entry(index, &e);
@@ -675,6 +680,18 @@ mod tests {
         // The freed points hold new values.
         s.put("/t/b", Codec::Json, &[1; 5 * SLOT_BYTES]).unwrap();
         assert_eq!(s.get("/t/a").unwrap().1.len(), 300);
+    }
+
+    #[test]
+    fn values_reserved_large_and_truncated_pack_without_gaps() {
+        // 40 values of 3 points each, each reserved at 8 points: they fill 120 of 128 points.
+        let mut s = segment(64, 128 * SLOT_BYTES);
+        for i in 0..40 {
+            let key = format!("/t/{i:02}");
+            s.reserve(&key, Codec::Raw, 8 * SLOT_BYTES - key.len()).unwrap();
+            assert!(s.truncate(&key, 3 * SLOT_BYTES - key.len()));
+        }
+        assert_eq!(s.free().1, 8);
     }
 
     #[test]
