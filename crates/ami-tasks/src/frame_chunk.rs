@@ -303,6 +303,15 @@ fn read_u32(b: &[u8], at: usize) -> usize {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
 }
 
+/// A field entry of a frame read in place.
+struct Entry<'a> {
+    /// The name's bytes.
+    name: Option<&'a [u8]>,
+    kind: u8,
+    /// Offset from the frame's start and number of elements of its data.
+    data: Option<(usize, usize)>,
+}
+
 /// A chunk read in place.
 #[derive(Clone, Copy, Debug)]
 pub struct ChunkReader<'a> {
@@ -379,7 +388,7 @@ impl<'a> FrameRef<'a> {
         let frame = FrameRef { bytes: &b[..len], fields };
         for i in 0..fields {
             let e = FRAME_HEADER + FIELD_ENTRY * i;
-            let (name, kind, data) = frame.entry(i);
+            let Entry { name, kind, data } = frame.entry(i);
             let ok = name.is_some()
                 && matches!(kind, KIND_SCALAR | KIND_WAVEFORM | KIND_IMAGE)
                 && (kind == KIND_SCALAR
@@ -394,9 +403,8 @@ impl<'a> FrameRef<'a> {
         Ok(frame)
     }
 
-    /// Field `i`'s name (bytes), kind, and (offset, elements) of its data; `None`s where out of
-    /// range.
-    fn entry(&self, i: usize) -> (Option<&'a [u8]>, u8, Option<(usize, usize)>) {
+    /// Field `i`'s entry; `None`s where out of range.
+    fn entry(&self, i: usize) -> Entry<'a> {
         let b = self.bytes;
         let e = FRAME_HEADER + FIELD_ENTRY * i;
         let name = get_u16(b, e + 2)
@@ -408,7 +416,7 @@ impl<'a> FrameRef<'a> {
             .and_then(|(w, h)| (w as usize).checked_mul(h as usize))
             .zip(get_u32(b, e + 16))
             .map(|(n, at)| (at as usize, n));
-        (name, kind, data)
+        Entry { name, kind, data }
     }
 
     fn array(&self, at: usize, n: usize) -> Cow<'a, [f64]> {
@@ -454,17 +462,17 @@ impl Event for FrameRef<'_> {
         if i >= self.fields {
             return None;
         }
-        std::str::from_utf8(self.entry(i).0?).ok()
+        std::str::from_utf8(self.entry(i).name?).ok()
     }
     fn field_is(&self, i: usize, name: &str) -> bool {
-        i < self.fields && self.entry(i).0 == Some(name.as_bytes())
+        i < self.fields && self.entry(i).name == Some(name.as_bytes())
     }
     fn field(&self, i: usize) -> Option<FieldRef<'_>> {
         if i >= self.fields {
             return None;
         }
         let e = FRAME_HEADER + FIELD_ENTRY * i;
-        let (_, kind, data) = self.entry(i);
+        let Entry { kind, data, .. } = self.entry(i);
         let (at, n) = data?;
         Some(match kind {
             KIND_SCALAR => FieldRef::Scalar(f64::from_bits(get_u64(self.bytes, e + 24)?)),

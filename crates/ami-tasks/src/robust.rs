@@ -188,7 +188,7 @@ mod tests {
             Err(TaskError::msg("still broken"))
         });
         assert_eq!(calls, 3);
-        let error = attempted.result.err().expect("fails").to_string();
+        let error = attempted.result.expect_err("fails").to_string();
         assert!(error.contains("failed 3 times") && error.contains("still broken"), "{error}");
         assert_eq!(attempted.incidents.len(), 3);
         assert!(attempted.incidents.iter().all(|i| i.kind == IncidentKind::Error && !i.recovered));

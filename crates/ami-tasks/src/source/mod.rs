@@ -1,8 +1,9 @@
 //! Data sources: where the pipeline's events come from.
 //!
-//! A data source is run by one Legion task per telemetry partition. Each round the task asks its
-//! source for a batch ([`DataSource::next_batch`]), writes the frames to the Telemetry store and
-//! saves the source's [`SourcePosition`] in the Control store. After a crash the source is reopened
+//! A data source is run by one Legion task per telemetry partition. Each round the task has its
+//! source write a batch into the Telemetry store ([`DataSource::write_batch`]: by default the
+//! frames of [`DataSource::next_batch`], copied in; the synthetic source generates its values in
+//! place) and saves the source's [`SourcePosition`] in the Control store. After a crash the source is reopened
 //! with [`open`] from that saved position and continues exactly there: it never goes backwards and
 //! never skips what it had not delivered.
 //!
