@@ -254,7 +254,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         _ => None,
     };
     config.max_frame_bytes = Some(match &recording {
-        Some(info) => info.max_frame_bytes as usize,
+        Some(info) => info.max_stored_frame_bytes as usize,
         None => config.max_frame_bytes()?,
     });
     ami_tasks::register_tasks()?;

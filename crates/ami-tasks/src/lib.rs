@@ -17,6 +17,7 @@
 //! Call [`register_tasks`] before starting the runtime.
 pub mod event;
 pub mod fault;
+pub mod frame_chunk;
 pub mod graph;
 pub mod graph_manager;
 pub mod health;

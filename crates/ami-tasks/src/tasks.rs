@@ -15,18 +15,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kv_region::store::{decode_bincode, encode_bincode};
-use kv_region::view::{apply_ops, with_reader, with_writer};
+use kv_region::view::{apply_ops, with_reader, with_writer, ValueLocation, View};
 use kv_region::{Codec, Op, Slot};
 use legion_bridge::{register_task, Field, TaskContext, TaskError, TaskId, VariantOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::event::{bin_of, Frame};
+use crate::event::{bin_of, Event};
+use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
 use crate::robust::{self, Incident, RetryPolicy};
-use crate::source::{self, DataSource, SourceConfig, SourcePosition, SourceStats};
+use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
 use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
@@ -349,37 +349,23 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
     })?;
     let source = source_for(args, saved)?;
     let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
-    let batch = source.next_batch(args.batch_size, Duration::from_millis(args.timeout_ms))?;
-    let max_timestamp_ns = batch.frames.iter().map(|f| f.timestamp_ns).max();
-    let frames = batch.frames.len();
-
-    // The buffer is reused round after round: empty it, then store the batch in chunks.
-    with_writer(&buffer, args.telemetry_field, |view| {
+    // The buffer is reused round after round: empty it, then let the source write the batch
+    // into it, in place.
+    let batch = with_writer(&buffer, args.telemetry_field, |view| {
         view.clear();
-        let mut chunk: Vec<Frame> = Vec::new();
-        let mut chunk_bytes = 0;
-        let flush = |view: &mut kv_region::view::View<&mut [u8]>, chunk: &mut Vec<Frame>| -> kv_region::KvResult<()> {
-            if let Some(first) = chunk.first() {
-                view.put(
-                    &chunk_key(args.partition, args.buffer, first.seq),
-                    Codec::Bincode,
-                    &encode_bincode(chunk)?,
-                )?;
-                chunk.clear();
-            }
-            Ok(())
+        let mut sink = ChunkSink {
+            view,
+            partition: args.partition,
+            buffer: args.buffer,
+            chunk_bytes: args.chunk_bytes,
+            open: None,
         };
-        for frame in batch.frames {
-            let size = frame_size(&frame);
-            if !chunk.is_empty() && chunk_bytes + size > args.chunk_bytes {
-                flush(view, &mut chunk)?;
-                chunk_bytes = 0;
-            }
-            chunk_bytes += size;
-            chunk.push(frame);
-        }
-        flush(view, &mut chunk)
-    })?;
+        let written = source.write_batch(args.batch_size, Duration::from_millis(args.timeout_ms), &mut sink);
+        // Close the last chunk even after an error: what is stored stays readable.
+        sink.close()?;
+        Ok(written)
+    })??;
+    let (frames, max_timestamp_ns) = (batch.frames, batch.max_timestamp_ns);
 
     let position = source.position();
     let stats = source.stats();
@@ -414,22 +400,73 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
     })
 }
 
-/// Bytes a frame takes once encoded, roughly (to cut batches into chunks).
-fn frame_size(frame: &Frame) -> usize {
-    frame
-        .fields
-        .iter()
-        .map(|(name, value)| {
-            name.len()
-                + 8
-                + match value {
-                    kv_region::FieldValue::Scalar(_) => 8,
-                    kv_region::FieldValue::Waveform(v) => 8 * v.len() + 8,
-                    kv_region::FieldValue::Image { pixels, .. } => 8 * pixels.len() + 16,
-                }
-        })
-        .sum::<usize>()
-        + 24
+/// Writes a source's frames into chunks of its telemetry buffer (layout: [`frame_chunk`]), in
+/// place: a chunk is reserved at `chunk_bytes` (or one frame, if larger), filled, and truncated
+/// to what it holds when the next frame does not fit or the batch ends.
+struct ChunkSink<'v, 'a> {
+    view: &'v mut View<&'a mut [u8]>,
+    partition: usize,
+    buffer: usize,
+    chunk_bytes: usize,
+    /// The chunk being filled: its key and where its value lies.
+    open: Option<(String, ValueLocation)>,
+}
+
+impl ChunkSink<'_, '_> {
+    /// The open chunk, to continue it.
+    fn writer(&mut self) -> kv_region::KvResult<Option<ChunkWriter<'_>>> {
+        let Some((_, location)) = &self.open else { return Ok(None) };
+        // Located once per chunk: no key lookup per frame.
+        ChunkWriter::resume(self.view.value_at(location)?)
+            .map(Some)
+            .map_err(|e| kv_region::KvError::Layout(e.to_string()))
+    }
+
+    /// Truncates the open chunk to the frames it holds.
+    fn close(&mut self) -> kv_region::KvResult<()> {
+        let Some(used) = self.writer()?.map(|w| w.len()) else {
+            return Ok(());
+        };
+        if let Some((key, _)) = self.open.take() {
+            self.view.truncate(&key, used)?;
+        }
+        Ok(())
+    }
+
+    fn open_chunk(&mut self, seq: u64, frame_bytes: usize) -> kv_region::KvResult<()> {
+        self.close()?;
+        let key = chunk_key(self.partition, self.buffer, seq);
+        let least = frame_bytes + frame_chunk::CHUNK_OVERHEAD;
+        // A chunk as large as a frame when the buffer has no room left for a full one.
+        if self.view.reserve(&key, Codec::Raw, self.chunk_bytes.max(least)).is_err() {
+            self.view.reserve(&key, Codec::Raw, least)?;
+        }
+        let location = self
+            .view
+            .locate(&key)?
+            .ok_or_else(|| kv_region::KvError::Layout(format!("chunk {key} vanished after it was reserved")))?;
+        ChunkWriter::new(self.view.value_at(&location)?).map_err(|e| kv_region::KvError::Layout(e.to_string()))?;
+        self.open = Some((key, location));
+        Ok(())
+    }
+}
+
+impl FrameSink for ChunkSink<'_, '_> {
+    fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError> {
+        let sink_error = |reason: String| SourceError::Sink { seq, reason };
+        let need = frame_chunk::frame_bytes(fields);
+        let fits = self
+            .writer()
+            .map_err(|e| sink_error(e.to_string()))?
+            .is_some_and(|w| w.remaining() >= need);
+        if !fits {
+            self.open_chunk(seq, need).map_err(|e| sink_error(e.to_string()))?;
+        }
+        self.writer()
+            .map_err(|e| sink_error(e.to_string()))?
+            .and_then(|w| w.into_push(seq, timestamp_ns, fields))
+            .ok_or_else(|| sink_error(format!("a frame of {need} bytes does not fit its chunk")))
+    }
 }
 
 /// Compiled graphs of this process, per version; and the versions that failed at run time.
@@ -503,16 +540,16 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
 }
 
 /// Runs `graph` over `frames`, per time bin.
-fn run_graph(
+fn run_graph<E: Event>(
     graph: &CompiledGraph,
     version: u64,
-    frames: &[Frame],
+    frames: &[E],
     bin_width_ns: u64,
 ) -> Result<BTreeMap<(u64, u64), Partials>, crate::graph::EvalError> {
     let mut bins: BTreeMap<(u64, u64), Partials> = BTreeMap::new();
     for frame in frames {
         let partials = bins
-            .entry((bin_of(frame.timestamp_ns, bin_width_ns), version))
+            .entry((bin_of(frame.timestamp_ns(), bin_width_ns), version))
             .or_insert_with(|| graph.empty_partials());
         graph.process(frame, partials)?;
     }
@@ -526,40 +563,45 @@ fn worker_task(ctx: &TaskContext, args: WorkerArgs) -> Result<PartialReport, Tas
     robustly(&label, &args.retry, |_| worker_attempt(ctx, &args), |report| &mut report.incidents)
 }
 
-fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
-    let report: SourceReport = ctx.input_future(0)?;
-    let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
-        current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
-    })?;
-    let frames: Vec<Frame> = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
-        let mut frames = Vec::new();
-        for key in view.list("/") {
-            if let Some((Codec::Bincode, bytes)) = view.get(&key)? {
-                frames.extend(decode_bincode::<Vec<Frame>>(bytes)?);
+/// The frames of a telemetry buffer, read in place, in sequence order.
+fn stored_frames<'v>(view: &'v kv_region::view::View<&[u8]>) -> kv_region::KvResult<Vec<FrameRef<'v>>> {
+    let layout = |e: frame_chunk::ChunkError| kv_region::KvError::Layout(e.to_string());
+    let mut frames = Vec::new();
+    for key in view.list("/") {
+        match view.get(&key)? {
+            Some((Codec::Raw, bytes)) => {
+                for frame in ChunkReader::new(bytes).map_err(layout)?.frames() {
+                    frames.push(frame.map_err(layout)?);
+                }
             }
+            Some((codec, _)) => {
+                return Err(kv_region::KvError::Layout(format!(
+                    "telemetry key {key} holds {} data, not a frame chunk",
+                    codec.name()
+                )))
+            }
+            None => {}
         }
-        Ok(frames)
-    })?;
-    let mut out = PartialReport {
-        events: frames.len() as u64,
-        ..PartialReport::default()
-    };
-    out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
-    out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
-    out.incidents = report.incidents;
-    out.ran_on
-        .insert(format!("source/{}", args.partition), [report.address_space].into());
-    out.ran_on
-        .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
+    }
+    Ok(frames)
+}
+
+/// What a worker made of a batch: events, partials, the failure of the current graph if any.
+type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Option<GraphFailure>);
+
+/// Runs the graph over the buffer's frames; when it fails on an event, records the failure and
+/// runs the last good graph instead.
+fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, args: &WorkerArgs) -> Analysis {
+    let events = frames.len() as u64;
     let Some((version, graph)) = graph else {
         tracing::warn!(
             component = "worker",
             partition = args.partition,
             "no graph installed; events not analysed"
         );
-        return Ok(out);
+        return (events, BTreeMap::new(), None);
     };
-    match run_graph(&graph, version, &frames, args.bin_width_ns) {
+    match run_graph(&graph, version, frames, args.bin_width_ns) {
         Ok(bins) => {
             graph_cache().last_good = Some((version, graph));
             for (&(bin, graph_version), partials) in &bins {
@@ -572,7 +614,7 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
                     "partial"
                 );
             }
-            out.bins = bins;
+            (events, bins, None)
         }
         Err(error) => {
             tracing::warn!(
@@ -582,21 +624,47 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
                 "graph failed on an event, falling back to the last good graph: {error}"
             );
             // Record the failure, and fall back to the last good graph for this batch.
-            out.failures.push(GraphFailure {
+            let failure = GraphFailure {
                 version,
                 partition: args.partition,
                 message: error.to_string(),
-            });
+            };
             let fallback = {
                 let mut cache = graph_cache();
                 cache.failed.insert(version);
                 cache.last_good.clone()
             };
-            if let Some((good_version, good)) = fallback.filter(|(v, _)| *v != version) {
-                out.bins = run_graph(&good, good_version, &frames, args.bin_width_ns).unwrap_or_default();
-            }
+            let bins = match fallback.filter(|(v, _)| *v != version) {
+                Some((good_version, good)) => run_graph(&good, good_version, frames, args.bin_width_ns).unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+            (events, bins, Some(failure))
         }
     }
+}
+
+fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
+    let report: SourceReport = ctx.input_future(0)?;
+    let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
+        current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
+    })?;
+    // The graph reads the pixels where the source wrote them.
+    let (events, bins, failure) = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
+        Ok(analyse(&stored_frames(view)?, graph, args))
+    })?;
+    let mut out = PartialReport {
+        events,
+        bins,
+        ..PartialReport::default()
+    };
+    out.failures.extend(failure);
+    out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
+    out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
+    out.incidents = report.incidents;
+    out.ran_on
+        .insert(format!("source/{}", args.partition), [report.address_space].into());
+    out.ran_on
+        .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
     Ok(out)
 }
 

@@ -1,4 +1,5 @@
-//! The event pipeline end to end on the real runtime: golden results through the whole flow,
+//! The event pipeline end to end on the real runtime: golden results through the whole flow
+//! (scalars from a recording; images and waveforms read in place from the telemetry store),
 //! 1 vs 4 partitions, a graph change mid-stream, a graph failing at run time.
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use ami_tasks::event::bin_width_ns;
 use ami_tasks::graph::{GraphSpec, NodeSpec};
 use ami_tasks::pipeline::{install_graph, Flow, Observer, PipelineConfig};
-use ami_tasks::source::{write_recording, SourceConfig, SyntheticConfig};
+use ami_tasks::source::{write_recording, ImageSpec, SourceConfig, SyntheticConfig, SyntheticGenerator, WaveformSpec};
 use ami_tasks::stores::{result_key, Stores};
 use ami_tasks::{EmittedBin, GlobalReport, PipelineError};
 use kv_region::{FieldValue, Frame};
@@ -114,6 +115,42 @@ impl Observer for Breaker {
     }
 }
 
+/// Synthetic frames with a 40×30 image and a 100-sample waveform, 1 ms apart.
+fn arrays_source(frames: u64) -> SyntheticConfig {
+    SyntheticConfig {
+        frames: Some(frames),
+        rate_hz: None,
+        scalars: vec!["energy".into()],
+        waveforms: vec![WaveformSpec {
+            name: "wave".into(),
+            length: 100,
+        }],
+        images: vec![ImageSpec {
+            name: "cam".into(),
+            width: 40,
+            height: 30,
+            dtype: Default::default(),
+        }],
+        ..SyntheticConfig::default()
+    }
+}
+
+/// Mean of a 10×20 region of interest of the image, and the sum of the waveform.
+fn arrays_graph() -> GraphSpec {
+    GraphSpec {
+        nodes: vec![
+            NodeSpec::new("cam", "select", &[], json!({"field": "cam", "kind": "image"})),
+            NodeSpec::new("roi", "roi", &["cam"], json!({"x0": 5, "y0": 7, "x1": 15, "y1": 27})),
+            NodeSpec::new("roi_mean", "mean", &["roi"], json!({})),
+            NodeSpec::new("roi_chart", "strip_chart", &["roi_mean"], json!({})),
+            NodeSpec::new("wave", "select", &[], json!({"field": "wave", "kind": "waveform"})),
+            NodeSpec::new("wave_sum", "sum", &["wave"], json!({})),
+            NodeSpec::new("wave_chart", "strip_chart", &["wave_sum"], json!({})),
+        ],
+        results: vec!["roi_chart".into(), "wave_chart".into()],
+    }
+}
+
 fn main() -> ExitCode {
     ami_tasks::register_tasks().unwrap();
     let cases = vec![
@@ -180,6 +217,71 @@ fn main() -> ExitCode {
                     .ok_or_else(|| TaskError::msg("bin not in Results"))?;
                 check(close(&stored["value"], chart), format!("stored {stored}"))?;
             }
+            Ok(())
+        }),
+        case("golden_images_and_waveforms_read_in_place", |ctx| {
+            // Expected values computed here, from the generator's frames, pixel by pixel.
+            let source = arrays_source(330);
+            let generator = SyntheticGenerator::new(&source)?;
+            let width = bin_width_ns(20.0);
+            let mut expected: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+            for seq in 0..330 {
+                let frame = generator.frame(seq);
+                let (Some((_, FieldValue::Waveform(wave))), Some((_, FieldValue::Image { pixels, .. }))) =
+                    (frame.fields.get(1), frame.fields.get(2))
+                else {
+                    return Err(TaskError::msg("unexpected synthetic fields"));
+                };
+                let mut roi = 0.0;
+                for y in 7..27 {
+                    for x in 5..15 {
+                        roi += pixels[y * 40 + x];
+                    }
+                }
+                let entry = expected.entry(frame.timestamp_ns / width).or_default();
+                entry.0.push(roi / 200.0);
+                entry.1.push(wave.iter().sum());
+            }
+            let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+            // Small chunks (a few frames each) and batches that do not divide the stream, on 1
+            // and 3 partitions.
+            let mut runs = Vec::new();
+            for partitions in [1, 3] {
+                let config = PipelineConfig {
+                    batch_size: 7,
+                    chunk_bytes: 40_000,
+                    ..config(SourceConfig::Synthetic(source.clone()), partitions, arrays_graph())
+                };
+                let collect = run_collect(ctx, &config, Collect::default())?;
+                check(
+                    collect.bins.iter().map(|b| b.bin).eq(expected.keys().copied()),
+                    format!(
+                        "{partitions} partitions: bins {:?}",
+                        collect.bins.iter().map(|b| b.bin).collect::<Vec<_>>()
+                    ),
+                )?;
+                for bin in &collect.bins {
+                    let (rois, waves) = &expected[&bin.bin];
+                    for (name, values) in [("roi_chart", rois), ("wave_chart", waves)] {
+                        let chart = &bin.values[name];
+                        let got = chart["mean"].as_f64().unwrap_or(f64::NAN);
+                        let want = mean(values);
+                        check(
+                            chart["count"] == json!(values.len()) && (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                            format!("{partitions} partitions, bin {} {name}: {chart} vs mean {want}", bin.bin),
+                        )?;
+                    }
+                }
+                runs.push(collect.bins);
+            }
+            check(
+                runs[0].len() == runs[1].len()
+                    && runs[0]
+                        .iter()
+                        .zip(&runs[1])
+                        .all(|(a, b)| a.bin == b.bin && a.values.iter().all(|(k, v)| close(v, &b.values[k]))),
+                "1 and 3 partitions agree",
+            )?;
             Ok(())
         }),
         case("one_and_four_partitions_give_the_same_results", |ctx| {

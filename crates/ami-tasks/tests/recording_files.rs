@@ -106,8 +106,14 @@ fn round_trip_with_any_partition_count() {
             realtime: false
         })
         .unwrap(),
-        written.max_frame_bytes
+        written.max_stored_frame_bytes
     );
+    // The bound holds every frame as stored in a telemetry chunk.
+    let stored = expected
+        .iter()
+        .map(|f| ami_tasks::frame_chunk::frame_bytes(&ami_tasks::frame_chunk::FieldSpec::list(f)) as u64)
+        .max();
+    assert!(stored.is_some_and(|s| s <= written.max_stored_frame_bytes), "{stored:?}");
     assert!(written.header.producer.starts_with("ami-tasks"));
     let info = recording_info(&path).unwrap();
     assert_eq!(info, written);

@@ -88,6 +88,7 @@ fn codec_byte(codec: Codec) -> u8 {
     match codec {
         Codec::Json => 1,
         Codec::Bincode => 2,
+        Codec::Raw => 3,
     }
 }
 

@@ -62,8 +62,11 @@ const DELETED: u8 = 2;
 pub enum Codec {
     /// UTF-8 JSON text.
     Json,
-    /// bincode (telemetry frames: packed numeric arrays).
+    /// bincode (typed values of the stores).
     Bincode,
+    /// Bytes in a layout of the caller's own (telemetry frame chunks: aligned raw arrays that
+    /// tasks read in place).
+    Raw,
 }
 
 impl Codec {
@@ -71,12 +74,14 @@ impl Codec {
         match self {
             Self::Json => 1,
             Self::Bincode => 2,
+            Self::Raw => 3,
         }
     }
     pub(crate) fn from_byte(byte: u8) -> Option<Self> {
         match byte {
             1 => Some(Self::Json),
             2 => Some(Self::Bincode),
+            3 => Some(Self::Raw),
             _ => None,
         }
     }
@@ -85,6 +90,7 @@ impl Codec {
         match self {
             Self::Json => "JSON",
             Self::Bincode => "bincode",
+            Self::Raw => "raw",
         }
     }
 }
@@ -355,10 +361,21 @@ impl<B: AsRef<[u8]>> Segment<B> {
             let mut run_start = from;
             let mut point = from;
             while point < to.min(total) {
-                if point % 8 == 0 && point + 8 <= total && self.b()[self.bitmap_start() + point / 8] == 0xFF {
-                    point += 8;
-                    run_start = point;
-                    continue;
+                if point % 8 == 0 && point + 8 <= to.min(total) {
+                    // Whole bytes at once: 8 used points, or 8 free ones (a large value spans
+                    // thousands of points).
+                    match self.b()[self.bitmap_start() + point / 8] {
+                        0xFF => {
+                            point += 8;
+                            run_start = point;
+                            continue;
+                        }
+                        0x00 if point + 8 - run_start < need => {
+                            point += 8;
+                            continue;
+                        }
+                        _ => {}
+                    }
                 }
                 if self.bit(point) {
                     run_start = point + 1;
@@ -434,9 +451,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
 
     /// Stores `value` under `key`, replacing any previous value. On error nothing changed.
     pub fn put(&mut self, key: &str, codec: Codec, value: &[u8]) -> KvResult<()> {
+        self.reserve(key, codec, value.len())?.copy_from_slice(value);
+        Ok(())
+    }
+
+    /// Makes room for a value of `len` bytes under `key` (replacing any previous value) and
+    /// returns it to be written in place: a producer fills the store without building the value
+    /// elsewhere first. Its bytes are whatever the points held before. On error nothing changed.
+    pub fn reserve(&mut self, key: &str, codec: Codec, len: usize) -> KvResult<&mut [u8]> {
         let key_bytes = key.as_bytes();
         let hash = fnv1a(key_bytes);
-        let need = (key_bytes.len() + value.len()).div_ceil(SLOT_BYTES).max(1);
+        let need = (key_bytes.len() + len).div_ceil(SLOT_BYTES).max(1);
         let mut slot = self.probe(key_bytes, hash);
         let old = match slot {
             Probe::Found(index) => Some(self.entry(index)),
@@ -486,16 +511,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
         };
         self.mark(first, need, true);
         let start = self.data_start() + first * SLOT_BYTES;
-        let b = self.bm();
-        b[start..start + key_bytes.len()].copy_from_slice(key_bytes);
-        b[start + key_bytes.len()..start + key_bytes.len() + value.len()].copy_from_slice(value);
+        self.bm()[start..start + key_bytes.len()].copy_from_slice(key_bytes);
         let entry = Entry {
             state: USED,
             codec: codec.to_byte(),
             key_len: key_bytes.len(),
             first,
             count: need,
-            value_len: value.len(),
+            value_len: len,
             hash,
         };
         let index = match slot {
@@ -513,7 +536,56 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
                 self.set_header_u32(H_TOMBSTONES, self.header_u32(H_TOMBSTONES) - 1);
             }
         }
-        Ok(())
+        let value_start = start + key_bytes.len();
+        Ok(&mut self.bm()[value_start..value_start + len])
+    }
+
+    /// The bytes of `key`'s value, writable in place.
+    pub fn value_mut(&mut self, key: &str) -> Option<&mut [u8]> {
+        let range = self.value_range(key)?;
+        Some(&mut self.bm()[range])
+    }
+
+    /// Where `key`'s value lies in the segment's bytes.
+    pub(crate) fn value_range(&self, key: &str) -> Option<std::ops::Range<usize>> {
+        let Probe::Found(index) = self.probe(key.as_bytes(), fnv1a(key.as_bytes())) else {
+            return None;
+        };
+        let e = self.entry(index);
+        let start = self.data_start() + e.first * SLOT_BYTES + e.key_len;
+        Some(start..start + e.value_len)
+    }
+
+    /// The bytes at `range` (a value's, from [`value_range`](Self::value_range)); `None` outside
+    /// the data points, so a stale range never touches the header or the directory.
+    pub(crate) fn bytes_mut(&mut self, range: std::ops::Range<usize>) -> Option<&mut [u8]> {
+        let data = self.data_start()..self.points() * SLOT_BYTES;
+        (data.start <= range.start && range.start <= range.end && range.end <= data.end).then(|| &mut self.bm()[range])
+    }
+
+    /// Shortens `key`'s value to its first `len` bytes, freeing the points it no longer needs
+    /// (a value reserved larger than what was written). False when the key is absent or its
+    /// value is shorter than `len`.
+    pub fn truncate(&mut self, key: &str, len: usize) -> bool {
+        let Probe::Found(index) = self.probe(key.as_bytes(), fnv1a(key.as_bytes())) else {
+            return false;
+        };
+        let mut e = self.entry(index);
+        if len > e.value_len {
+            return false;
+        }
+        let keep = (e.key_len + len).div_ceil(SLOT_BYTES).max(1);
+        self.mark(e.first + keep, e.count - keep, false);
+        self.set_header_u32(H_USED_DATA, self.header_u32(H_USED_DATA) - (e.count - keep));
+        // The last value placed: the next one goes right after what it keeps, so values
+        // reserved large and truncated pack without gaps.
+        if self.header_u32(H_ALLOC_HINT) == e.first + e.count {
+            self.set_header_u32(H_ALLOC_HINT, e.first + keep);
+        }
+        e.count = keep;
+        e.value_len = len;
+        self.write_entry(index, &e);
+        true
     }
 
     /// Removes `key`; true if it was there.
@@ -591,6 +663,35 @@ mod tests {
         assert_eq!(s.get("/t/a"), None);
         assert_eq!(s.len(), 1);
         assert_eq!(s.keys_with_prefix("/t/"), vec!["/t/b".to_string()]);
+    }
+
+    #[test]
+    fn reserve_write_in_place_then_truncate() {
+        let mut s = segment(16, 8 * SLOT_BYTES);
+        s.reserve("/t/a", Codec::Raw, 5 * SLOT_BYTES).unwrap().fill(7);
+        assert_eq!(s.free().1, 8 - 6, "key and value take 6 points");
+        s.value_mut("/t/a").unwrap()[..3].copy_from_slice(b"abc");
+        assert!(s.truncate("/t/a", 300));
+        assert!(!s.truncate("/t/a", 301), "cannot grow");
+        assert!(!s.truncate("/t/b", 0), "absent key");
+        assert_eq!(s.free().1, 8 - 2, "the trailing points are free again");
+        let (codec, value) = s.get("/t/a").unwrap();
+        assert_eq!((codec, value.len(), &value[..4]), (Codec::Raw, 300, &b"abc\x07"[..]));
+        // The freed points hold new values.
+        s.put("/t/b", Codec::Json, &[1; 5 * SLOT_BYTES]).unwrap();
+        assert_eq!(s.get("/t/a").unwrap().1.len(), 300);
+    }
+
+    #[test]
+    fn values_reserved_large_and_truncated_pack_without_gaps() {
+        // 40 values of 3 points each, each reserved at 8 points: they fill 120 of 128 points.
+        let mut s = segment(64, 128 * SLOT_BYTES);
+        for i in 0..40 {
+            let key = format!("/t/{i:02}");
+            s.reserve(&key, Codec::Raw, 8 * SLOT_BYTES - key.len()).unwrap();
+            assert!(s.truncate(&key, 3 * SLOT_BYTES - key.len()));
+        }
+        assert_eq!(s.free().1, 8);
     }
 
     #[test]

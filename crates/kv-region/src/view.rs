@@ -14,6 +14,13 @@ use crate::segment::{Codec, Segment, Slot, SLOT_BYTES};
 use crate::tasks::{Op, Outcome};
 use crate::{KvError, KvResult};
 
+/// Where a value lies in a [`View`] (see [`View::locate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueLocation {
+    segment: usize,
+    range: std::ops::Range<usize>,
+}
+
 /// The segments of a mapped range of a store (`B` is `&[u8]` to read, `&mut [u8]` to write).
 pub struct View<B> {
     segments: Vec<Segment<B>>,
@@ -65,6 +72,43 @@ impl<'a> View<&'a mut [u8]> {
     /// Stores `value` under `key` (already validated by the caller).
     pub fn put(&mut self, key: &str, codec: Codec, value: &[u8]) -> KvResult<()> {
         self.segment_mut(key)?.put(key, codec, value)
+    }
+
+    /// Makes room for a value of `len` bytes under `key` and returns it to be written in place
+    /// (see [`Segment::reserve`]).
+    pub fn reserve(&mut self, key: &str, codec: Codec, len: usize) -> KvResult<&mut [u8]> {
+        self.segment_mut(key)?.reserve(key, codec, len)
+    }
+
+    /// `key`'s value, writable in place; `None` when absent.
+    pub fn value_mut(&mut self, key: &str) -> KvResult<Option<&mut [u8]>> {
+        Ok(self.segment_mut(key)?.value_mut(key))
+    }
+
+    /// Where `key`'s value lies, to write it again with [`value_at`](Self::value_at) without
+    /// looking the key up: valid until that key is put, truncated or deleted, or the view
+    /// cleared.
+    pub fn locate(&self, key: &str) -> KvResult<Option<ValueLocation>> {
+        let segment = self.route(key).ok_or_else(|| KvError::KeyNotInView { key: key.to_string() })?;
+        Ok(self.segments[segment]
+            .value_range(key)
+            .map(|range| ValueLocation { segment, range }))
+    }
+
+    /// The value at `location`, writable in place.
+    pub fn value_at(&mut self, location: &ValueLocation) -> KvResult<&mut [u8]> {
+        let segment = self
+            .segments
+            .get_mut(location.segment)
+            .ok_or_else(|| KvError::Layout("a value location of another view".into()))?;
+        segment
+            .bytes_mut(location.range.clone())
+            .ok_or_else(|| KvError::Layout("a value location outside its segment's data".into()))
+    }
+
+    /// Shortens `key`'s value to `len` bytes (see [`Segment::truncate`]).
+    pub fn truncate(&mut self, key: &str, len: usize) -> KvResult<bool> {
+        Ok(self.segment_mut(key)?.truncate(key, len))
     }
 
     /// Removes `key`; true if it was there.

@@ -8,7 +8,7 @@ use super::accum::{Accumulator, Partials};
 use super::ops::{self, Arg, Op};
 use super::spec::{EvalError, GraphError, GraphSpec};
 use super::value::{Ty, Value};
-use crate::event::Frame;
+use crate::event::Event;
 
 /// Graphs with at most this many evaluated nodes keep their per-event values on the stack.
 const INLINE_SLOTS: usize = 32;
@@ -369,16 +369,16 @@ impl CompiledGraph {
     /// Adds one event's contribution to `partials` (which came from `empty_partials` of this
     /// graph). On error (a missing or mismatched field, an out-of-bounds roi on an array of
     /// undeclared shape, a shape change within a bin, ...) `partials` is left unchanged.
-    pub fn process(&self, frame: &Frame, partials: &mut Partials) -> Result<(), EvalError> {
+    pub fn process<E: Event + ?Sized>(&self, frame: &E, partials: &mut Partials) -> Result<(), EvalError> {
         if partials.graph() != self.fingerprint || partials.len() != self.sinks.len() {
             return Err(EvalError::new("", "the partials come from a different graph"));
         }
         // Slot arrays sized to the graph: initializing and dropping unused slots is not free.
         match self.nodes.len() {
-            0..=4 => self.run_inline::<4>(frame, partials),
-            5..=8 => self.run_inline::<8>(frame, partials),
-            9..=16 => self.run_inline::<16>(frame, partials),
-            17..=INLINE_SLOTS => self.run_inline::<INLINE_SLOTS>(frame, partials),
+            0..=4 => self.run_inline::<4, E>(frame, partials),
+            5..=8 => self.run_inline::<8, E>(frame, partials),
+            9..=16 => self.run_inline::<16, E>(frame, partials),
+            17..=INLINE_SLOTS => self.run_inline::<INLINE_SLOTS, E>(frame, partials),
             n => {
                 let mut slots = Vec::with_capacity(n);
                 slots.resize_with(n, || None);
@@ -387,13 +387,13 @@ impl CompiledGraph {
         }
     }
 
-    fn run_inline<const N: usize>(&self, frame: &Frame, partials: &mut Partials) -> Result<(), EvalError> {
+    fn run_inline<const N: usize, E: Event + ?Sized>(&self, frame: &E, partials: &mut Partials) -> Result<(), EvalError> {
         let mut slots: [Option<Value<'_>>; N] = [const { None }; N];
         let n = self.nodes.len().min(N);
         self.run(frame, &mut slots[..n], partials)
     }
 
-    fn run<'a>(&self, frame: &'a Frame, slots: &mut [Option<Value<'a>>], partials: &mut Partials) -> Result<(), EvalError> {
+    fn run<'a, E: Event + ?Sized>(&self, frame: &'a E, slots: &mut [Option<Value<'a>>], partials: &mut Partials) -> Result<(), EvalError> {
         for (s, node) in self.nodes.iter().enumerate() {
             let value = self.eval(node, frame, slots, s).map_err(|m| EvalError::new(&node.id, m))?;
             if let Some(slot) = slots.get_mut(s) {
@@ -421,7 +421,13 @@ impl CompiledGraph {
         Ok(())
     }
 
-    fn eval<'a>(&self, node: &Node, frame: &'a Frame, slots: &mut [Option<Value<'a>>], s: usize) -> Result<Option<Value<'a>>, String> {
+    fn eval<'a, E: Event + ?Sized>(
+        &self,
+        node: &Node,
+        frame: &'a E,
+        slots: &mut [Option<Value<'a>>],
+        s: usize,
+    ) -> Result<Option<Value<'a>>, String> {
         let (before, _) = slots.split_at_mut(s.min(slots.len()));
         let mut owned: [Option<Value<'a>>; 2] = [None, None];
         for (k, (&j, &take)) in node.inputs.iter().zip(&node.take).enumerate().take(2) {
@@ -450,12 +456,12 @@ impl CompiledGraph {
         ops::eval(&node.op, node.image, frame, field, args)
     }
 
-    fn find_field(&self, node: &Node, frame: &Frame, field: &str) -> usize {
+    fn find_field<E: Event + ?Sized>(&self, node: &Node, frame: &E, field: &str) -> usize {
         let hint = node.field_hint.load(Ordering::Relaxed);
-        if frame.fields.get(hint).is_some_and(|(name, _)| name == field) {
+        if frame.field_is(hint, field) {
             return hint;
         }
-        match frame.fields.iter().position(|(name, _)| name == field) {
+        match (0..frame.field_count()).position(|i| frame.field_is(i, field)) {
             Some(i) => {
                 node.field_hint.store(i, Ordering::Relaxed);
                 i

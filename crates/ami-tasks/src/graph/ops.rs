@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use super::value::{shape_text, Array, Ty, Value};
-use crate::event::{FieldValue, Frame};
+use crate::event::{Event, FieldRef};
 
 /// Every op name, for messages.
 pub(crate) const OP_NAMES: &[&str] = &[
@@ -838,7 +838,7 @@ fn reduce(a: &Array<'_>, how: Reduce) -> Result<f64, String> {
     })
 }
 
-fn select<'a>(frame: &'a Frame, index: usize, op: &Op) -> Result<Value<'a>, String> {
+fn select<'a, E: Event + ?Sized>(frame: &'a E, index: usize, op: &Op) -> Result<Value<'a>, String> {
     let Op::Select {
         field,
         kind,
@@ -849,7 +849,7 @@ fn select<'a>(frame: &'a Frame, index: usize, op: &Op) -> Result<Value<'a>, Stri
     else {
         return Err(internal("select"));
     };
-    let Some((_, value)) = frame.fields.get(index) else {
+    let Some(value) = frame.field(index) else {
         return Err(format!("the event has no field `{field}`"));
     };
     let wanted = match kind {
@@ -859,27 +859,26 @@ fn select<'a>(frame: &'a Frame, index: usize, op: &Op) -> Result<Value<'a>, Stri
     };
     let wrong = |got: &str| Err(format!("field `{field}` is {got}, but the graph selects it as {wanted}"));
     match (kind, value) {
-        (Kind::Scalar, FieldValue::Scalar(x)) => Ok(Value::Scalar(*x)),
-        (Kind::Waveform, FieldValue::Waveform(v)) => {
+        (Kind::Scalar, FieldRef::Scalar(x)) => Ok(Value::Scalar(x)),
+        (Kind::Waveform, FieldRef::Waveform(v)) => {
             if let Some(len) = length.filter(|len| *len != v.len()) {
                 return Err(format!(
                     "field `{field}` has length {}, but the graph declares length {len}",
                     v.len()
                 ));
             }
-            Array::new(v.as_slice().into(), v.len(), 1)
-                .map(Value::Array)
-                .ok_or_else(|| internal("waveform view"))
+            let len = v.len();
+            Array::new(v, len, 1).map(Value::Array).ok_or_else(|| internal("waveform view"))
         }
         (
             Kind::Image,
-            FieldValue::Image {
+            FieldRef::Image {
                 width: w,
                 height: h,
                 pixels,
             },
         ) => {
-            let (w, h) = (*w as usize, *h as usize);
+            let (w, h) = (w as usize, h as usize);
             if width.is_some_and(|d| d != w) || height.is_some_and(|d| d != h) {
                 let dim = |d: &Option<usize>| d.map_or_else(|| "?".to_string(), |d| d.to_string());
                 return Err(format!(
@@ -888,22 +887,23 @@ fn select<'a>(frame: &'a Frame, index: usize, op: &Op) -> Result<Value<'a>, Stri
                     dim(height)
                 ));
             }
-            Array::new(pixels.as_slice().into(), w, h)
+            let n = pixels.len();
+            Array::new(pixels, w, h)
                 .map(Value::Array)
-                .ok_or_else(|| format!("field `{field}` is a malformed {w}x{h} image with {} pixels", pixels.len()))
+                .ok_or_else(|| format!("field `{field}` is a malformed {w}x{h} image with {n} pixels"))
         }
-        (_, FieldValue::Scalar(_)) => wrong("a scalar"),
-        (_, FieldValue::Waveform(_)) => wrong("a waveform"),
-        (_, FieldValue::Image { .. }) => wrong("an image"),
+        (_, FieldRef::Scalar(_)) => wrong("a scalar"),
+        (_, FieldRef::Waveform(_)) => wrong("a waveform"),
+        (_, FieldRef::Image { .. }) => wrong("an image"),
     }
 }
 
 /// Evaluates `op` for one event. `field` is the index of a `select`'s field in `frame.fields`
 /// (`usize::MAX` when absent). `Ok(None)` means the event was filtered out.
-pub(crate) fn eval<'a>(
+pub(crate) fn eval<'a, E: Event + ?Sized>(
     op: &Op,
     image: bool,
-    frame: &'a Frame,
+    frame: &'a E,
     field: usize,
     mut args: [Option<Arg<'_, 'a>>; 2],
 ) -> Result<Option<Value<'a>>, String> {

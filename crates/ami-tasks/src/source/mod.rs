@@ -1,8 +1,9 @@
 //! Data sources: where the pipeline's events come from.
 //!
-//! A data source is run by one Legion task per telemetry partition. Each round the task asks its
-//! source for a batch ([`DataSource::next_batch`]), writes the frames to the Telemetry store and
-//! saves the source's [`SourcePosition`] in the Control store. After a crash the source is reopened
+//! A data source is run by one Legion task per telemetry partition. Each round the task has its
+//! source write a batch into the Telemetry store ([`DataSource::write_batch`]: by default the
+//! frames of [`DataSource::next_batch`], copied in; the synthetic source generates its values in
+//! place) and saves the source's [`SourcePosition`] in the Control store. After a crash the source is reopened
 //! with [`open`] from that saved position and continues exactly there: it never goes backwards and
 //! never skips what it had not delivered.
 //!
@@ -42,6 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Frame;
+use crate::frame_chunk::{self, FieldSpec, FrameMut};
 
 pub use file::FileDataSource;
 pub use recording::{recording_info, write_recording, write_recording_with, RecordingHeader, RecordingReader, RecordingSummary};
@@ -59,6 +61,46 @@ pub trait DataSource: Send {
     fn position(&self) -> SourcePosition;
     /// Counters for operators.
     fn stats(&self) -> SourceStats;
+
+    /// Writes up to `max` frames straight into `sink` (the telemetry buffer of the source's
+    /// partition), with the same waiting rules as [`next_batch`](Self::next_batch). The default
+    /// copies the frames of `next_batch`; a source that makes its frames (the synthetic one)
+    /// writes their values in place instead, with no intermediate frame.
+    fn write_batch(&mut self, max: usize, timeout: Duration, sink: &mut dyn FrameSink) -> Result<Written, SourceError> {
+        let batch = self.next_batch(max, timeout)?;
+        for frame in &batch.frames {
+            copy_frame(sink, frame)?;
+        }
+        Ok(Written {
+            frames: batch.frames.len(),
+            max_timestamp_ns: batch.frames.iter().map(|f| f.timestamp_ns).max(),
+            ended: batch.ended,
+        })
+    }
+}
+
+/// Where a data source's task puts frames: chunks of the telemetry store, written in place
+/// (layout: [`frame_chunk`]).
+pub trait FrameSink {
+    /// Appends a frame with `fields` (scalars included) and returns it to fill its arrays.
+    fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError>;
+}
+
+/// Appends a copy of an owned frame to `sink`.
+pub fn copy_frame(sink: &mut dyn FrameSink, frame: &Frame) -> Result<(), SourceError> {
+    let specs = FieldSpec::list(frame);
+    frame_chunk::fill_from(&mut sink.frame(frame.seq, frame.timestamp_ns, &specs)?, frame);
+    Ok(())
+}
+
+/// What [`DataSource::write_batch`] wrote.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Written {
+    pub frames: usize,
+    /// Largest time stamp written.
+    pub max_timestamp_ns: Option<u64>,
+    /// Same meaning as [`Batch::ended`].
+    pub ended: bool,
 }
 
 /// Frames delivered by one [`DataSource::next_batch`] call.
@@ -138,6 +180,8 @@ pub enum SourceError {
     ShmBadHeader { name: String, reason: String },
     #[error("shared-memory ring {name:?} has layout version {found}; this build reads version {supported}")]
     ShmVersion { name: String, found: u32, supported: u32 },
+    #[error("cannot store frame {seq} in the telemetry buffer: {reason}")]
+    Sink { seq: u64, reason: String },
     #[error("frame {seq} is {bytes} bytes encoded, larger than the ring's slots of {slot_bytes} bytes")]
     FrameTooLarge { seq: u64, bytes: usize, slot_bytes: usize },
 }
@@ -163,13 +207,27 @@ pub fn open(
 /// capacity of a shared-memory ring (which must exist).
 pub fn max_frame_bytes(config: &SourceConfig) -> Result<u64, SourceError> {
     Ok(match config {
+        // Every synthetic frame has the shapes of frame 0.
         SourceConfig::Synthetic(synthetic) => {
-            // Each of the two varints is 1 byte for frame 0 and at most 9.
-            encode_frame(&SyntheticGenerator::new(synthetic)?.frame(0))?.len() as u64 + 16
+            frame_chunk::frame_bytes(&FieldSpec::list(&SyntheticGenerator::new(synthetic)?.frame(0))) as u64
         }
-        SourceConfig::File { path, .. } => recording_info(path)?.max_frame_bytes,
-        SourceConfig::SharedMemory { name } => SharedMemoryDataSource::open(name, 0, 1, None)?.slot_bytes(),
+        SourceConfig::File { path, .. } => recording_info(path)?.max_stored_frame_bytes,
+        SourceConfig::SharedMemory { name } => {
+            stored_bytes_bound(SharedMemoryDataSource::open(name, 0, 1, None)?.slot_bytes(), SHM_FIELDS_BOUND)
+        }
     })
+}
+
+/// Fields a frame of a shared-memory ring is assumed to have at most, to size telemetry buffers
+/// (the ring's slots give the bytes of a frame, not its fields); a frame with more may not fit.
+pub const SHM_FIELDS_BOUND: u64 = 1024;
+
+/// Bytes a frame takes in a telemetry chunk ([`frame_chunk`]), at most, when its bincode
+/// encoding takes `encoded` bytes and it has `fields` fields: a field costs at least 3 bytes
+/// encoded (name length, variant, value) and at most 30 more in a chunk (entry, name padding);
+/// a chunk's frame header adds at most 32.
+pub fn stored_bytes_bound(encoded: u64, fields: u64) -> u64 {
+    encoded + 30 * fields.min(encoded / 3) + 32
 }
 
 pub(crate) fn check_partition(partition: usize, partitions: usize) -> Result<(), SourceError> {
@@ -187,6 +245,13 @@ pub(crate) fn is_mine(seq: u64, partition: usize, partitions: usize) -> bool {
 /// Sequence number and time stamp of an encoded frame, without decoding its values: bincode
 /// writes a struct's fields in order, so they are the first two varints of the payload. Sources
 /// that share their input between partitions use it to skip other partitions' frames cheaply.
+/// Sequence number, time stamp and field count of an encoded frame, without decoding its values.
+pub(crate) fn peek_header(payload: &[u8]) -> Option<(u64, u64, u64)> {
+    bincode::serde::decode_from_slice::<(u64, u64, u64), _>(payload, bincode::config::standard())
+        .ok()
+        .map(|(v, _)| v)
+}
+
 pub(crate) fn peek_seq_timestamp(payload: &[u8]) -> Option<(u64, u64)> {
     bincode::serde::decode_from_slice::<(u64, u64), _>(payload, bincode::config::standard())
         .ok()
@@ -232,8 +297,12 @@ mod tests {
         let generator = SyntheticGenerator::new(&config).unwrap();
         let bound = max_frame_bytes(&SourceConfig::Synthetic(config)).unwrap();
         for seq in [0, 1000, u64::MAX / 1_000_000_000] {
-            let bytes = encode_frame(&generator.frame(seq)).unwrap().len() as u64;
-            assert!(bytes <= bound && bytes + 16 >= bound, "{bytes} vs {bound}");
+            // Exact: every frame has the shapes of frame 0, stored at the same size.
+            let frame = generator.frame(seq);
+            assert_eq!(frame_chunk::frame_bytes(&FieldSpec::list(&frame)) as u64, bound);
+            // The bound for encoded frames holds it too.
+            let encoded = encode_frame(&frame).unwrap().len() as u64;
+            assert!(stored_bytes_bound(encoded, frame.fields.len() as u64) >= bound);
         }
     }
 

@@ -40,7 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_frame, encode_frame, peek_seq_timestamp, SourceError};
+use super::{decode_frame, encode_frame, peek_header, SourceError};
 use crate::event::Frame;
 
 /// The first 8 bytes of a recording.
@@ -86,8 +86,10 @@ pub struct RecordingSummary {
     pub last_seq: Option<u64>,
     pub first_timestamp_ns: Option<u64>,
     pub last_timestamp_ns: Option<u64>,
-    /// Largest encoded frame (payload bytes), to size buffers.
+    /// Largest encoded frame (payload bytes).
     pub max_frame_bytes: u64,
+    /// Largest frame once stored in a telemetry chunk, at most (bytes), to size buffers.
+    pub max_stored_frame_bytes: u64,
     /// Size of the file.
     pub bytes: u64,
     /// Byte offset just after the last intact record (where a replay stops).
@@ -181,7 +183,7 @@ fn write_to(
             .map_err(io_error("cannot write", temp))?;
         out.write_all(&payload).map_err(io_error("cannot write", temp))?;
         summary.bytes += RECORD_HEADER_BYTES + payload.len() as u64;
-        summary.note_frame(frame.seq, frame.timestamp_ns, payload.len() as u64);
+        summary.note_frame(frame.seq, frame.timestamp_ns, frame.fields.len() as u64, payload.len() as u64);
         progress(summary.frames);
     }
     let file = out.into_inner().map_err(|e| SourceError::Io {
@@ -214,6 +216,7 @@ impl RecordingSummary {
             first_timestamp_ns: None,
             last_timestamp_ns: None,
             max_frame_bytes: 0,
+            max_stored_frame_bytes: 0,
             bytes,
             end_offset,
             intact: true,
@@ -221,9 +224,10 @@ impl RecordingSummary {
         }
     }
 
-    fn note_frame(&mut self, seq: u64, timestamp_ns: u64, bytes: u64) {
+    fn note_frame(&mut self, seq: u64, timestamp_ns: u64, fields: u64, bytes: u64) {
         self.frames += 1;
         self.max_frame_bytes = self.max_frame_bytes.max(bytes);
+        self.max_stored_frame_bytes = self.max_stored_frame_bytes.max(super::stored_bytes_bound(bytes, fields));
         self.first_seq.get_or_insert(seq);
         self.first_timestamp_ns.get_or_insert(timestamp_ns);
         self.last_seq = Some(seq);
@@ -433,8 +437,8 @@ pub fn recording_info(path: &Path) -> Result<RecordingSummary, SourceError> {
     loop {
         let start = reader.offset();
         let Some(payload) = reader.next_payload()? else { break };
-        match peek_seq_timestamp(payload) {
-            Some((seq, timestamp_ns)) => summary.note_frame(seq, timestamp_ns, payload.len() as u64),
+        match peek_header(payload) {
+            Some((seq, timestamp_ns, fields)) => summary.note_frame(seq, timestamp_ns, fields, payload.len() as u64),
             None => {
                 reader.reject::<()>(start, "the payload is not a frame".into());
                 break;

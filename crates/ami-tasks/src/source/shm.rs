@@ -947,7 +947,7 @@ mod tests {
         let producer = ShmProducer::create(&ring.0, 4, 64).unwrap();
         assert_eq!(
             crate::source::max_frame_bytes(&SourceConfig::SharedMemory { name: ring.0.clone() }).unwrap(),
-            64
+            crate::source::stored_bytes_bound(64, crate::source::SHM_FIELDS_BOUND)
         );
         let file = OpenOptions::new().write(true).open(producer.path()).unwrap();
         file.write_all_at(&2u32.to_le_bytes(), 8).unwrap();

@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_partition, Batch, DataSource, SourceError, SourcePosition, SourceStats};
+use super::{check_partition, Batch, DataSource, FrameSink, SourceError, SourcePosition, SourceStats, Written};
 use crate::event::{FieldValue, Frame};
+use crate::frame_chunk::{FieldShape, FieldSpec};
 
 /// Element type an image is generated in (values are carried as `f64` either way).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +269,9 @@ pub struct SyntheticGenerator {
     images: Vec<ImagePlan>,
 }
 
+/// Frames with at most this many fields are described on the stack when written.
+const INLINE_FIELDS: usize = 16;
+
 const ENERGY_KEY: u64 = 0x656E_6572_6779; // "energy"
 const NOISE_KEY: u64 = 0x006E_6F69_7365; // "noise"
 
@@ -353,22 +357,19 @@ impl SyntheticGenerator {
 
     /// Frame `seq` of the stream.
     pub fn frame(&self, seq: u64) -> Frame {
-        let frame_key = mix(self.seed_key ^ seq);
-        let energy = 10.0 * Rng(frame_key ^ ENERGY_KEY).unit();
+        let (frame_key, energy) = self.keys(seq);
         let mut fields = Vec::with_capacity(self.scalars.len() + self.waveforms.len() + self.images.len());
         for (name, kind) in &self.scalars {
-            let value = match kind {
-                ScalarKind::Energy => energy,
-                ScalarKind::Scan => (seq % 1000) as f64 / 1000.0,
-                ScalarKind::Uniform(key) => Rng(frame_key ^ key).unit(),
-            };
-            fields.push((name.clone(), FieldValue::Scalar(value)));
+            fields.push((name.clone(), FieldValue::Scalar(self.scalar(kind, seq, frame_key, energy))));
         }
         for plan in &self.waveforms {
-            fields.push((plan.name.clone(), FieldValue::Waveform(self.waveform(plan, frame_key, energy))));
+            let mut samples = vec![0.0; plan.length];
+            self.waveform(plan, frame_key, energy, &mut samples);
+            fields.push((plan.name.clone(), FieldValue::Waveform(samples)));
         }
         for plan in &self.images {
-            let pixels = self.image(plan, frame_key, energy);
+            let mut pixels = vec![0.0; plan.width * plan.height];
+            self.image(plan, frame_key, energy, &mut pixels);
             fields.push((
                 plan.name.clone(),
                 FieldValue::Image {
@@ -385,9 +386,70 @@ impl SyntheticGenerator {
         }
     }
 
-    fn waveform(&self, plan: &WaveformPlan, frame_key: u64, energy: f64) -> Vec<f64> {
+    /// Writes frame `seq` (the same values as [`frame`](Self::frame)) straight into `sink`.
+    pub fn write_frame(&self, seq: u64, sink: &mut dyn FrameSink) -> Result<(), SourceError> {
+        let (frame_key, energy) = self.keys(seq);
+        let scalars = self.scalars.iter().map(|(name, kind)| FieldSpec {
+            name,
+            shape: FieldShape::Scalar(self.scalar(kind, seq, frame_key, energy)),
+        });
+        let waveforms = self.waveforms.iter().map(|plan| FieldSpec {
+            name: &plan.name,
+            shape: FieldShape::Waveform { len: plan.length },
+        });
+        let images = self.images.iter().map(|plan| FieldSpec {
+            name: &plan.name,
+            shape: FieldShape::Image {
+                width: plan.width as u32,
+                height: plan.height as u32,
+            },
+        });
+        // On the stack for the usual few fields: no allocation per frame.
+        let mut inline = [FieldSpec {
+            name: "",
+            shape: FieldShape::Scalar(0.0),
+        }; INLINE_FIELDS];
+        let mut heap = Vec::new();
+        let count = self.scalars.len() + self.waveforms.len() + self.images.len();
+        let specs: &[FieldSpec<'_>] = if count <= INLINE_FIELDS {
+            inline
+                .iter_mut()
+                .zip(scalars.chain(waveforms).chain(images))
+                .for_each(|(slot, spec)| *slot = spec);
+            &inline[..count]
+        } else {
+            heap.extend(scalars.chain(waveforms).chain(images));
+            &heap
+        };
+        let mut out = sink.frame(seq, self.timestamp_ns(seq), specs)?;
+        let first_array = self.scalars.len();
+        for (k, plan) in self.waveforms.iter().enumerate() {
+            self.waveform(plan, frame_key, energy, out.array(first_array + k));
+        }
+        let first_image = first_array + self.waveforms.len();
+        for (k, plan) in self.images.iter().enumerate() {
+            self.image(plan, frame_key, energy, out.array(first_image + k));
+        }
+        Ok(())
+    }
+
+    /// Frame `seq`'s generator key and energy.
+    fn keys(&self, seq: u64) -> (u64, f64) {
+        let frame_key = mix(self.seed_key ^ seq);
+        (frame_key, 10.0 * Rng(frame_key ^ ENERGY_KEY).unit())
+    }
+
+    fn scalar(&self, kind: &ScalarKind, seq: u64, frame_key: u64, energy: f64) -> f64 {
+        match kind {
+            ScalarKind::Energy => energy,
+            ScalarKind::Scan => (seq % 1000) as f64 / 1000.0,
+            ScalarKind::Uniform(key) => Rng(frame_key ^ key).unit(),
+        }
+    }
+
+    /// Fills `out` (`plan.length` samples).
+    fn waveform(&self, plan: &WaveformPlan, frame_key: u64, energy: f64, out: &mut [f64]) {
         let mut rng = Rng(frame_key ^ plan.key);
-        let mut out = vec![0.0; plan.length];
         for chunk in out.chunks_mut(NOISE_RUN) {
             let noise = noise_run(&self.noise, &mut rng, chunk.len());
             for (v, n) in chunk.iter_mut().zip(noise) {
@@ -395,7 +457,7 @@ impl SyntheticGenerator {
             }
         }
         if plan.length == 0 {
-            return out;
+            return;
         }
         for peak in 0..3 {
             let centre = plan.length / 8 + rng.below(plan.length * 3 / 4 + 1);
@@ -407,33 +469,42 @@ impl SyntheticGenerator {
                 *v += height * plan.kernel[i + plan.half - centre];
             }
         }
-        out
     }
 
-    fn image(&self, plan: &ImagePlan, frame_key: u64, energy: f64) -> Vec<f64> {
+    /// Fills `out` (`width * height` pixels, row by row).
+    fn image(&self, plan: &ImagePlan, frame_key: u64, energy: f64, out: &mut [f64]) {
         let mut rng = Rng(frame_key ^ plan.key);
         let (dx, dy) = (rng.below(2 * plan.margin + 1), rng.below(2 * plan.margin + 1));
         let height = 200.0 + 80.0 * energy;
         // One loop per type so the rounding is inlined, not matched per pixel.
         match plan.dtype {
-            Dtype::F64 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| v),
-            Dtype::F32 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::F32.quantize(v)),
-            Dtype::U16 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::U16.quantize(v)),
+            Dtype::F64 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| v, out),
+            Dtype::F32 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::F32.quantize(v), out),
+            Dtype::U16 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::U16.quantize(v), out),
         }
     }
 
     /// Pedestal + blob (the canvas window at `shift`) scaled to `height` + noise, rounded by
     /// `quantize`.
-    fn fill_image(&self, plan: &ImagePlan, rng: &mut Rng, shift: (usize, usize), height: f64, quantize: impl Fn(f64) -> f64) -> Vec<f64> {
-        let mut pixels = Vec::with_capacity(plan.width * plan.height);
-        for y in 0..plan.height {
+    fn fill_image(
+        &self,
+        plan: &ImagePlan,
+        rng: &mut Rng,
+        shift: (usize, usize),
+        height: f64,
+        quantize: impl Fn(f64) -> f64,
+        out: &mut [f64],
+    ) {
+        for (y, row) in out.chunks_exact_mut(plan.width).enumerate().take(plan.height) {
             let start = (y + shift.1) * plan.canvas_width + shift.0;
-            for blobs in plan.canvas[start..start + plan.width].chunks(NOISE_RUN) {
+            let blobs = plan.canvas[start..start + plan.width].chunks(NOISE_RUN);
+            for (pixels, blobs) in row.chunks_mut(NOISE_RUN).zip(blobs) {
                 let noise = noise_run(&self.noise, rng, blobs.len());
-                pixels.extend(blobs.iter().zip(noise).map(|(blob, n)| quantize(10.0 + height * blob + 3.0 * n)));
+                for ((p, blob), n) in pixels.iter_mut().zip(blobs).zip(noise) {
+                    *p = quantize(10.0 + height * blob + 3.0 * n);
+                }
             }
         }
-        pixels
     }
 }
 
@@ -487,19 +558,26 @@ impl SyntheticDataSource {
     }
 }
 
-impl DataSource for SyntheticDataSource {
-    fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Batch, SourceError> {
+impl SyntheticDataSource {
+    /// Makes up to `max` frames with `emit` (pacing to the rate, within `timeout`); returns
+    /// how many and the largest time stamp.
+    fn produce(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        mut emit: impl FnMut(&SyntheticGenerator, u64) -> Result<(), SourceError>,
+    ) -> Result<Written, SourceError> {
         let begin = Instant::now();
         let deadline = begin.checked_add(timeout).unwrap_or(begin + Duration::from_secs(86_400));
         let started = *self.started.get_or_insert(begin);
-        let mut frames = Vec::new();
-        while frames.len() < max && !self.exhausted() {
+        let mut written = Written::default();
+        while written.frames < max && !self.exhausted() {
             if let Some(rate) = self.rate_hz {
                 let due = started + Duration::from_secs_f64((self.next_seq - self.first_seq) as f64 / rate);
                 let now = Instant::now();
                 if due > now {
                     // Deliver what is ready now rather than hold it back for a fuller batch.
-                    if !frames.is_empty() {
+                    if written.frames > 0 {
                         break;
                     }
                     if due > deadline {
@@ -509,16 +587,36 @@ impl DataSource for SyntheticDataSource {
                     std::thread::sleep(due - now);
                 }
             }
-            frames.push(self.generator.frame(self.next_seq));
+            emit(&self.generator, self.next_seq)?;
+            written.frames += 1;
+            written.max_timestamp_ns = written.max_timestamp_ns.max(Some(self.generator.timestamp_ns(self.next_seq)));
             self.next_seq = self.next_seq.saturating_add(self.partitions);
             // Making big frames takes time too: do not overrun the timeout.
             if Instant::now() >= deadline {
                 break;
             }
         }
-        self.delivered += frames.len() as u64;
-        let ended = frames.is_empty() && self.exhausted();
-        Ok(Batch { frames, ended })
+        self.delivered += written.frames as u64;
+        written.ended = written.frames == 0 && self.exhausted();
+        Ok(written)
+    }
+}
+
+impl DataSource for SyntheticDataSource {
+    fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Batch, SourceError> {
+        let mut frames = Vec::new();
+        let written = self.produce(max, timeout, |generator, seq| {
+            frames.push(generator.frame(seq));
+            Ok(())
+        })?;
+        Ok(Batch {
+            frames,
+            ended: written.ended,
+        })
+    }
+
+    fn write_batch(&mut self, max: usize, timeout: Duration, sink: &mut dyn FrameSink) -> Result<Written, SourceError> {
+        self.produce(max, timeout, |generator, seq| generator.write_frame(seq, sink))
     }
 
     fn position(&self) -> SourcePosition {
