@@ -10,9 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
-use protocol1::{Edit, Role};
+use protocol1::Edit;
 use serde_json::{json, Value};
-use service_process::{free_port, scratch, Service};
+use service_process::{free_port, scratch, subscriber, Service};
 
 #[path = "common/service.rs"]
 mod service_process;
@@ -200,15 +200,7 @@ fn crash_loop_loses_no_accepted_edit_and_never_goes_backwards() {
     let dir = scratch("crash-loop");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut service = Service::start(&dir, &listen, &[]);
-    let mut watcher = BlockingClient::connect(
-        &service.addr,
-        ClientOptions {
-            role: Role::Subscriber,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    watcher.subscribe(&["energy_hist"]).unwrap();
+    let mut watcher = subscriber(&service.addr, &["energy_hist"]);
     let editor = client(&service.addr);
     let mut last_position = 0;
     let mut accepted: Vec<(u64, u64)> = Vec::new(); // (version, bins param)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
 use protocol1::{ClientMessage, Edit, ErrorCode, Hello, NodeDoc, Role, ServerMessage};
 use serde_json::{json, Value};
-use service_process::{free_port, scratch, Service};
+use service_process::{free_port, scratch, subscriber, Service};
 
 mod common;
 #[path = "common/service.rs"]
@@ -272,15 +272,7 @@ fn a_subscriber_reconnects_and_subscribes_again_after_a_restart() {
     let dir = scratch("reconnect");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut service = Service::start(&dir, &listen, &[]);
-    let mut watcher = BlockingClient::connect(
-        &service.addr,
-        ClientOptions {
-            role: Role::Subscriber,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    watcher.subscribe(&["trace_peaks"]).unwrap();
+    let mut watcher = subscriber(&service.addr, &["trace_peaks"]);
     next_bin(&mut watcher);
     service.kill();
     let _service = Service::start(&dir, &listen, &[]);

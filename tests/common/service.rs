@@ -90,3 +90,15 @@ impl Drop for Service {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// A subscriber-role client of the service at `addr`, subscribed to `results` (it reconnects and
+/// subscribes again by itself).
+pub fn subscriber(addr: &str, results: &[&str]) -> client_lib::BlockingClient {
+    let options = client_lib::ClientOptions {
+        role: protocol1::Role::Subscriber,
+        ..client_lib::ClientOptions::default()
+    };
+    let client = client_lib::BlockingClient::connect(addr, options).expect("connects");
+    client.subscribe(results).expect("subscribes");
+    client
+}
