@@ -312,9 +312,21 @@ fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
     };
 
-    // No service yet: the watchdog starts one and waits until it answers.
-    assert!(watchdog(&config).success(), "{}", read(&log));
+    // No service yet: two watchdog runs at once (cron overlapping itself) start exactly one, and
+    // it answers.
+    let racing: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn({
+                let config = config.clone();
+                move || watchdog(&config)
+            })
+        })
+        .collect();
+    for run in racing {
+        assert!(run.join().unwrap().success(), "{}", read(&log));
+    }
     assert!(status_ok(&addr), "{}", read(&log));
+    assert_eq!(read(&log).matches("started:").count(), 1, "{}", read(&log));
     let first = read(&pid_file);
 
     // Healthy: nothing changes (same process, nothing logged).
@@ -339,4 +351,67 @@ fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
     let (version, _) = client(&addr).graph().unwrap();
     assert!(version >= 1);
     stop(second.trim());
+}
+
+#[test]
+fn the_watchdog_restarts_a_multi_process_job_when_a_rank_dies() {
+    let dir = scratch("watchdog-mpi");
+    let data = dir.join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("watchdog.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "AMI2_BIN='{}'\nAMI2_DATA_DIR='{}'\nAMI2_ADDR='{addr}'\nAMI2_START_GRACE=0\n\
+             AMI2_LAUNCH=(launch --np 2 --bootstrap mpi)\n\
+             AMI2_RUN_ARGS=(--rate 500 --partitions 2 --metrics 0 -- -ll:cpu 1 -ll:util 1 -ll:csize 256)\n",
+            env!("CARGO_BIN_EXE_ami2"),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log = data.join("watchdog.log");
+    assert!(watchdog(&config).success(), "{}", read(&log));
+    assert!(status_ok(&addr), "{}", read(&log));
+
+    // kill -9 of the rank that runs the driver: the launcher ends the job; the watchdog starts it again.
+    let ranks = service_processes(&data);
+    assert_eq!(ranks.len(), 2, "ranks of the job: {ranks:?}");
+    let _ = Command::new("kill").args(["-KILL", &ranks[0].to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_ok(&addr) {
+        assert!(Instant::now() < deadline, "the job still answers after its rank 0 was killed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log_before = read(&log);
+    assert!(watchdog(&config).success(), "{}", read(&log));
+    assert!(status_ok(&addr), "{}", read(&log));
+    let logged = read(&log)[log_before.len()..].to_string();
+    assert!(logged.contains("started:") && logged.contains("launch --np 2"), "{logged}");
+    assert_eq!(service_processes(&data).len(), 2);
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", read(&data.join("service.pid")).trim())])
+        .status();
+    for pid in service_processes(&data) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}
+
+/// The `ami2 run` processes serving `data` (found by their `--data-dir` argument), oldest first.
+fn service_processes(data: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"ami2"))
+                && args.get(1) == Some(&&b"run"[..])
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--data-dir" && w[1] == data.to_str().unwrap().as_bytes())
+        })
+        .collect();
+    pids.sort();
+    pids
 }
