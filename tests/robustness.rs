@@ -5,14 +5,14 @@
 //! The crash loop runs `AMI2_CRASH_LOOPS` times (3 by default, so CI stays short); the full count:
 //! `AMI2_CRASH_LOOPS=50 cargo test --release --test robustness crash_loop -- --nocapture`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use client_lib::{Answer, BlockingClient, ClientOptions, Event};
+use client_lib::{Answer, BlockingClient, Event};
 use protocol1::Edit;
 use serde_json::{json, Value};
-use service_process::{free_port, scratch, subscriber, Service};
+use service_process::{client, free_port, graph_node, scratch, subscriber, Service};
 
 #[path = "common/service.rs"]
 mod service_process;
@@ -142,10 +142,6 @@ fn a_hung_task_is_found_by_the_monitor_and_the_service_restarts_from_its_saved_s
     }
 }
 
-fn client(addr: &str) -> BlockingClient {
-    BlockingClient::connect(addr, ClientOptions::default()).expect("connects")
-}
-
 #[test]
 fn the_graph_manager_retries_and_the_incident_shows_in_status() {
     let dir = scratch("graph-manager-fault");
@@ -237,12 +233,7 @@ fn crash_loop_loses_no_accepted_edit_and_never_goes_backwards() {
                 version >= last_version,
                 "round {round}: version {version} < accepted {last_version}"
             );
-            let hist = graph["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["id"] == "energy_hist")
-                .unwrap();
+            let hist = graph_node(&graph, "energy_hist");
             let bins = hist["params"]["bins"].as_u64().unwrap();
             assert!(bins >= last_bins, "round {round}: bins {bins} < accepted {last_bins}: {graph}");
         }
@@ -287,25 +278,33 @@ fn status_ok(addr: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-#[test]
-fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
-    let dir = scratch("watchdog");
+/// A watchdog configuration for a service of its own (free port, fresh data directory, checked
+/// as soon as it starts) with `settings` added; returns (configuration file, data directory,
+/// address).
+fn watchdog_config(name: &str, settings: &str) -> (PathBuf, PathBuf, String) {
+    let dir = scratch(name);
     let data = dir.join("data");
     let addr = format!("127.0.0.1:{}", free_port());
     let config = dir.join("watchdog.conf");
     std::fs::write(
         &config,
         format!(
-            "AMI2_BIN='{}'\nAMI2_DATA_DIR='{}'\nAMI2_ADDR='{addr}'\nAMI2_START_GRACE=0\nAMI2_RUN_ARGS=(--rate 500 --metrics 0 -- -ll:cpu 1 -ll:util 1)\n",
+            "AMI2_BIN='{}'\nAMI2_DATA_DIR='{}'\nAMI2_ADDR='{addr}'\nAMI2_START_GRACE=0\n{settings}\n",
             env!("CARGO_BIN_EXE_ami2"),
             data.display()
         ),
     )
     .unwrap();
+    (config, data, addr)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
+    let (config, data, addr) = watchdog_config("watchdog", "AMI2_RUN_ARGS=(--rate 500 --metrics 0 -- -ll:cpu 1 -ll:util 1)");
     let pid_file = data.join("service.pid");
     let log = data.join("watchdog.log");
     let stop = |pid: &str| {
@@ -355,21 +354,11 @@ fn the_watchdog_restarts_a_dead_service_and_leaves_a_healthy_one_alone() {
 
 #[test]
 fn the_watchdog_restarts_a_multi_process_job_when_a_rank_dies() {
-    let dir = scratch("watchdog-mpi");
-    let data = dir.join("data");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("watchdog.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "AMI2_BIN='{}'\nAMI2_DATA_DIR='{}'\nAMI2_ADDR='{addr}'\nAMI2_START_GRACE=0\n\
-             AMI2_LAUNCH=(launch --np 2 --bootstrap mpi)\n\
-             AMI2_RUN_ARGS=(--rate 500 --partitions 2 --metrics 0 -- -ll:cpu 1 -ll:util 1 -ll:csize 256)\n",
-            env!("CARGO_BIN_EXE_ami2"),
-            data.display()
-        ),
-    )
-    .unwrap();
+    let (config, data, addr) = watchdog_config(
+        "watchdog-mpi",
+        "AMI2_LAUNCH=(launch --np 2 --bootstrap mpi)\n\
+         AMI2_RUN_ARGS=(--rate 500 --partitions 2 --metrics 0 -- -ll:cpu 1 -ll:util 1 -ll:csize 256)",
+    );
     let log = data.join("watchdog.log");
     assert!(watchdog(&config).success(), "{}", read(&log));
     assert!(status_ok(&addr), "{}", read(&log));

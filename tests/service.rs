@@ -8,15 +8,11 @@ use std::time::{Duration, Instant};
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
 use protocol1::{ClientMessage, Edit, ErrorCode, Hello, NodeDoc, Role, ServerMessage};
 use serde_json::{json, Value};
-use service_process::{free_port, scratch, subscriber, Service};
+use service_process::{client, free_port, graph_node, scratch, subscriber, Service};
 
 mod common;
 #[path = "common/service.rs"]
 mod service_process;
-
-fn client(addr: &str) -> BlockingClient {
-    BlockingClient::connect(addr, ClientOptions::default()).expect("connects")
-}
 
 fn with_token(addr: &str, token: Option<&str>, role: Role) -> Result<BlockingClient, client_lib::ClientError> {
     let options = ClientOptions {
@@ -398,12 +394,7 @@ fn cli_commands() {
     assert!(ok && err.contains("graph version 2"), "{err}");
     let graph: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(graph["results"], json!(["e_chart", "trace_peaks"]));
-    let peaks = graph["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "trace_peaks")
-        .unwrap();
+    let peaks = graph_node(&graph, "trace_peaks");
     assert_eq!(peaks["params"], json!({"threshold": 0.8}));
 
     // A rejected edit: exit status 1, every reason on stderr.

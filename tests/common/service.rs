@@ -102,3 +102,18 @@ pub fn subscriber(addr: &str, results: &[&str]) -> client_lib::BlockingClient {
     client.subscribe(results).expect("subscribes");
     client
 }
+
+/// A client of the service at `addr` with the default options (an editor that reconnects).
+pub fn client(addr: &str) -> client_lib::BlockingClient {
+    client_lib::BlockingClient::connect(addr, client_lib::ClientOptions::default()).expect("connects")
+}
+
+/// Node `id` of a graph document.
+pub fn graph_node<'g>(graph: &'g serde_json::Value, id: &str) -> &'g serde_json::Value {
+    graph["nodes"]
+        .as_array()
+        .expect("a graph has nodes")
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("no node {id} in {graph}"))
+}
