@@ -351,11 +351,12 @@ fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()>
 /// A robust task: a failed attempt is retried (the requests it decided are written one by one with
 /// the log fsynced, so a retry sees what an earlier attempt already installed).
 pub(crate) fn graph_manager_task(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Json<GraphManagerReport>, TaskError> {
-    let retry = crate::robust::RetryPolicy::default();
-    let attempted = crate::robust::run("graph_manager", &retry, |_| graph_manager_attempt(ctx, args.clone()));
-    let Json(mut report) = attempted.result?;
-    report.incidents = attempted.incidents;
-    Ok(Json(report))
+    crate::robust::robustly(
+        "graph_manager",
+        &crate::robust::RetryPolicy::default(),
+        |_| graph_manager_attempt(ctx, args.clone()),
+        |report| &mut report.0.incidents,
+    )
 }
 
 fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Json<GraphManagerReport>, TaskError> {

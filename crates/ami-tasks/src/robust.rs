@@ -150,6 +150,20 @@ pub fn run<R>(label: &str, policy: &RetryPolicy, mut body: impl FnMut(u32) -> Re
     }
 }
 
+/// Runs a robust task body ([`run`]) and puts the incidents of its failed attempts into the
+/// report it returns (`incidents_of` finds the report's list), so they reach the driver.
+pub(crate) fn robustly<R>(
+    label: &str,
+    retry: &RetryPolicy,
+    body: impl FnMut(u32) -> Result<R, TaskError>,
+    incidents_of: impl FnOnce(&mut R) -> &mut Vec<Incident>,
+) -> Result<R, TaskError> {
+    let attempted = run(label, retry, body);
+    let mut report = attempted.result?;
+    incidents_of(&mut report).extend(attempted.incidents);
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use crate::event::{bin_of, Event};
 use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
-use crate::robust::{self, Incident, RetryPolicy};
+use crate::robust::{robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
 use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
 use crate::PipelineError;
@@ -305,19 +305,6 @@ fn forget_source(partition: usize) {
     if let Some(sources) = SOURCES.get() {
         sources.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
     }
-}
-
-/// Runs a robust task body and puts the incidents of its failed attempts into its report.
-fn robustly<R>(
-    label: &str,
-    retry: &RetryPolicy,
-    body: impl FnMut(u32) -> Result<R, TaskError>,
-    incidents_of: impl FnOnce(&mut R) -> &mut Vec<Incident>,
-) -> Result<R, TaskError> {
-    let attempted = robust::run(label, retry, body);
-    let mut report = attempted.result?;
-    incidents_of(&mut report).extend(attempted.incidents);
-    Ok(report)
 }
 
 /// Regions: 0 = this round's telemetry buffer of the partition (read-write), 1 = the partition's
