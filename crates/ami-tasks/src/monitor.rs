@@ -13,13 +13,15 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use legion_bridge::{TaskContext, TaskError};
+use ami_mapper::TaskKind;
+use legion_bridge::{Future, TaskContext, TaskError, TaskId, TaskLauncher};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{self, StallLimits};
 use crate::robust::{Incident, IncidentKind};
+use crate::PipelineError;
 
 /// Exit code of a process a monitor ends because a component stalled: "restart me".
 pub const RESTART_EXIT_CODE: i32 = 75;
@@ -164,6 +166,96 @@ fn watch(label: &str, args: &MonitorArgs) {
                 seen.push(stall);
             }
         }
+    }
+}
+
+/// The robustness monitors of a run, as its driver sees them: one monitor task per service node
+/// (node 0 in a one-process run), placed by the policy, launched again every interval once the
+/// previous one returned; and the driver's own watcher, where the rounds are seen (in a
+/// one-process run, the same one). Dropping it (however the run ends) tells the watchers to
+/// return: Legion waits for running monitor tasks.
+pub(crate) struct Monitors {
+    task: TaskId<MonitorArgs, MonitorReport>,
+    args: MonitorArgs,
+    indexes: Vec<u32>,
+    running: Vec<Option<Future<MonitorReport>>>,
+    launched: Instant,
+}
+
+impl Monitors {
+    pub(crate) fn start(ctx: &TaskContext, task: TaskId<MonitorArgs, MonitorReport>, args: MonitorArgs) -> Result<Self, PipelineError> {
+        let indexes: Vec<u32> = crate::placement::current()
+            .map(|p| p.monitors().into_iter().map(|(index, _)| index).collect())
+            .unwrap_or_else(|| vec![0]);
+        let mut monitors = Self {
+            task,
+            args,
+            running: indexes.iter().map(|_| None).collect(),
+            indexes,
+            launched: Instant::now(),
+        };
+        monitors.launch_finished(ctx)?;
+        Ok(monitors)
+    }
+
+    /// Launches monitor `i` again wherever the previous one returned.
+    fn launch_finished(&mut self, ctx: &TaskContext) -> Result<(), PipelineError> {
+        for (slot, &index) in self.running.iter_mut().zip(&self.indexes) {
+            if slot.is_none() {
+                let args = MonitorArgs {
+                    index: index as usize,
+                    ..self.args.clone()
+                };
+                let launcher = TaskLauncher::new(self.task, &args)?.tag(crate::placement::tag(TaskKind::RobustnessMonitor { index }));
+                *slot = Some(ctx.execute(&launcher)?);
+            }
+        }
+        self.launched = Instant::now();
+        Ok(())
+    }
+
+    /// Collects the monitor tasks that returned and, every interval, checks the driver's own
+    /// watcher and launches the monitors again. Returns the incidents: a watcher that had to be
+    /// replaced, a monitor task that failed.
+    pub(crate) fn poll(&mut self, ctx: &TaskContext) -> Result<Vec<Incident>, PipelineError> {
+        let mut reports = Vec::new();
+        for (slot, &index) in self.running.iter_mut().zip(&self.indexes) {
+            if let Some(done) = slot.take_if(|m| m.is_ready()) {
+                reports.push((format!("monitor/{index}"), done.get()));
+            }
+        }
+        if self.launched.elapsed() >= Duration::from_millis(self.args.interval_ms) {
+            reports.push(("driver".into(), Ok(ensure_watcher(&self.args))));
+            self.launch_finished(ctx)?;
+        }
+        let mut incidents = Vec::new();
+        for (component, outcome) in reports {
+            let trouble = match outcome {
+                Ok(report) => report
+                    .watcher_died
+                    .map(|why| (IncidentKind::Restart, format!("watcher {why}; started again"))),
+                Err(error) => Some((IncidentKind::Error, error.to_string())),
+            };
+            if let Some((kind, message)) = trouble {
+                tracing::error!(component, "{message}");
+                incidents.push(Incident::new(&component, kind, 0, message));
+            }
+        }
+        Ok(incidents)
+    }
+
+    /// The run ended: the watchers return, and so do the monitor tasks still running.
+    pub(crate) fn finish(mut self) {
+        health::stop_monitors();
+        for error in self.running.iter_mut().filter_map(Option::take).filter_map(|m| m.get().err()) {
+            tracing::warn!("robustness monitor: {error}");
+        }
+    }
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        health::stop_monitors();
     }
 }
 

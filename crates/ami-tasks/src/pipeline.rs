@@ -15,7 +15,7 @@ use crate::graph::{compile, default_graph, GraphSpec};
 use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
-use crate::monitor::{ensure_watcher, read_incidents, MonitorArgs, MonitorReport, INCIDENT_FILE};
+use crate::monitor::{read_incidents, MonitorArgs, Monitors, INCIDENT_FILE};
 use crate::placement::{partition_groups, tag};
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
@@ -228,21 +228,20 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
     Ok(())
 }
 
-struct StopMonitorsOnDrop;
-
-impl Drop for StopMonitorsOnDrop {
-    fn drop(&mut self) {
-        health::stop_monitors();
-    }
-}
-
-/// Writes incidents under `/incident/` in Control (logged: they survive a crash).
-fn record_incidents(ctx: &TaskContext, stores: &Stores, incidents: &[Incident], sequence: &mut u64) -> Result<(), PipelineError> {
+/// Records incidents: under `/incident/` in Control (logged: they survive a crash), in the
+/// metrics, on the health board (for `ami2 status`) and in the run's summary.
+fn record_incidents(
+    ctx: &TaskContext,
+    stores: &Stores,
+    incidents: Vec<Incident>,
+    sequence: &mut u64,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
     if incidents.is_empty() {
         return Ok(());
     }
-    health::note_incidents(incidents);
-    for incident in incidents {
+    health::note_incidents(&incidents);
+    for incident in &incidents {
         crate::metrics::incident(incident.kind.as_str());
         if incident.kind == IncidentKind::Restart {
             crate::metrics::restart(if incident.component.starts_with("monitor") {
@@ -264,6 +263,7 @@ fn record_incidents(ctx: &TaskContext, stores: &Stores, incidents: &[Incident], 
         .collect();
     let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     stores.control.put_many(ctx, &refs)?;
+    summary.incidents.extend(incidents);
     Ok(())
 }
 
@@ -286,8 +286,7 @@ fn import_earlier_incidents(
     if let Some(reason) = &config.restarted_because {
         incidents.push(Incident::new("service", IncidentKind::Restart, 0, reason.clone()));
     }
-    record_incidents(ctx, stores, &incidents, sequence)?;
-    summary.incidents.extend(incidents);
+    record_incidents(ctx, stores, incidents, sequence, summary)?;
     if let Some(file) = file.filter(|f| f.exists()) {
         std::fs::remove_file(&file).map_err(|e| PipelineError::Config(format!("removing {}: {e}", file.display())))?;
     }
@@ -327,35 +326,18 @@ pub fn run(
     let mut incident_sequence = 0;
     import_earlier_incidents(ctx, &stores, config, data_dir, &mut summary, &mut incident_sequence)?;
     let run = health::reset();
-    let monitor_args = MonitorArgs {
-        index: 0,
-        run,
-        interval_ms: config.monitor_interval_ms,
-        limits: config.stall_limits.clone(),
-        incident_file: data_dir.map(|dir| dir.join(INCIDENT_FILE)),
-        exit_on_stall: config.exit_on_stall,
-    };
-    // One monitor per service node (node 0 in a one-process run), placed by the policy; each
-    // keeps a watcher thread alive in its process. The driver keeps one in its own process too,
-    // where the rounds are seen (in a one-process run, the same one).
-    let monitor_indexes: Vec<u32> = crate::placement::current()
-        .map(|p| p.monitors().into_iter().map(|(index, _)| index).collect())
-        .unwrap_or_else(|| vec![0]);
-    let launch_monitor = |index: u32| -> Result<Future<MonitorReport>, PipelineError> {
-        let args = MonitorArgs {
-            index: index as usize,
-            ..monitor_args.clone()
-        };
-        Ok(ctx.execute(&TaskLauncher::new(tasks.monitor, &args)?.tag(tag(TaskKind::RobustnessMonitor { index })))?)
-    };
-    let monitor_interval = std::time::Duration::from_millis(config.monitor_interval_ms);
-    let mut monitors: Vec<Option<Future<MonitorReport>>> = monitor_indexes
-        .iter()
-        .map(|&i| launch_monitor(i).map(Some))
-        .collect::<Result<_, _>>()?;
-    let mut monitor_launched = std::time::Instant::now();
-    // However the run ends (an error included), the monitor must return: Legion waits for it.
-    let _stop_monitors = StopMonitorsOnDrop;
+    let mut monitors = Monitors::start(
+        ctx,
+        tasks.monitor,
+        MonitorArgs {
+            index: 0,
+            run,
+            interval_ms: config.monitor_interval_ms,
+            limits: config.stall_limits.clone(),
+            incident_file: data_dir.map(|dir| dir.join(INCIDENT_FILE)),
+            exit_on_stall: config.exit_on_stall,
+        },
+    )?;
     let width = bin_width_ns(config.display_rate_hz);
     let telemetry_field = stores.telemetry.field();
     let control_field = stores.control.field();
@@ -385,37 +367,9 @@ pub fn run(
     let groups = partition_groups(config.partitions);
 
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
-        record_incidents(ctx, &stores, &report.incidents, &mut incident_sequence)?;
-        summary.incidents.extend(report.incidents.iter().cloned());
-        let mut monitor_reports = Vec::new();
-        for (slot, &index) in monitors.iter_mut().zip(&monitor_indexes) {
-            if let Some(done) = slot.take_if(|m| m.is_ready()) {
-                monitor_reports.push((format!("monitor/{index}"), done.get()));
-            }
-        }
-        if monitor_launched.elapsed() >= monitor_interval {
-            monitor_reports.push(("driver".into(), Ok(ensure_watcher(&monitor_args))));
-            for (slot, &index) in monitors.iter_mut().zip(&monitor_indexes) {
-                if slot.is_none() {
-                    *slot = Some(launch_monitor(index)?);
-                }
-            }
-            monitor_launched = std::time::Instant::now();
-        }
-        for (component, outcome) in monitor_reports {
-            let trouble = match outcome {
-                Ok(report) => report
-                    .watcher_died
-                    .map(|why| (IncidentKind::Restart, format!("watcher {why}; started again"))),
-                Err(error) => Some((IncidentKind::Error, error.to_string())),
-            };
-            if let Some((kind, message)) = trouble {
-                let incident = Incident::new(&component, kind, 0, message);
-                tracing::error!(component, "{}", incident.message);
-                record_incidents(ctx, &stores, std::slice::from_ref(&incident), &mut incident_sequence)?;
-                summary.incidents.push(incident);
-            }
-        }
+        record_incidents(ctx, &stores, report.incidents.clone(), &mut incident_sequence, summary)?;
+        let monitor_incidents = monitors.poll(ctx)?;
+        record_incidents(ctx, &stores, monitor_incidents, &mut incident_sequence, summary)?;
         metrics.record(&report);
         if !report.failures.is_empty() {
             record_failures(ctx, &stores, &report.failures)?;
@@ -431,8 +385,7 @@ pub fn run(
         if let Some(requests) = observer.graph_requests() {
             graph_manager.poll(ctx, &stores, requests)?;
             let incidents = std::mem::take(&mut graph_manager.incidents);
-            record_incidents(ctx, &stores, &incidents, &mut incident_sequence)?;
-            summary.incidents.extend(incidents);
+            record_incidents(ctx, &stores, incidents, &mut incident_sequence, summary)?;
         }
         Ok(report.all_ended || flow == Flow::Stop)
     };
@@ -531,13 +484,10 @@ pub fn run(
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
     if let Some(requests) = observer.graph_requests() {
         graph_manager.finish(ctx, &stores, requests)?;
-        record_incidents(ctx, &stores, &graph_manager.incidents, &mut incident_sequence)?;
-        summary.incidents.append(&mut graph_manager.incidents);
+        let incidents = std::mem::take(&mut graph_manager.incidents);
+        record_incidents(ctx, &stores, incidents, &mut incident_sequence, &mut summary)?;
     }
-    health::stop_monitors();
-    for error in monitors.into_iter().flatten().filter_map(|m| m.get().err()) {
-        tracing::warn!("robustness monitor: {error}");
-    }
+    monitors.finish();
     summary.graph_version = current_graph_version(ctx, &stores)?;
     if data_dir.is_some() {
         stores.control.snapshot(ctx)?;
