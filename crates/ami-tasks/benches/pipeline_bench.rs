@@ -57,13 +57,38 @@ struct Timing {
     published: Vec<(u64, f64)>,
     rss_kb: Vec<(f64, u64)>,
     stop_after: Option<f64>,
+    /// (seconds, events so far) at every report: the steady rate leaves out the start-up.
+    progress: Vec<(f64, u64)>,
+}
+
+impl Timing {
+    fn new(stop_after: Option<f64>) -> Self {
+        Timing {
+            started: Instant::now(),
+            published: Vec::new(),
+            rss_kb: Vec::new(),
+            stop_after,
+            progress: Vec::new(),
+        }
+    }
+
+    /// Events per second between the first report after a quarter of the run and the last one.
+    fn steady_rate(&self) -> Option<f64> {
+        let (end, total) = *self.progress.last()?;
+        let &(from, before) = self.progress.iter().find(|(t, _)| *t >= end / 4.0)?;
+        (end > from).then(|| (total - before) as f64 / (end - from))
+    }
 }
 
 impl Observer for Timing {
     fn on_report(&mut self, _: &TaskContext, _: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError> {
         let now = self.started.elapsed().as_secs_f64();
+        self.progress.push((now, report.state.events));
         self.published.extend(report.emitted.iter().map(|b| (b.bin, now)));
-        self.rss_kb.push((now, rss_kb()));
+        // Reading /proc costs tens of µs: at most twice a second, not every round.
+        if self.rss_kb.last().is_none_or(|(at, _)| now - at >= 0.5) {
+            self.rss_kb.push((now, rss_kb()));
+        }
         Ok(if self.stop_after.is_some_and(|s| now >= s) {
             Flow::Stop
         } else {
@@ -89,7 +114,7 @@ fn throughput(
     graph: GraphSpec,
     partitions: usize,
     batch: usize,
-) -> Result<(f64, u64), PipelineError> {
+) -> Result<(f64, f64, u64), PipelineError> {
     let config = PipelineConfig {
         source: SourceConfig::Synthetic(source),
         partitions,
@@ -97,15 +122,23 @@ fn throughput(
         graph: Some(graph),
         ..PipelineConfig::default()
     };
-    let mut timing = Timing {
-        started: Instant::now(),
-        published: Vec::new(),
-        rss_kb: Vec::new(),
-        stop_after: None,
-    };
+    let mut timing = Timing::new(None);
     let started = Instant::now();
     let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
-    Ok((summary.events as f64 / started.elapsed().as_secs_f64(), summary.events))
+    let rate = summary.events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
+}
+
+/// The batch sizes to sweep: `--NAME 1,2,4`, or `default`.
+fn batches(name: &str, default: &[usize]) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)) {
+        Some(list) => list
+            .split(',')
+            .map(|b| b.trim().parse().expect("batch sizes are numbers"))
+            .collect(),
+        None => default.to_vec(),
+    }
 }
 
 fn main() {
@@ -122,6 +155,11 @@ fn main() {
         // parallel at the price of sharing a core with the runtime.
         args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
     }
+    // Any other Legion flags, e.g. `--legion "-ll:util 0"`.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(extra) = argv.iter().position(|a| a == "--legion").and_then(|i| argv.get(i + 1)) {
+        args.extend(extra.split_whitespace().map(String::from));
+    }
     println!(
         "pipeline_bench: {partitions} partitions, Legion {}",
         runtime::with_default_args(&args).join(" ")
@@ -137,7 +175,7 @@ fn main() {
                 graph: (option("--scalars", 0) == 1).then(scalar_graph),
                 ..PipelineConfig::default()
             };
-            let mut timing = Timing { started: Instant::now(), published: Vec::new(), rss_kb: Vec::new(), stop_after: Some(soak as f64) };
+            let mut timing = Timing::new(Some(soak as f64));
             let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
             let first = timing.rss_kb.iter().find(|(t, _)| *t >= 5.0).or(timing.rss_kb.first()).copied().unwrap_or_default();
             let last = timing.rss_kb.last().copied().unwrap_or_default();
@@ -153,16 +191,16 @@ fn main() {
             return Ok(());
         }
         println!("(a) scalar events ({scalar_events} per point), events/s:");
-        for batch in [1_000, 10_000, 50_000] {
+        for batch in batches("--scalar-batches", &[1_000, 10_000, 50_000]) {
             let source = SyntheticConfig { frames: Some(scalar_events), rate_hz: None, ..SyntheticConfig::scalars_only() };
-            let (rate, events) = throughput(ctx, source, scalar_graph(), partitions, batch)?;
-            println!("  batch {batch:>6}: {rate:>12.0} events/s ({events} events)");
+            let (rate, steady, events) = throughput(ctx, source, scalar_graph(), partitions, batch)?;
+            println!("  batch {batch:>6}: {rate:>12.0} events/s ({events} events; {steady:.0}/s after start-up)");
         }
         println!("(b) 512x512 f64 images, 256x256 ROI mean ({images} per point), frames/s:");
-        for batch in [4, 16, 64] {
+        for batch in batches("--image-batches", &[1, 2, 4, 16, 64]) {
             let source = SyntheticConfig { frames: Some(images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
-            let (rate, events) = throughput(ctx, source, roi_graph(), partitions, batch)?;
-            println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames)");
+            let (rate, steady, events) = throughput(ctx, source, roi_graph(), partitions, batch)?;
+            println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames; {steady:.0}/s after start-up)");
         }
         // Latency: a paced source (2 kHz scalars, 20 bins/s); a bin's last event is available at
         // the bin's end in stream time, which is also wall time since the start of the run.
@@ -173,7 +211,7 @@ fn main() {
         let started = Instant::now();
         ami_tasks::run(ctx, &config(0), None, &mut ami_tasks::RunToEnd)?;
         let setup = started.elapsed().as_secs_f64();
-        let mut timing = Timing { started: Instant::now(), published: Vec::new(), rss_kb: Vec::new(), stop_after: None };
+        let mut timing = Timing::new(None);
         ami_tasks::run(ctx, &config(20_000), None, &mut timing)?;
         let width = 0.05;
         let mut latencies: Vec<f64> = timing.published.iter().map(|(bin, at)| (at - setup - (*bin as f64 + 1.0) * width) * 1e3).collect();

@@ -27,7 +27,7 @@ use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
 use crate::robust::{robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
-use crate::stores::{chunk_key, graph_key, result_key, source_state_key, BAD_GRAPH_PREFIX, GRAPH_VERSION_KEY};
+use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
 /// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 6`: data source,
@@ -484,13 +484,13 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
         Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v.as_u64()).unwrap_or(0),
         _ => 0,
     };
-    let marked_bad: Vec<u64> = view
-        .list(BAD_GRAPH_PREFIX)
-        .iter()
-        .filter_map(|k| k[BAD_GRAPH_PREFIX.len()..].parse().ok())
-        .collect();
+    // Only the current version's mark matters (a bad one means: the last good graph). One
+    // lookup, not a listing of Control's directory, which every worker would scan every round.
+    let marked_bad = version > 0 && view.get(&bad_graph_key(version))?.is_some();
     let mut cache = graph_cache();
-    cache.failed.extend(marked_bad);
+    if marked_bad {
+        cache.failed.insert(version);
+    }
     if version == 0 || cache.failed.contains(&version) {
         return Ok(cache.last_good.clone());
     }

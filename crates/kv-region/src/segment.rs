@@ -434,14 +434,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Segment<B> {
     fn mark(&mut self, first: usize, count: usize, used: bool) {
         let start = self.bitmap_start();
         let b = self.bm();
-        for point in first..first + count {
+        let set = |b: &mut [u8], point: usize| {
             let byte = &mut b[start + point / 8];
             if used {
                 *byte |= 1 << (point % 8);
             } else {
                 *byte &= !(1 << (point % 8));
             }
+        };
+        let end = first + count;
+        // Bit by bit up to a byte boundary, whole bytes in the middle (a telemetry chunk spans
+        // thousands of points and is marked every round), bit by bit after.
+        let whole_from = first.next_multiple_of(8).min(end);
+        let whole_to = (end / 8 * 8).max(whole_from);
+        for point in (first..whole_from).chain(whole_to..end) {
+            set(b, point);
         }
+        b[start + whole_from / 8..start + whole_to / 8].fill(if used { 0xFF } else { 0x00 });
     }
 
     /// Sets the sequence number of the last logged change.

@@ -252,9 +252,12 @@ struct ImagePlan {
     dtype: Dtype,
     /// How far the blob jitters, in pixels each way.
     margin: usize,
-    /// The blob on a canvas `margin` pixels larger on every side; a frame is a window of it.
-    canvas: Vec<f64>,
-    canvas_width: usize,
+    /// The blob on a canvas `margin` pixels larger on every side, as its two factors (it is
+    /// separable): pixel (x, y) of the canvas is `blob_y[y] * blob_x[x]`. A frame is a window of
+    /// the canvas. Kept 1-D so that generating a frame reads a few KiB, not a 2-D canvas as large
+    /// as the frame: only the frame's own writes go to memory.
+    blob_x: Vec<f64>,
+    blob_y: Vec<f64>,
 }
 
 /// Makes any frame of a synthetic stream: `frame(seq)` depends on the configuration and `seq`
@@ -320,13 +323,12 @@ impl SyntheticGenerator {
                 let (canvas_width, canvas_height) = (i.width + 2 * margin, i.height + 2 * margin);
                 let sigma = (i.width.min(i.height) as f64 / 6.0).max(1.0);
                 // The blob is separable: a product of two 1-D Gaussians, no per-pixel exp.
-                let gx: Vec<f64> = (0..canvas_width)
+                let blob_x = (0..canvas_width)
                     .map(|x| gaussian(x as f64 - canvas_width as f64 / 2.0, sigma))
                     .collect();
-                let gy: Vec<f64> = (0..canvas_height)
+                let blob_y = (0..canvas_height)
                     .map(|y| gaussian(y as f64 - canvas_height as f64 / 2.0, sigma))
                     .collect();
-                let canvas = gy.iter().flat_map(|y| gx.iter().map(move |x| x * y)).collect();
                 ImagePlan {
                     name: i.name.clone(),
                     key: name_key(&i.name),
@@ -334,8 +336,8 @@ impl SyntheticGenerator {
                     height: i.height,
                     dtype: i.dtype,
                     margin,
-                    canvas,
-                    canvas_width,
+                    blob_x,
+                    blob_y,
                 }
             })
             .collect();
@@ -495,13 +497,13 @@ impl SyntheticGenerator {
         quantize: impl Fn(f64) -> f64,
         out: &mut [f64],
     ) {
-        for (y, row) in out.chunks_exact_mut(plan.width).enumerate().take(plan.height) {
-            let start = (y + shift.1) * plan.canvas_width + shift.0;
-            let blobs = plan.canvas[start..start + plan.width].chunks(NOISE_RUN);
-            for (pixels, blobs) in row.chunks_mut(NOISE_RUN).zip(blobs) {
+        let blob_x = &plan.blob_x[shift.0..shift.0 + plan.width];
+        for (row, blob_y) in out.chunks_exact_mut(plan.width).zip(&plan.blob_y[shift.1..]).take(plan.height) {
+            let row_height = height * blob_y;
+            for (pixels, blobs) in row.chunks_mut(NOISE_RUN).zip(blob_x.chunks(NOISE_RUN)) {
                 let noise = noise_run(&self.noise, rng, blobs.len());
                 for ((p, blob), n) in pixels.iter_mut().zip(blobs).zip(noise) {
-                    *p = quantize(10.0 + height * blob + 3.0 * n);
+                    *p = quantize(10.0 + row_height * blob + 3.0 * n);
                 }
             }
         }
