@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// supervisor starts it again). Rounds may take twice as long.
     #[arg(long, default_value_t = 15.0)]
     stall_timeout: f64,
+    /// With --data-dir: snapshot Control and Results this often (seconds), which keeps the logs
+    /// (and the replay after a restart) bounded; 0 snapshots only at the end.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    snapshot_interval: f64,
     /// Legion Prof and Legion Spy logs.
     #[command(flatten)]
     tools: crate::profiling::ToolArgs,
@@ -139,6 +143,9 @@ impl RunArgs {
             bail!("--stall-timeout must be positive");
         }
         let attempt_ms = (self.stall_timeout * 1000.0) as u64;
+        if !(self.snapshot_interval >= 0.0) {
+            bail!("--snapshot-interval must be 0 or more seconds");
+        }
         Ok(PipelineConfig {
             source,
             partitions: self.partitions,
@@ -150,6 +157,7 @@ impl RunArgs {
                 round_ms: attempt_ms * 2,
             },
             exit_on_stall: true,
+            snapshot_interval_ms: (self.snapshot_interval * 1000.0) as u64,
             restarted_because: std::env::var(crate::supervise::RESTART_REASON_VAR).ok(),
             ..PipelineConfig::default()
         })

@@ -131,3 +131,53 @@ fn invalid_graph_is_refused_with_every_reason() {
         assert!(stderr.contains(reason), "no {reason:?} in: {stderr}");
     }
 }
+
+/// Size of partition 0's source-state log in `data`.
+fn source_log_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("control"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("component_source_0") && name.ends_with(".log")
+        })
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a source log")
+}
+
+#[test]
+fn periodic_snapshots_keep_the_logs_bounded_and_a_restart_continues() {
+    // 3 s of data in batches of 20 at 2 kHz: 300 rounds, each saving the source's position.
+    let run = |data: &Path, interval: &str, frames: &str| {
+        let out = ami2(&with_legion(&[
+            "run",
+            "--frames",
+            frames,
+            "--rate",
+            "2000",
+            "--batch-size",
+            "20",
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--snapshot-interval",
+            interval,
+        ]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let unbounded = scratch("log-unbounded");
+    run(&unbounded, "0", "6000");
+    let all_records = source_log_bytes(&unbounded);
+    let bounded = scratch("log-bounded");
+    run(&bounded, "0.5", "6000");
+    let kept = source_log_bytes(&bounded);
+    // The log keeps what the newest two snapshots lack: about a second of rounds, not all 3 s.
+    assert!(
+        kept * 2 < all_records,
+        "log of {kept} bytes with snapshots every 0.5 s against {all_records} without"
+    );
+    // A restart from the snapshots and the compacted log continues where the run stopped.
+    let more = run(&bounded, "0.5", "8000");
+    assert_eq!(total_events(&bins(&more)), 2000, "{}", String::from_utf8_lossy(&more.stderr));
+}

@@ -6,6 +6,9 @@
 //! of 1 and 2 threads (each on its own half of the buffers) it prints the best of `--rounds` passes
 //! of: read (sum of f64s), write (fill), copy (`copy_from_slice`), each over buffers of `--mib`
 //! MiB (far beyond the caches), and the same for a 2 MiB buffer (one frame, cache-resident).
+//! Then the image pipeline's roofline without any runtime: each thread writes 512×512 f64 frames
+//! one after another into its own ring of frames and sums each frame's 256×256 region of
+//! interest, for rings from cache-sized to far larger (`--roofline-ms` per point, default 500).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -64,6 +67,49 @@ fn measure(label: &str, elements: usize, rounds: usize) {
     black_box(&dst);
 }
 
+const FRAME: usize = 512 * 512;
+
+/// Writes a frame (a cheap formula: every pixel stored once) and returns its 256×256 ROI sum.
+fn frame_work(frame: &mut [f64], seed: f64) -> f64 {
+    for (row, y) in frame.chunks_exact_mut(512).zip(0..) {
+        let level = seed + y as f64;
+        for (p, x) in row.iter_mut().zip(0..) {
+            *p = level + x as f64 * 0.5;
+        }
+    }
+    frame.chunks_exact(512).skip(128).take(256).map(|row| sum(&row[128..384])).sum()
+}
+
+/// Frames/s of `threads` threads, each cycling through a ring of `ring_mib` MiB of frames.
+fn roofline(threads: usize, ring_mib: usize, millis: u64) -> f64 {
+    let frames_per_ring = (ring_mib / 2).max(1);
+    let done: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut ring = vec![0.0f64; frames_per_ring * FRAME];
+                    let start = Instant::now();
+                    let mut count = 0;
+                    let mut seed = 0.0;
+                    while start.elapsed().as_millis() < millis as u128 {
+                        for frame in ring.chunks_exact_mut(FRAME) {
+                            seed += black_box(frame_work(frame, seed)) * 1e-30 + 1.0;
+                            count += 1;
+                        }
+                    }
+                    (count, start.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("roofline thread"))
+            .map(|(n, t)| (n as f64 / t) as usize)
+            .sum()
+    });
+    done as f64
+}
+
 fn main() {
     let mib = option("--mib", 512);
     let rounds = option("--rounds", 5);
@@ -81,4 +127,12 @@ fn main() {
     });
     println!("  2 MiB frame, repeated  1 thread : copy {copy:>6.1} GB/s");
     black_box(&dst);
+
+    let millis = option("--roofline-ms", 500) as u64;
+    println!("image roofline: write a 512x512 f64 frame, sum its 256x256 ROI; frames/s (no runtime)");
+    for ring_mib in [2, 4, 8, 12, 16, 24, 32, 64, 256] {
+        let one = roofline(1, ring_mib, millis);
+        let two = roofline(2, ring_mib, millis);
+        println!("  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}");
+    }
 }

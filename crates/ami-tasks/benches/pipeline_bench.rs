@@ -55,7 +55,7 @@ fn roi_graph() -> GraphSpec {
 struct Timing {
     started: Instant,
     published: Vec<(u64, f64)>,
-    rss_kb: Vec<(f64, u64)>,
+    rss_kb: Vec<(f64, Rss)>,
     stop_after: Option<f64>,
     /// (seconds, events so far) at every report: the steady rate leaves out the start-up.
     progress: Vec<(f64, u64)>,
@@ -83,8 +83,11 @@ impl Timing {
 impl Observer for Timing {
     fn on_report(&mut self, _: &TaskContext, _: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError> {
         let now = self.started.elapsed().as_secs_f64();
-        self.progress.push((now, report.state.events));
-        self.published.extend(report.emitted.iter().map(|b| (b.bin, now)));
+        // Not in a soak: what the observer keeps must not grow the memory being measured.
+        if self.stop_after.is_none() {
+            self.progress.push((now, report.state.events));
+            self.published.extend(report.emitted.iter().map(|b| (b.bin, now)));
+        }
         // Reading /proc costs tens of µs: at most twice a second, not every round.
         if self.rss_kb.last().is_none_or(|(at, _)| now - at >= 0.5) {
             self.rss_kb.push((now, rss_kb()));
@@ -97,15 +100,31 @@ impl Observer for Timing {
     }
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// Resident memory in KiB: all of it, the process's private memory (heap, stacks), and the
+/// shared memory mapped so far. Realm's system memory (`-ll:csize`) is a shared-memory file
+/// allocated in full at start, so its pages only become *resident in the process* as they are
+/// first touched: growth there is bounded by `-ll:csize` and uses no new memory of the machine.
+#[derive(Clone, Copy, Default)]
+struct Rss {
+    total: u64,
+    private: u64,
+    shared: u64,
+}
+
+fn rss_kb() -> Rss {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Rss {
+        total: field("VmRSS:"),
+        private: field("RssAnon:"),
+        shared: field("RssShmem:"),
+    }
 }
 
 fn throughput(
@@ -183,11 +202,24 @@ fn main() {
             let mut next = 0.0;
             for (t, kb) in &timing.rss_kb {
                 if *t >= next {
-                    println!("  t = {t:>5.0} s  RSS {:>5} MiB", kb / 1024);
+                    println!(
+                        "  t = {t:>5.0} s  RSS {:>5} MiB  (private {:>5} MiB, Realm's shared memory touched so far {:>4} MiB)",
+                        kb.total / 1024,
+                        kb.private / 1024,
+                        kb.shared / 1024
+                    );
                     next += 30.0;
                 }
             }
-            println!("  RSS after {:.0} s: {} MiB; at the end ({:.0} s): {} MiB", first.0, first.1 / 1024, last.0, last.1 / 1024);
+            println!(
+                "  RSS after {:.0} s: {} MiB (private {} MiB); at the end ({:.0} s): {} MiB (private {} MiB)",
+                first.0,
+                first.1.total / 1024,
+                first.1.private / 1024,
+                last.0,
+                last.1.total / 1024,
+                last.1.private / 1024
+            );
             return Ok(());
         }
         println!("(a) scalar events ({scalar_events} per point), events/s:");

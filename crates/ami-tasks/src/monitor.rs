@@ -225,7 +225,7 @@ impl Monitors {
             }
         }
         if self.launched.elapsed() >= Duration::from_millis(self.args.interval_ms) {
-            reports.push(("driver".into(), Ok(ensure_watcher(&self.args))));
+            reports.push(("monitor/driver".into(), Ok(ensure_watcher(&self.args))));
             self.launch_finished(ctx)?;
         }
         let mut incidents = Vec::new();

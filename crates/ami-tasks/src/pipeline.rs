@@ -60,6 +60,10 @@ pub struct PipelineConfig {
     pub exit_on_stall: bool,
     /// Recorded as a restart incident at start (set by the supervisor that restarted the service).
     pub restarted_because: Option<String>,
+    /// With a data directory: snapshot Control and Results this often (milliseconds), which also
+    /// compacts Control's logs, so that they (and the replay at a restart) stay bounded however
+    /// long the service runs. 0: only at the end of the run.
+    pub snapshot_interval_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -82,6 +86,7 @@ impl Default for PipelineConfig {
             stall_limits: StallLimits::default(),
             exit_on_stall: false,
             restarted_because: None,
+            snapshot_interval_ms: 30_000,
         }
     }
 }
@@ -228,6 +233,21 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
     Ok(())
 }
 
+/// Snapshots Control and Results in the data directory; Control's logs keep only what the
+/// newest two snapshots lack.
+fn snapshot(ctx: &TaskContext, stores: &Stores) -> Result<(), PipelineError> {
+    let started = std::time::Instant::now();
+    let control = stores.control.snapshot(ctx)?;
+    let results = stores.results.snapshot(ctx)?;
+    tracing::debug!(
+        component = "driver",
+        bytes = control.iter().chain(&results).map(|s| s.bytes).sum::<u64>(),
+        millis = started.elapsed().as_millis() as u64,
+        "stores snapshotted"
+    );
+    Ok(())
+}
+
 /// Records incidents: under `/incident/` in Control (logged: they survive a crash), in the
 /// metrics, on the health board (for `ami2 status`) and in the run's summary.
 fn record_incidents(
@@ -366,6 +386,7 @@ pub fn run(
     // Tasks carry their kind in their mapping tag, for the placement policy (when installed).
     let groups = partition_groups(config.partitions);
 
+    let mut last_snapshot = std::time::Instant::now();
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         record_incidents(ctx, &stores, report.incidents.clone(), &mut incident_sequence, summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
@@ -381,6 +402,13 @@ pub fn run(
         summary.superseded_partials = report.state.superseded_partials;
         summary.sources.extend(report.sources.clone());
         merge_ran_on(&mut summary.ran_on, report.ran_on.clone());
+        if data_dir.is_some()
+            && config.snapshot_interval_ms > 0
+            && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms
+        {
+            snapshot(ctx, &stores)?;
+            last_snapshot = std::time::Instant::now();
+        }
         let flow = observer.on_report(ctx, &stores, &report)?;
         if let Some(requests) = observer.graph_requests() {
             graph_manager.poll(ctx, &stores, requests)?;
@@ -490,8 +518,7 @@ pub fn run(
     monitors.finish();
     summary.graph_version = current_graph_version(ctx, &stores)?;
     if data_dir.is_some() {
-        stores.control.snapshot(ctx)?;
-        stores.results.snapshot(ctx)?;
+        snapshot(ctx, &stores)?;
     }
     crate::tasks::reset_process_state();
     tracing::info!(
