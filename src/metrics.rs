@@ -160,7 +160,6 @@ mod tests {
 
     use ami_tasks::metrics::ReportMetrics;
     use ami_tasks::source::{SourcePosition, SourceStats};
-    use ami_tasks::tasks::GraphFailure;
     use ami_tasks::GlobalReport;
 
     use super::*;
@@ -206,16 +205,12 @@ mod tests {
             tracker.record(&report([30, 25], 4));
             ReportMetrics::launched(3);
             // Partition 0's source reopened (counts from 0 again) after its producer restarted; a
-            // graph failed.
+            // graph failed (the driver records it as an incident).
             let mut restarted = report([4, 25], 4);
             restarted.state.events = 59;
             restarted.sources.get_mut(&0).unwrap().1.producer_restarts = 1;
-            restarted.failures.push(GraphFailure {
-                version: 1,
-                partition: 0,
-                message: "boom".into(),
-            });
             tracker.record(&restarted);
+            ami_tasks::metrics::incident("graph_failure");
             ami_tasks::metrics::subscriber_messages_dropped(2);
             let running = MetricsSummary::from_prometheus_text(&handle.render());
             assert!(running.running);

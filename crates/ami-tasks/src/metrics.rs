@@ -142,9 +142,6 @@ impl ReportMetrics {
         metrics::counter!(SUPERSEDED_PARTIALS).increment(state.superseded_partials.saturating_sub(self.superseded));
         (self.events, self.bins, self.late, self.superseded) =
             (state.events, state.bins_emitted, state.late_partials, state.superseded_partials);
-        for _ in &report.failures {
-            incident("graph_failure");
-        }
         metrics::gauge!(PENDING_BINS).set(state.pending_bins() as f64);
         if let Some(last) = report.emitted.last() {
             metrics::gauge!(LAST_PUBLISHED_BIN).set(last.bin as f64);

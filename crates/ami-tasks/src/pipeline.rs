@@ -207,19 +207,12 @@ fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&Gra
     }
 }
 
-/// Records graph failures in Control: the version is marked bad (workers stop using it) and an
-/// incident is written.
-fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]) -> Result<(), PipelineError> {
+/// Marks the versions that failed at run time bad in Control (workers stop using them) and
+/// returns the failures as incidents, to be recorded like any other.
+fn mark_failed_graphs(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]) -> Result<Vec<Incident>, PipelineError> {
     let mut docs = Vec::new();
+    let mut incidents = Vec::new();
     for failure in failures {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let doc =
-            json!({"kind": "graph_failure", "graph_version": failure.version, "partition": failure.partition, "message": failure.message});
-        docs.push((bad_graph_key(failure.version), doc.clone()));
-        docs.push((format!("/incident/{at:020}-{}", failure.partition), doc));
         tracing::error!(
             component = "driver",
             graph_version = failure.version,
@@ -227,10 +220,23 @@ fn record_failures(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailure]
             "graph failed at run time, reverting: {}",
             failure.message
         );
+        docs.push((
+            bad_graph_key(failure.version),
+            json!({"graph_version": failure.version, "partition": failure.partition, "message": failure.message}),
+        ));
+        incidents.push(Incident::new(
+            &format!("worker/{}", failure.partition),
+            IncidentKind::GraphFailure,
+            0,
+            format!(
+                "graph version {} failed, reverted to the last good graph: {}",
+                failure.version, failure.message
+            ),
+        ));
     }
     let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     stores.control.put_many(ctx, &refs)?;
-    Ok(())
+    Ok(incidents)
 }
 
 /// Snapshots Control and Results in the data directory; Control's logs keep only what the
@@ -393,7 +399,8 @@ pub fn run(
         record_incidents(ctx, &stores, monitor_incidents, &mut incident_sequence, summary)?;
         metrics.record(&report);
         if !report.failures.is_empty() {
-            record_failures(ctx, &stores, &report.failures)?;
+            let incidents = mark_failed_graphs(ctx, &stores, &report.failures)?;
+            record_incidents(ctx, &stores, incidents, &mut incident_sequence, summary)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
         }
         summary.events = report.state.events;

@@ -51,6 +51,8 @@ pub enum IncidentKind {
     Stall,
     /// A component was started again (a monitor relaunched, the service restarted).
     Restart,
+    /// A graph failed on an event at run time; workers went back to the last good graph.
+    GraphFailure,
 }
 
 impl IncidentKind {
@@ -60,6 +62,7 @@ impl IncidentKind {
             Self::Error => "error",
             Self::Stall => "stall",
             Self::Restart => "restart",
+            Self::GraphFailure => "graph_failure",
         }
     }
 }

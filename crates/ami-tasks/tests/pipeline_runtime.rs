@@ -362,6 +362,13 @@ fn main() -> ExitCode {
                 format!("{:?}", summary.graph_failures),
             )?;
             check(breaker.incidents > 0, "no incident in the control store")?;
+            check(
+                summary
+                    .incidents
+                    .iter()
+                    .any(|i| i.kind == ami_tasks::robust::IncidentKind::GraphFailure && i.component.starts_with("worker/")),
+                format!("no graph_failure incident in {:?}", summary.incidents),
+            )?;
             let last = breaker.inner.bins.last().ok_or_else(|| TaskError::msg("no bins"))?;
             check(
                 last.graph_version == 1 && last.values.contains_key("energy_chart"),
