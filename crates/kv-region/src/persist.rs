@@ -13,7 +13,7 @@
 //! in the *previous* snapshot are dropped, so either snapshot plus the log rebuilds the segment.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -132,52 +132,84 @@ impl<'a> Reader<'a> {
 }
 
 /// Writes a snapshot of `entries` atomically (see the module docs); returns its size in bytes.
-pub fn write_snapshot<'a>(
-    files: &SegmentFiles,
-    prefix: &str,
-    seq: u64,
-    entries: impl Iterator<Item = (&'a str, Codec, &'a [u8])>,
-) -> KvResult<u64> {
-    let mut out = Vec::with_capacity(1 << 16);
-    out.extend_from_slice(SNAP_MAGIC);
-    out.extend_from_slice(&SNAP_VERSION.to_le_bytes());
-    put_bytes(&mut out, prefix.as_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    let count_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let mut count = 0u64;
-    for (key, codec, value) in entries {
-        put_bytes(&mut out, key.as_bytes());
-        out.push(codec_byte(codec));
-        put_bytes(&mut out, value);
-        count += 1;
-    }
-    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(SNAP_END);
-
+/// `entries` is called twice (to count, then to write): the snapshot streams to the file through a
+/// small buffer, however large the segment, so a periodic snapshot leaves no large allocation
+/// behind.
+pub fn write_snapshot<'a, I>(files: &SegmentFiles, prefix: &str, seq: u64, entries: impl Fn() -> I) -> KvResult<u64>
+where
+    I: Iterator<Item = (&'a str, Codec, &'a [u8])>,
+{
     let dir = files.snapshot.parent().expect("snapshot files live in a folder");
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let tmp = files.snapshot.with_extension("snap.tmp");
-    {
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-        crash_point_mid_snapshot(&mut file, &out);
-        file.write_all(&out).map_err(io_error(&tmp))?;
+    let written = {
+        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut out = ChecksummedWriter::new(BufWriter::with_capacity(1 << 16, file));
+        let mut header = Vec::with_capacity(64);
+        header.extend_from_slice(SNAP_MAGIC);
+        header.extend_from_slice(&SNAP_VERSION.to_le_bytes());
+        put_bytes(&mut header, prefix.as_bytes());
+        header.extend_from_slice(&seq.to_le_bytes());
+        header.extend_from_slice(&(entries().count() as u64).to_le_bytes());
+        out.write(&header).map_err(io_error(&tmp))?;
+        let mut entry = Vec::new();
+        for (key, codec, value) in entries() {
+            entry.clear();
+            put_bytes(&mut entry, key.as_bytes());
+            entry.push(codec_byte(codec));
+            entry.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.write(&entry).map_err(io_error(&tmp))?;
+            out.write(value).map_err(io_error(&tmp))?;
+        }
+        let crc = out.crc();
+        out.write(&crc.to_le_bytes()).map_err(io_error(&tmp))?;
+        out.write(SNAP_END).map_err(io_error(&tmp))?;
+        let written = out.written;
+        let mut file = out.inner.into_inner().map_err(|e| KvError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        crash_point_mid_snapshot(&mut file, written);
         file.sync_all().map_err(io_error(&tmp))?;
-    }
+        written
+    };
     if files.snapshot.exists() {
         fs::rename(&files.snapshot, &files.previous).map_err(io_error(&files.previous))?;
     }
     fs::rename(&tmp, &files.snapshot).map_err(io_error(&files.snapshot))?;
     sync_dir(dir)?;
-    Ok(out.len() as u64)
+    Ok(written)
+}
+
+/// A writer that keeps the CRC-32 and length of what went through it.
+struct ChecksummedWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    written: u64,
+}
+
+impl<W: Write> ChecksummedWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            written: 0,
+        }
+    }
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.inner.write_all(bytes)
+    }
+    fn crc(&self) -> u32 {
+        self.hasher.clone().finalize()
+    }
 }
 
 /// Test hook: with `KV_REGION_ABORT_IN_SNAPSHOT=N` in the environment, the N-th snapshot written
-/// by this process writes half its bytes, syncs them, and aborts the process (a crash in the middle
-/// of a snapshot write). Does nothing otherwise.
-fn crash_point_mid_snapshot(file: &mut File, bytes: &[u8]) {
+/// by this process keeps only half its bytes, syncs them, and aborts the process (a crash in the
+/// middle of a snapshot write). Does nothing otherwise.
+fn crash_point_mid_snapshot(file: &mut File, written: u64) {
     static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(n) = std::env::var("KV_REGION_ABORT_IN_SNAPSHOT")
         .ok()
@@ -186,7 +218,7 @@ fn crash_point_mid_snapshot(file: &mut File, bytes: &[u8]) {
         return;
     };
     if WRITTEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
-        let _ = file.write_all(&bytes[..bytes.len() / 2]);
+        let _ = file.set_len(written / 2);
         let _ = file.sync_all();
         eprintln!("KV_REGION_ABORT_IN_SNAPSHOT: aborting in the middle of snapshot {n}");
         std::process::abort();
@@ -318,20 +350,7 @@ pub fn read_log(path: &Path) -> KvResult<LogContents> {
             if crc32fast::hash(payload) != crc {
                 return Err("checksum mismatch".into());
             }
-            let mut p = Reader { bytes: payload, at: 0 };
-            let seq = p.u64()?;
-            let op = p.u8()?;
-            let codec_byte = p.u8()?;
-            let key = p.string()?;
-            let value = p.bytes()?.to_vec();
-            match op {
-                OP_PUT => {
-                    let codec = Codec::from_byte(codec_byte).ok_or_else(|| format!("unknown codec {codec_byte}"))?;
-                    Ok((seq, Change::Put(Record { key, codec, value })))
-                }
-                OP_DELETE => Ok((seq, Change::Delete(key))),
-                other => Err(format!("unknown operation {other}")),
-            }
+            decode_record(payload)
         })();
         match record {
             Ok(change) => changes.push(change),
@@ -346,14 +365,71 @@ pub fn read_log(path: &Path) -> KvResult<LogContents> {
     Ok(LogContents { changes, stopped: None })
 }
 
-/// Rewrites the log without the records at or below `seq` (they are in both snapshots).
+/// One log record's payload: its sequence number and change.
+fn decode_record(payload: &[u8]) -> Result<(u64, Change), String> {
+    let mut p = Reader { bytes: payload, at: 0 };
+    let seq = p.u64()?;
+    let op = p.u8()?;
+    let codec_byte = p.u8()?;
+    let key = p.string()?;
+    let value = p.bytes()?.to_vec();
+    match op {
+        OP_PUT => {
+            let codec = Codec::from_byte(codec_byte).ok_or_else(|| format!("unknown codec {codec_byte}"))?;
+            Ok((seq, Change::Put(Record { key, codec, value })))
+        }
+        OP_DELETE => Ok((seq, Change::Delete(key))),
+        other => Err(format!("unknown operation {other}")),
+    }
+}
+
+/// Fills `buf` from `input`; false at the end of the input (or a torn end: fewer bytes left).
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match input.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Rewrites the log without the records at or below `seq` (they are in both snapshots). Keeps
+/// what [`read_log`] would replay: intact records up to the first damaged one. Streams record by
+/// record: a log of any size is compacted in a few KiB of memory.
 pub fn compact_log(path: &Path, seq: u64) -> KvResult<()> {
-    let contents = read_log(path)?;
-    let keep: Vec<(u64, Change)> = contents.changes.into_iter().filter(|(s, _)| *s > seq).collect();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let mut left = file.metadata().map_err(io_error(path))?.len();
+    let mut input = BufReader::with_capacity(1 << 16, file);
     let tmp = path.with_extension("log.tmp");
     {
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-        file.write_all(&encode_log_records(&keep)).map_err(io_error(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io_error(&tmp))?);
+        let mut header = [0u8; 8];
+        let mut payload = Vec::new();
+        while read_full(&mut input, &mut header).map_err(io_error(path))? {
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            // A length past the end is a torn record: do not allocate for it.
+            if len > left.saturating_sub(8) {
+                break;
+            }
+            left -= 8 + len;
+            payload.resize(len as usize, 0);
+            if !read_full(&mut input, &mut payload).map_err(io_error(path))? || crc32fast::hash(&payload) != crc {
+                break;
+            }
+            let Ok((record_seq, _)) = decode_record(&payload) else { break };
+            if record_seq > seq {
+                out.write_all(&header).map_err(io_error(&tmp))?;
+                out.write_all(&payload).map_err(io_error(&tmp))?;
+            }
+        }
+        let file = out.into_inner().map_err(|e| KvError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_error(&tmp))?;
     }
     fs::rename(&tmp, path).map_err(io_error(path))?;
@@ -378,13 +454,10 @@ mod tests {
     fn snapshot_round_trip_and_previous_generation() {
         let dir = temp_dir("snap");
         let files = SegmentFiles::new(&dir, "/control/");
-        write_snapshot(&files, "/control/", 3, [("/control/a", Codec::Json, &b"1"[..])].into_iter()).unwrap();
-        write_snapshot(
-            &files,
-            "/control/",
-            5,
-            [("/control/b", Codec::Bincode, &b"\x00\x01"[..])].into_iter(),
-        )
+        write_snapshot(&files, "/control/", 3, || [("/control/a", Codec::Json, &b"1"[..])].into_iter()).unwrap();
+        write_snapshot(&files, "/control/", 5, || {
+            [("/control/b", Codec::Bincode, &b"\x00\x01"[..])].into_iter()
+        })
         .unwrap();
         let current = read_snapshot(&files.snapshot).unwrap();
         assert_eq!((current.prefix.as_str(), current.seq), ("/control/", 5));
@@ -403,7 +476,7 @@ mod tests {
     fn damaged_snapshots_are_detected() {
         let dir = temp_dir("damaged");
         let files = SegmentFiles::new(&dir, "/");
-        write_snapshot(&files, "/", 1, [("/k", Codec::Json, &b"\"v\""[..])].into_iter()).unwrap();
+        write_snapshot(&files, "/", 1, || [("/k", Codec::Json, &b"\"v\""[..])].into_iter()).unwrap();
         let good = fs::read(&files.snapshot).unwrap();
         for (what, bytes) in [
             ("truncated", good[..good.len() - 5].to_vec()),
@@ -455,5 +528,31 @@ mod tests {
         let compacted = read_log(&path).unwrap();
         assert_eq!(compacted.changes, changes[2..].to_vec());
         assert!(compacted.stopped.is_none());
+    }
+
+    #[test]
+    fn compaction_keeps_what_replay_would_replay() {
+        let dir = temp_dir("compact-damaged");
+        let path = dir.join("c.log");
+        let changes: Vec<(u64, Change)> = (1..=5).map(|seq| (seq, Change::Delete(format!("/k{seq}")))).collect();
+        let mut bytes = Vec::new();
+        let mut fourth_at = 0;
+        for change in &changes {
+            if change.0 == 4 {
+                fourth_at = bytes.len();
+            }
+            bytes.extend(encode_log_records(std::slice::from_ref(change)));
+        }
+        // Damage the fourth record's payload: replay stops there, and so must compaction.
+        bytes[fourth_at + 12] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_log(&path).unwrap().changes, changes[..3].to_vec());
+        compact_log(&path, 1).unwrap();
+        let compacted = read_log(&path).unwrap();
+        assert_eq!(compacted.changes, changes[1..3].to_vec());
+        assert!(compacted.stopped.is_none());
+        // A missing log stays missing.
+        compact_log(&dir.join("none.log"), 1).unwrap();
+        assert!(!dir.join("none.log").exists());
     }
 }

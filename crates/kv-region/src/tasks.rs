@@ -207,7 +207,7 @@ fn snapshot_task(ctx: &TaskContext, args: PersistArgs) -> Result<SnapshotStats, 
         } else {
             None
         };
-        let bytes = persist::write_snapshot(&files, &prefix, segment.seq(), segment.entries())?;
+        let bytes = persist::write_snapshot(&files, &prefix, segment.seq(), || segment.entries())?;
         if let Some(seq) = replaced_seq {
             persist::compact_log(&files.log, seq)?;
         }
