@@ -35,6 +35,7 @@ pub mod mapper;
 mod panic;
 pub mod region;
 pub mod runtime;
+mod system_memory;
 pub mod task;
 
 pub use error::{Error, Result};

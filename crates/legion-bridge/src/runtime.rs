@@ -156,6 +156,12 @@ where
 
     let program = std::env::args().next().unwrap_or_else(|| "ami2".into());
     let legion_args = with_default_args(legion_args);
+    let csize = legion_args
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "-ll:csize")
+        .and_then(|w| w[1].parse().ok());
+    *SYSTEM_MEMORY_MIB.lock().unwrap_or_else(|e| e.into_inner()) = csize;
     let argv: Vec<CString> = std::iter::once(program)
         .chain(legion_args.iter().cloned())
         .map(|a| CString::new(a).map_err(|_| Error::InvalidArgument("a Legion argument contains NUL".into())))
@@ -238,6 +244,9 @@ impl Registration {
     }
 }
 
+/// `-ll:csize` of this process, to map Realm's system memory in full at start.
+static SYSTEM_MEMORY_MIB: Mutex<Option<u64>> = Mutex::new(None);
+
 type Callback = Box<dyn Fn(&Registration) + Send + Sync>;
 static CALLBACKS: Mutex<Vec<Callback>> = Mutex::new(Vec::new());
 
@@ -287,6 +296,24 @@ unsafe extern "C" fn registration_trampoline(
         tracing::error!("{message}");
         *MISSING_PEERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
         return;
+    }
+    if let Some(mib) = *SYSTEM_MEMORY_MIB.lock().unwrap_or_else(|e| e.into_inner()) {
+        // On the side (about 0.3 s per GiB): the start of the runtime, and so a restart after a
+        // crash, does not wait for it.
+        let spawned = std::thread::Builder::new().name("ami2-sysmem".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            match crate::system_memory::populate(mib) {
+                Ok(bytes) => tracing::debug!(
+                    mib = bytes >> 20,
+                    millis = started.elapsed().as_millis() as u64,
+                    "Realm system memory mapped"
+                ),
+                Err(why) => tracing::debug!("Realm system memory not mapped up front: {why}"),
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::debug!("Realm system memory not mapped up front: {error}");
+        }
     }
     let callbacks = CALLBACKS.lock().unwrap_or_else(|e| e.into_inner());
     for callback in callbacks.iter() {

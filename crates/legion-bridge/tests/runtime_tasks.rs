@@ -156,6 +156,33 @@ fn main() -> ExitCode {
                 format!("callback saw {seen} processors, machine has {local} application processors"),
             )
         }),
+        case("realm_system_memory_is_resident_from_the_start", |_| {
+            // Mapped on the side at start: the resident set holds all of `-ll:csize` (default
+            // 1024 MiB) soon after, instead of growing towards it as Realm touches new pages.
+            let wanted = runtime::DEFAULT_SYSTEM_MEMORY_MB * 1024;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let shared = || {
+                std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("RssShmem:"))?
+                            .split_whitespace()
+                            .nth(1)?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            while shared() < wanted && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let kib = shared();
+            check(
+                kib >= wanted,
+                format!("{kib} KiB of shared memory resident, want at least {wanted}"),
+            )
+        }),
         case("start_and_register_after_start_are_refused", |_| {
             check(
                 matches!(runtime::start(&[], |_| Ok(())), Err(Error::AlreadyStarted)),
