@@ -143,7 +143,7 @@ impl RunArgs {
             bail!("--stall-timeout must be positive");
         }
         let attempt_ms = (self.stall_timeout * 1000.0) as u64;
-        if !(self.snapshot_interval >= 0.0) {
+        if self.snapshot_interval.is_nan() || self.snapshot_interval < 0.0 {
             bail!("--snapshot-interval must be 0 or more seconds");
         }
         Ok(PipelineConfig {

@@ -240,11 +240,15 @@ fn main() {
         // with an empty run and subtracted.
         let paced = |frames| SyntheticConfig { frames: Some(frames), rate_hz: Some(2_000.0), ..SyntheticConfig::scalars_only() };
         let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..PipelineConfig::default() };
+        let latency_events = option("--latency-events", 20_000) as u64;
+        if latency_events == 0 {
+            return Ok(());
+        }
         let started = Instant::now();
         ami_tasks::run(ctx, &config(0), None, &mut ami_tasks::RunToEnd)?;
         let setup = started.elapsed().as_secs_f64();
         let mut timing = Timing::new(None);
-        ami_tasks::run(ctx, &config(20_000), None, &mut timing)?;
+        ami_tasks::run(ctx, &config(latency_events), None, &mut timing)?;
         let width = 0.05;
         let mut latencies: Vec<f64> = timing.published.iter().map(|(bin, at)| (at - setup - (*bin as f64 + 1.0) * width) * 1e3).collect();
         latencies.sort_by(|a, b| a.total_cmp(b));

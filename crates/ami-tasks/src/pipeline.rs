@@ -112,14 +112,15 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// Realm system memory (MiB) the stores of this configuration need, with headroom: what to
-    /// pass as `-ll:csize` (at least Legion's default).
+    /// Realm system memory (MiB) the stores of this configuration need, with headroom (a quarter
+    /// more, and 256 MiB for the runtime's own instances): what to pass as `-ll:csize`. All of it
+    /// is resident from the start (see `legion_bridge`'s system memory), so no more than that.
     pub fn system_memory_mb(&self) -> u64 {
         let frame = self.max_frame_bytes().unwrap_or(4 << 20);
         let telemetry = self.partitions * self.buffers * (self.batch_size * (frame + 320) + self.chunk_bytes);
         let results = self.retained_bins as usize * 64 * 4096;
         let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
-        ((bytes / (1 << 20) as f64) as u64 + 256).max(legion_bridge::runtime::DEFAULT_SYSTEM_MEMORY_MB)
+        (bytes / (1 << 20) as f64) as u64 + 256
     }
 
     /// Largest encoded frame: given, or asked of the source (exact for synthetic sources and
