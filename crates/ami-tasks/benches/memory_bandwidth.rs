@@ -1,4 +1,4 @@
-//! The machine's memory bandwidth: the physical ceiling of the image pipeline. A 512×512 f64
+//! The machine's memory bandwidth, the bound of the image pipeline once frames leave the caches. A 512×512 f64
 //! frame is 2 MiB; the source writes it and the worker reads the rows of its region of interest,
 //! so frames/s can never exceed bandwidth / bytes touched per frame.
 //!

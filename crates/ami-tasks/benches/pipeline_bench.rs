@@ -101,9 +101,7 @@ impl Observer for Timing {
 }
 
 /// Resident memory in KiB: all of it, the process's private memory (heap, stacks), and the
-/// shared memory mapped so far. Realm's system memory (`-ll:csize`) is a shared-memory file
-/// allocated in full at start, so its pages only become *resident in the process* as they are
-/// first touched: growth there is bounded by `-ll:csize` and uses no new memory of the machine.
+/// shared memory: Realm's system memory (`-ll:csize`), which the bridge maps in full at start.
 #[derive(Clone, Copy, Default)]
 struct Rss {
     total: u64,
@@ -203,7 +201,7 @@ fn main() {
             for (t, kb) in &timing.rss_kb {
                 if *t >= next {
                     println!(
-                        "  t = {t:>5.0} s  RSS {:>5} MiB  (private {:>5} MiB, Realm's shared memory touched so far {:>4} MiB)",
+                        "  t = {t:>5.0} s  RSS {:>5} MiB  (private {:>5} MiB, Realm's system memory resident {:>4} MiB)",
                         kb.total / 1024,
                         kb.private / 1024,
                         kb.shared / 1024
