@@ -181,3 +181,47 @@ fn periodic_snapshots_keep_the_logs_bounded_and_a_restart_continues() {
     let more = run(&bounded, "0.5", "8000");
     assert_eq!(total_events(&bins(&more)), 2000, "{}", String::from_utf8_lossy(&more.stderr));
 }
+
+#[test]
+fn partitions_get_cpu_processors_of_their_own_up_to_the_cores() {
+    // No Legion flags: `run` chooses. Its Legion arguments are in the bridge's debug log.
+    let out = ami2(&[
+        "--log",
+        "legion_bridge=debug",
+        "run",
+        "--frames",
+        "400",
+        "--partitions",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(total_events(&bins(&out)), 400);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let utility = if cores > 8 { 2 } else { 1 };
+    let default = cores.saturating_sub(utility + 1).max(1);
+    let expected = default.max(2.min(cores));
+    let flag = format!("\"-ll:cpu\", \"{expected}\"");
+    assert!(stderr.contains(&flag), "no {flag} in the Legion arguments:\n{stderr}");
+    // A choice made after `--` stands.
+    let chosen = ami2(&[
+        "--log",
+        "legion_bridge=debug",
+        "run",
+        "--frames",
+        "100",
+        "--partitions",
+        "2",
+        "--json",
+        "--",
+        "-ll:cpu",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&chosen.stderr);
+    assert!(chosen.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"-ll:cpu\", \"1\"") && !stderr.contains("\"-ll:cpu\", \"2\""),
+        "{stderr}"
+    );
+}
