@@ -195,7 +195,9 @@ fn crash_loop_loses_no_accepted_edit_and_never_goes_backwards() {
     let loops: usize = std::env::var("AMI2_CRASH_LOOPS").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
     let dir = scratch("crash-loop");
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut service = Service::start(&dir, &listen, &[]);
+    // Snapshots (and log compactions) several times a second, so that kills land on them too.
+    let snapshots = ["--snapshot-interval", "0.2"];
+    let mut service = Service::start(&dir, &listen, &snapshots);
     let mut watcher = subscriber(&service.addr, &["energy_hist"]);
     let editor = client(&service.addr);
     let mut last_position = 0;
@@ -221,7 +223,7 @@ fn crash_loop_loses_no_accepted_edit_and_never_goes_backwards() {
         }
         service.kill();
         let killed = Instant::now();
-        service = Service::start(&dir, &listen, &[]);
+        service = Service::start(&dir, &listen, &snapshots);
         let back = first_bin(&mut watcher, killed + Duration::from_secs(60));
         recoveries.push(back - killed);
 
