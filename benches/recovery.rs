@@ -18,16 +18,15 @@ use serde_json::json;
 mod options;
 use options::arg;
 
-#[path = "../tests/common/service.rs"]
-#[allow(dead_code)] // shared with the tests, which use all of it
-mod service_process;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// Runs the supervised service with `fault` for `seconds`; returns (longest gap between bins,
 /// bins seen, restarts).
 fn measure(fault: Option<&str>, seconds: f64, stall_timeout: &str) -> (Duration, usize, usize) {
     let name = fault.unwrap_or("none").replace(['/', ':', '@'], "-");
-    let dir = service_process::scratch(&format!("recovery-{name}"));
-    let listen = format!("127.0.0.1:{}", service_process::free_port());
+    let dir = common::scratch(&format!("recovery-{name}"));
+    let listen = format!("127.0.0.1:{}", common::service::free_port());
     let port_file = dir.join("port");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ami2"));
     command

@@ -21,9 +21,8 @@ use serde_json::json;
 mod options;
 use options::arg;
 
-#[path = "../tests/common/service.rs"]
-#[allow(dead_code)] // shared with the tests, which use all of it
-mod service_process;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
@@ -42,8 +41,8 @@ fn main() {
     let edits: usize = arg("--edits", "50").parse().expect("--edits N");
     let rate = arg("--rate", "1000");
     let partitions = arg("--partitions", "1");
-    let dir = service_process::scratch("bench");
-    let service = service_process::Service::start(&dir, "127.0.0.1:0", &["--rate", &rate, "--partitions", &partitions]);
+    let dir = common::scratch("bench");
+    let service = common::service::Service::start(&dir, "127.0.0.1:0", &["--rate", &rate, "--partitions", &partitions]);
     println!(
         "ami2 run: synthetic events at {rate} Hz, {partitions} partition(s), serving {}",
         service.addr

@@ -12,19 +12,16 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ami_mapper::{Machine, Placement, Roles, TaskKind};
+use common::scratch;
 use serde_json::Value;
 
 const PARTITIONS: u32 = 2;
 
+/// Legion flags of each process of these runs, after the `--` that ends ami2's own options.
+const LEGION_PER_PROCESS: [&str; 7] = ["--", "-ll:cpu", "1", "-ll:util", "1", "-ll:csize", "256"];
+
 /// The runs share 2 cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ami2-cluster-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A graph over the synthetic source's scalar and waveform fields (the images are left out to
 /// keep the runs small).
@@ -63,15 +60,9 @@ fn run_args(dir: &Path, summary: &Path) -> Vec<String> {
         graph.to_str().unwrap(),
         "--summary",
         summary.to_str().unwrap(),
-        "--",
-        "-ll:cpu",
-        "1",
-        "-ll:util",
-        "1",
-        "-ll:csize",
-        "256",
     ]
     .iter()
+    .chain(&LEGION_PER_PROCESS)
     .map(|s| s.to_string())
     .collect()
 }
@@ -219,20 +210,8 @@ fn a_peer_that_cannot_start_stops_the_launch_with_a_clear_error() {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["launch", "--np", "2", "--base-port", &base.to_string(), "--start-timeout", "30"])
-        .args([
-            "run",
-            "--frames",
-            "100",
-            "--image-size",
-            "0",
-            "--",
-            "-ll:cpu",
-            "1",
-            "-ll:util",
-            "1",
-            "-ll:csize",
-            "256",
-        ])
+        .args(["run", "--frames", "100", "--image-size", "0"])
+        .args(LEGION_PER_PROCESS)
         .env_remove("LD_LIBRARY_PATH")
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -254,20 +233,11 @@ fn a_peer_that_cannot_start_stops_the_launch_with_a_clear_error() {
 #[test]
 fn doctor_under_launch_sees_every_process() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let output = common::ami2(&[
-        "launch",
-        "--np",
-        "2",
-        "doctor",
-        "--json",
-        "--",
-        "-ll:cpu",
-        "1",
-        "-ll:util",
-        "1",
-        "-ll:csize",
-        "256",
-    ]);
+    let args: Vec<&str> = ["launch", "--np", "2", "doctor", "--json"]
+        .into_iter()
+        .chain(LEGION_PER_PROCESS)
+        .collect();
+    let output = common::ami2(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // One report, from process 0, for the whole run.
     let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report");

@@ -5,28 +5,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ami_tasks::metrics::MetricsSummary;
-use common::ami2;
+use common::{ami2, scratch, with_legion};
 use serde_json::Value;
 
 mod common;
-
-const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
-
-fn with_legion<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    args.iter().copied().chain(LEGION).collect()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operations").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn succeeded(out: &std::process::Output) -> bool {
     if !out.status.success() {

@@ -2,27 +2,14 @@
 //! `ami2 record`, a shared-memory ring filled by `ami2 daq-sim` in another process), `demo`'s live
 //! table, and refusal of an invalid graph. Real processes, real files, the real runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ami2;
+use common::{ami2, scratch, with_legion};
 use serde_json::Value;
 
 mod common;
-
-const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
-
-fn with_legion<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    args.iter().copied().chain(LEGION).collect()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-cli").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The bins `run --json` printed.
 fn bins(out: &Output) -> Vec<Value> {

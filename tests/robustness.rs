@@ -10,12 +10,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use client_lib::{Answer, BlockingClient, Event};
+use common::scratch;
+use common::service::{client, free_port, graph_node, subscriber, Service};
 use protocol1::Edit;
 use serde_json::{json, Value};
-use service_process::{client, free_port, graph_node, scratch, subscriber, Service};
 
-#[path = "common/service.rs"]
-mod service_process;
+mod common;
 
 /// `ami2 run ARGS` with `AMI2_FAULT=fault`, to completion: bins as JSON lines, no metrics endpoint,
 /// no client server, one CPU processor.

@@ -6,13 +6,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
+use common::scratch;
+use common::service::{client, free_port, graph_node, subscriber, Service};
 use protocol1::{ClientMessage, Edit, ErrorCode, Hello, NodeDoc, Role, ServerMessage};
 use serde_json::{json, Value};
-use service_process::{client, free_port, graph_node, scratch, subscriber, Service};
 
 mod common;
-#[path = "common/service.rs"]
-mod service_process;
 
 fn with_token(addr: &str, token: Option<&str>, role: Role) -> Result<BlockingClient, client_lib::ClientError> {
     let options = ClientOptions {

@@ -1,7 +1,7 @@
 //! Running `ami2 run` as a service for tests: a real process with a real Legion runtime,
 //! listening on a free loopback port that it reports through `--port-file`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 pub struct Service {
     pub child: Child,
     pub addr: String,
-}
-
-/// A fresh scratch folder for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("service").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 impl Service {
