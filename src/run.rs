@@ -175,10 +175,8 @@ fn cpu_processors_for(partitions: usize, ranks: usize, legion_args: &[String]) -
         return None;
     }
     let defaults = runtime::default_args();
-    let default = defaults
-        .windows(2)
-        .find(|w| w[0] == "-ll:cpu")
-        .and_then(|w| w[1].parse::<usize>().ok())
+    let default = runtime::flag_value(&defaults, "-ll:cpu")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = partitions.min(cores);

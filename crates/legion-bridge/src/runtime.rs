@@ -102,6 +102,11 @@ pub fn default_args() -> Vec<String> {
     args
 }
 
+/// The value of `flag` in Legion arguments (its last occurrence: the one Legion keeps).
+pub fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.windows(2).rev().find(|w| w[0] == flag).map(|w| w[1].as_str())
+}
+
 /// `args` completed with the [`default_args`] flags (with their values) that `args` does not set.
 pub fn with_default_args(args: &[String]) -> Vec<String> {
     let mut all = args.to_vec();
@@ -156,11 +161,7 @@ where
 
     let program = std::env::args().next().unwrap_or_else(|| "ami2".into());
     let legion_args = with_default_args(legion_args);
-    let csize = legion_args
-        .windows(2)
-        .rev()
-        .find(|w| w[0] == "-ll:csize")
-        .and_then(|w| w[1].parse().ok());
+    let csize = flag_value(&legion_args, "-ll:csize").and_then(|v| v.parse().ok());
     *SYSTEM_MEMORY_MIB.lock().unwrap_or_else(|e| e.into_inner()) = csize;
     let argv: Vec<CString> = std::iter::once(program)
         .chain(legion_args.iter().cloned())
