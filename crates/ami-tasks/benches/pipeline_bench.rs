@@ -137,13 +137,22 @@ fn throughput(
         partitions,
         batch_size: batch,
         graph: Some(graph),
-        ..PipelineConfig::default()
+        ..reduction_pace(PipelineConfig::default())
     };
     let mut timing = Timing::new(None);
     let started = Instant::now();
     let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
     let rate = summary.events as f64 / started.elapsed().as_secs_f64();
     Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
+}
+
+/// `--max-rounds-per-reduction N` and `--reduction-interval-us N` applied to `config`.
+fn reduction_pace(config: PipelineConfig) -> PipelineConfig {
+    PipelineConfig {
+        max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),
+        reduction_interval_us: option("--reduction-interval-us", config.reduction_interval_us as usize) as u64,
+        ..config
+    }
 }
 
 /// The batch sizes to sweep: `--NAME 1,2,4`, or `default`.
@@ -237,7 +246,7 @@ fn main() {
         // The run's set-up (stores, graph) happens before the source starts its clock: measured
         // with an empty run and subtracted.
         let paced = |frames| SyntheticConfig { frames: Some(frames), rate_hz: Some(2_000.0), ..SyntheticConfig::scalars_only() };
-        let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..PipelineConfig::default() };
+        let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..reduction_pace(PipelineConfig::default()) };
         let latency_events = option("--latency-events", 20_000) as u64;
         if latency_events == 0 {
             return Ok(());

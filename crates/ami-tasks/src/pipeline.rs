@@ -1,6 +1,13 @@
 //! Running the pipeline: creates the stores, installs the graph, then launches round after round
-//! of source → worker → local reducer → global reducer tasks, keeping a bounded number of rounds
-//! in flight, until the sources end or the observer says stop.
+//! of source → worker tasks, and after every few rounds one reduction (local reducers → global
+//! reducer) over the workers of those rounds, keeping a bounded number of reductions in flight,
+//! until the sources end or the observer says stop.
+//!
+//! How many rounds one reduction covers adapts to the round rate: at most
+//! [`PipelineConfig::max_rounds_per_reduction`], and no more than fit in
+//! [`PipelineConfig::reduction_interval_us`] at the rate measured so far. Fast streams of small
+//! rounds thus pay the reducers' runtime cost once per several rounds, while a slow (paced) stream
+//! is reduced after every round and its bins are published without delay.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -20,8 +27,12 @@ use crate::placement::{partition_groups, tag};
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
-use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, RanOn, SourceArgs, WorkerArgs};
+use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, RanOn, SourceArgs, WorkerArgs};
 use crate::PipelineError;
+
+/// Most attempts a task may be given ([`RetryPolicy::attempts`]): a data source's report carries
+/// an incident per failed attempt and must stay within [`crate::tasks::SOURCE_REPORT_MAX_BYTES`].
+pub const MAX_ATTEMPTS: u32 = 16;
 
 /// How to run the pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,8 +46,14 @@ pub struct PipelineConfig {
     pub display_rate_hz: f64,
     /// Telemetry buffers per partition (≥ 2: sources fill one while workers read another).
     pub buffers: usize,
-    /// Rounds in flight before the driver waits for the oldest (bounds memory).
+    /// Reductions in flight before the driver waits for the oldest (bounds memory: at most
+    /// `window × max_rounds_per_reduction` rounds are in flight).
     pub window: usize,
+    /// Most rounds one reduction merges (1: a reduction after every round).
+    pub max_rounds_per_reduction: usize,
+    /// A reduction covers no more rounds than the measured round rate fits in this time
+    /// (microseconds), so that batching reductions delays a bin's publication by at most that.
+    pub reduction_interval_us: u64,
     /// Bins kept in the Results store.
     pub retained_bins: u64,
     /// Publish a bin at the latest this long (stream time) after newer data arrived.
@@ -75,6 +92,8 @@ impl Default for PipelineConfig {
             display_rate_hz: DEFAULT_DISPLAY_RATE_HZ,
             buffers: 2,
             window: 4,
+            max_rounds_per_reduction: 8,
+            reduction_interval_us: 5_000,
             retained_bins: 200,
             bin_wait_ms: 2000,
             source_timeout_ms: 200,
@@ -108,6 +127,13 @@ impl PipelineConfig {
         }
         if self.window == 0 {
             return bad("window must be at least 1");
+        }
+        if self.max_rounds_per_reduction == 0 {
+            return bad("a reduction covers at least 1 round");
+        }
+        // A data source reports one incident per failed attempt, within a bounded report.
+        if !(1..=MAX_ATTEMPTS).contains(&self.retry.attempts) {
+            return bad(&format!("retry attempts must be between 1 and {MAX_ATTEMPTS}"));
         }
         Ok(())
     }
@@ -320,6 +346,50 @@ fn import_earlier_incidents(
     Ok(())
 }
 
+/// How many rounds the next reduction covers. While the sources deliver full batches (they are
+/// behind the data: throughput is what counts), as many as the round rate measured between
+/// reports fits in the reduction interval, at least 1 and at most the configured maximum. While
+/// they deliver partial batches (they keep up with a live stream: latency is what counts), 1.
+struct ReductionPace {
+    max: u64,
+    interval_secs: f64,
+    /// Frames a round delivers when every source fills its batch.
+    full_round: f64,
+    /// When the last report arrived, the last round it covered and the events merged so far.
+    last: Option<(std::time::Instant, u64, u64)>,
+    rounds: u64,
+}
+
+impl ReductionPace {
+    fn new(config: &PipelineConfig) -> Self {
+        Self {
+            max: config.max_rounds_per_reduction as u64,
+            interval_secs: config.reduction_interval_us as f64 * 1e-6,
+            full_round: (config.partitions * config.batch_size) as f64,
+            last: None,
+            rounds: 1,
+        }
+    }
+
+    /// The report covering the rounds up to `round`, with `events` merged in all, arrived at `now`.
+    fn reported(&mut self, round: u64, events: u64, now: std::time::Instant) {
+        if let Some((then, before, events_before)) = self.last {
+            let secs = now.duration_since(then).as_secs_f64();
+            if round > before && secs > 0.0 {
+                let rounds = (round - before) as f64;
+                // Sources that fill at least 90% of their batches are behind the data.
+                let behind = events.saturating_sub(events_before) as f64 >= 0.9 * self.full_round * rounds;
+                self.rounds = if behind {
+                    ((rounds / secs * self.interval_secs) as u64).clamp(1, self.max)
+                } else {
+                    1
+                };
+            }
+        }
+        self.last = Some((now, round, events));
+    }
+}
+
 /// Runs the pipeline from the top-level (or another inner) task until its sources end or the
 /// observer stops it. Control and Results persist in `data_dir` when given (snapshotted at the end).
 pub fn run(
@@ -426,13 +496,16 @@ pub fn run(
         Ok(report.all_ended || flow == Flow::Stop)
     };
 
+    // Workers launched since the last reduction, per partition.
+    let mut unreduced: Vec<Vec<Future<PartialReport>>> = vec![Vec::new(); config.partitions];
+    let mut unreduced_rounds = 0;
+    let mut pace = ReductionPace::new(config);
     for round in 0u64.. {
         if stopping {
             break;
         }
         let buffer = (round % config.buffers as u64) as usize;
-        let mut workers = Vec::with_capacity(config.partitions);
-        for p in 0..config.partitions {
+        for (p, unreduced) in unreduced.iter_mut().enumerate() {
             let source_args = SourceArgs {
                 partition: p,
                 partitions: config.partitions,
@@ -461,7 +534,7 @@ pub fn run(
                 control_field,
                 retry: config.retry.clone(),
             };
-            workers.push(
+            unreduced.push(
                 ctx.execute(
                     &TaskLauncher::new(tasks.worker, &worker_args)?
                         .tag(tag(TaskKind::Worker { partition }))
@@ -471,13 +544,18 @@ pub fn run(
                 )?,
             );
         }
+        summary.rounds = round + 1;
+        unreduced_rounds += 1;
+        if unreduced_rounds < pace.rounds {
+            continue;
+        }
         // One local reducer per node, merging the workers of the partitions it owns.
         let mut locals = Vec::with_capacity(groups.len());
         for (node, partitions) in &groups {
             let mut local =
                 TaskLauncher::new(tasks.local_reduce, &(*node, config.retry.clone()))?.tag(tag(TaskKind::LocalReducer { node: *node }));
-            for &p in partitions {
-                local = local.future(&workers[p]);
+            for worker in partitions.iter().flat_map(|&p| &unreduced[p]) {
+                local = local.future(worker);
             }
             locals.push(ctx.execute(&local)?);
         }
@@ -491,19 +569,23 @@ pub fn run(
             global = global.future(local);
         }
         let global = ctx.execute(&global)?;
+        unreduced.iter_mut().for_each(Vec::clear);
+        unreduced_rounds = 0;
         health::round_launched(round);
         in_flight.push_back((round, global.clone()));
         previous = Some(global);
-        summary.rounds = round + 1;
         ReportMetrics::launched(in_flight.len());
         while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
             let (done, future) = in_flight.pop_front().expect("non-empty");
             let report = future.get()?;
             health::round_reported(done);
+            pace.reported(done, report.state.events, std::time::Instant::now());
             ReportMetrics::in_flight(in_flight.len());
             stopping |= handle(report, &mut summary)?;
         }
     }
+    // `stopping` only changes right after a reduction, so no worker is left unreduced.
+    debug_assert_eq!(unreduced_rounds, 0);
     while let Some((done, future)) = in_flight.pop_front() {
         let report = future.get()?;
         health::round_reported(done);
@@ -538,4 +620,85 @@ pub fn run(
         "pipeline finished"
     );
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A pace for 2 partitions with batches of 10 frames (a full round: 20 frames).
+    fn pace(max: usize, interval_us: u64) -> ReductionPace {
+        ReductionPace::new(&PipelineConfig {
+            partitions: 2,
+            batch_size: 10,
+            max_rounds_per_reduction: max,
+            reduction_interval_us: interval_us,
+            ..PipelineConfig::default()
+        })
+    }
+
+    #[test]
+    fn behind_the_data_reductions_cover_what_the_round_rate_fits_in_the_interval() {
+        let start = Instant::now();
+        let mut pace = pace(8, 4_000);
+        assert_eq!(pace.rounds, 1, "the first reductions follow every round");
+        pace.reported(0, 20, start);
+        assert_eq!(pace.rounds, 1, "one report gives no rate yet");
+        // Full rounds at 1,000 rounds/s: 4 rounds in 4 ms.
+        pace.reported(10, 220, start + Duration::from_millis(10));
+        assert_eq!(pace.rounds, 4);
+        // 100,000 rounds/s would fit 400: capped.
+        pace.reported(110, 2_220, start + Duration::from_millis(11));
+        assert_eq!(pace.rounds, 8);
+        // Slower rounds, still full: 100 rounds/s.
+        pace.reported(111, 2_240, start + Duration::from_millis(21));
+        assert_eq!(pace.rounds, 1);
+    }
+
+    #[test]
+    fn keeping_up_with_a_live_stream_reduces_after_every_round() {
+        let start = Instant::now();
+        let mut pace = pace(8, 4_000);
+        pace.reported(0, 20, start);
+        // 10,000 rounds/s, but of 1 frame each (batches far from full): latency first.
+        pace.reported(100, 120, start + Duration::from_millis(10));
+        assert_eq!(pace.rounds, 1);
+        // The stream falls behind: full batches again.
+        pace.reported(200, 2_120, start + Duration::from_millis(20));
+        assert_eq!(pace.rounds, 8);
+    }
+
+    #[test]
+    fn a_maximum_of_one_round_reduces_after_every_round() {
+        let start = Instant::now();
+        let mut pace = pace(1, 4_000);
+        pace.reported(0, 0, start);
+        pace.reported(1_000, 20_000, start + Duration::from_millis(1));
+        assert_eq!(pace.rounds, 1);
+    }
+
+    #[test]
+    fn retry_attempts_are_bounded() {
+        for attempts in [0, MAX_ATTEMPTS + 1] {
+            let config = PipelineConfig {
+                retry: RetryPolicy {
+                    attempts,
+                    ..RetryPolicy::default()
+                },
+                ..PipelineConfig::default()
+            };
+            assert!(matches!(config.validate(), Err(PipelineError::Config(m)) if m.contains("retry attempts")));
+        }
+    }
+
+    #[test]
+    fn a_reduction_must_cover_a_round() {
+        let config = PipelineConfig {
+            max_rounds_per_reduction: 0,
+            ..PipelineConfig::default()
+        };
+        assert!(matches!(config.validate(), Err(PipelineError::Config(m)) if m.contains("at least 1 round")));
+    }
 }

@@ -82,13 +82,26 @@ pub struct Incident {
     pub recovered: bool,
 }
 
+/// Longest incident message kept (bytes); longer ones are cut, so that incidents stay small in
+/// Control and in the bounded reports of data sources.
+pub const MAX_INCIDENT_MESSAGE: usize = 2048;
+
 impl Incident {
     pub fn new(component: &str, kind: IncidentKind, attempt: u32, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_INCIDENT_MESSAGE {
+            let keep = (0..=MAX_INCIDENT_MESSAGE - 3)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
+            message.truncate(keep);
+            message.push_str("...");
+        }
         Self {
             component: component.to_string(),
             kind,
             attempt,
-            message: message.into(),
+            message,
             at_ms: now_ms(),
             recovered: false,
         }
@@ -177,6 +190,17 @@ mod tests {
             first_backoff_ms: 1,
             max_backoff_ms: 2,
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_INCIDENT_MESSAGE);
+        let incident = Incident::new("source/0", IncidentKind::Error, 1, long);
+        assert!(incident.message.len() <= MAX_INCIDENT_MESSAGE);
+        assert!(incident.message.ends_with("..."));
+        assert!(incident.message.starts_with("éé"));
+        let short = Incident::new("source/0", IncidentKind::Error, 1, "disk full");
+        assert_eq!(short.message, "disk full");
     }
 
     #[test]

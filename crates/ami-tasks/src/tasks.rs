@@ -227,15 +227,27 @@ pub struct PipelineTasks {
 
 static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
 
+/// Largest encoded [`SourceReport`]: counters, a position and at most a few incidents of bounded
+/// length (see [`crate::robust::MAX_INCIDENT_MESSAGE`]). A larger report fails the source task.
+pub const SOURCE_REPORT_MAX_BYTES: usize = 64 << 10;
+
 /// Registers the pipeline's tasks (and the stores'); call once before the runtime starts.
 pub fn register_tasks() -> Result<(), PipelineError> {
     kv_region::register_tasks()?;
     if TASKS.get().is_some() {
         return Ok(());
     }
-    // Non-leaf variants: their results (partials, reports) can exceed Legion's leaf-result limit.
+    // The data source is a leaf with a bounded report: Legion then skips an inner context per
+    // source and knows the size of its future when it maps it, so the worker that waits for it
+    // is mapped while the source still runs. The other tasks' results (partials, reports) have
+    // no useful bound: they are non-leaf variants with unbounded futures.
     let tasks = PipelineTasks {
-        source: register_task(PIPELINE_TASK_BASE, "data_source", VariantOptions::default(), source_task)?,
+        source: register_task(
+            PIPELINE_TASK_BASE,
+            "data_source",
+            VariantOptions::leaf().max_result_bytes(SOURCE_REPORT_MAX_BYTES),
+            source_task,
+        )?,
         worker: register_task(PIPELINE_TASK_BASE + 1, "worker", VariantOptions::default(), worker_task)?,
         local_reduce: register_task(
             PIPELINE_TASK_BASE + 2,

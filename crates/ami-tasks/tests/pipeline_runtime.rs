@@ -84,6 +84,23 @@ fn run_collect(ctx: &TaskContext, config: &PipelineConfig, mut collect: Collect)
     Ok(collect)
 }
 
+/// The same bins with the same events and values (up to rounding), holding `events` in all.
+fn same_bins(a: &[EmittedBin], b: &[EmittedBin], events: u64) -> Result<(), TaskError> {
+    check(a.len() == b.len() && !a.is_empty(), format!("{} vs {} bins", a.len(), b.len()))?;
+    let total: u64 = a.iter().map(|bin| bin.events).sum();
+    check(total == events, format!("{total} events in bins"))?;
+    for (x, y) in a.iter().zip(b) {
+        check(x.bin == y.bin && x.events == y.events, format!("bin {} / {}", x.bin, y.bin))?;
+        for (name, value) in &x.values {
+            check(
+                close(value, &y.values[name]),
+                format!("bin {} {name}: {value} vs {}", x.bin, y.values[name]),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Equal up to floating-point rounding (merges happen in different orders).
 fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -287,22 +304,28 @@ fn main() -> ExitCode {
         case("one_and_four_partitions_give_the_same_results", |ctx| {
             let one = run_collect(ctx, &config(synthetic(3000), 1, energy_graph()), Collect::default())?;
             let four = run_collect(ctx, &config(synthetic(3000), 4, energy_graph()), Collect::default())?;
+            same_bins(&one.bins, &four.bins, 3000)
+        }),
+        case("reductions_over_several_rounds_give_the_same_results", |ctx| {
+            // Batches of 10: 150 rounds of 2 partitions. A long interval lets the pace reach 8
+            // rounds per reduction as soon as it has measured a rate.
+            let paced = |max_rounds| PipelineConfig {
+                batch_size: 10,
+                max_rounds_per_reduction: max_rounds,
+                reduction_interval_us: 10_000_000,
+                ..config(synthetic(3000), 2, energy_graph())
+            };
+            let every = run_collect(ctx, &paced(1), Collect::default())?;
+            let batched = run_collect(ctx, &paced(8), Collect::default())?;
+            check(every.reports >= 150, format!("{} reports reducing every round", every.reports))?;
             check(
-                one.bins.len() == four.bins.len() && !one.bins.is_empty(),
-                format!("{} vs {} bins", one.bins.len(), four.bins.len()),
+                batched.reports < every.reports / 4,
+                format!(
+                    "{} reports with up to 8 rounds a reduction, {} with 1",
+                    batched.reports, every.reports
+                ),
             )?;
-            let total: u64 = one.bins.iter().map(|b| b.events).sum();
-            check(total == 3000, format!("{total} events in bins"))?;
-            for (a, b) in one.bins.iter().zip(&four.bins) {
-                check(a.bin == b.bin && a.events == b.events, format!("bin {} / {}", a.bin, b.bin))?;
-                for (name, value) in &a.values {
-                    check(
-                        close(value, &b.values[name]),
-                        format!("bin {} {name}: {value} vs {}", a.bin, b.values[name]),
-                    )?;
-                }
-            }
-            Ok(())
+            same_bins(&every.bins, &batched.bins, 3000)
         }),
         case("graph_change_mid_stream", |ctx| {
             let mut second = energy_graph();

@@ -74,6 +74,11 @@ pub struct VariantOptions {
     pub idempotent: bool,
     /// May be control-replicated (run on every shard of a multi-process job).
     pub replicable: bool,
+    /// Largest result the task returns (encoded bytes). Declared to Legion, which then knows a
+    /// bound on the task's future as soon as the task is mapped: a task waiting for that future
+    /// is mapped (and its future's buffer made) while the producer still runs, instead of after
+    /// it. A larger result is a task failure, reported like any other.
+    pub max_result_bytes: Option<usize>,
 }
 
 impl VariantOptions {
@@ -95,6 +100,15 @@ impl VariantOptions {
     pub fn replicable(mut self) -> Self {
         self.replicable = true;
         self
+    }
+    /// Declares the largest result the task returns (see [`VariantOptions::max_result_bytes`]).
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = Some(bytes);
+        self
+    }
+    /// The largest result this variant may return, if it is bounded.
+    fn result_limit(&self) -> Option<usize> {
+        self.max_result_bytes.or(self.leaf.then_some(MAX_LEAF_RESULT_BYTES))
     }
     fn to_raw(self) -> raw::legion_task_config_options_t {
         raw::legion_task_config_options_t {
@@ -245,8 +259,8 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
             c_name.as_ptr(),
             userdata.as_ptr() as *const c_void,
             userdata.len(),
-            0,
-            false,
+            options.max_result_bytes.unwrap_or(0),
+            options.max_result_bytes.is_some(),
         );
         raw::legion_execution_constraint_set_destroy(execution);
         raw::legion_task_variant_registrar_destroy(registrar);
@@ -314,18 +328,15 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
         Ok(Err((message, panicked))) => Err((message, panicked)),
         Err(message) => Err((message, true)),
     }
-    .and_then(|bytes| {
-        if entry.options.leaf && bytes.len() > MAX_LEAF_RESULT_BYTES {
-            Err((
-                format!(
-                    "result of {} bytes is over the leaf-task limit of {MAX_LEAF_RESULT_BYTES} bytes (register the task as non-leaf)",
-                    bytes.len()
-                ),
-                false,
-            ))
-        } else {
-            Ok(bytes)
-        }
+    .and_then(|bytes| match entry.options.result_limit() {
+        Some(limit) if bytes.len() > limit => Err((
+            format!(
+                "result of {} bytes is over the task's limit of {limit} bytes (the leaf-task limit, or its declared largest result)",
+                bytes.len()
+            ),
+            false,
+        )),
+        _ => Ok(bytes),
     })
     .unwrap_or_else(|(message, panicked)| {
         if panicked {
@@ -333,7 +344,7 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
         } else {
             tracing::warn!(task = entry.name, "task failed: {message}");
         }
-        failure_bytes(entry.name, message, panicked)
+        failure_bytes(entry.name, message, panicked, entry.options.result_limit())
     });
     drop(ctx);
     // SAFETY: ends the task begun by the preamble; Legion copies the result buffer.
@@ -342,16 +353,26 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
 
 /// The encoded `Outcome::Failed`; a failure to encode it is impossible for plain strings, but the
 /// trampoline must not panic, so it falls back to an empty result (decoded as an error).
-fn failure_bytes(task: &str, message: String, panicked: bool) -> Vec<u8> {
-    encode(
-        &Outcome::<()>::Failed {
-            task: task.to_string(),
-            message,
-            panicked,
-        },
-        "task failure",
-    )
-    .unwrap_or_default()
+fn failure_bytes(task: &str, mut message: String, panicked: bool, limit: Option<usize>) -> Vec<u8> {
+    loop {
+        let bytes = encode(
+            &Outcome::<()>::Failed {
+                task: task.to_string(),
+                message: message.clone(),
+                panicked,
+            },
+            "task failure",
+        )
+        .unwrap_or_default();
+        // A failure must fit the task's result limit too: its message is shortened until it does.
+        match limit {
+            Some(limit) if bytes.len() > limit && !message.is_empty() => {
+                let keep = (0..=message.len() / 2).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+                message.truncate(keep);
+            }
+            _ => return bytes,
+        }
+    }
 }
 
 /// A byte slice from a C pointer and length, empty for a null pointer.

@@ -51,6 +51,10 @@ fn main() -> ExitCode {
         })
     })
     .unwrap();
+    let consumer_of_bytes = register_task(38, "consumer_of_bytes", VariantOptions::leaf(), |ctx, ()| {
+        Ok(ctx.input_future::<Vec<u8>>(0)?.len())
+    })
+    .unwrap();
     let blob = |options| {
         register_task(
             if options == VariantOptions::leaf() { 34 } else { 35 },
@@ -61,6 +65,21 @@ fn main() -> ExitCode {
     };
     let leaf_blob = blob(VariantOptions::leaf()).unwrap();
     let inner_blob = blob(VariantOptions::default()).unwrap();
+    // A leaf with a declared largest result: more than the leaf limit, and enforced.
+    let bounded_blob = register_task(
+        36,
+        "bounded_blob",
+        VariantOptions::leaf().max_result_bytes(64 << 10),
+        |_, n: usize| Ok(vec![7u8; n]),
+    )
+    .unwrap();
+    let bounded_refuses = register_task(
+        37,
+        "bounded_refuses",
+        VariantOptions::leaf().max_result_bytes(256),
+        |_, n: usize| -> Result<u8, TaskError> { Err(TaskError::msg("x".repeat(n))) },
+    )
+    .unwrap();
     let expects_text = register_task(33, "expects_text", VariantOptions::leaf(), |_, s: String| Ok(s.len())).unwrap();
 
     let cases = vec![
@@ -141,6 +160,28 @@ fn main() -> ExitCode {
                 ctx.execute(&TaskLauncher::new(inner_blob, &(1 << 20))?)?.get()?.len() == 1 << 20,
                 "large non-leaf result",
             )
+        }),
+        case("declared_result_bound_is_honoured_and_enforced", move |ctx| {
+            let within = ctx.execute(&TaskLauncher::new(bounded_blob, &(40 << 10))?)?;
+            // A task waiting for the bounded future gets all of it.
+            let echo = ctx.execute(&TaskLauncher::new(consumer_of_bytes, &())?.future(&within))?;
+            check(echo.get()? == 40 << 10, "a consumer sees the whole bounded result")?;
+            match ctx.execute(&TaskLauncher::new(bounded_blob, &(100 << 10))?)?.get() {
+                Err(Error::TaskFailed {
+                    message, panicked: false, ..
+                }) => check(message.contains("limit of 65536 bytes"), message)?,
+                other => return Err(TaskError::msg(format!("expected a size failure, got {:?}", other.map(|v| v.len())))),
+            }
+            // A failure longer than the bound is shortened, not an abort.
+            match ctx.execute(&TaskLauncher::new(bounded_refuses, &10_000)?)?.get() {
+                Err(Error::TaskFailed {
+                    message, panicked: false, ..
+                }) => check(
+                    message.starts_with("xxx") && message.len() < 256,
+                    format!("{} bytes", message.len()),
+                ),
+                other => Err(TaskError::msg(format!("expected a failure, got {other:?}"))),
+            }
         }),
         case("panicking_top_level_task_is_reported_by_start", |_| {
             let exe = std::env::current_exe()?;
