@@ -8,7 +8,8 @@
 //! MiB (far beyond the caches), and the same for a 2 MiB buffer (one frame, cache-resident).
 //! Then the image pipeline's roofline without any runtime: each thread writes 512×512 f64 frames
 //! one after another into its own ring of frames and sums each frame's 256×256 region of
-//! interest, for rings from cache-sized to far larger (`--roofline-ms` per point, default 500).
+//! interest, for rings from cache-sized to far larger (`--roofline-ms` per point, default 500);
+//! then the same with the sum half a ring behind the writes, as in the pipeline.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -69,31 +70,41 @@ fn measure(label: &str, elements: usize, rounds: usize) {
 
 const FRAME: usize = 512 * 512;
 
-/// Writes a frame (a cheap formula: every pixel stored once) and returns its 256×256 ROI sum.
-fn frame_work(frame: &mut [f64], seed: f64) -> f64 {
+/// Writes a frame (a cheap formula: every pixel stored once).
+fn write_frame(frame: &mut [f64], seed: f64) {
     for (row, y) in frame.chunks_exact_mut(512).zip(0..) {
         let level = seed + y as f64;
         for (p, x) in row.iter_mut().zip(0..) {
             *p = level + x as f64 * 0.5;
         }
     }
+}
+
+/// The 256×256 ROI sum of a frame.
+fn roi_sum(frame: &[f64]) -> f64 {
     frame.chunks_exact(512).skip(128).take(256).map(|row| sum(&row[128..384])).sum()
 }
 
-/// Frames/s of `threads` threads, each cycling through a ring of `ring_mib` MiB of frames.
-fn roofline(threads: usize, ring_mib: usize, millis: u64) -> f64 {
+/// Frames/s of `threads` threads, each cycling through a ring of `ring_mib` MiB of frames. Each
+/// frame's ROI is summed right after it is written or, with `lagged`, half a ring later: the
+/// pipeline's shape, where the worker reads a batch after its source wrote all of it.
+fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool) -> f64 {
     let frames_per_ring = (ring_mib / 2).max(1);
+    let lag = if lagged { frames_per_ring / 2 } else { 0 };
     let done: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(move || {
-                    let mut ring = vec![0.0f64; frames_per_ring * FRAME];
+                    // Not zeroes: those would be mapped lazily, and page faults timed.
+                    let mut ring = vec![1.0f64; frames_per_ring * FRAME];
                     let start = Instant::now();
                     let mut count = 0;
                     let mut seed = 0.0;
                     while start.elapsed().as_millis() < millis as u128 {
-                        for frame in ring.chunks_exact_mut(FRAME) {
-                            seed += black_box(frame_work(frame, seed)) * 1e-30 + 1.0;
+                        for i in 0..frames_per_ring {
+                            write_frame(&mut ring[i * FRAME..(i + 1) * FRAME], seed);
+                            let j = (i + frames_per_ring - lag) % frames_per_ring;
+                            seed += black_box(roi_sum(&ring[j * FRAME..(j + 1) * FRAME])) * 1e-30 + 1.0;
                             count += 1;
                         }
                     }
@@ -131,8 +142,11 @@ fn main() {
     let millis = option("--roofline-ms", 500) as u64;
     println!("image roofline: write a 512x512 f64 frame, sum its 256x256 ROI; frames/s (no runtime)");
     for ring_mib in [2, 4, 8, 12, 16, 24, 32, 64, 256] {
-        let one = roofline(1, ring_mib, millis);
-        let two = roofline(2, ring_mib, millis);
-        println!("  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}");
+        let one = roofline(1, ring_mib, millis, false);
+        let two = roofline(2, ring_mib, millis, false);
+        let lagged = roofline(2, ring_mib, millis, true);
+        println!(
+            "  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}   2 threads, ROI read half a ring later {lagged:>8.0}"
+        );
     }
 }

@@ -146,9 +146,10 @@ fn throughput(
     Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
 }
 
-/// `--max-rounds-per-reduction N` and `--reduction-interval-us N` applied to `config`.
+/// `--window N`, `--max-rounds-per-reduction N` and `--reduction-interval-us N` applied to `config`.
 fn reduction_pace(config: PipelineConfig) -> PipelineConfig {
     PipelineConfig {
+        window: option("--window", config.window),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),
         reduction_interval_us: option("--reduction-interval-us", config.reduction_interval_us as usize) as u64,
         ..config
