@@ -3,11 +3,12 @@
 //! reducer) over the workers of those rounds, keeping a bounded number of reductions in flight,
 //! until the sources end or the observer says stop.
 //!
-//! How many rounds one reduction covers adapts to the round rate: at most
-//! [`PipelineConfig::max_rounds_per_reduction`], and no more than fit in
-//! [`PipelineConfig::reduction_interval_us`] at the rate measured so far. Fast streams of small
-//! rounds thus pay the reducers' runtime cost once per several rounds, while a slow (paced) stream
-//! is reduced after every round and its bins are published without delay.
+//! How many rounds one reduction covers adapts to the stream: while the sources deliver full
+//! batches (they are behind the data), as many as fit in
+//! [`PipelineConfig::reduction_interval_us`] at the round rate measured so far, at most
+//! [`PipelineConfig::max_rounds_per_reduction`], so small rounds pay the reducers' runtime cost
+//! once per several rounds; while they keep up with a live stream, every round is reduced and
+//! bins are published without delay.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;

@@ -181,6 +181,9 @@ pub(crate) struct TaskEntry {
 /// larger results are registered as non-leaf.
 pub const MAX_LEAF_RESULT_BYTES: usize = raw::LEGION_MAX_RETURN_SIZE as usize;
 
+/// Smallest declared largest result: a failure report (task name, a shortened message) must fit.
+const MIN_RESULT_BOUND: usize = 256;
+
 /// Task ids registered so far, so that a clash is reported instead of silently replacing a task.
 static REGISTERED: Mutex<Option<HashMap<u32, &'static str>>> = Mutex::new(None);
 
@@ -231,6 +234,11 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
     }
     if id == 0 || id == raw::LEGION_AUTO_GENERATE_ID {
         return Err(Error::Registration(format!("task `{name}`: id {id} is reserved")));
+    }
+    if let Some(bound) = options.max_result_bytes.filter(|&b| b < MIN_RESULT_BOUND) {
+        return Err(Error::Registration(format!(
+            "task `{name}`: a largest result of {bound} bytes leaves no room for a failure report (at least {MIN_RESULT_BOUND})"
+        )));
     }
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
     let registered = registered.get_or_insert_with(HashMap::new);

@@ -192,6 +192,11 @@ fn main() -> ExitCode {
             check(matches!(late, Err(Error::Registration(_))), "registration after start accepted")
         }),
     ];
+    let cramped = register_task(98, "cramped", VariantOptions::leaf().max_result_bytes(16), |_, ()| Ok(()));
+    if !matches!(cramped, Err(Error::Registration(ref m)) if m.contains("no room")) {
+        eprintln!("a largest result too small for a failure report was accepted");
+        return ExitCode::FAILURE;
+    }
     let clash = register_task(10, "clash", VariantOptions::leaf(), |_, ()| Ok(()));
     if !matches!(clash, Err(Error::Registration(ref m)) if m.contains("square")) {
         eprintln!("a duplicate task id was accepted");
