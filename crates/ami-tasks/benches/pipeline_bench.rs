@@ -137,7 +137,7 @@ fn throughput(
         partitions,
         batch_size: batch,
         graph: Some(graph),
-        ..reduction_pace(PipelineConfig::default())
+        ..tuned(PipelineConfig::default())
     };
     let mut timing = Timing::new(None);
     let started = Instant::now();
@@ -146,9 +146,12 @@ fn throughput(
     Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
 }
 
-/// `--window N`, `--max-rounds-per-reduction N` and `--reduction-interval-us N` applied to `config`.
-fn reduction_pace(config: PipelineConfig) -> PipelineConfig {
+/// `--window N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
+/// `--streaming-stores 0|1` (default: automatic) applied to `config`.
+fn tuned(config: PipelineConfig) -> PipelineConfig {
+    let streaming = option("--streaming-stores", 2);
     PipelineConfig {
+        streaming_stores: (streaming < 2).then_some(streaming == 1),
         window: option("--window", config.window),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),
         reduction_interval_us: option("--reduction-interval-us", config.reduction_interval_us as usize) as u64,
@@ -247,7 +250,7 @@ fn main() {
         // The run's set-up (stores, graph) happens before the source starts its clock: measured
         // with an empty run and subtracted.
         let paced = |frames| SyntheticConfig { frames: Some(frames), rate_hz: Some(2_000.0), ..SyntheticConfig::scalars_only() };
-        let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..reduction_pace(PipelineConfig::default()) };
+        let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..tuned(PipelineConfig::default()) };
         let latency_events = option("--latency-events", 20_000) as u64;
         if latency_events == 0 {
             return Ok(());

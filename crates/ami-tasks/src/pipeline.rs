@@ -82,6 +82,11 @@ pub struct PipelineConfig {
     /// compacts Control's logs, so that they (and the replay at a restart) stay bounded however
     /// long the service runs. 0: only at the end of the run.
     pub snapshot_interval_ms: u64,
+    /// Whether sources write large arrays with streaming stores, past the caches. `None`: when
+    /// the telemetry buffers in rotation (partitions × buffers × batch × largest frame) are larger
+    /// than the last-level cache, where frames are evicted before their worker reads them anyway
+    /// and streaming stores save the memory traffic of reading each line before writing it.
+    pub streaming_stores: Option<bool>,
 }
 
 impl Default for PipelineConfig {
@@ -107,6 +112,7 @@ impl Default for PipelineConfig {
             exit_on_stall: false,
             restarted_because: None,
             snapshot_interval_ms: 30_000,
+            streaming_stores: None,
         }
     }
 }
@@ -148,6 +154,17 @@ impl PipelineConfig {
         let results = self.retained_bins as usize * 64 * 4096;
         let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
         (bytes / (1 << 20) as f64) as u64 + 256
+    }
+
+    /// Whether sources write large arrays with streaming stores ([`Self::streaming_stores`]).
+    pub fn streaming_stores(&self) -> Result<bool, PipelineError> {
+        Ok(match self.streaming_stores {
+            Some(given) => given,
+            None => {
+                let in_rotation = self.partitions * self.buffers * self.batch_size * self.max_frame_bytes()?;
+                in_rotation > legion_bridge::streaming::last_level_cache_bytes()
+            }
+        })
     }
 
     /// Largest encoded frame: given, or asked of the source (exact for synthetic sources and
@@ -501,6 +518,7 @@ pub fn run(
     let mut unreduced: Vec<Vec<Future<PartialReport>>> = vec![Vec::new(); config.partitions];
     let mut unreduced_rounds = 0;
     let mut pace = ReductionPace::new(config);
+    let streaming_stores = config.streaming_stores()?;
     for round in 0u64.. {
         if stopping {
             break;
@@ -519,6 +537,7 @@ pub fn run(
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),
                 retry: config.retry.clone(),
+                streaming_stores,
             };
             let partition = p as u32;
             let source = ctx.execute(

@@ -48,6 +48,8 @@ pub struct SourceArgs {
     /// The control log of this source's segment (durable position), when Control is persistent.
     pub state_log: Option<PathBuf>,
     pub retry: RetryPolicy,
+    /// Write large arrays with streaming stores (see [`crate::source::FrameSink::streaming`]).
+    pub streaming_stores: bool,
 }
 
 /// What a data source task did.
@@ -358,6 +360,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             buffer: args.buffer,
             chunk_bytes: args.chunk_bytes,
             open: None,
+            streaming: args.streaming_stores,
         };
         let written = source.write_batch(args.batch_size, Duration::from_millis(args.timeout_ms), &mut sink);
         // Close the last chunk even after an error: what is stored stays readable.
@@ -409,6 +412,7 @@ struct ChunkSink<'v, 'a> {
     chunk_bytes: usize,
     /// The chunk being filled: its key and where its value lies.
     open: Option<(String, ValueLocation)>,
+    streaming: bool,
 }
 
 impl ChunkSink<'_, '_> {
@@ -451,6 +455,10 @@ impl ChunkSink<'_, '_> {
 }
 
 impl FrameSink for ChunkSink<'_, '_> {
+    fn streaming(&self) -> bool {
+        self.streaming
+    }
+
     fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError> {
         let sink_error = |reason: String| SourceError::Sink { seq, reason };
         let need = frame_chunk::frame_bytes(fields);

@@ -261,12 +261,13 @@ fn main() -> ExitCode {
             }
             let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
             // Small chunks (a few frames each) and batches that do not divide the stream, on 1
-            // and 3 partitions.
+            // and 3 partitions, and images written with streaming stores (on 2 partitions).
             let mut runs = Vec::new();
-            for partitions in [1, 3] {
+            for (partitions, streaming_stores) in [(1, None), (3, None), (2, Some(true))] {
                 let config = PipelineConfig {
                     batch_size: 7,
                     chunk_bytes: 40_000,
+                    streaming_stores,
                     ..config(SourceConfig::Synthetic(source.clone()), partitions, arrays_graph())
                 };
                 let collect = run_collect(ctx, &config, Collect::default())?;

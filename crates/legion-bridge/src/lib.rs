@@ -35,6 +35,7 @@ pub mod mapper;
 mod panic;
 pub mod region;
 pub mod runtime;
+pub mod streaming;
 mod system_memory;
 pub mod task;
 

@@ -371,7 +371,7 @@ impl SyntheticGenerator {
         }
         for plan in &self.images {
             let mut pixels = vec![0.0; plan.width * plan.height];
-            self.image(plan, frame_key, energy, &mut pixels);
+            self.image(plan, frame_key, energy, &mut pixels, false);
             fields.push((
                 plan.name.clone(),
                 FieldValue::Image {
@@ -423,6 +423,7 @@ impl SyntheticGenerator {
             heap.extend(scalars.chain(waveforms).chain(images));
             &heap
         };
+        let streaming = sink.streaming();
         let mut out = sink.frame(seq, self.timestamp_ns(seq), specs)?;
         let first_array = self.scalars.len();
         for (k, plan) in self.waveforms.iter().enumerate() {
@@ -430,7 +431,7 @@ impl SyntheticGenerator {
         }
         let first_image = first_array + self.waveforms.len();
         for (k, plan) in self.images.iter().enumerate() {
-            self.image(plan, frame_key, energy, out.array(first_image + k));
+            self.image(plan, frame_key, energy, out.array(first_image + k), streaming);
         }
         Ok(())
     }
@@ -474,37 +475,47 @@ impl SyntheticGenerator {
     }
 
     /// Fills `out` (`width * height` pixels, row by row).
-    fn image(&self, plan: &ImagePlan, frame_key: u64, energy: f64, out: &mut [f64]) {
+    /// Fills `out` (`plan.width × plan.height` pixels), with streaming stores when `streaming`.
+    fn image(&self, plan: &ImagePlan, frame_key: u64, energy: f64, out: &mut [f64], streaming: bool) {
         let mut rng = Rng(frame_key ^ plan.key);
         let (dx, dy) = (rng.below(2 * plan.margin + 1), rng.below(2 * plan.margin + 1));
+        // The blob's window at the shift: pixel (x, y) of the blob is `blob.1[y] * blob.0[x]`.
+        let blob = (&plan.blob_x[dx..dx + plan.width], &plan.blob_y[dy..dy + plan.height]);
         let height = 200.0 + 80.0 * energy;
+        let out = &mut out[..plan.width * plan.height];
         // One loop per type so the rounding is inlined, not matched per pixel.
         match plan.dtype {
-            Dtype::F64 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| v, out),
-            Dtype::F32 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::F32.quantize(v), out),
-            Dtype::U16 => self.fill_image(plan, &mut rng, (dx, dy), height, |v| Dtype::U16.quantize(v), out),
+            Dtype::F64 => self.fill_image(blob, &mut rng, height, |v| v, out, streaming),
+            Dtype::F32 => self.fill_image(blob, &mut rng, height, |v| Dtype::F32.quantize(v), out, streaming),
+            Dtype::U16 => self.fill_image(blob, &mut rng, height, |v| Dtype::U16.quantize(v), out, streaming),
         }
     }
 
-    /// Pedestal + blob (the canvas window at `shift`) scaled to `height` + noise, rounded by
-    /// `quantize`.
+    /// Pedestal + `blob` scaled to `height` + noise, rounded by `quantize`, row by row.
     fn fill_image(
         &self,
-        plan: &ImagePlan,
+        (blob_x, blob_y): (&[f64], &[f64]),
         rng: &mut Rng,
-        shift: (usize, usize),
         height: f64,
         quantize: impl Fn(f64) -> f64,
         out: &mut [f64],
+        streaming: bool,
     ) {
-        let blob_x = &plan.blob_x[shift.0..shift.0 + plan.width];
-        for (row, blob_y) in out.chunks_exact_mut(plan.width).zip(&plan.blob_y[shift.1..]).take(plan.height) {
-            let row_height = height * blob_y;
+        let mut fill_row = |y: usize, row: &mut [f64]| {
+            let row_height = height * blob_y[y];
             for (pixels, blobs) in row.chunks_mut(NOISE_RUN).zip(blob_x.chunks(NOISE_RUN)) {
                 let noise = noise_run(&self.noise, rng, blobs.len());
                 for ((p, blob), n) in pixels.iter_mut().zip(blobs).zip(noise) {
                     *p = quantize(10.0 + row_height * blob + 3.0 * n);
                 }
+            }
+        };
+        if streaming {
+            // Row by row through a cache-resident scratch row, then to memory past the caches.
+            legion_bridge::streaming::fill_streaming(out, blob_x.len(), fill_row);
+        } else {
+            for (y, row) in out.chunks_exact_mut(blob_x.len()).enumerate() {
+                fill_row(y, row);
             }
         }
     }

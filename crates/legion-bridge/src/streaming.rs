@@ -1,0 +1,107 @@
+//! Streaming (non-temporal) writes into region instances: for arrays far larger than the caches
+//! that nobody reads again soon, stores that go to memory without first reading each line into
+//! the caches (no read-for-ownership), which halves the memory traffic of writing them.
+
+/// Fills `dst` chunk by chunk: `fill(i, scratch)` writes chunk `i` (of `chunk` elements, the last
+/// one shorter) into a cache-resident scratch buffer, which is then streamed into `dst`. On
+/// x86_64 the stores are non-temporal and fenced before returning, so the data is visible to any
+/// thread that synchronizes with this one afterwards; elsewhere it is a plain copy.
+pub fn fill_streaming(dst: &mut [f64], chunk: usize, mut fill: impl FnMut(usize, &mut [f64])) {
+    let chunk = chunk.max(1);
+    let mut scratch = vec![0.0f64; chunk.min(dst.len())];
+    for (i, out) in dst.chunks_mut(chunk).enumerate() {
+        let scratch = &mut scratch[..out.len()];
+        fill(i, scratch);
+        stream(out, scratch);
+    }
+    fence();
+}
+
+/// Size of the last-level cache of CPU 0 (Linux sysfs), or 32 MiB when it cannot be read.
+pub fn last_level_cache_bytes() -> usize {
+    (0..8)
+        .rev()
+        .find_map(|index| {
+            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+            let kind = std::fs::read_to_string(format!("{dir}/type")).ok()?;
+            if kind.trim() == "Instruction" {
+                return None;
+            }
+            parse_cache_size(&std::fs::read_to_string(format!("{dir}/size")).ok()?)
+        })
+        .unwrap_or(32 << 20)
+}
+
+/// "32768K", "1M", "512" (bytes) as bytes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.as_bytes().last()? {
+        b'K' => (&text[..text.len() - 1], 1 << 10),
+        b'M' => (&text[..text.len() - 1], 1 << 20),
+        b'G' => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn stream(dst: &mut [f64], src: &[f64]) {
+    use std::arch::x86_64::{_mm_loadu_pd, _mm_stream_pd};
+    debug_assert_eq!(dst.len(), src.len());
+    // Streaming stores of 16 bytes need 16-byte-aligned addresses: a plain store until then.
+    let head = dst.as_ptr().align_offset(16).min(dst.len());
+    dst[..head].copy_from_slice(&src[..head]);
+    let (dst, src) = (&mut dst[head..], &src[head..]);
+    let pairs = dst.len() / 2;
+    for k in 0..pairs {
+        // SAFETY: `2k + 1 < len` for both slices (same length); `dst + 2k` is 16-byte aligned
+        // (`dst` is, after the head); SSE2 is part of the x86_64 baseline.
+        unsafe { _mm_stream_pd(dst.as_mut_ptr().add(2 * k), _mm_loadu_pd(src.as_ptr().add(2 * k))) };
+    }
+    dst[2 * pairs..].copy_from_slice(&src[2 * pairs..]);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn stream(dst: &mut [f64], src: &[f64]) {
+    dst.copy_from_slice(src);
+}
+
+fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a store fence has no preconditions; SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse_and_the_machine_has_one() {
+        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("big"), None);
+        assert!(last_level_cache_bytes() >= 1 << 20);
+    }
+
+    #[test]
+    fn fills_every_element_whatever_the_alignment_and_chunking() {
+        let mut buffer = vec![0.0f64; 1031];
+        for offset in 0..3 {
+            for chunk in [1, 7, 512, 4096] {
+                let dst = &mut buffer[offset..];
+                let len = dst.len();
+                fill_streaming(dst, chunk, |i, out| {
+                    for (j, v) in out.iter_mut().enumerate() {
+                        *v = (i * chunk + j) as f64;
+                    }
+                });
+                let expected: Vec<f64> = (0..len).map(|k| k as f64).collect();
+                assert_eq!(&buffer[offset..], &expected[..], "offset {offset}, chunk {chunk}");
+            }
+        }
+    }
+}
