@@ -11,6 +11,7 @@
 //! - [`machine`]: processors, memories and address spaces.
 //! - [`mapper`]: a Rust placement policy behind a C++ mapper (where tasks run, which memory
 //!   their instances use), installed on every process.
+//! - [`streaming`]: writes of large arrays into region instances with non-temporal stores.
 //!
 //! `unsafe` code of the workspace lives here and in `legion-sys` only; `raw` below is the short
 //! alias that makes every FFI call visible.
