@@ -83,9 +83,9 @@ pub struct PipelineConfig {
     /// long the service runs. 0: only at the end of the run.
     pub snapshot_interval_ms: u64,
     /// Whether sources write large arrays with streaming stores, past the caches. `None`: when
-    /// the telemetry buffers in rotation (partitions × buffers × batch × largest frame) are larger
-    /// than the last-level cache, where frames are evicted before their worker reads them anyway
-    /// and streaming stores save the memory traffic of reading each line before writing it.
+    /// a node's telemetry buffers in rotation (its partitions × buffers × batch × largest frame)
+    /// are larger than the last-level cache, where frames are evicted before their worker reads
+    /// them anyway and streaming stores save the memory traffic of reading each line first.
     pub streaming_stores: Option<bool>,
 }
 
@@ -156,12 +156,13 @@ impl PipelineConfig {
         (bytes / (1 << 20) as f64) as u64 + 256
     }
 
-    /// Whether sources write large arrays with streaming stores ([`Self::streaming_stores`]).
-    pub fn streaming_stores(&self) -> Result<bool, PipelineError> {
+    /// Whether sources write large arrays with streaming stores ([`Self::streaming_stores`]), when
+    /// one node holds at most `partitions_per_node` partitions.
+    pub fn streaming_stores(&self, partitions_per_node: usize) -> Result<bool, PipelineError> {
         Ok(match self.streaming_stores {
             Some(given) => given,
             None => {
-                let in_rotation = self.partitions * self.buffers * self.batch_size * self.max_frame_bytes()?;
+                let in_rotation = partitions_per_node * self.buffers * self.batch_size * self.max_frame_bytes()?;
                 in_rotation > legion_bridge::streaming::last_level_cache_bytes()
             }
         })
@@ -518,7 +519,12 @@ pub fn run(
     let mut unreduced: Vec<Vec<Future<PartialReport>>> = vec![Vec::new(); config.partitions];
     let mut unreduced_rounds = 0;
     let mut pace = ReductionPace::new(config);
-    let streaming_stores = config.streaming_stores()?;
+    let busiest_node = groups
+        .iter()
+        .map(|(_, partitions)| partitions.len())
+        .max()
+        .unwrap_or(config.partitions);
+    let streaming_stores = config.streaming_stores(busiest_node)?;
     for round in 0u64.. {
         if stopping {
             break;
@@ -697,6 +703,24 @@ mod tests {
         pace.reported(0, 0, start);
         pace.reported(1_000, 20_000, start + Duration::from_millis(1));
         assert_eq!(pace.rounds, 1);
+    }
+
+    #[test]
+    fn streaming_stores_when_a_nodes_buffers_outgrow_the_cache() {
+        let images = |width, batch_size, streaming_stores| PipelineConfig {
+            source: SourceConfig::Synthetic(SyntheticConfig::images(width, width)),
+            partitions: 4,
+            batch_size,
+            streaming_stores,
+            ..PipelineConfig::default()
+        };
+        // 1,024 frames of 2 MiB per buffer: far beyond any cache.
+        assert!(images(512, 1024, None).streaming_stores(1).unwrap());
+        // Two 8×8 frames per buffer, even with every partition on one node: in the cache.
+        assert!(!images(8, 2, None).streaming_stores(4).unwrap());
+        // Given: followed either way.
+        assert!(!images(512, 1024, Some(false)).streaming_stores(1).unwrap());
+        assert!(images(8, 2, Some(true)).streaming_stores(4).unwrap());
     }
 
     #[test]
