@@ -474,7 +474,6 @@ impl SyntheticGenerator {
         }
     }
 
-    /// Fills `out` (`width * height` pixels, row by row).
     /// Fills `out` (`plan.width × plan.height` pixels), with streaming stores when `streaming`.
     fn image(&self, plan: &ImagePlan, frame_key: u64, energy: f64, out: &mut [f64], streaming: bool) {
         let mut rng = Rng(frame_key ^ plan.key);
