@@ -324,45 +324,23 @@ pub struct LogContents {
 
 /// Reads a log; a missing file is an empty log.
 pub fn read_log(path: &Path) -> KvResult<LogContents> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(LogContents {
-                changes: Vec::new(),
-                stopped: None,
-            })
-        }
-        Err(e) => {
-            return Err(KvError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+    let mut contents = LogContents {
+        changes: Vec::new(),
+        stopped: None,
     };
-    let mut changes = Vec::new();
-    let mut r = Reader { bytes: &bytes, at: 0 };
-    while r.at < bytes.len() {
-        let start = r.at as u64;
-        let record = (|| -> Result<(u64, Change), String> {
-            let len = r.u32()? as usize;
-            let crc = r.u32()?;
-            let payload = r.take(len)?;
-            if crc32fast::hash(payload) != crc {
-                return Err("checksum mismatch".into());
-            }
-            decode_record(payload)
-        })();
+    let Some(mut records) = LogRecords::open(path)? else {
+        return Ok(contents);
+    };
+    while let Some(record) = records.next().map_err(io_error(path))? {
         match record {
-            Ok(change) => changes.push(change),
+            Ok(change) => contents.changes.push(change),
             Err(reason) => {
-                return Ok(LogContents {
-                    changes,
-                    stopped: Some((start, reason)),
-                })
+                contents.stopped = Some((records.offset, reason));
+                break;
             }
         }
     }
-    Ok(LogContents { changes, stopped: None })
+    Ok(contents)
 }
 
 /// One log record's payload: its sequence number and change.
@@ -383,47 +361,81 @@ fn decode_record(payload: &[u8]) -> Result<(u64, Change), String> {
     }
 }
 
-/// Fills `buf` from `input`; false at the end of the input (or a torn end: fewer bytes left).
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
-    match input.read_exact(buf) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
+/// A log's records in order, read through a small buffer, so that a log of any size is read in
+/// a few KiB: replay ([`read_log`]) and compaction ([`compact_log`]) see the same records and
+/// stop at the same damaged one.
+struct LogRecords {
+    input: BufReader<File>,
+    /// Length of the file, and bytes read so far.
+    len: u64,
+    at: u64,
+    /// Where the last record returned (or the damaged one) starts.
+    offset: u64,
+    /// The last record as stored: its header (length, checksum) and payload.
+    header: [u8; 8],
+    payload: Vec<u8>,
+}
+
+impl LogRecords {
+    /// Opens the log at `path`; `None` when there is none (an empty log).
+    fn open(path: &Path) -> KvResult<Option<Self>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(path)(e)),
+        };
+        let len = file.metadata().map_err(io_error(path))?.len();
+        Ok(Some(Self {
+            input: BufReader::with_capacity(1 << 16, file),
+            len,
+            at: 0,
+            offset: 0,
+            header: [0; 8],
+            payload: Vec::new(),
+        }))
+    }
+
+    /// The next record: `None` at the end of the log, `Some(Err(reason))` at a damaged record
+    /// (torn, checksum mismatch, undecodable), after which the log is not read further.
+    fn next(&mut self) -> std::io::Result<Option<Result<(u64, Change), String>>> {
+        self.offset = self.at;
+        let left = self.len - self.at;
+        if left == 0 {
+            return Ok(None);
+        }
+        if left < 8 {
+            return Ok(Some(Err(format!("ends early at byte {}", self.at))));
+        }
+        self.input.read_exact(&mut self.header)?;
+        let len = u32::from_le_bytes(self.header[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(self.header[4..].try_into().expect("4 bytes"));
+        // A length past the end is a torn record: do not allocate for it.
+        if len > left - 8 {
+            return Ok(Some(Err(format!("ends early at byte {}", self.at + 8))));
+        }
+        self.payload.resize(len as usize, 0);
+        self.input.read_exact(&mut self.payload)?;
+        self.at += 8 + len;
+        if crc32fast::hash(&self.payload) != crc {
+            return Ok(Some(Err("checksum mismatch".into())));
+        }
+        Ok(Some(decode_record(&self.payload)))
     }
 }
 
 /// Rewrites the log without the records at or below `seq` (they are in both snapshots). Keeps
-/// what [`read_log`] would replay: intact records up to the first damaged one. Streams record by
-/// record: a log of any size is compacted in a few KiB of memory.
+/// what [`read_log`] would replay: intact records up to the first damaged one, copied as stored.
 pub fn compact_log(path: &Path, seq: u64) -> KvResult<()> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(path)(e)),
+    let Some(mut records) = LogRecords::open(path)? else {
+        return Ok(());
     };
-    let mut left = file.metadata().map_err(io_error(path))?.len();
-    let mut input = BufReader::with_capacity(1 << 16, file);
     let tmp = path.with_extension("log.tmp");
     {
         let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io_error(&tmp))?);
-        let mut header = [0u8; 8];
-        let mut payload = Vec::new();
-        while read_full(&mut input, &mut header).map_err(io_error(path))? {
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
-            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-            // A length past the end is a torn record: do not allocate for it.
-            if len > left.saturating_sub(8) {
-                break;
-            }
-            left -= 8 + len;
-            payload.resize(len as usize, 0);
-            if !read_full(&mut input, &mut payload).map_err(io_error(path))? || crc32fast::hash(&payload) != crc {
-                break;
-            }
-            let Ok((record_seq, _)) = decode_record(&payload) else { break };
+        while let Some(Ok((record_seq, _))) = records.next().map_err(io_error(path))? {
             if record_seq > seq {
-                out.write_all(&header).map_err(io_error(&tmp))?;
-                out.write_all(&payload).map_err(io_error(&tmp))?;
+                out.write_all(&records.header).map_err(io_error(&tmp))?;
+                out.write_all(&records.payload).map_err(io_error(&tmp))?;
             }
         }
         let file = out.into_inner().map_err(|e| KvError::Io {
