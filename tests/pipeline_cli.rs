@@ -171,17 +171,26 @@ fn periodic_snapshots_keep_the_logs_bounded_and_a_restart_continues() {
 
 #[test]
 fn partitions_get_cpu_processors_of_their_own_up_to_the_cores() {
-    // No Legion flags: `run` chooses. Its Legion arguments are in the bridge's debug log.
-    let out = ami2(&[
-        "--log",
-        "legion_bridge=debug",
-        "run",
-        "--frames",
-        "400",
-        "--partitions",
-        "2",
-        "--json",
-    ]);
+    // Two partitions, with `legion` after `--`; the Legion arguments are in the bridge's debug log.
+    let run_two_partitions = |frames: &str, legion: &[&str]| {
+        let mut args = vec![
+            "--log",
+            "legion_bridge=debug",
+            "run",
+            "--frames",
+            frames,
+            "--partitions",
+            "2",
+            "--json",
+        ];
+        if !legion.is_empty() {
+            args.push("--");
+            args.extend(legion);
+        }
+        ami2(&args)
+    };
+    // No Legion flags: `run` chooses.
+    let out = run_two_partitions("400", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(total_events(&bins(&out)), 400);
@@ -192,19 +201,7 @@ fn partitions_get_cpu_processors_of_their_own_up_to_the_cores() {
     let flag = format!("\"-ll:cpu\", \"{expected}\"");
     assert!(stderr.contains(&flag), "no {flag} in the Legion arguments:\n{stderr}");
     // A choice made after `--` stands.
-    let chosen = ami2(&[
-        "--log",
-        "legion_bridge=debug",
-        "run",
-        "--frames",
-        "100",
-        "--partitions",
-        "2",
-        "--json",
-        "--",
-        "-ll:cpu",
-        "1",
-    ]);
+    let chosen = run_two_partitions("100", &["-ll:cpu", "1"]);
     let stderr = String::from_utf8_lossy(&chosen.stderr);
     assert!(chosen.status.success(), "{stderr}");
     assert!(

@@ -515,9 +515,8 @@ pub fn run(
         Ok(report.all_ended || flow == Flow::Stop)
     };
 
-    // Workers launched since the last reduction, per partition.
+    // Workers launched since the last reduction, per partition (one per round each).
     let mut unreduced: Vec<Vec<Future<PartialReport>>> = vec![Vec::new(); config.partitions];
-    let mut unreduced_rounds = 0;
     let mut pace = ReductionPace::new(config);
     let busiest_node = groups
         .iter()
@@ -571,8 +570,7 @@ pub fn run(
             );
         }
         summary.rounds = round + 1;
-        unreduced_rounds += 1;
-        if unreduced_rounds < pace.rounds {
+        if (unreduced[0].len() as u64) < pace.rounds {
             continue;
         }
         // One local reducer per node, merging the workers of the partitions it owns.
@@ -596,7 +594,6 @@ pub fn run(
         }
         let global = ctx.execute(&global)?;
         unreduced.iter_mut().for_each(Vec::clear);
-        unreduced_rounds = 0;
         health::round_launched(round);
         in_flight.push_back((round, global.clone()));
         previous = Some(global);
@@ -611,7 +608,7 @@ pub fn run(
         }
     }
     // `stopping` only changes right after a reduction, so no worker is left unreduced.
-    debug_assert_eq!(unreduced_rounds, 0);
+    debug_assert!(unreduced.iter().all(Vec::is_empty));
     while let Some((done, future)) = in_flight.pop_front() {
         let report = future.get()?;
         health::round_reported(done);
