@@ -14,7 +14,7 @@ use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
 use ami_tasks::source::{SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
-use legion_bridge::harness::option;
+use legion_bridge::harness::{option, option_text};
 use legion_bridge::{runtime, TaskContext};
 use serde_json::json;
 
@@ -161,8 +161,7 @@ fn tuned(config: PipelineConfig) -> PipelineConfig {
 
 /// The batch sizes to sweep: `--NAME 1,2,4`, or `default`.
 fn batches(name: &str, default: &[usize]) -> Vec<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)) {
+    match option_text(name) {
         Some(list) => list
             .split(',')
             .map(|b| b.trim().parse().expect("batch sizes are numbers"))
@@ -186,8 +185,7 @@ fn main() {
         args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
     }
     // Any other Legion flags, e.g. `--legion "-ll:util 0"`.
-    let argv: Vec<String> = std::env::args().collect();
-    if let Some(extra) = argv.iter().position(|a| a == "--legion").and_then(|i| argv.get(i + 1)) {
+    if let Some(extra) = option_text("--legion") {
         args.extend(extra.split_whitespace().map(String::from));
     }
     println!(

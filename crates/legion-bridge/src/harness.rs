@@ -37,12 +37,12 @@ pub fn check(condition: bool, what: impl std::fmt::Display) -> Result<(), TaskEr
 
 /// The value after `--name` on the command line (benchmarks' knobs), or `default`.
 pub fn option(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    option_text(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The text after `--name` on the command line, if it is there.
+pub fn option_text(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
 }
 
 /// Which cases the command line selects.
