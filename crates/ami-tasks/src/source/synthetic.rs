@@ -216,6 +216,10 @@ fn name_key(name: &str) -> u64 {
         .fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)))
 }
 
+/// Every pixel's pedestal, and the σ of its noise.
+const PEDESTAL: f64 = 10.0;
+const PIXEL_NOISE: f64 = 3.0;
+
 /// Entries of the noise table.
 const NOISE_LEN: usize = 1 << 15;
 /// Longest run of consecutive table entries an array takes at once; longer arrays (and every
@@ -267,6 +271,9 @@ pub struct SyntheticGenerator {
     start_ns: u64,
     period_ns: u64,
     noise: Vec<f64>,
+    /// Each pixel's pedestal plus its noise, `PEDESTAL + PIXEL_NOISE × noise`: one table read and
+    /// one addition per pixel instead of scaling and adding both.
+    pixel_floor: Vec<f64>,
     scalars: Vec<(String, ScalarKind)>,
     waveforms: Vec<WaveformPlan>,
     images: Vec<ImagePlan>,
@@ -284,9 +291,10 @@ impl SyntheticGenerator {
         let seed_key = mix(config.seed);
         // Approximately standard normal: the sum of four uniforms, centred and scaled to σ = 1.
         let mut rng = Rng(seed_key ^ NOISE_KEY);
-        let noise = (0..NOISE_LEN)
+        let noise: Vec<f64> = (0..NOISE_LEN)
             .map(|_| ((0..4).map(|_| rng.unit()).sum::<f64>() - 2.0) * 3f64.sqrt())
             .collect();
+        let pixel_floor = noise.iter().map(|n| PEDESTAL + PIXEL_NOISE * n).collect();
         let scalars = config
             .scalars
             .iter()
@@ -346,6 +354,7 @@ impl SyntheticGenerator {
             start_ns: config.start_ns,
             period_ns: (1e9 / config.nominal_rate_hz()).round() as u64,
             noise,
+            pixel_floor,
             scalars,
             waveforms,
             images,
@@ -503,9 +512,9 @@ impl SyntheticGenerator {
         let mut fill_row = |y: usize, row: &mut [f64]| {
             let row_height = height * blob_y[y];
             for (pixels, blobs) in row.chunks_mut(NOISE_RUN).zip(blob_x.chunks(NOISE_RUN)) {
-                let noise = noise_run(&self.noise, rng, blobs.len());
-                for ((p, blob), n) in pixels.iter_mut().zip(blobs).zip(noise) {
-                    *p = quantize(10.0 + row_height * blob + 3.0 * n);
+                let floor = noise_run(&self.pixel_floor, rng, blobs.len());
+                for ((p, blob), f) in pixels.iter_mut().zip(blobs).zip(floor) {
+                    *p = quantize(row_height * blob + f);
                 }
             }
         };
