@@ -9,7 +9,9 @@
 //! Then the image pipeline's roofline without any runtime: each thread writes 512×512 f64 frames
 //! one after another into its own ring of frames and sums each frame's 256×256 region of
 //! interest, for rings from cache-sized to far larger (`--roofline-ms` per point, default 500);
-//! then the same with the sum half a ring behind the writes, as in the pipeline.
+//! then the same with the sum half a ring behind the writes, as in the pipeline, with ordinary and
+//! with streaming stores (`legion_bridge::streaming::fill_streaming`, the ROI's rows prefetched as
+//! the pipeline's graph does).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -80,15 +82,45 @@ fn write_frame(frame: &mut [f64], seed: f64) {
     }
 }
 
+/// [`write_frame`] with streaming stores, as the pipeline's sources write frames that outgrow the
+/// cache.
+fn write_frame_streaming(frame: &mut [f64], seed: f64) {
+    legion_bridge::streaming::fill_streaming(frame, 512, |y, row| {
+        let level = seed + y as f64;
+        for (p, x) in row.iter_mut().zip(0..) {
+            *p = level + x as f64 * 0.5;
+        }
+    });
+}
+
 /// The 256×256 ROI sum of a frame.
 fn roi_sum(frame: &[f64]) -> f64 {
     frame.chunks_exact(512).skip(128).take(256).map(|row| sum(&row[128..384])).sum()
 }
 
+/// [`roi_sum`] asking for the rows 16 ahead, as the pipeline's graph reads a region of interest.
+fn roi_sum_prefetched(frame: &[f64]) -> f64 {
+    let rows: Vec<&[f64]> = frame.chunks_exact(512).skip(128).take(256).map(|row| &row[128..384]).collect();
+    rows.iter().take(16).for_each(|row| legion_bridge::streaming::prefetch(row));
+    (0..rows.len())
+        .map(|y| {
+            if let Some(ahead) = rows.get(y + 16) {
+                legion_bridge::streaming::prefetch(ahead);
+            }
+            sum(rows[y])
+        })
+        .sum()
+}
+
 /// Frames/s of `threads` threads, each cycling through a ring of `ring_mib` MiB of frames. Each
 /// frame's ROI is summed right after it is written or, with `lagged`, half a ring later: the
 /// pipeline's shape, where the worker reads a batch after its source wrote all of it.
-fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool) -> f64 {
+fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool, streaming: bool) -> f64 {
+    let (write, roi): (fn(&mut [f64], f64), fn(&[f64]) -> f64) = if streaming {
+        (write_frame_streaming, roi_sum_prefetched)
+    } else {
+        (write_frame, roi_sum)
+    };
     let frames_per_ring = (ring_mib / 2).max(1);
     let lag = if lagged { frames_per_ring / 2 } else { 0 };
     let done: usize = std::thread::scope(|s| {
@@ -102,9 +134,9 @@ fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool) -> f64 {
                     let mut seed = 0.0;
                     while start.elapsed().as_millis() < millis as u128 {
                         for i in 0..frames_per_ring {
-                            write_frame(&mut ring[i * FRAME..(i + 1) * FRAME], seed);
+                            write(&mut ring[i * FRAME..(i + 1) * FRAME], seed);
                             let j = (i + frames_per_ring - lag) % frames_per_ring;
-                            seed += black_box(roi_sum(&ring[j * FRAME..(j + 1) * FRAME])) * 1e-30 + 1.0;
+                            seed += black_box(roi(&ring[j * FRAME..(j + 1) * FRAME])) * 1e-30 + 1.0;
                             count += 1;
                         }
                     }
@@ -142,11 +174,12 @@ fn main() {
     let millis = option("--roofline-ms", 500) as u64;
     println!("image roofline: write a 512x512 f64 frame, sum its 256x256 ROI; frames/s (no runtime)");
     for ring_mib in [2, 4, 8, 12, 16, 24, 32, 64, 256] {
-        let one = roofline(1, ring_mib, millis, false);
-        let two = roofline(2, ring_mib, millis, false);
-        let lagged = roofline(2, ring_mib, millis, true);
+        let one = roofline(1, ring_mib, millis, false, false);
+        let two = roofline(2, ring_mib, millis, false, false);
+        let lagged = roofline(2, ring_mib, millis, true, false);
+        let streamed = roofline(2, ring_mib, millis, true, true);
         println!(
-            "  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}   2 threads, ROI read half a ring later {lagged:>8.0}"
+            "  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}   2 threads, ROI read half a ring later {lagged:>8.0}   same, streaming stores + prefetch {streamed:>8.0}"
         );
     }
 }
