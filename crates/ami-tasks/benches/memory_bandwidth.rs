@@ -116,11 +116,8 @@ fn roi_sum_prefetched(frame: &[f64]) -> f64 {
 /// frame's ROI is summed right after it is written or, with `lagged`, half a ring later: the
 /// pipeline's shape, where the worker reads a batch after its source wrote all of it.
 fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool, streaming: bool) -> f64 {
-    let (write, roi): (fn(&mut [f64], f64), fn(&[f64]) -> f64) = if streaming {
-        (write_frame_streaming, roi_sum_prefetched)
-    } else {
-        (write_frame, roi_sum)
-    };
+    let write: fn(&mut [f64], f64) = if streaming { write_frame_streaming } else { write_frame };
+    let roi: fn(&[f64]) -> f64 = if streaming { roi_sum_prefetched } else { roi_sum };
     let frames_per_ring = (ring_mib / 2).max(1);
     let lag = if lagged { frames_per_ring / 2 } else { 0 };
     let done: usize = std::thread::scope(|s| {
