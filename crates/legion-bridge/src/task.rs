@@ -77,8 +77,7 @@ pub struct VariantOptions {
     /// Largest result the task returns (encoded bytes). Declared to Legion, which then knows a
     /// bound on the task's future as soon as the task is mapped: a task waiting for that future
     /// is mapped (and its future's buffer made) while the producer still runs, instead of after
-    /// it. A leaf also gets that much memory reserved for its result. A larger result is a task
-    /// failure, reported like any other.
+    /// it. A larger result is a task failure, reported like any other.
     pub max_result_bytes: Option<usize>,
 }
 
@@ -261,12 +260,6 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
         raw::legion_execution_constraint_set_add_processor_constraint(execution, raw::LOC_PROC);
         raw::legion_task_variant_registrar_set_execution_constraints(registrar, execution);
         raw::legion_task_variant_registrar_set_options(registrar, options.to_raw());
-        if let (true, Some(bound)) = (options.leaf, options.max_result_bytes) {
-            // A leaf's result larger than Legion's inline size goes into a future instance made
-            // from the task's memory pool. Without a reserved pool Legion makes it anyway, but
-            // warns that the next time the memory may not be there.
-            raw::legion_task_variant_registrar_set_leaf_memory_pool_bounds(registrar, raw::SYSTEM_MEM, bound, 16);
-        }
         raw::legion_runtime_preregister_task_variant_fnptr_with_registrar(
             registrar,
             Some(trampoline),

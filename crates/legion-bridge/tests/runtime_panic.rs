@@ -28,34 +28,9 @@ fn child_with_panicking_top_level() -> ExitCode {
     }
 }
 
-/// Set in the child process that returns a bounded leaf result larger than Legion's inline size.
-const POOL_CHILD_ENV: &str = "LEGION_BRIDGE_TEST_BOUNDED_LEAF_POOL";
-
-/// Legion's complaint when a leaf makes its future without memory reserved for it.
-const UNRESERVED_WARNING: &str = "no space was reserved for dynamic allocations";
-
-fn child_with_large_bounded_result() -> ExitCode {
-    let bounded = register_task(
-        50,
-        "bounded_40k",
-        VariantOptions::leaf().max_result_bytes(64 << 10),
-        |_, n: usize| Ok(vec![7u8; n]),
-    )
-    .unwrap();
-    let result = runtime::start(&[], move |ctx| {
-        let blob = ctx.execute(&TaskLauncher::new(bounded, &(40 << 10))?)?.get()?;
-        Ok(blob.len())
-    });
-    println!("result: {result:?}");
-    ExitCode::from(u8::from(!matches!(result, Ok(n) if n == 40 << 10)))
-}
-
 fn main() -> ExitCode {
     if std::env::var_os(CHILD_ENV).is_some() {
         return child_with_panicking_top_level();
-    }
-    if std::env::var_os(POOL_CHILD_ENV).is_some() {
-        return child_with_large_bounded_result();
     }
     // Panics when asked to, at one point of an index launch, or on odd numbers.
     let fragile = register_task(30, "fragile", VariantOptions::leaf(), |ctx, n: i64| {
@@ -207,15 +182,6 @@ fn main() -> ExitCode {
                 ),
                 other => Err(TaskError::msg(format!("expected a failure, got {other:?}"))),
             }
-        }),
-        case("a_declared_bound_reserves_the_leafs_future_memory", |_| {
-            // Without the reservation Legion still makes the future, with a warning that the
-            // next allocation may fail; so the child's log is what tells.
-            let output = Command::new(std::env::current_exe()?).env(POOL_CHILD_ENV, "1").output()?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            check(output.status.success(), format!("child failed: {stdout} {stderr}"))?;
-            check(!stderr.contains(UNRESERVED_WARNING), format!("Legion warned: {stderr}"))
         }),
         case("panicking_top_level_task_is_reported_by_start", |_| {
             let exe = std::env::current_exe()?;
