@@ -16,7 +16,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use ami_tasks::graph::ROWS_AHEAD;
 use legion_bridge::harness::option;
+use legion_bridge::streaming::prefetch_ahead;
 
 /// Best GB/s of `rounds` runs of `pass`, which touches `bytes` bytes.
 fn best(rounds: usize, bytes: usize, mut pass: impl FnMut()) -> f64 {
@@ -98,15 +100,12 @@ fn roi_sum(frame: &[f64]) -> f64 {
     frame.chunks_exact(512).skip(128).take(256).map(|row| sum(&row[128..384])).sum()
 }
 
-/// [`roi_sum`] asking for the rows 16 ahead, as the pipeline's graph reads a region of interest.
+/// [`roi_sum`] asking for the rows ahead as the pipeline's graph reads a region of interest.
 fn roi_sum_prefetched(frame: &[f64]) -> f64 {
     let rows: Vec<&[f64]> = frame.chunks_exact(512).skip(128).take(256).map(|row| &row[128..384]).collect();
-    rows.iter().take(16).for_each(|row| legion_bridge::streaming::prefetch(row));
     (0..rows.len())
         .map(|y| {
-            if let Some(ahead) = rows.get(y + 16) {
-                legion_bridge::streaming::prefetch(ahead);
-            }
+            prefetch_ahead(y, rows.len(), ROWS_AHEAD, |r| rows[r]);
             sum(rows[y])
         })
         .sum()

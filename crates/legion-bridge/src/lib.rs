@@ -11,7 +11,8 @@
 //! - [`machine`]: processors, memories and address spaces.
 //! - [`mapper`]: a Rust placement policy behind a C++ mapper (where tasks run, which memory
 //!   their instances use), installed on every process.
-//! - [`streaming`]: writes of large arrays into region instances with non-temporal stores.
+//! - [`streaming`]: memory hints for large arrays in region instances: non-temporal stores to
+//!   write them, prefetches to read them in pieces.
 //!
 //! `unsafe` code of the workspace lives here and in `legion-sys` only; `raw` below is the short
 //! alias that makes every FFI call visible.

@@ -31,6 +31,15 @@ pub fn prefetch(data: &[f64]) {
     }
 }
 
+/// For rows `0..count` read in order: call before reading row `y`, and it asks for row
+/// `y + ahead` (at `y == 0`, for rows `1..=ahead` at once), so that each row is on its way well
+/// before it is read. `row(r)` gives row `r`.
+#[inline]
+pub fn prefetch_ahead<'a>(y: usize, count: usize, ahead: usize, row: impl Fn(usize) -> &'a [f64]) {
+    let wanted = if y == 0 { 1..ahead + 1 } else { y + ahead..y + ahead + 1 };
+    wanted.take_while(|&r| r < count).for_each(|r| prefetch(row(r)));
+}
+
 /// Size of the last-level cache of CPU 0 (Linux sysfs), or 32 MiB when it cannot be read.
 pub fn last_level_cache_bytes() -> usize {
     (0..8)
@@ -145,6 +154,22 @@ mod tests {
         // A hint that leaves the data as it was.
         prefetch(&src[3..]);
         assert_eq!(src[1030], 1030.0);
+    }
+
+    #[test]
+    fn rows_ahead_are_asked_for_once_each_and_never_past_the_last() {
+        for count in [0, 1, 3, 20, 40] {
+            let asked = std::cell::RefCell::new(Vec::new());
+            let row = |r: usize| {
+                asked.borrow_mut().push(r);
+                &[0.0f64; 4][..]
+            };
+            for y in 0..count {
+                prefetch_ahead(y, count, 16, row);
+            }
+            let expected: Vec<usize> = (1..count).collect();
+            assert_eq!(*asked.borrow(), expected, "{count} rows");
+        }
     }
 
     #[test]

@@ -162,3 +162,4 @@ pub use accum::Partials;
 pub use compiled::{compile, CompiledGraph};
 pub use ops::MAX_BINS;
 pub use spec::{default_graph, EvalError, GraphError, GraphSpec, NodeSpec};
+pub use value::ROWS_AHEAD;

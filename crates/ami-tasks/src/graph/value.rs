@@ -62,7 +62,7 @@ pub(crate) struct Array<'a> {
 /// 512×512 frames in memory on 2 threads (AMD EPYC): 48 µs a region without prefetching, 32 µs
 /// with 4 rows; in the image pipeline, where the sources stream frames out at the same time,
 /// 8 rows beat 4 and 16 beat 8 (a few % each, three runs out of three).
-const ROWS_AHEAD: usize = 16;
+pub const ROWS_AHEAD: usize = 16;
 
 impl<'a> Array<'a> {
     /// A view of a whole buffer; `None` unless `data.len() == width * height`.
@@ -116,15 +116,7 @@ impl<'a> Array<'a> {
         let strided = self.stride != self.width;
         (0..self.height).map(move |y| {
             if strided {
-                // The first rows all at once, then one more per row read.
-                let ahead = if y == 0 {
-                    1..ROWS_AHEAD + 1
-                } else {
-                    y + ROWS_AHEAD..y + ROWS_AHEAD + 1
-                };
-                ahead
-                    .take_while(|&r| r < self.height)
-                    .for_each(|r| legion_bridge::streaming::prefetch(self.row(r)));
+                legion_bridge::streaming::prefetch_ahead(y, self.height, ROWS_AHEAD, |r| self.row(r));
             }
             self.row(y)
         })
