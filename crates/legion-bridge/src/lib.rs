@@ -13,6 +13,7 @@
 //!   their instances use), installed on every process.
 //! - [`streaming`]: memory hints for large arrays in region instances: non-temporal stores to
 //!   write them, prefetches to read them in pieces.
+//! - [`simd`]: hot loops compiled for AVX2 where the CPU has it ([`simd::with_avx2`]).
 //!
 //! `unsafe` code of the workspace lives here and in `legion-sys` only; `raw` below is the short
 //! alias that makes every FFI call visible.
@@ -37,6 +38,7 @@ pub mod mapper;
 mod panic;
 pub mod region;
 pub mod runtime;
+pub mod simd;
 pub mod streaming;
 mod system_memory;
 pub mod task;
