@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// supervisor starts it again). Rounds may take twice as long.
     #[arg(long, default_value_t = 15.0)]
     stall_timeout: f64,
+    /// Attempts every pipeline task gets before its failure ends the run (1-16; the pause
+    /// between attempts starts at 10 ms and doubles).
+    #[arg(long, default_value_t = ami_tasks::robust::RetryPolicy::default().attempts)]
+    attempts: u32,
     /// With --data-dir: snapshot Control and Results this often (seconds), which keeps the logs
     /// (and the replay after a restart) bounded; 0 snapshots only at the end.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
@@ -157,6 +161,10 @@ impl RunArgs {
                 round_ms: attempt_ms * 2,
             },
             exit_on_stall: true,
+            retry: ami_tasks::robust::RetryPolicy {
+                attempts: self.attempts,
+                ..Default::default()
+            },
             snapshot_interval_ms: (self.snapshot_interval * 1000.0) as u64,
             restarted_because: std::env::var(crate::supervise::RESTART_REASON_VAR).ok(),
             ..PipelineConfig::default()

@@ -73,6 +73,25 @@ fn a_failing_attempt_of_every_pipeline_task_is_retried_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_source_failing_fifteen_attempts_of_sixteen_delivers_everything_and_reports_each() {
+    // The source's report carries an incident per failed attempt through a future bounded at
+    // Legion's inline size (2 KiB): fifteen short ones fit whole (longer ones would be shortened,
+    // then counted: robust::fit_incidents).
+    let out = run_with_fault(
+        "source/0:error@2x15",
+        &["--frames", "2000", "--rate", "4000", "--partitions", "2", "--attempts", "16"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(events_in(&bins(&out)), 2000, "events in bins\n{stderr}");
+    assert!(stderr.contains("15 incidents"), "{stderr}");
+    for attempt in 1..=15 {
+        let line = format!("source/0 Error: injected fault: source/0 Error at invocation 2, attempt {attempt}\n");
+        assert!(stderr.contains(&line), "incident of attempt {attempt} missing\n{stderr}");
+    }
+}
+
+#[test]
 fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
     let out = run_with_fault("worker:error@3x3", &["--frames", "2000", "--rate", "2000"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -31,8 +31,9 @@ use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, Stor
 use crate::tasks::{merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, RanOn, SourceArgs, WorkerArgs};
 use crate::PipelineError;
 
-/// Most attempts a task may be given ([`RetryPolicy::attempts`]): a data source's report carries
-/// an incident per failed attempt and must stay within [`crate::tasks::SOURCE_REPORT_MAX_BYTES`].
+/// Most attempts a task may be given ([`RetryPolicy::attempts`]): a task retried that often is
+/// broken, not unlucky. (A data source's report carries an incident per failed attempt; it is
+/// shrunk to fit [`crate::tasks::SOURCE_REPORT_MAX_BYTES`].)
 pub const MAX_ATTEMPTS: u32 = 16;
 
 /// How to run the pipeline.

@@ -89,14 +89,7 @@ pub const MAX_INCIDENT_MESSAGE: usize = 2048;
 impl Incident {
     pub fn new(component: &str, kind: IncidentKind, attempt: u32, message: impl Into<String>) -> Self {
         let mut message = message.into();
-        if message.len() > MAX_INCIDENT_MESSAGE {
-            let keep = (0..=MAX_INCIDENT_MESSAGE - 3)
-                .rev()
-                .find(|&i| message.is_char_boundary(i))
-                .unwrap_or(0);
-            message.truncate(keep);
-            message.push_str("...");
-        }
+        cut(&mut message, MAX_INCIDENT_MESSAGE);
         Self {
             component: component.to_string(),
             kind,
@@ -110,6 +103,57 @@ impl Incident {
     /// Key under which the incident is stored (time first, so a listing is in time order).
     pub fn key(&self, sequence: u64) -> String {
         format!("/incident/{:015}-{sequence:06}-{}", self.at_ms, self.component.replace('/', "-"))
+    }
+}
+
+/// Cuts `text` to at most `max` bytes (`max` ≥ 3), on a character boundary, ending it with "...".
+pub(crate) fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let keep = (0..=max.saturating_sub(3)).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(keep);
+        text.push_str("...");
+    }
+}
+
+/// Incident messages are cut to this when a bounded report has to shrink.
+pub const SHORT_INCIDENT_MESSAGE: usize = 200;
+
+/// Shrinks the incidents of a report whose size is bounded until `fits(report)`: first their
+/// messages are cut to [`SHORT_INCIDENT_MESSAGE`], then the oldest are left out, replaced by one
+/// incident that counts them (with the first one's time). The newest incident is always kept.
+/// Nothing is lost unseen: every incident was logged in full when it happened ([`run`]).
+pub(crate) fn fit_incidents<R>(report: &mut R, incidents_of: impl Fn(&mut R) -> &mut Vec<Incident>, fits: impl Fn(&R) -> bool) {
+    if fits(report) {
+        return;
+    }
+    for incident in incidents_of(report).iter_mut() {
+        cut(&mut incident.message, SHORT_INCIDENT_MESSAGE);
+    }
+    let mut left_out: Option<(Incident, usize)> = None;
+    while !fits(report) {
+        let incidents = incidents_of(report);
+        // The summary (once there is one) stays first; the oldest real incident goes.
+        let oldest = usize::from(left_out.is_some());
+        if incidents.len() <= oldest + 1 {
+            return;
+        }
+        let dropped = incidents.remove(oldest);
+        let (first, count) = left_out.get_or_insert_with(|| (dropped.clone(), 0));
+        *count += 1;
+        first.recovered &= dropped.recovered;
+        let summary = Incident {
+            component: first.component.clone(),
+            kind: first.kind,
+            attempt: 0,
+            message: format!("{count} earlier incident(s) left out of this bounded report; the log has them"),
+            at_ms: first.at_ms,
+            recovered: first.recovered,
+        };
+        if *count == 1 {
+            incidents.insert(0, summary);
+        } else {
+            incidents[0] = summary;
+        }
     }
 }
 
@@ -201,6 +245,46 @@ mod tests {
         assert!(incident.message.starts_with("éé"));
         let short = Incident::new("source/0", IncidentKind::Error, 1, "disk full");
         assert_eq!(short.message, "disk full");
+    }
+
+    #[test]
+    fn a_bounded_report_keeps_its_newest_incident_and_counts_the_left_out() {
+        let size = |incidents: &Vec<Incident>| serde_json::to_vec(incidents).unwrap().len();
+        let attempts: Vec<Incident> = (1..=16)
+            .map(|a| {
+                let mut incident = Incident::new("source/3", IncidentKind::Error, a, format!("attempt {a}: {}", "x".repeat(3000)));
+                incident.recovered = true;
+                incident
+            })
+            .collect();
+        for (bound, shortened_only) in [(20_000, true), (2_000, false), (600, false)] {
+            let mut report = attempts.clone();
+            fit_incidents(&mut report, |r| r, |r| size(r) <= bound);
+            assert!(size(&report) <= bound, "{} bytes for a bound of {bound}", size(&report));
+            assert_eq!(
+                report.len() == 16,
+                shortened_only,
+                "{} incidents for a bound of {bound}",
+                report.len()
+            );
+            let newest = report.last().unwrap();
+            assert!(newest.message.starts_with("attempt 16: xxx") && newest.message.len() <= SHORT_INCIDENT_MESSAGE);
+            // The summary is the one incident not about an attempt.
+            if report[0].attempt == 0 {
+                let summary = &report[0];
+                let left_out = 16 - (report.len() - 1);
+                assert_eq!(
+                    summary.message,
+                    format!("{left_out} earlier incident(s) left out of this bounded report; the log has them")
+                );
+                assert_eq!((summary.at_ms, summary.recovered, summary.attempt), (attempts[0].at_ms, true, 0));
+                assert_eq!(report[1].attempt as usize, left_out + 1, "the oldest go first");
+            }
+        }
+        // A report that fits is left alone.
+        let mut small = attempts[..1].to_vec();
+        fit_incidents(&mut small, |r| r, |r| size(r) <= 100_000);
+        assert_eq!(small, attempts[..1]);
     }
 
     #[test]

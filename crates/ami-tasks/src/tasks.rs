@@ -25,7 +25,7 @@ use crate::event::{bin_of, Event};
 use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
-use crate::robust::{robustly, Incident, RetryPolicy};
+use crate::robust::{self, robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
 use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
 use crate::PipelineError;
@@ -229,9 +229,13 @@ pub struct PipelineTasks {
 
 static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
 
-/// Largest encoded [`SourceReport`]: counters, a position and at most a few incidents of bounded
-/// length (see [`crate::robust::MAX_INCIDENT_MESSAGE`]). A larger report fails the source task.
-pub const SOURCE_REPORT_MAX_BYTES: usize = 64 << 10;
+/// Largest encoded [`SourceReport`]: Legion's inline future size. When a worker that takes the
+/// source's future is mapped, a future this small gets a plain buffer; a larger bound made
+/// Legion create a Realm instance for it in every round (`create_future_instance`), which cost
+/// 15-35% of frames/s at image batches of 1-3. Reports are shrunk to fit
+/// ([`crate::robust::fit_incidents`]: a report is counters, a position, and incidents only when
+/// attempts failed).
+pub const SOURCE_REPORT_MAX_BYTES: usize = legion_bridge::task::MAX_LEAF_RESULT_BYTES;
 
 /// Registers the pipeline's tasks (and the stores'); call once before the runtime starts.
 pub fn register_tasks() -> Result<(), PipelineError> {
@@ -324,7 +328,7 @@ fn forget_source(partition: usize) {
 /// Regions: 0 = this round's telemetry buffer of the partition (read-write), 1 = the partition's
 /// source segment of Control (read-write).
 fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, TaskError> {
-    robustly(
+    let mut report = robustly(
         &format!("source/{}", args.partition),
         &args.retry,
         |attempt| {
@@ -334,7 +338,13 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
             source_attempt(ctx, &args)
         },
         |report| &mut report.incidents,
-    )
+    )?;
+    if let Some(note) = &mut report.stats.note {
+        robust::cut(note, robust::SHORT_INCIDENT_MESSAGE);
+    }
+    let fits = |r: &SourceReport| legion_bridge::task::result_bytes(r).is_ok_and(|n| n <= SOURCE_REPORT_MAX_BYTES);
+    robust::fit_incidents(&mut report, |r| &mut r.incidents, fits);
+    Ok(report)
 }
 
 fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, TaskError> {

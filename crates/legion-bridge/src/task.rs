@@ -181,6 +181,12 @@ pub(crate) struct TaskEntry {
 /// larger results are registered as non-leaf.
 pub const MAX_LEAF_RESULT_BYTES: usize = raw::LEGION_MAX_RETURN_SIZE as usize;
 
+/// Size of `value` as a task's result, the bytes Legion gets (and that
+/// [`VariantOptions::max_result_bytes`] bounds): for a task that must shrink its result to fit.
+pub fn result_bytes<R: Serialize>(value: &R) -> Result<usize> {
+    Ok(encode(&Outcome::Done(value), "task result")?.len())
+}
+
 /// Smallest declared largest result: a failure report (task name, a shortened message) must fit.
 const MIN_RESULT_BOUND: usize = 256;
 

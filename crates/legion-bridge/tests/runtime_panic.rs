@@ -156,6 +156,21 @@ fn main() -> ExitCode {
                 }) => check(message.contains("leaf-task limit"), message)?,
                 other => return Err(TaskError::msg(format!("expected a size failure, got {:?}", other.map(|v| v.len())))),
             }
+            // `result_bytes` measures what the bound limits: the largest blob that fits is
+            // returned whole, one byte more fails.
+            let mut largest = 64 << 10;
+            while legion_bridge::task::result_bytes(&vec![7u8; largest])? > 64 << 10 {
+                largest -= 1;
+            }
+            let fits = ctx.execute(&TaskLauncher::new(bounded_blob, &largest)?)?.get()?;
+            check(fits.len() == largest, format!("{} of {largest} bytes", fits.len()))?;
+            check(
+                matches!(
+                    ctx.execute(&TaskLauncher::new(bounded_blob, &(largest + 1))?)?.get(),
+                    Err(Error::TaskFailed { .. })
+                ),
+                "a result one byte over the bound was accepted",
+            )?;
             check(
                 ctx.execute(&TaskLauncher::new(inner_blob, &(1 << 20))?)?.get()?.len() == 1 << 20,
                 "large non-leaf result",
