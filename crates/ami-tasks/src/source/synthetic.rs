@@ -203,9 +203,10 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
+    /// Uniform in `0..n` (n > 0): the high half of `x × n` (a multiply, not a division: images
+    /// call it once per row). Its bias, like a modulo's, is at most n / 2^64.
     fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 }
 
