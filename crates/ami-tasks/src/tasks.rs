@@ -339,11 +339,14 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
         },
         |report| &mut report.incidents,
     )?;
-    if let Some(note) = &mut report.stats.note {
-        robust::cut(note, robust::SHORT_INCIDENT_MESSAGE);
-    }
+    // A report over the bound (long note, many incidents) shrinks; one that fits is kept whole.
     let fits = |r: &SourceReport| legion_bridge::task::result_bytes(r).is_ok_and(|n| n <= SOURCE_REPORT_MAX_BYTES);
-    robust::fit_incidents(&mut report, |r| &mut r.incidents, fits);
+    if !fits(&report) {
+        if let Some(note) = &mut report.stats.note {
+            robust::cut(note, robust::SHORT_INCIDENT_MESSAGE);
+        }
+        robust::fit_incidents(&mut report, |r| &mut r.incidents, fits);
+    }
     Ok(report)
 }
 
