@@ -146,13 +146,14 @@ fn throughput(
     Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
 }
 
-/// `--window N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
+/// `--window N`, `--buffers N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
 /// `--streaming-stores 0|1` (default: automatic) applied to `config`.
 fn tuned(config: PipelineConfig) -> PipelineConfig {
     let streaming = option("--streaming-stores", 2);
     PipelineConfig {
         streaming_stores: (streaming < 2).then_some(streaming == 1),
         window: option("--window", config.window),
+        buffers: option("--buffers", config.buffers),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),
         reduction_interval_us: option("--reduction-interval-us", config.reduction_interval_us as usize) as u64,
         ..config

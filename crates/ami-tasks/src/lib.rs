@@ -7,6 +7,7 @@
 //! - [`source`]: the `DataSource` trait and the synthetic, file and shared-memory sources.
 //! - [`stores`]: how the pipeline lays out the Telemetry, Control and Results stores.
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
+//! - [`retention`]: which bins Results holds, kept small enough to travel in a future.
 //! - [`graph_manager`]: clients' graph edits: decided, optimised, written durably to Control.
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod placement;
+pub mod retention;
 pub mod robust;
 pub mod source;
 pub mod stores;

@@ -25,6 +25,7 @@ use crate::event::{bin_of, Event};
 use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
+use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
 use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
@@ -187,8 +188,8 @@ pub struct GlobalState {
     watermarks: BTreeMap<usize, (Option<u64>, bool)>,
     /// Highest bin emitted.
     emitted_upto: Option<u64>,
-    /// Bins written to Results (bin, result names), oldest first, for retention.
-    written: Vec<(u64, Vec<String>)>,
+    /// Bins written to Results, for retention.
+    written: WrittenBins,
     pub events: u64,
     pub late_partials: u64,
     pub superseded_partials: u64,
@@ -808,7 +809,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
             });
             names.push(name.clone());
         }
-        state.written.push((bin, names));
+        state.written.push(bin, names);
         state.emitted_upto = Some(state.emitted_upto.map_or(bin, |u| u.max(bin)));
         state.bins_emitted += 1;
         tracing::debug!(
@@ -827,8 +828,8 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         });
     }
     // Retention: keep the newest `retained_bins` bins in Results.
-    while state.written.len() as u64 > args.retained_bins {
-        let (bin, names) = state.written.remove(0);
+    while state.written.len() > args.retained_bins {
+        let Some((bin, names)) = state.written.pop_oldest() else { break };
         ops.extend(names.iter().map(|name| Op::Delete {
             key: result_key(name, bin),
         }));

@@ -25,6 +25,8 @@ struct Collect {
     switch_after: Option<(usize, GraphSpec)>,
     switched_at_bin: Option<u64>,
     stored: BTreeMap<String, Value>,
+    /// The keys Results held after the last report.
+    latest_keys: Vec<String>,
 }
 
 impl Observer for Collect {
@@ -37,9 +39,10 @@ impl Observer for Collect {
                 self.switched_at_bin = self.bins.last().map(|b| b.bin);
             }
         }
-        for key in stores.results.list(ctx, "/results/")? {
-            let value = stores.results.get(ctx, &key)?.unwrap_or(Value::Null);
-            self.stored.insert(key, value);
+        self.latest_keys = stores.results.list(ctx, "/results/")?;
+        for key in &self.latest_keys {
+            let value = stores.results.get(ctx, key)?.unwrap_or(Value::Null);
+            self.stored.insert(key.clone(), value);
         }
         Ok(Flow::Continue)
     }
@@ -361,6 +364,38 @@ fn main() -> ExitCode {
             check(
                 last.graph_version == first_version + 1 && last.values.contains_key("doubled_chart"),
                 format!("last bin {last:?}"),
+            )
+        }),
+        case("results_keep_the_newest_retained_bins_across_a_graph_change", |ctx| {
+            // 120 bins of two results, then of one other: Results must end up holding exactly
+            // the newest 5 bins, under the names each was published with.
+            let mut second = energy_graph();
+            second.results = vec!["energy_hist".into()];
+            let cfg = PipelineConfig {
+                retained_bins: 5,
+                window: 1,
+                ..config(synthetic(6000), 2, energy_graph())
+            };
+            let collect = run_collect(
+                ctx,
+                &cfg,
+                Collect {
+                    switch_after: Some((3, second)),
+                    ..Collect::default()
+                },
+            )?;
+            check(collect.bins.len() > 100, format!("{} bins", collect.bins.len()))?;
+            let mut expected: Vec<String> = collect.bins[collect.bins.len() - 5..]
+                .iter()
+                .flat_map(|bin| bin.values.keys().map(|name| result_key(name, bin.bin)))
+                .collect();
+            expected.sort();
+            let mut held = collect.latest_keys.clone();
+            held.sort();
+            check(held == expected, format!("Results holds {held:?}, expected {expected:?}"))?;
+            check(
+                collect.stored.keys().any(|key| key.contains("energy_chart")),
+                "the first graph's results were never written",
             )
         }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
