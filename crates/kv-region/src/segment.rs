@@ -346,38 +346,38 @@ impl<B: AsRef<[u8]>> Segment<B> {
         keys
     }
 
-    fn bit(&self, point: usize) -> bool {
-        self.b()[self.bitmap_start() + point / 8] & (1 << (point % 8)) != 0
-    }
-
     /// First run of `need` free data points, searching from the allocation hint and wrapping.
     fn find_free_run(&self, need: usize) -> Option<usize> {
         let total = self.data_points();
         if need > total {
             return None;
         }
+        let bitmap = &self.b()[self.bitmap_start()..];
+        let bit = |point: usize| bitmap[point / 8] & (1 << (point % 8)) != 0;
         let hint = self.header_u32(H_ALLOC_HINT).min(total);
         for (from, to) in [(hint, total), (0, hint + need - 1)] {
+            let to = to.min(total);
             let mut run_start = from;
             let mut point = from;
-            while point < to.min(total) {
-                if point % 8 == 0 && point + 8 <= to.min(total) {
-                    // Whole bytes at once: 8 used points, or 8 free ones (a large value spans
-                    // thousands of points).
-                    match self.b()[self.bitmap_start() + point / 8] {
-                        0xFF => {
-                            point += 8;
+            while point < to {
+                if point % 64 == 0 && point + 64 <= to {
+                    // 64 points at once: all used, or all free (a large value spans thousands
+                    // of points, and a telemetry buffer is refilled every round).
+                    let word = u64::from_le_bytes(bitmap[point / 8..point / 8 + 8].try_into().expect("8 bytes"));
+                    match word {
+                        u64::MAX => {
+                            point += 64;
                             run_start = point;
                             continue;
                         }
-                        0x00 if point + 8 - run_start < need => {
-                            point += 8;
+                        0 if point + 64 - run_start < need => {
+                            point += 64;
                             continue;
                         }
                         _ => {}
                     }
                 }
-                if self.bit(point) {
+                if bit(point) {
                     run_start = point + 1;
                 } else if point + 1 - run_start == need {
                     return Some(run_start);
@@ -752,7 +752,39 @@ mod tests {
         prop_oneof![3 => (0u8..40, 0usize..900).prop_map(|(k, n)| Op::Put(k, n)), 1 => (0u8..40).prop_map(Op::Delete)]
     }
 
+    /// The first free run the plain way: point by point from the hint to the end, then from the
+    /// start for runs that begin before the hint.
+    fn first_free_run(used: &[bool], hint: usize, need: usize) -> Option<usize> {
+        let free = |p: &usize| used[*p..*p + need].iter().all(|u| !u);
+        let ending_by = |to: usize| move |p: &usize| *p + need <= to;
+        (hint..)
+            .take_while(ending_by(used.len()))
+            .find(free)
+            .or_else(|| (0..).take_while(ending_by((hint + need - 1).min(used.len()))).find(free))
+    }
+
     proptest! {
+        #[test]
+        fn free_runs_are_found_as_point_by_point(
+            runs in prop::collection::vec((any::<bool>(), 1usize..150), 1..30),
+            hint in 0usize..2000,
+            need in 1usize..300,
+        ) {
+            // A bitmap of used and free stretches, some longer than a 64-point word.
+            let used: Vec<bool> = runs.iter().flat_map(|&(u, n)| std::iter::repeat_n(u, n)).collect();
+            let mut s = segment(4, used.len() * SLOT_BYTES);
+            let points = s.data_points();
+            prop_assert_eq!(points, used.len());
+            for (point, &u) in used.iter().enumerate() {
+                if u {
+                    s.mark(point, 1, true);
+                }
+            }
+            let hint = hint % points;
+            s.set_header_u32(H_ALLOC_HINT, hint);
+            prop_assert_eq!(s.find_free_run(need), first_free_run(&used, hint, need));
+        }
+
         #[test]
         fn agrees_with_a_btreemap(ops in prop::collection::vec(op(), 1..200)) {
             let mut s = segment(30, 40 * SLOT_BYTES);
