@@ -7,7 +7,7 @@
 //! Run: `cargo bench -p ami-tasks --bench pipeline_bench [-- --scalar-events N --images N --partitions P --cpus C]`
 //! (`--cpus` sets `-ll:cpu`, `--csize` Realm's system memory in MiB (default 3072); the default leaves one core to Legion's utility processor).
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ami_tasks::graph::{GraphSpec, NodeSpec};
 use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
@@ -54,7 +54,7 @@ fn roi_graph() -> GraphSpec {
 /// Records when each bin was published.
 struct Timing {
     started: Instant,
-    published: Vec<(u64, f64)>,
+    published: Vec<(u64, SystemTime)>,
     rss_kb: Vec<(f64, Rss)>,
     stop_after: Option<f64>,
     /// (seconds, events so far) at every report: the steady rate leaves out the start-up.
@@ -86,7 +86,8 @@ impl Observer for Timing {
         // Not in a soak: what the observer keeps must not grow the memory being measured.
         if self.stop_after.is_none() {
             self.progress.push((now, report.state.events));
-            self.published.extend(report.emitted.iter().map(|b| (b.bin, now)));
+            let at = SystemTime::now();
+            self.published.extend(report.emitted.iter().map(|b| (b.bin, at)));
         }
         // Reading /proc costs tens of µs: at most twice a second, not every round.
         if self.rss_kb.last().is_none_or(|(at, _)| now - at >= 0.5) {
@@ -244,33 +245,56 @@ fn main() {
             let (rate, steady, events) = throughput(ctx, source, roi_graph(), partitions, batch)?;
             println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames; {steady:.0}/s after start-up)");
         }
-        // Latency: a paced source (2 kHz scalars, 20 bins/s); a bin's last event is available at
-        // the bin's end in stream time, which is also wall time since the start of the run.
-        // The run's set-up (stores, graph) happens before the source starts its clock: measured
-        // with an empty run and subtracted.
-        let paced = |frames| SyntheticConfig { frames: Some(frames), rate_hz: Some(2_000.0), ..SyntheticConfig::scalars_only() };
-        let config = |frames| PipelineConfig { source: SourceConfig::Synthetic(paced(frames)), partitions, batch_size: 20, window: 2, graph: Some(scalar_graph()), ..tuned(PipelineConfig::default()) };
+        // Latency: a live source (2 kHz scalars, 20 bins/s) whose time stamps are Unix times and
+        // whose frames are delivered when the clock reaches them: a bin's last event is there at
+        // the bin's end, a known wall time (the last bin's is the stream's end). The stream starts
+        // on a bin's start 100-150 ms after the run, past its set-up (stores, graph).
         let latency_events = option("--latency-events", 20_000) as u64;
         if latency_events == 0 {
             return Ok(());
         }
-        let started = Instant::now();
-        ami_tasks::run(ctx, &config(0), None, &mut ami_tasks::RunToEnd)?;
-        let setup = started.elapsed().as_secs_f64();
+        let width_ns = ami_tasks::event::bin_width_ns(20.0);
+        let soon = (SystemTime::now() + Duration::from_millis(100)).duration_since(UNIX_EPOCH).expect("after 1970");
+        let start_ns = (soon.as_nanos() as u64).div_ceil(width_ns) * width_ns;
+        let stream_end_ns = start_ns + latency_events * 500_000;
+        let live = SyntheticConfig {
+            frames: Some(latency_events),
+            rate_hz: Some(2_000.0),
+            start_ns,
+            live: true,
+            ..SyntheticConfig::scalars_only()
+        };
+        let config = PipelineConfig {
+            source: SourceConfig::Synthetic(live),
+            partitions,
+            batch_size: 20,
+            window: 2,
+            graph: Some(scalar_graph()),
+            ..tuned(PipelineConfig::default())
+        };
         let mut timing = Timing::new(None);
-        ami_tasks::run(ctx, &config(latency_events), None, &mut timing)?;
-        let width = 0.05;
-        let mut latencies: Vec<f64> = timing.published.iter().map(|(bin, at)| (at - setup - (*bin as f64 + 1.0) * width) * 1e3).collect();
+        ami_tasks::run(ctx, &config, None, &mut timing)?;
+        let mut latencies: Vec<f64> = timing
+            .published
+            .iter()
+            .map(|(bin, at)| {
+                let end = UNIX_EPOCH + Duration::from_nanos(((bin + 1) * width_ns).min(stream_end_ns));
+                match at.duration_since(end) {
+                    Ok(late) => late.as_secs_f64() * 1e3,
+                    Err(early) => -early.duration().as_secs_f64() * 1e3,
+                }
+            })
+            .collect();
         latencies.sort_by(|a, b| a.total_cmp(b));
         if !latencies.is_empty() {
             let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
             println!(
-                "(c) bin's last event -> bin published, 2 kHz paced, batch 20: median {:.1} ms, p90 {:.1} ms, max {:.1} ms ({} bins; set-up {:.0} ms subtracted)",
+                "(c) bin's end (its last event) -> bin published, live 2 kHz stream, batch 20: min {:.2} ms, median {:.2} ms, p90 {:.2} ms, max {:.2} ms ({} bins)",
+                pick(0.0),
                 pick(0.5),
                 pick(0.9),
                 pick(1.0),
                 latencies.len(),
-                setup * 1e3
             );
         }
         Ok(())

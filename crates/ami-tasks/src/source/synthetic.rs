@@ -32,6 +32,13 @@
 //! delivered before `start + (seq - first_seq) / r` seconds, where `start` is the first
 //! `next_batch` call and `first_seq` the first frame of this run. `None` is as fast as possible.
 //!
+//! A *live* stream (`live = true`, with a rate) has Unix time stamps instead: `start_ns` is the
+//! Unix time of frame 0, and frame `seq` is delivered once the wall clock reaches its time stamp.
+//! A bin then ends at a known wall time, so the time from a bin's last event to its publication
+//! can be measured from the results alone (the pipeline benchmark does). Frames whose time has
+//! passed (a start in the past, a restart after downtime) are delivered at once, as fast as the
+//! source goes, until it has caught up with the clock.
+//!
 //! With `frames = Some(n)` the stream is the frames `0..n` and then ends; `None` is endless.
 //!
 //! # Position
@@ -40,7 +47,7 @@
 //! (`offset` is unused). Reopening from a position continues exactly there; a position saved with
 //! another partition count continues at the first frame of this partition at or after `next_seq`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +104,10 @@ pub struct SyntheticConfig {
     pub frames: Option<u64>,
     /// Time stamp of frame 0.
     pub start_ns: u64,
+    /// With `rate_hz`, pace by the wall clock: time stamps are Unix times and frame `seq` is
+    /// delivered once the clock reaches its time stamp (a live stream, whose bins can be timed
+    /// from their time stamps). Without it pacing starts at the first `next_batch` call.
+    pub live: bool,
     pub scalars: Vec<String>,
     pub waveforms: Vec<WaveformSpec>,
     pub images: Vec<ImageSpec>,
@@ -111,6 +122,7 @@ impl Default for SyntheticConfig {
             rate_hz: Some(1000.0),
             frames: None,
             start_ns: 0,
+            live: false,
             scalars: vec!["energy".into(), "scan".into()],
             waveforms: vec![WaveformSpec {
                 name: "trace".into(),
@@ -161,6 +173,8 @@ impl SyntheticConfig {
             if !(rate.is_finite() && rate > 0.0) {
                 return bad(format!("rate_hz must be a positive number, not {rate}"));
             }
+        } else if self.live {
+            return bad("a live stream needs rate_hz".into());
         }
         const MAX_ELEMENTS: usize = 1 << 28;
         for w in &self.waveforms {
@@ -547,6 +561,7 @@ pub struct SyntheticDataSource {
     generator: SyntheticGenerator,
     partitions: u64,
     rate_hz: Option<f64>,
+    live: bool,
     limit: Option<u64>,
     next_seq: u64,
     /// First frame of this run and when `next_batch` was first called: the pacing reference.
@@ -565,6 +580,7 @@ impl SyntheticDataSource {
             generator,
             partitions: partitions as u64,
             rate_hz: config.rate_hz,
+            live: config.live,
             limit: config.frames,
             next_seq,
             first_seq: next_seq,
@@ -598,8 +614,14 @@ impl SyntheticDataSource {
         let mut written = Written::default();
         while written.frames < max && !self.exhausted() {
             if let Some(rate) = self.rate_hz {
-                let due = started + Duration::from_secs_f64((self.next_seq - self.first_seq) as f64 / rate);
                 let now = Instant::now();
+                let due = if self.live {
+                    // When the wall clock reaches the frame's time stamp.
+                    let stamp = UNIX_EPOCH + Duration::from_nanos(self.generator.timestamp_ns(self.next_seq));
+                    now + stamp.duration_since(SystemTime::now()).unwrap_or_default()
+                } else {
+                    started + Duration::from_secs_f64((self.next_seq - self.first_seq) as f64 / rate)
+                };
                 if due > now {
                     // Deliver what is ready now rather than hold it back for a fuller batch.
                     if written.frames > 0 {
@@ -824,6 +846,37 @@ mod tests {
         assert_eq!(frames.len(), 200);
         assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_live_stream_delivers_each_frame_once_the_clock_reaches_its_time_stamp() {
+        let now_ns = |at: SystemTime| at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let start_ns = now_ns(SystemTime::now()) + 80_000_000;
+        let config = SyntheticConfig {
+            rate_hz: Some(1000.0),
+            frames: Some(60),
+            start_ns,
+            live: true,
+            ..SyntheticConfig::scalars_only()
+        };
+        let mut source = SyntheticDataSource::open(&config, 0, 1, None).unwrap();
+        let mut frames = 0;
+        while frames < 60 {
+            let batch = source.next_batch(7, Duration::from_secs(1)).unwrap();
+            let delivered = now_ns(SystemTime::now());
+            for frame in &batch.frames {
+                assert!(frame.timestamp_ns <= delivered, "frame {} delivered before its time", frame.seq);
+            }
+            frames += batch.frames.len();
+        }
+        // The last frame is due 80 ms + 59 ms after the start was computed.
+        assert!(now_ns(SystemTime::now()) >= start_ns + 59_000_000);
+        // A live stream needs a rate to be paced at.
+        let unpaced = SyntheticConfig { rate_hz: None, ..config };
+        assert!(matches!(
+            SyntheticDataSource::open(&unpaced, 0, 1, None),
+            Err(SourceError::InvalidConfig(_))
+        ));
     }
 
     #[test]
