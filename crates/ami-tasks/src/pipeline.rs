@@ -25,6 +25,7 @@ use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, Monitors, INCIDENT_FILE};
 use crate::placement::{partition_groups, tag};
+use crate::retention::WrittenBins;
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
@@ -461,13 +462,16 @@ pub fn run(
     let mut previous: Option<Future<GlobalReport>> = None;
     let mut in_flight: VecDeque<(u64, Future<GlobalReport>)> = VecDeque::new();
     let mut stopping = false;
-    let global_args = |has_previous, flush| GlobalArgs {
+    // Bins a restarted service finds in Results: the first reducer counts them for retention.
+    let written_before = WrittenBins::from_result_keys(stores.results.list(ctx, "/results/")?);
+    let global_args = |has_previous: bool, flush| GlobalArgs {
         partitions: config.partitions,
         bin_width_ns: width,
         retained_bins: config.retained_bins,
         bin_wait_ns: config.bin_wait_ms * 1_000_000,
         results_field: stores.results.field(),
         has_previous,
+        written_before: (!has_previous).then(|| written_before.clone()),
         flush,
         retry: config.retry.clone(),
     };

@@ -8,9 +8,11 @@
 //! 2.8 KiB: every reduction of a long run paid for those instances. Here consecutive bins that
 //! publish the same results are one run, and each set of names is kept once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+use crate::stores::parse_result_key;
 
 /// Bins written to Results, oldest first (see the [module docs](self)).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,24 @@ struct Run {
 }
 
 impl WrittenBins {
+    /// The bins of the result keys `keys` (Results as a restarted service finds it on disk);
+    /// other keys are left out.
+    pub fn from_result_keys(keys: impl IntoIterator<Item = String>) -> Self {
+        let mut bins: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            if let Some((name, bin)) = parse_result_key(&key) {
+                bins.entry(bin).or_default().push(name.to_string());
+            }
+        }
+        let mut written = WrittenBins::default();
+        for (bin, mut names) in bins {
+            // In the order the global reducer publishes them (its values are sorted by name).
+            names.sort();
+            written.push(bin, names);
+        }
+        written
+    }
+
     /// Number of bins written and not yet removed.
     pub fn len(&self) -> u64 {
         self.bins
@@ -131,6 +151,25 @@ mod tests {
         assert_eq!(written.pop_oldest(), Some((2, names(&["new"]))));
         assert_eq!(written.pop_oldest(), Some((3, names(&["newer"]))));
         assert_eq!(written.pop_oldest(), Some((4, names(&["newer"]))));
+    }
+
+    #[test]
+    fn bins_found_in_results_are_read_back_from_their_keys() {
+        use crate::stores::result_key;
+        let keys = vec![
+            result_key("roi_mean", 41),
+            result_key("energy_hist", 40),
+            result_key("roi_mean", 40),
+            "/results/not_a_bin/abc".to_string(),
+            result_key("energy_hist", 41),
+            result_key("doubled", 43),
+        ];
+        let mut written = WrittenBins::from_result_keys(keys);
+        assert_eq!(written.len(), 3);
+        assert_eq!(written.pop_oldest(), Some((40, names(&["energy_hist", "roi_mean"]))));
+        assert_eq!(written.pop_oldest(), Some((41, names(&["energy_hist", "roi_mean"]))));
+        assert_eq!(written.pop_oldest(), Some((43, names(&["doubled"]))));
+        assert!(written.is_empty());
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub fn result_key(name: &str, bin: u64) -> String {
     format!("/results/{name}/{bin:012}")
 }
 
+/// The result name and bin of a key made by [`result_key`]; `None` for any other key.
+pub fn parse_result_key(key: &str) -> Option<(&str, u64)> {
+    let (name, bin) = key.strip_prefix("/results/")?.rsplit_once('/')?;
+    let bin = bin.parse().ok().filter(|_| !name.is_empty() && bin.len() >= 12)?;
+    Some((name, bin))
+}
+
 /// How big the stores are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoreSizes {

@@ -145,6 +145,9 @@ pub struct GlobalArgs {
     pub bin_wait_ns: u64,
     pub results_field: Field<Slot>,
     pub has_previous: bool,
+    /// For the first reducer of a run (`has_previous` false): the bins Results already held,
+    /// found on disk by a restarted service, so that retention counts them too.
+    pub written_before: Option<WrittenBins>,
     /// Emit everything pending (end of run).
     pub flush: bool,
     pub retry: RetryPolicy,
@@ -727,7 +730,10 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         first = 1;
         ctx.input_future::<GlobalReport>(0)?.state
     } else {
-        GlobalState::default()
+        GlobalState {
+            written: args.written_before.clone().unwrap_or_default(),
+            ..GlobalState::default()
+        }
     };
     let mut report = GlobalReport::default();
     for i in first..ctx.input_future_count() {

@@ -398,6 +398,36 @@ fn main() -> ExitCode {
                 "the first graph's results were never written",
             )
         }),
+        case("results_keep_the_newest_retained_bins_across_a_restart", |ctx| {
+            // A service restarted from its data directory: Results comes back from disk, and the
+            // bins it holds still count against the retention (they were never deleted before).
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-retention-restart");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let cfg = |frames| PipelineConfig {
+                retained_bins: 5,
+                ..config(synthetic(frames), 2, energy_graph())
+            };
+            let mut first = Collect::default();
+            ami_tasks::run(ctx, &cfg(3000), Some(&dir), &mut first)?;
+            let mut second = Collect::default();
+            ami_tasks::run(ctx, &cfg(6000), Some(&dir), &mut second)?;
+            check(
+                first.bins.len() > 40 && second.bins.len() > 40,
+                format!("{} and {} bins", first.bins.len(), second.bins.len()),
+            )?;
+            let mut expected: Vec<String> = second.bins[second.bins.len() - 5..]
+                .iter()
+                .flat_map(|bin| bin.values.keys().map(|name| result_key(name, bin.bin)))
+                .collect();
+            expected.sort();
+            let mut held = second.latest_keys.clone();
+            held.sort();
+            check(
+                held == expected,
+                format!("after the restart Results holds {held:?}, expected {expected:?}"),
+            )
+        }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {
