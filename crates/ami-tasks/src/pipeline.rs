@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
-use crate::graph::{compile, default_graph, GraphSpec};
+use crate::graph::{compile, default_graph, GraphSpec, MAX_RESULTS};
 use crate::graph_manager::{GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::metrics::ReportMetrics;
@@ -153,7 +153,7 @@ impl PipelineConfig {
     pub fn system_memory_mb(&self) -> u64 {
         let frame = self.max_frame_bytes().unwrap_or(4 << 20);
         let telemetry = self.partitions * self.buffers * (self.batch_size * (frame + 320) + self.chunk_bytes);
-        let results = self.retained_bins as usize * 64 * 4096;
+        let results = self.retained_bins as usize * MAX_RESULTS * 4096;
         let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
         (bytes / (1 << 20) as f64) as u64 + 256
     }
@@ -428,7 +428,7 @@ pub fn run(
         frames_per_buffer: config.batch_size,
         max_frame_bytes: config.max_frame_bytes()?,
         chunk_bytes: config.chunk_bytes,
-        result_keys: config.retained_bins as usize * 64,
+        result_keys: config.retained_bins as usize * MAX_RESULTS,
     };
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
     for stats in &loaded {

@@ -8,6 +8,7 @@ use super::accum::{Accumulator, Partials};
 use super::ops::{self, Arg, Op};
 use super::spec::{EvalError, GraphError, GraphSpec};
 use super::value::{Ty, Value};
+use super::MAX_RESULTS;
 use crate::event::Event;
 
 /// Graphs with at most this many evaluated nodes keep their per-event values on the stack.
@@ -152,6 +153,12 @@ pub fn compile(spec: &GraphSpec) -> Result<CompiledGraph, Vec<GraphError>> {
         errors.push(GraphError::graph(
             "the graph has no results: list at least one node id in `results`",
         ));
+    }
+    if spec.results.len() > MAX_RESULTS {
+        errors.push(GraphError::graph(format!(
+            "the graph publishes {} results; at most {MAX_RESULTS} (the Results store is sized for {MAX_RESULTS} per bin)",
+            spec.results.len()
+        )));
     }
     let mut result_nodes = Vec::with_capacity(spec.results.len());
     for (k, name) in spec.results.iter().enumerate() {

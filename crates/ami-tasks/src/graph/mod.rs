@@ -159,6 +159,9 @@ mod value;
 mod tests;
 
 pub use accum::Partials;
+
+/// Most results a graph may publish: the Results store is sized for this many per bin.
+pub const MAX_RESULTS: usize = 64;
 pub use compiled::{compile, CompiledGraph};
 pub use ops::MAX_BINS;
 pub use spec::{default_graph, EvalError, GraphError, GraphSpec, NodeSpec};

@@ -400,6 +400,20 @@ fn results() {
         "{errors:#?}"
     );
     assert!(errors[0].to_string().starts_with("the graph has no results"));
+    // More results than Results keeps per bin.
+    let many: Vec<Json> = (0..=crate::graph::MAX_RESULTS)
+        .map(|k| json!({"id": format!("e{k}"), "op": "select", "params": {"field": "energy", "kind": "scalar"}}))
+        .collect();
+    let names: Vec<String> = (0..=crate::graph::MAX_RESULTS).map(|k| format!("e{k}")).collect();
+    let too_many = self::errors(json!({"nodes": many, "results": names}));
+    assert!(
+        too_many
+            .iter()
+            .any(|e| e.node.is_none() && e.message.contains("publishes 65 results; at most 64")),
+        "{too_many:#?}"
+    );
+    let within: Vec<String> = names[..crate::graph::MAX_RESULTS].to_vec();
+    assert!(compile(&serde_json::from_value(json!({"nodes": many, "results": within})).unwrap()).is_ok());
 }
 
 #[test]
