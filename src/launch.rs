@@ -251,6 +251,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "rounds": summary.rounds,
         "bins_emitted": summary.bins_emitted,
         "late_partials": summary.late_partials,
+        "bins_dropped_early": summary.bins_dropped_early,
         "graph_version": summary.graph_version,
         "seconds": seconds,
         "ran_on": summary.ran_on,

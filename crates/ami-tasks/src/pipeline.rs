@@ -215,6 +215,8 @@ pub struct RunSummary {
     pub bins_emitted: u64,
     pub late_partials: u64,
     pub superseded_partials: u64,
+    /// Bins dropped from Results early to make room (see the `results_full` incident).
+    pub bins_dropped_early: u64,
     pub graph_failures: Vec<GraphFailure>,
     /// Incidents of this run (failed attempts, monitor restarts, a restart of the service).
     pub incidents: Vec<Incident>,
@@ -502,6 +504,7 @@ pub fn run(
         summary.bins_emitted = report.state.bins_emitted;
         summary.late_partials = report.state.late_partials;
         summary.superseded_partials = report.state.superseded_partials;
+        summary.bins_dropped_early = report.state.bins_dropped_early;
         summary.sources.extend(report.sources.clone());
         merge_ran_on(&mut summary.ran_on, report.ran_on.clone());
         if data_dir.is_some()

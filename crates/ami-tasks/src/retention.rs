@@ -59,6 +59,11 @@ impl WrittenBins {
         self.bins == 0
     }
 
+    /// The oldest bin held.
+    pub fn oldest(&self) -> Option<u64> {
+        self.runs.front().map(|run| run.first)
+    }
+
     /// Records that `bin` was written with the results `names`.
     pub fn push(&mut self, bin: u64, names: Vec<String>) {
         let set = match self.name_sets.iter().position(|known| *known == names) {

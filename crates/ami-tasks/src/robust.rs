@@ -53,6 +53,8 @@ pub enum IncidentKind {
     Restart,
     /// A graph failed on an event at run time; workers went back to the last good graph.
     GraphFailure,
+    /// Results was too small for the graph's values: the oldest bins were dropped early.
+    ResultsFull,
 }
 
 impl IncidentKind {
@@ -63,6 +65,7 @@ impl IncidentKind {
             Self::Stall => "stall",
             Self::Restart => "restart",
             Self::GraphFailure => "graph_failure",
+            Self::ResultsFull => "results_full",
         }
     }
 }

@@ -197,6 +197,9 @@ pub struct GlobalState {
     pub late_partials: u64,
     pub superseded_partials: u64,
     pub bins_emitted: u64,
+    /// Bins deleted from Results before `retained_bins` newer ones, to make room (values larger
+    /// than the store was sized for).
+    pub bins_dropped_early: u64,
 }
 
 impl GlobalState {
@@ -713,6 +716,44 @@ fn local_reduce_task(ctx: &TaskContext, (node, retry): (u32, RetryPolicy)) -> Re
     robustly(&format!("local_reducer/{node}"), &retry, merge, |report| &mut report.incidents)
 }
 
+/// Deletes the bins retention let go, then writes the new values (`(bin, key, value)`) of the
+/// bins `written` still holds. A value that does not fit makes room by deleting the oldest bins
+/// still held, older than its own: a graph whose values are larger than Results was sized for
+/// keeps fewer bins instead of failing every reduction. Returns how many bins were dropped that
+/// way.
+fn store_bins(
+    view: &mut View<&mut [u8]>,
+    deletes: &[String],
+    puts: &[(u64, String, Vec<u8>)],
+    written: &mut WrittenBins,
+) -> kv_region::KvResult<u64> {
+    for key in deletes {
+        view.delete(key)?;
+    }
+    let mut dropped = 0;
+    for (bin, key, value) in puts {
+        // A bin retention already let go (more bins were published at once than are retained,
+        // or room was made below) is not written at all.
+        if written.oldest().is_none_or(|oldest| *bin < oldest) {
+            continue;
+        }
+        loop {
+            match view.put(key, Codec::Json, value) {
+                Ok(()) => break,
+                Err(kv_region::KvError::StoreFull { .. }) if written.oldest().is_some_and(|oldest| oldest < *bin) => {
+                    let (old, names) = written.pop_oldest().expect("there is an oldest bin");
+                    for name in &names {
+                        view.delete(&result_key(name, old))?;
+                    }
+                    dropped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(dropped)
+}
+
 /// Input futures: the previous global report (when `has_previous`), then local reports. Region 0:
 /// Results' `/results/` segment (read-write).
 fn global_reduce_task(ctx: &TaskContext, args: GlobalArgs) -> Result<GlobalReport, TaskError> {
@@ -797,7 +838,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
                 || (bin + 1).saturating_mul(args.bin_width_ns) + args.bin_wait_ns <= newest
         })
         .collect();
-    let mut ops = Vec::new();
+    let mut puts = Vec::new();
     for bin in ready {
         let versions = state.pending.remove(&bin).expect("ready bins are pending");
         // Bins during a graph change may hold partials of two versions: the newest one wins.
@@ -808,11 +849,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         let mut names = Vec::new();
         for (name, value) in &values {
             let doc = json!({"bin": bin, "t_ns": bin * args.bin_width_ns, "graph_version": version, "events": events, "value": value});
-            ops.push(Op::Put {
-                key: result_key(name, bin),
-                codec: Codec::Json,
-                value: serde_json::to_vec(&doc).expect("JSON"),
-            });
+            puts.push((bin, result_key(name, bin), serde_json::to_vec(&doc).expect("JSON")));
             names.push(name.clone());
         }
         state.written.push(bin, names);
@@ -834,19 +871,28 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         });
     }
     // Retention: keep the newest `retained_bins` bins in Results.
+    let mut deletes = Vec::new();
     while state.written.len() > args.retained_bins {
         let Some((bin, names)) = state.written.pop_oldest() else { break };
-        ops.extend(names.iter().map(|name| Op::Delete {
-            key: result_key(name, bin),
-        }));
+        deletes.extend(names.iter().map(|name| result_key(name, bin)));
     }
-    if !ops.is_empty() {
-        with_writer(&ctx.region(0)?, args.results_field, |view| {
-            for outcome in apply_ops(view, ops, None)? {
-                outcome?;
-            }
-            Ok(())
+    if !puts.is_empty() || !deletes.is_empty() {
+        let dropped = with_writer(&ctx.region(0)?, args.results_field, |view| {
+            store_bins(view, &deletes, &puts, &mut state.written)
         })?;
+        if dropped > 0 && state.bins_dropped_early == 0 {
+            // Once per run: it goes on for as long as the graph's values stay that large.
+            let message = format!(
+                "Results is full: dropped the oldest bins before their time to store bin {}; with values this large it holds fewer than {} bins (counted in bins_dropped_early)",
+                puts.last().map_or(0, |(bin, _, _)| *bin),
+                args.retained_bins
+            );
+            tracing::warn!(component = "global_reducer", dropped, "{message}");
+            report
+                .incidents
+                .push(Incident::new("global_reducer", robust::IncidentKind::ResultsFull, 0, message));
+        }
+        state.bins_dropped_early += dropped;
     }
     report.ran_on.insert("global_reducer".into(), [ctx.address_space()].into());
     report.state = state;

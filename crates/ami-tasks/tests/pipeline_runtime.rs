@@ -428,6 +428,41 @@ fn main() -> ExitCode {
                 format!("after the restart Results holds {held:?}, expected {expected:?}"),
             )
         }),
+        case("results_too_small_for_the_values_drops_the_oldest_bins_instead_of_failing", |ctx| {
+            // A histogram of 200,000 bins is about 400 KB of JSON a bin; Results is sized for
+            // 5 retained bins of small values (1.5 MiB), so it holds only a few of them.
+            let mut graph = energy_graph();
+            graph.nodes[2] = NodeSpec::new(
+                "energy_hist",
+                "histogram",
+                &["energy"],
+                json!({"bins": 200_000, "low": 0.0, "high": 10.0}),
+            );
+            graph.results = vec!["energy_hist".into()];
+            let cfg = PipelineConfig {
+                retained_bins: 5,
+                ..config(synthetic(3000), 2, graph)
+            };
+            let mut collect = Collect::default();
+            let summary = ami_tasks::run(ctx, &cfg, None, &mut collect)?;
+            check(summary.events == 3000, format!("{} events", summary.events))?;
+            check(summary.bins_dropped_early > 0, "no bin dropped early")?;
+            check(
+                summary
+                    .incidents
+                    .iter()
+                    .filter(|i| i.kind == ami_tasks::robust::IncidentKind::ResultsFull)
+                    .count()
+                    == 1,
+                format!("one results_full incident expected: {:?}", summary.incidents),
+            )?;
+            let newest = collect.bins.last().ok_or_else(|| TaskError::msg("no bins"))?.bin;
+            let held = &collect.latest_keys;
+            check(
+                !held.is_empty() && held.len() < 5 && held.contains(&result_key("energy_hist", newest)),
+                format!("Results holds {held:?}, newest bin {newest}"),
+            )
+        }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {
