@@ -42,7 +42,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::graph::{compile, GraphSpec, NodeSpec};
-use crate::stores::{graph_key, Stores, GRAPH_VERSION_KEY};
+use crate::stores::{bad_graph_key, graph_key, Stores, GRAPH_VERSION_KEY};
 use crate::tasks::tasks;
 use crate::PipelineError;
 
@@ -56,6 +56,15 @@ pub const EDITED_GRAPH_PREFIX: &str = "/control/graph/edited/";
 /// document under [`graph_key`] is both).
 pub fn edited_graph_key(version: u64) -> String {
     format!("{EDITED_GRAPH_PREFIX}{version:012}")
+}
+
+/// The keys of the version that `new_version` pushes out of the [`RETAINED_GRAPH_VERSIONS`] kept:
+/// its graph as edited and as optimised, and its mark if it failed at run time.
+pub fn superseded_version_keys(new_version: u64) -> Vec<String> {
+    match new_version.checked_sub(RETAINED_GRAPH_VERSIONS).filter(|v| *v > 0) {
+        Some(old) => vec![graph_key(old), edited_graph_key(old), bad_graph_key(old)],
+        None => Vec::new(),
+    }
 }
 
 /// A value that travels through Legion (bincode) as JSON text: bincode cannot carry
@@ -408,12 +417,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
                 continue;
             }
             let mut ops = vec![put(GRAPH_VERSION_KEY.to_string(), &next)];
-            if let Some(old) = next.checked_sub(RETAINED_GRAPH_VERSIONS).filter(|v| *v > 0) {
-                ops.push(Op::Delete { key: graph_key(old) });
-                ops.push(Op::Delete {
-                    key: edited_graph_key(old),
-                });
-            }
+            ops.extend(superseded_version_keys(next).into_iter().map(|key| Op::Delete { key }));
             // The version is durable (log fsynced) once this returns: only then is it accepted.
             apply_ops(view, ops, log).and_then(check)?;
             version = next;

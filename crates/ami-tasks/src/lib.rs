@@ -11,7 +11,7 @@
 //! - [`graph_manager`]: clients' graph edits: decided, optimised, written durably to Control.
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
-//!   robustness monitor, fault injection for tests.
+//!   robustness monitor, fault injection for tests; [`incident_log`]: incidents kept in Control.
 //! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
 //! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
@@ -22,6 +22,7 @@ pub mod frame_chunk;
 pub mod graph;
 pub mod graph_manager;
 pub mod health;
+pub mod incident_log;
 pub mod metrics;
 pub mod monitor;
 pub mod pipeline;

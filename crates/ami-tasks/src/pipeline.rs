@@ -14,14 +14,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use ami_mapper::TaskKind;
+use kv_region::{Codec, Op};
 use legion_bridge::{Future, Privilege, TaskContext, TaskLauncher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, GraphSpec, MAX_RESULTS};
-use crate::graph_manager::{GraphManagerHook, GraphRequests};
+use crate::graph_manager::{superseded_version_keys, GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
+use crate::incident_log::IncidentLog;
 use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, Monitors, INCIDENT_FILE};
 use crate::placement::{partition_groups, tag};
@@ -218,8 +220,11 @@ pub struct RunSummary {
     /// Bins dropped from Results early to make room (see the `results_full` incident).
     pub bins_dropped_early: u64,
     pub graph_failures: Vec<GraphFailure>,
-    /// Incidents of this run (failed attempts, monitor restarts, a restart of the service).
+    /// Incidents of this run (failed attempts, monitor restarts, a restart of the service): the
+    /// newest [`KEPT_INCIDENTS`](crate::incident_log::KEPT_INCIDENTS).
     pub incidents: Vec<Incident>,
+    /// All incidents of this run.
+    pub incidents_total: u64,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
     /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
@@ -231,10 +236,22 @@ pub struct RunSummary {
 pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
     compile(spec).map_err(PipelineError::InvalidGraph)?;
     let version = current_graph_version(ctx, stores)? + 1;
+    let json = |value: &Value| serde_json::to_vec(value).expect("JSON");
     let doc = serde_json::to_value(spec).expect("a graph serializes");
-    stores
-        .control
-        .put_many(ctx, &[(&graph_key(version), &doc), (GRAPH_VERSION_KEY, &Value::from(version))])?;
+    let mut ops: Vec<Op> = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();
+    ops.push(Op::Put {
+        key: graph_key(version),
+        codec: Codec::Json,
+        value: json(&doc),
+    });
+    ops.push(Op::Put {
+        key: GRAPH_VERSION_KEY.to_string(),
+        codec: Codec::Json,
+        value: json(&Value::from(version)),
+    });
+    for outcome in stores.control.apply(ctx, ops)? {
+        outcome?;
+    }
     Ok(version)
 }
 
@@ -304,45 +321,6 @@ fn snapshot(ctx: &TaskContext, stores: &Stores) -> Result<(), PipelineError> {
     Ok(())
 }
 
-/// Records incidents: under `/incident/` in Control (logged: they survive a crash), in the
-/// metrics, on the health board (for `ami2 status`) and in the run's summary.
-fn record_incidents(
-    ctx: &TaskContext,
-    stores: &Stores,
-    incidents: Vec<Incident>,
-    sequence: &mut u64,
-    summary: &mut RunSummary,
-) -> Result<(), PipelineError> {
-    if incidents.is_empty() {
-        return Ok(());
-    }
-    health::note_incidents(&incidents);
-    for incident in &incidents {
-        crate::metrics::incident(incident.kind.as_str());
-        if incident.kind == IncidentKind::Restart {
-            crate::metrics::restart(if incident.component.starts_with("monitor") {
-                "monitor"
-            } else {
-                "service"
-            });
-        }
-    }
-    let docs: Vec<(String, Value)> = incidents
-        .iter()
-        .map(|incident| {
-            *sequence += 1;
-            (
-                incident.key(*sequence),
-                serde_json::to_value(incident).expect("incidents serialize"),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    stores.control.put_many(ctx, &refs)?;
-    summary.incidents.extend(incidents);
-    Ok(())
-}
-
 /// Incidents waiting from before this run: those a monitor wrote to the data directory's file as
 /// it ended the previous process, and the restart itself. The file is removed once they are in
 /// Control.
@@ -352,7 +330,7 @@ fn import_earlier_incidents(
     config: &PipelineConfig,
     data_dir: Option<&Path>,
     summary: &mut RunSummary,
-    sequence: &mut u64,
+    incident_log: &mut IncidentLog,
 ) -> Result<(), PipelineError> {
     let file = data_dir.map(|dir| dir.join(INCIDENT_FILE));
     let mut incidents = match &file {
@@ -362,7 +340,7 @@ fn import_earlier_incidents(
     if let Some(reason) = &config.restarted_because {
         incidents.push(Incident::new("service", IncidentKind::Restart, 0, reason.clone()));
     }
-    record_incidents(ctx, stores, incidents, sequence, summary)?;
+    incident_log.record(ctx, stores, incidents, summary)?;
     if let Some(file) = file.filter(|f| f.exists()) {
         std::fs::remove_file(&file).map_err(|e| PipelineError::Config(format!("removing {}: {e}", file.display())))?;
     }
@@ -443,8 +421,8 @@ pub fn run(
         graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?,
         ..RunSummary::default()
     };
-    let mut incident_sequence = 0;
-    import_earlier_incidents(ctx, &stores, config, data_dir, &mut summary, &mut incident_sequence)?;
+    let mut incident_log = IncidentLog::open(ctx, &stores)?;
+    import_earlier_incidents(ctx, &stores, config, data_dir, &mut summary, &mut incident_log)?;
     let run = health::reset();
     let mut monitors = Monitors::start(
         ctx,
@@ -491,13 +469,13 @@ pub fn run(
 
     let mut last_snapshot = std::time::Instant::now();
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
-        record_incidents(ctx, &stores, report.incidents.clone(), &mut incident_sequence, summary)?;
+        incident_log.record(ctx, &stores, report.incidents.clone(), summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
-        record_incidents(ctx, &stores, monitor_incidents, &mut incident_sequence, summary)?;
+        incident_log.record(ctx, &stores, monitor_incidents, summary)?;
         metrics.record(&report);
         if !report.failures.is_empty() {
             let incidents = mark_failed_graphs(ctx, &stores, &report.failures)?;
-            record_incidents(ctx, &stores, incidents, &mut incident_sequence, summary)?;
+            incident_log.record(ctx, &stores, incidents, summary)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
         }
         summary.events = report.state.events;
@@ -518,7 +496,7 @@ pub fn run(
         if let Some(requests) = observer.graph_requests() {
             graph_manager.poll(ctx, &stores, requests)?;
             let incidents = std::mem::take(&mut graph_manager.incidents);
-            record_incidents(ctx, &stores, incidents, &mut incident_sequence, summary)?;
+            incident_log.record(ctx, &stores, incidents, summary)?;
         }
         Ok(report.all_ended || flow == Flow::Stop)
     };
@@ -634,7 +612,7 @@ pub fn run(
     if let Some(requests) = observer.graph_requests() {
         graph_manager.finish(ctx, &stores, requests)?;
         let incidents = std::mem::take(&mut graph_manager.incidents);
-        record_incidents(ctx, &stores, incidents, &mut incident_sequence, &mut summary)?;
+        incident_log.record(ctx, &stores, incidents, &mut summary)?;
     }
     monitors.finish();
     summary.graph_version = current_graph_version(ctx, &stores)?;

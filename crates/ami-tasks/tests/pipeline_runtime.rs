@@ -463,6 +463,98 @@ fn main() -> ExitCode {
                 format!("Results holds {held:?}, newest bin {newest}"),
             )
         }),
+        case("control_keeps_the_newest_incidents_however_many_come", |ctx| {
+            // More incidents than the /incident/ segment holds (4096 keys), in batches, one of
+            // them larger than the bound: Control keeps the newest KEPT_INCIDENTS, and so does
+            // the summary; a log opened later (a restart) takes over what Control holds.
+            use ami_tasks::incident_log::{IncidentLog, KEPT_INCIDENTS};
+            use ami_tasks::robust::{Incident, IncidentKind};
+            use ami_tasks::stores::StoreSizes;
+            let sizes = StoreSizes {
+                partitions: 1,
+                buffers: 2,
+                frames_per_buffer: 1,
+                max_frame_bytes: 1024,
+                chunk_bytes: 4096,
+                result_keys: 64,
+            };
+            let (stores, _) = Stores::create(ctx, &sizes, None)?;
+            let mut log = IncidentLog::open(ctx, &stores)?;
+            let mut summary = ami_tasks::RunSummary::default();
+            let mut made = 0;
+            let batch = |n: usize, made: &mut usize| -> Vec<Incident> {
+                (0..n)
+                    .map(|_| {
+                        *made += 1;
+                        Incident::new("source/0", IncidentKind::Error, 1, format!("failure {made}"))
+                    })
+                    .collect()
+            };
+            for n in [900, 1500, 3000, 7] {
+                let incidents = batch(n, &mut made);
+                log.record(ctx, &stores, incidents, &mut summary)?;
+            }
+            let held = stores.control.list(ctx, "/incident/")?;
+            check(held.len() == KEPT_INCIDENTS, format!("{} incidents in Control", held.len()))?;
+            let newest = stores.control.get(ctx, held.last().expect("incidents"))?.unwrap_or(Value::Null);
+            check(newest["message"] == json!(format!("failure {made}")), format!("newest {newest}"))?;
+            let messages: std::collections::BTreeSet<String> = held
+                .iter()
+                .map(|key| {
+                    Ok(stores.control.get(ctx, key)?.unwrap_or(Value::Null)["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string())
+                })
+                .collect::<Result<_, TaskError>>()?;
+            let expected: std::collections::BTreeSet<String> = (made - KEPT_INCIDENTS + 1..=made).map(|k| format!("failure {k}")).collect();
+            check(messages == expected, "Control does not hold exactly the newest incidents")?;
+            check(
+                summary.incidents.len() == KEPT_INCIDENTS && summary.incidents_total == made as u64,
+                format!("summary {} of {}", summary.incidents.len(), summary.incidents_total),
+            )?;
+            let mut reopened = IncidentLog::open(ctx, &stores)?;
+            let incidents = batch(10, &mut made);
+            reopened.record(ctx, &stores, incidents, &mut summary)?;
+            let held = stores.control.list(ctx, "/incident/")?;
+            check(held.len() == KEPT_INCIDENTS, format!("{} incidents after reopening", held.len()))
+        }),
+        case("control_keeps_the_newest_graph_versions_and_their_marks", |ctx| {
+            // 70 versions installed, the first 8 marked bad: the 6 pushed out of the 64 kept go
+            // with their marks.
+            use ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS;
+            use ami_tasks::stores::{bad_graph_key, graph_key, StoreSizes};
+            let sizes = StoreSizes {
+                partitions: 1,
+                buffers: 2,
+                frames_per_buffer: 1,
+                max_frame_bytes: 1024,
+                chunk_bytes: 4096,
+                result_keys: 64,
+            };
+            let (stores, _) = Stores::create(ctx, &sizes, None)?;
+            for version in 1..=70u64 {
+                check(install_graph(ctx, &stores, &energy_graph())? == version, "versions count up")?;
+                if version <= 8 {
+                    stores
+                        .control
+                        .put(ctx, &bad_graph_key(version), &json!({"graph_version": version}))?;
+                }
+            }
+            let oldest_kept = 70 - RETAINED_GRAPH_VERSIONS + 1;
+            for version in 1..=70u64 {
+                let kept = version >= oldest_kept;
+                check(
+                    stores.control.get(ctx, &graph_key(version))?.is_some() == kept,
+                    format!("graph version {version} kept: {}", !kept),
+                )?;
+                check(
+                    stores.control.get(ctx, &bad_graph_key(version))?.is_some() == (kept && version <= 8),
+                    format!("bad mark of version {version}"),
+                )?;
+            }
+            Ok(())
+        }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {

@@ -1,0 +1,97 @@
+//! The incidents the driver records in Control (`/incident/`), bounded: a component that fails
+//! again and again for days must not fill the segment (4096 keys), which would make every later
+//! incident, and the restart after it, fail in turn. The newest [`KEPT_INCIDENTS`] are kept;
+//! every incident is also logged when it happens and counted in the metrics.
+
+use std::collections::VecDeque;
+
+use kv_region::Op;
+use legion_bridge::TaskContext;
+
+use crate::pipeline::RunSummary;
+use crate::robust::{Incident, IncidentKind};
+use crate::stores::Stores;
+use crate::PipelineError;
+
+/// Incidents kept in Control and in a run's summary; older ones are deleted as new ones come.
+pub const KEPT_INCIDENTS: usize = 1024;
+
+const INCIDENT_PREFIX: &str = "/incident/";
+
+/// The incident keys in Control, oldest first (keys start with the time).
+pub struct IncidentLog {
+    keys: VecDeque<String>,
+    sequence: u64,
+}
+
+impl IncidentLog {
+    /// Takes over the incidents Control already holds (a restarted service's).
+    pub fn open(ctx: &TaskContext, stores: &Stores) -> Result<Self, PipelineError> {
+        let mut keys = stores.control.list(ctx, INCIDENT_PREFIX)?;
+        keys.sort();
+        Ok(IncidentLog {
+            keys: keys.into(),
+            sequence: 0,
+        })
+    }
+
+    /// Records `incidents`: under `/incident/` in Control (logged: they survive a crash), deleting
+    /// the oldest beyond [`KEPT_INCIDENTS`]; in the metrics; on the health board (for `ami2
+    /// status`); and in `summary`, which keeps as many.
+    pub fn record(
+        &mut self,
+        ctx: &TaskContext,
+        stores: &Stores,
+        incidents: Vec<Incident>,
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        if incidents.is_empty() {
+            return Ok(());
+        }
+        crate::health::note_incidents(&incidents);
+        for incident in &incidents {
+            crate::metrics::incident(incident.kind.as_str());
+            if incident.kind == IncidentKind::Restart {
+                crate::metrics::restart(if incident.component.starts_with("monitor") {
+                    "monitor"
+                } else {
+                    "service"
+                });
+            }
+        }
+        let mut new = Vec::with_capacity(incidents.len());
+        for incident in &incidents {
+            self.sequence += 1;
+            let key = incident.key(self.sequence);
+            self.keys.push_back(key.clone());
+            new.push((key, incident));
+        }
+        // The oldest beyond the bound go first (deletes before puts, so that a full segment
+        // makes room); an incident of this batch that is already beyond it is not written.
+        let mut ops = Vec::with_capacity(incidents.len());
+        let excess = self.keys.len().saturating_sub(KEPT_INCIDENTS);
+        let mut skip = 0;
+        for key in self.keys.drain(..excess) {
+            if new.iter().any(|(k, _)| *k == key) {
+                skip += 1;
+            } else {
+                ops.push(Op::Delete { key });
+            }
+        }
+        for (key, incident) in new.into_iter().skip(skip) {
+            ops.push(Op::Put {
+                key,
+                codec: kv_region::Codec::Json,
+                value: serde_json::to_vec(incident).expect("incidents serialize"),
+            });
+        }
+        for outcome in stores.control.apply(ctx, ops)? {
+            outcome?;
+        }
+        summary.incidents_total += incidents.len() as u64;
+        summary.incidents.extend(incidents);
+        let over = summary.incidents.len().saturating_sub(KEPT_INCIDENTS);
+        summary.incidents.drain(..over);
+        Ok(())
+    }
+}
