@@ -219,6 +219,8 @@ pub struct RunSummary {
     pub superseded_partials: u64,
     /// Bins dropped from Results early to make room (see the `results_full` incident).
     pub bins_dropped_early: u64,
+    /// Graphs that failed at run time (the newest
+    /// [`KEPT_INCIDENTS`](crate::incident_log::KEPT_INCIDENTS)).
     pub graph_failures: Vec<GraphFailure>,
     /// Incidents of this run (failed attempts, monitor restarts, a restart of the service): the
     /// newest [`KEPT_INCIDENTS`](crate::incident_log::KEPT_INCIDENTS).
@@ -477,6 +479,9 @@ pub fn run(
             let incidents = mark_failed_graphs(ctx, &stores, &report.failures)?;
             incident_log.record(ctx, &stores, incidents, summary)?;
             summary.graph_failures.extend(report.failures.iter().cloned());
+            // A service runs for months: keep the newest, as for incidents.
+            let over = summary.graph_failures.len().saturating_sub(crate::incident_log::KEPT_INCIDENTS);
+            summary.graph_failures.drain(..over);
         }
         summary.events = report.state.events;
         summary.bins_emitted = report.state.bins_emitted;
