@@ -29,6 +29,29 @@ struct Collect {
     latest_keys: Vec<String>,
 }
 
+impl Collect {
+    /// Installs `spec` after `reports` reports.
+    fn switching_after(reports: usize, spec: GraphSpec) -> Self {
+        Collect {
+            switch_after: Some((reports, spec)),
+            ..Collect::default()
+        }
+    }
+}
+
+/// Results held, after the last report, exactly the newest `n` bins published, under the names
+/// each was published with.
+fn holds_the_newest_bins(collect: &Collect, n: usize) -> Result<(), TaskError> {
+    let mut expected: Vec<String> = collect.bins[collect.bins.len().saturating_sub(n)..]
+        .iter()
+        .flat_map(|bin| bin.values.keys().map(|name| result_key(name, bin.bin)))
+        .collect();
+    expected.sort();
+    let mut held = collect.latest_keys.clone();
+    held.sort();
+    check(held == expected, format!("Results holds {held:?}, expected {expected:?}"))
+}
+
 impl Observer for Collect {
     fn on_report(&mut self, ctx: &TaskContext, stores: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError> {
         self.bins.extend(report.emitted.iter().cloned());
@@ -115,6 +138,20 @@ fn close(a: &Value, b: &Value) -> bool {
         (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w))),
         _ => a == b,
     }
+}
+
+/// Fresh stores without a data directory, sized for one partition of tiny frames (for cases
+/// that exercise Control or Results directly).
+fn small_stores(ctx: &TaskContext) -> Result<Stores, TaskError> {
+    let sizes = ami_tasks::stores::StoreSizes {
+        partitions: 1,
+        buffers: 2,
+        frames_per_buffer: 1,
+        max_frame_bytes: 1024,
+        chunk_bytes: 4096,
+        result_keys: 64,
+    };
+    Ok(Stores::create(ctx, &sizes, None)?.0)
 }
 
 /// Runs the energy graph, then switches to a graph that compiles but fails on every event.
@@ -342,14 +379,7 @@ fn main() -> ExitCode {
             second.results = vec!["doubled_chart".into()];
             let mut cfg = config(synthetic(6000), 2, energy_graph());
             cfg.window = 1;
-            let collect = run_collect(
-                ctx,
-                &cfg,
-                Collect {
-                    switch_after: Some((3, second)),
-                    ..Collect::default()
-                },
-            )?;
+            let collect = run_collect(ctx, &cfg, Collect::switching_after(3, second))?;
             let switched = collect.switched_at_bin.ok_or_else(|| TaskError::msg("graph never switched"))?;
             let first_version = collect.bins[0].graph_version;
             let versions: Vec<u64> = collect.bins.iter().map(|b| b.graph_version).collect();
@@ -376,23 +406,9 @@ fn main() -> ExitCode {
                 window: 1,
                 ..config(synthetic(6000), 2, energy_graph())
             };
-            let collect = run_collect(
-                ctx,
-                &cfg,
-                Collect {
-                    switch_after: Some((3, second)),
-                    ..Collect::default()
-                },
-            )?;
+            let collect = run_collect(ctx, &cfg, Collect::switching_after(3, second))?;
             check(collect.bins.len() > 100, format!("{} bins", collect.bins.len()))?;
-            let mut expected: Vec<String> = collect.bins[collect.bins.len() - 5..]
-                .iter()
-                .flat_map(|bin| bin.values.keys().map(|name| result_key(name, bin.bin)))
-                .collect();
-            expected.sort();
-            let mut held = collect.latest_keys.clone();
-            held.sort();
-            check(held == expected, format!("Results holds {held:?}, expected {expected:?}"))?;
+            holds_the_newest_bins(&collect, 5)?;
             check(
                 collect.stored.keys().any(|key| key.contains("energy_chart")),
                 "the first graph's results were never written",
@@ -416,17 +432,7 @@ fn main() -> ExitCode {
                 first.bins.len() > 40 && second.bins.len() > 40,
                 format!("{} and {} bins", first.bins.len(), second.bins.len()),
             )?;
-            let mut expected: Vec<String> = second.bins[second.bins.len() - 5..]
-                .iter()
-                .flat_map(|bin| bin.values.keys().map(|name| result_key(name, bin.bin)))
-                .collect();
-            expected.sort();
-            let mut held = second.latest_keys.clone();
-            held.sort();
-            check(
-                held == expected,
-                format!("after the restart Results holds {held:?}, expected {expected:?}"),
-            )
+            holds_the_newest_bins(&second, 5)
         }),
         case("results_too_small_for_the_values_drops_the_oldest_bins_instead_of_failing", |ctx| {
             // A histogram of 200,000 bins is about 400 KB of JSON a bin; Results is sized for
@@ -469,16 +475,7 @@ fn main() -> ExitCode {
             // the summary; a log opened later (a restart) takes over what Control holds.
             use ami_tasks::incident_log::{IncidentLog, KEPT_INCIDENTS};
             use ami_tasks::robust::{Incident, IncidentKind};
-            use ami_tasks::stores::StoreSizes;
-            let sizes = StoreSizes {
-                partitions: 1,
-                buffers: 2,
-                frames_per_buffer: 1,
-                max_frame_bytes: 1024,
-                chunk_bytes: 4096,
-                result_keys: 64,
-            };
-            let (stores, _) = Stores::create(ctx, &sizes, None)?;
+            let stores = small_stores(ctx)?;
             let mut log = IncidentLog::open(ctx, &stores)?;
             let mut summary = ami_tasks::RunSummary::default();
             let mut made = 0;
@@ -523,16 +520,8 @@ fn main() -> ExitCode {
             // 70 versions installed, the first 8 marked bad: the 6 pushed out of the 64 kept go
             // with their marks.
             use ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS;
-            use ami_tasks::stores::{bad_graph_key, graph_key, StoreSizes};
-            let sizes = StoreSizes {
-                partitions: 1,
-                buffers: 2,
-                frames_per_buffer: 1,
-                max_frame_bytes: 1024,
-                chunk_bytes: 4096,
-                result_keys: 64,
-            };
-            let (stores, _) = Stores::create(ctx, &sizes, None)?;
+            use ami_tasks::stores::{bad_graph_key, graph_key};
+            let stores = small_stores(ctx)?;
             for version in 1..=70u64 {
                 check(install_graph(ctx, &stores, &energy_graph())? == version, "versions count up")?;
                 if version <= 8 {
