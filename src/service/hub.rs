@@ -3,7 +3,7 @@
 //! side ever waits for the other through it.
 //!
 //! - Graph requests: connections [`submit`](Hub::submit) them and await a oneshot; the driver
-//!   takes them ([`GraphRequests`]) and answers once the graph manager task made them durable.
+//!   takes them ([`GraphRequests`](ami_tasks::graph_manager::GraphRequests)) and answers once the graph manager task made them durable.
 //! - Key reads: same pattern; the driver reads the stores between rounds.
 //! - Results: the driver [`publish`](Hub::publish)es finished bins into each subscribed
 //!   connection's bounded [`Outbox`] (oldest bins dropped): a slow client only loses its own bins.

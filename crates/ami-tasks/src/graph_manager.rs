@@ -27,7 +27,7 @@
 //!   resulting graph (`invalid_graph`, from [`compile`]) is reported.
 //! - Two documents per version: the graph *as edited* (what clients see and edit, under
 //!   [`edited_graph_key`]) and the *optimised* graph the workers run (under
-//!   [`graph_key`](crate::stores::graph_key)): nodes no result depends on dropped, identical
+//!   [`graph_key`]): nodes no result depends on dropped, identical
 //!   sub-graphs shared ([`optimise`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -240,7 +240,7 @@ static TASKS: OnceLock<PipelineTasks> = OnceLock::new();
 /// source's future is mapped, a future this small gets a plain buffer; a larger bound made
 /// Legion create a Realm instance for it in every round (`create_future_instance`), which cost
 /// 15-35% of frames/s at image batches of 1-3. Reports are shrunk to fit
-/// ([`crate::robust::fit_incidents`]: a report is counters, a position, and incidents only when
+/// (`robust::fit_incidents`: a report is counters, a position, and incidents only when
 /// attempts failed).
 pub const SOURCE_REPORT_MAX_BYTES: usize = legion_bridge::task::MAX_LEAF_RESULT_BYTES;
 

@@ -1,9 +1,9 @@
 //! Registering Rust functions as Legion task variants, and what a running task sees.
 //!
-//! Every Rust task goes through one trampoline ([`trampoline`]): Legion calls it with the task's
-//! serialized arguments and, as user data, a pointer to the [`TaskEntry`] made at registration.
+//! Every Rust task goes through one trampoline (`trampoline`): Legion calls it with the task's
+//! serialized arguments and, as user data, a pointer to the `TaskEntry` made at registration.
 //! The trampoline decodes the arguments, runs the Rust body inside `catch_unwind`, and hands Legion
-//! the encoded [`Outcome`]: the value, or the failure (error or panic) that the launcher's
+//! the encoded `Outcome`: the value, or the failure (error or panic) that the launcher's
 //! [`Future::get`](crate::Future::get) turns into [`Error::TaskFailed`].
 
 use std::collections::HashMap;

@@ -6,6 +6,8 @@
 //! private library folder for their rpath through `DEP_LEGION_LIB_DIR`.
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
 #![allow(clippy::all)]
+// The C header's comments become doc comments as they are (`<T>` in prose, `[x]`).
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 
 include!(concat!(env!("OUT_DIR"), "/legion_bindings.rs"));
 

@@ -58,7 +58,7 @@ pub(crate) struct Array<'a> {
     stride: usize,
 }
 
-/// How many rows ahead [`Array::rows`] prefetches a strided view. Summing 256×256 regions of
+/// How many rows ahead `Array::rows` prefetches a strided view. Summing 256×256 regions of
 /// 512×512 frames in memory on 2 threads (AMD EPYC): 48 µs a region without prefetching, 32 µs
 /// with 4 rows; in the image pipeline, where the sources stream frames out at the same time,
 /// 8 rows beat 4 and 16 beat 8 (a few % each, three runs out of three).
