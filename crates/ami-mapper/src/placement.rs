@@ -64,7 +64,8 @@ struct NodeInfo {
 /// - **Partitions** are spread over the data nodes in contiguous, balanced blocks: with `P` partitions and
 ///   `D` data nodes, the first `P % D` data nodes own `P / D + 1` partitions, the others `P / D`; data node
 ///   `k` owns the `k`-th block. Within a node, the `j`-th partition owned gets CPU `j % cpus` (CPUs sorted by
-///   id), and its data source, worker and segment persistence all go there.
+///   id), and its data source, worker and segment persistence all go there (ami2's mapper lets the node's
+///   other CPUs run them too: the CPU is a preference, the node is the placement).
 /// - **Service tasks** (global reducer, graph manager, results publisher, persistence of service segments)
 ///   run on *service node 0*, the first service node (node 0 without service nodes), next to the Control and
 ///   Results segments they write; monitor `i` runs on service node `i` (one monitor, on node 0, without

@@ -179,6 +179,10 @@ fn main() {
     let soak = option("--soak", 0);
     let cpus = option("--cpus", 0);
     ami_tasks::register_tasks().unwrap();
+    // The service's placement policy (as `ami2 run` installs it), or Legion's default mapper.
+    if option("--placement", 1) == 1 {
+        ami_tasks::placement::install(partitions, ami_mapper::Roles { service_nodes: 0 }).unwrap();
+    }
     // Image buffers: partitions × 2 buffers × 64 frames × 2 MiB, with room to spare.
     let mut args = vec!["-ll:csize".to_string(), option("--csize", 3072).to_string()];
     if cpus > 0 {

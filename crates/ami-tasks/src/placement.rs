@@ -181,6 +181,12 @@ impl PlacementPolicy for Policy {
     fn memory(&self, task: &TaskQuery, _processor: u64) -> Option<u64> {
         self.0.memory_for(&Self::kind(task)?).ok()
     }
+
+    /// The design places by node (a partition's tasks on the node that owns it); within a node
+    /// the policy's CPU is a preference and the node's CPUs share the work.
+    fn shares_node(&self, task: &TaskQuery) -> bool {
+        Self::kind(task).is_some()
+    }
 }
 
 #[cfg(test)]

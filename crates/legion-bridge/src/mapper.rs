@@ -40,6 +40,12 @@ pub trait PlacementPolicy: Send + Sync {
     /// The memory for the instances of `task`, which runs on `processor`, or `None` for the
     /// default mapper's choice.
     fn memory(&self, task: &TaskQuery, processor: u64) -> Option<u64>;
+    /// Whether the other CPUs of `processor`'s process with affinity to the task's memory may run
+    /// `task` too (placement by node: Legion queues the task for all of them, the named one
+    /// first). By default the task runs on the named processor only.
+    fn shares_node(&self, _task: &TaskQuery) -> bool {
+        false
+    }
 }
 
 /// What the mapper shim measured in this process.
@@ -63,6 +69,7 @@ pub struct MapperStats {
 struct Callbacks {
     processor: unsafe extern "C" fn(u32, u64, c_int, i64, *mut u64) -> c_int,
     memory: unsafe extern "C" fn(u32, u64, c_int, i64, u64, *mut u64) -> c_int,
+    shares_node: unsafe extern "C" fn(u32, u64, c_int, i64) -> c_int,
 }
 
 #[repr(C)]
@@ -115,6 +122,7 @@ where
         let callbacks = Callbacks {
             processor: policy_processor,
             memory: policy_memory,
+            shares_node: policy_shares_node,
         };
         // SAFETY: runtime and machine are the live handles of the registration callback; the
         // processor array outlives the call; the callbacks are plain functions that catch panics.
@@ -189,4 +197,17 @@ unsafe extern "C" fn policy_processor(task_id: u32, tag: u64, has_point: c_int, 
 
 unsafe extern "C" fn policy_memory(task_id: u32, tag: u64, has_point: c_int, point: i64, processor: u64, out: *mut u64) -> c_int {
     answer(out, |policy| policy.memory(&query(task_id, tag, has_point, point), processor))
+}
+
+unsafe extern "C" fn policy_shares_node(task_id: u32, tag: u64, has_point: c_int, point: i64) -> c_int {
+    let Some(policy) = POLICY.get() else {
+        return 0;
+    };
+    match panic::catch(|| policy.shares_node(&query(task_id, tag, has_point, point))) {
+        Ok(shared) => c_int::from(shared),
+        Err(message) => {
+            tracing::error!("the placement policy panicked: {message}");
+            0
+        }
+    }
 }

@@ -27,6 +27,8 @@ typedef struct ami2_placement_callbacks_t {
   // Memory (Realm id) for the instances of that task, which runs on `proc`.
   int (*memory)(uint32_t task_id, uint64_t tag, int has_point, int64_t point, uint64_t proc,
                 uint64_t *mem);
+  // 1 when any CPU of the task's process next to its memory may run it (the policy's first).
+  int (*shares_node)(uint32_t task_id, uint64_t tag, int has_point, int64_t point);
 } ami2_placement_callbacks_t;
 
 // Counters of the mapper calls that consulted the policy (all processes' mappers of this process).
@@ -124,10 +126,22 @@ class PolicyMapper : public DefaultMapper {
       return;
     }
     uint64_t start = now_nanos();
-    current_memory_ = placed_memory(task, has_point, point, proc);
+    Memory mem = placed_memory(task, has_point, point, proc);
+    current_memory_ = mem;
     DefaultMapper::map_task(ctx, task, input, output);
     current_memory_ = Memory::NO_MEMORY;
     output.target_procs.assign(1, proc);
+    if (shares_node(task, has_point, point)) {
+      // Placed by node, not by processor: the other CPUs of this process next to the task's
+      // memory may run it too (Legion queues it for all of them), so that one CPU's work does not
+      // wait behind another's while a CPU of the node is free.
+      Machine::ProcessorQuery cpus(machine);
+      cpus.local_address_space().only_kind(Processor::LOC_PROC);
+      for (Machine::ProcessorQuery::iterator it = cpus.begin(); it != cpus.end(); it++) {
+        if (*it != proc && (!mem.exists() || machine.has_affinity(*it, mem)))
+          output.target_procs.push_back(*it);
+      }
+    }
     count_placed_call(start);
   }
 
@@ -154,6 +168,15 @@ class PolicyMapper : public DefaultMapper {
       return false;
     }
     return true;
+  }
+
+  // Whether the policy lets every CPU of the task's node run it.
+  bool shares_node(const Task &task, bool has_point, int64_t point) {
+    uint64_t start = now_nanos();
+    int shared = callbacks_.shares_node(task.task_id, task.tag, has_point ? 1 : 0, point);
+    policy_calls.fetch_add(1, std::memory_order_relaxed);
+    policy_nanos.fetch_add(now_nanos() - start, std::memory_order_relaxed);
+    return shared != 0;
   }
 
   // The policy's memory for this task's instances, or NO_MEMORY (default choice) when it has no

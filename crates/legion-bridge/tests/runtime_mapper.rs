@@ -13,9 +13,11 @@ use legion_bridge::{
 };
 
 /// Tags the test policy understands: `PLACE | k` runs on CPU `k % cpus` (or, in an index
-/// launch, CPU `point % cpus`); `UTILITY` names a utility processor (cannot be honoured);
-/// `PANIC` makes the policy panic. Anything else is not placed.
+/// launch, CPU `point % cpus`); `SHARED` names the first CPU and lets the node's other CPUs run
+/// the task too; `UTILITY` names a utility processor (cannot be honoured); `PANIC` makes the
+/// policy panic. Anything else is not placed.
 const PLACE: u64 = 0x7E57_0000_0000;
+const SHARED: u64 = 0x7E5A_0000_0000;
 const UTILITY: u64 = 0x7E58_0000_0000;
 const PANIC: u64 = 0x7E59_0000_0000;
 
@@ -32,13 +34,17 @@ impl PlacementPolicy for TestPolicy {
                 let k = task.point.unwrap_or((task.tag & 0xFFFF) as i64) as usize;
                 Some(self.cpus[k % self.cpus.len()])
             }
+            SHARED => Some(self.cpus[0]),
             UTILITY => Some(self.utility),
             PANIC => panic!("the test policy panics on purpose"),
             _ => None,
         }
     }
     fn memory(&self, task: &TaskQuery, _processor: u64) -> Option<u64> {
-        (task.tag & !0xFFFF == PLACE).then_some(self.system_memory)
+        matches!(task.tag & !0xFFFF, PLACE | SHARED).then_some(self.system_memory)
+    }
+    fn shares_node(&self, task: &TaskQuery) -> bool {
+        task.tag & !0xFFFF == SHARED
     }
 }
 
@@ -57,6 +63,15 @@ fn main() -> ExitCode {
     })
     .unwrap();
     let where_am_i = register_task(40, "where_am_i", VariantOptions::leaf(), |ctx, ()| Ok(ctx.executing_processor().id)).unwrap();
+    // Keeps its processor busy for 20 ms, then says which it was.
+    let busy = register_task(43, "busy", VariantOptions::leaf(), |ctx, ()| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        Ok(ctx.executing_processor().id)
+    })
+    .unwrap();
     // Writes `value` over its region and returns the processor it ran on.
     let fill = register_task(41, "fill", VariantOptions::leaf(), |ctx, (field, value): (Field<i64>, i64)| {
         let region = ctx.region(0)?;
@@ -92,6 +107,30 @@ fn main() -> ExitCode {
             for (k, future) in futures.iter().enumerate() {
                 let ran = future.get()?;
                 check(ran == cpus[k % 2], format!("task {k} ran on {ran:#x}, not {:#x}", cpus[k % 2]))?;
+            }
+            Ok(())
+        }),
+        case("tasks_placed_by_node_share_its_cpus", move |ctx| {
+            // Eight 20 ms tasks named to the first CPU: pinned, they would all run there; shared,
+            // the second CPU takes some.
+            let cpus = cpus(ctx);
+            let futures = (0..8)
+                .map(|_| ctx.execute(&TaskLauncher::new(busy, &())?.tag(SHARED)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut ran = std::collections::BTreeSet::new();
+            for future in &futures {
+                ran.insert(future.get()?);
+            }
+            check(
+                ran == cpus.iter().copied().collect(),
+                format!("shared tasks ran on {ran:x?}, not on both CPUs {cpus:x?}"),
+            )?;
+            let pinned = (0..8)
+                .map(|_| ctx.execute(&TaskLauncher::new(busy, &())?.tag(PLACE)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for future in &pinned {
+                let at = future.get()?;
+                check(at == cpus[0], format!("a pinned task ran on {at:#x}, not {:#x}", cpus[0]))?;
             }
             Ok(())
         }),
