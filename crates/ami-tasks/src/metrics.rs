@@ -19,6 +19,7 @@
 //! | `ami2_bins_published_total` | counter | | time bins published to Results |
 //! | `ami2_late_partials_total` | counter | | partials that arrived after their bin was published (not merged) |
 //! | `ami2_superseded_partials_total` | counter | | partials of an older graph version dropped when a bin held two |
+//! | `ami2_bins_dropped_early_total` | counter | | bins deleted from Results before `retained_bins` newer ones, to make room |
 //! | `ami2_subscriber_messages_dropped_total` | counter | | messages a slow subscriber lost ([`subscriber_messages_dropped`]) |
 //! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, `store_warning` when a persisted store loads damaged, or [`incident`]) |
 //! | `ami2_restarts_total` | counter | `component` | restarts (`shm_producer` seen by a source, or [`restart`]) |
@@ -43,6 +44,7 @@ pub const FRAMES: &str = "ami2_frames_total";
 pub const BINS_PUBLISHED: &str = "ami2_bins_published_total";
 pub const LATE_PARTIALS: &str = "ami2_late_partials_total";
 pub const SUPERSEDED_PARTIALS: &str = "ami2_superseded_partials_total";
+pub const BINS_DROPPED_EARLY: &str = "ami2_bins_dropped_early_total";
 pub const SUBSCRIBER_MESSAGES_DROPPED: &str = "ami2_subscriber_messages_dropped_total";
 pub const INCIDENTS: &str = "ami2_incidents_total";
 pub const RESTARTS: &str = "ami2_restarts_total";
@@ -67,6 +69,7 @@ pub fn describe() {
     describe_counter!(BINS_PUBLISHED, "Time bins published to Results");
     describe_counter!(LATE_PARTIALS, "Partials that arrived after their bin was published");
     describe_counter!(SUPERSEDED_PARTIALS, "Partials of an older graph version dropped from a bin");
+    describe_counter!(BINS_DROPPED_EARLY, "Bins deleted from Results early to make room for newer ones");
     describe_counter!(SUBSCRIBER_MESSAGES_DROPPED, "Messages dropped for slow subscribers");
     describe_counter!(INCIDENTS, "Incidents, by kind");
     describe_counter!(RESTARTS, "Restarts, by component");
@@ -105,6 +108,7 @@ pub struct ReportMetrics {
     bins: u64,
     late: u64,
     superseded: u64,
+    dropped_early: u64,
 }
 
 impl ReportMetrics {
@@ -140,8 +144,14 @@ impl ReportMetrics {
         metrics::counter!(BINS_PUBLISHED).increment(state.bins_emitted.saturating_sub(self.bins));
         metrics::counter!(LATE_PARTIALS).increment(state.late_partials.saturating_sub(self.late));
         metrics::counter!(SUPERSEDED_PARTIALS).increment(state.superseded_partials.saturating_sub(self.superseded));
-        (self.events, self.bins, self.late, self.superseded) =
-            (state.events, state.bins_emitted, state.late_partials, state.superseded_partials);
+        metrics::counter!(BINS_DROPPED_EARLY).increment(state.bins_dropped_early.saturating_sub(self.dropped_early));
+        (self.events, self.bins, self.late, self.superseded, self.dropped_early) = (
+            state.events,
+            state.bins_emitted,
+            state.late_partials,
+            state.superseded_partials,
+            state.bins_dropped_early,
+        );
         metrics::gauge!(PENDING_BINS).set(state.pending_bins() as f64);
         if let Some(last) = report.emitted.last() {
             metrics::gauge!(LAST_PUBLISHED_BIN).set(last.bin as f64);
@@ -248,6 +258,7 @@ pub struct MetricsSummary {
     pub bins_published: u64,
     pub late_partials: u64,
     pub superseded_partials: u64,
+    pub bins_dropped_early: u64,
     pub subscriber_messages_dropped: u64,
     /// Kind → count.
     pub incidents: BTreeMap<String, u64>,
@@ -278,6 +289,7 @@ impl MetricsSummary {
                 BINS_PUBLISHED => summary.bins_published = value,
                 LATE_PARTIALS => summary.late_partials = value,
                 SUPERSEDED_PARTIALS => summary.superseded_partials = value,
+                BINS_DROPPED_EARLY => summary.bins_dropped_early = value,
                 SUBSCRIBER_MESSAGES_DROPPED => summary.subscriber_messages_dropped = value,
                 INCIDENTS => {
                     summary.incidents.insert(label("kind"), value);
@@ -319,11 +331,16 @@ impl fmt::Display for MetricsSummary {
         )?;
         writeln!(
             f,
-            "bins          {} published (last {}), {} pending, graph version {}",
+            "bins          {} published (last {}), {} pending, graph version {}{}",
             self.bins_published,
             self.last_published_bin.map_or("-".to_string(), |b| b.to_string()),
             self.pending_bins,
-            self.graph_version
+            self.graph_version,
+            if self.bins_dropped_early > 0 {
+                format!(", {} dropped early (Results full)", self.bins_dropped_early)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,
@@ -365,5 +382,9 @@ mod tests {
         assert_eq!(summary.frames_per_partition.values().sum::<u64>(), 19);
         assert!(summary.running);
         assert_eq!(summary.events_in, 0);
+        assert!(!summary.to_string().contains("dropped early"));
+        let full = MetricsSummary::from_prometheus_text("ami2_bins_dropped_early_total 3\n");
+        assert_eq!(full.bins_dropped_early, 3);
+        assert!(full.to_string().contains("3 dropped early (Results full)"), "{full}");
     }
 }
