@@ -344,14 +344,6 @@ fn edited_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>, version: u64) -
     Ok(doc.and_then(|d| serde_json::from_value(d).ok()))
 }
 
-fn put(key: String, value: &impl Serialize) -> Op {
-    Op::Put {
-        key,
-        codec: Codec::Json,
-        value: serde_json::to_vec(value).expect("JSON serializes"),
-    }
-}
-
 fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()> {
     outcomes.into_iter().try_for_each(|o| o.map(drop))
 }
@@ -402,8 +394,8 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
             // Documents first, then the version: a failure leaves the current graph as it was.
             let log = args.log.as_deref();
             let docs = vec![
-                put(graph_key(next), &decision.optimised),
-                put(edited_graph_key(next), &decision.edited),
+                Op::put_json(graph_key(next), &decision.optimised),
+                Op::put_json(edited_graph_key(next), &decision.edited),
             ];
             if let Err(err) = apply_ops(view, docs, log).and_then(check) {
                 answers.push((
@@ -416,7 +408,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
                 ));
                 continue;
             }
-            let mut ops = vec![put(GRAPH_VERSION_KEY.to_string(), &next)];
+            let mut ops = vec![Op::put_json(GRAPH_VERSION_KEY, &next)];
             ops.extend(superseded_version_keys(next).into_iter().map(|key| Op::Delete { key }));
             // The version is durable (log fsynced) once this returns: only then is it accepted.
             apply_ops(view, ops, log).and_then(check)?;

@@ -79,15 +79,9 @@ impl IncidentLog {
             }
         }
         for (key, incident) in new.into_iter().skip(skip) {
-            ops.push(Op::Put {
-                key,
-                codec: kv_region::Codec::Json,
-                value: serde_json::to_vec(incident).expect("incidents serialize"),
-            });
+            ops.push(Op::put_json(key, incident));
         }
-        for outcome in stores.control.apply(ctx, ops)? {
-            outcome?;
-        }
+        stores.control.apply_all(ctx, ops)?;
         summary.incidents_total += incidents.len() as u64;
         summary.incidents.extend(incidents);
         let over = summary.incidents.len().saturating_sub(KEPT_INCIDENTS);

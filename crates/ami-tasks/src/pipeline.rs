@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use ami_mapper::TaskKind;
-use kv_region::{Codec, Op};
+use kv_region::Op;
 use legion_bridge::{Future, Privilege, TaskContext, TaskLauncher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -238,22 +238,13 @@ pub struct RunSummary {
 pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
     compile(spec).map_err(PipelineError::InvalidGraph)?;
     let version = current_graph_version(ctx, stores)? + 1;
-    let json = |value: &Value| serde_json::to_vec(value).expect("JSON");
-    let doc = serde_json::to_value(spec).expect("a graph serializes");
     let mut ops: Vec<Op> = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();
-    ops.push(Op::Put {
-        key: graph_key(version),
-        codec: Codec::Json,
-        value: json(&doc),
-    });
-    ops.push(Op::Put {
-        key: GRAPH_VERSION_KEY.to_string(),
-        codec: Codec::Json,
-        value: json(&Value::from(version)),
-    });
-    for outcome in stores.control.apply(ctx, ops)? {
-        outcome?;
-    }
+    ops.push(Op::put_json(
+        graph_key(version),
+        &serde_json::to_value(spec).expect("a graph serializes"),
+    ));
+    ops.push(Op::put_json(GRAPH_VERSION_KEY, &version));
+    stores.control.apply_all(ctx, ops)?;
     Ok(version)
 }
 

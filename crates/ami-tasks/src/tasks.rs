@@ -402,11 +402,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
     );
     let saved_state = json!({"position": position, "stats": stats, "ended": batch.ended});
     with_writer(&state, args.control_field, |view| {
-        let op = Op::Put {
-            key: source_state_key(args.partition),
-            codec: Codec::Json,
-            value: serde_json::to_vec(&saved_state).expect("JSON"),
-        };
+        let op = Op::put_json(source_state_key(args.partition), &saved_state);
         apply_ops(view, vec![op], args.state_log.as_deref())?.pop().expect("one result")?;
         Ok(())
     })?;

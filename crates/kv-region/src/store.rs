@@ -412,14 +412,11 @@ impl KeyValueStore {
 
     /// Stores several JSON values in one batch.
     pub fn put_many(&self, ctx: &TaskContext, entries: &[(&str, &Value)]) -> KvResult<()> {
-        let ops = entries
-            .iter()
-            .map(|(key, value)| Op::Put {
-                key: key.to_string(),
-                codec: Codec::Json,
-                value: serde_json::to_vec(value).expect("a JSON value serializes"),
-            })
-            .collect();
+        self.apply_all(ctx, entries.iter().map(|(key, value)| Op::put_json(*key, value)).collect())
+    }
+
+    /// Runs a batch of writes ([`Self::apply`]); the first operation that failed is the error.
+    pub fn apply_all(&self, ctx: &TaskContext, ops: Vec<Op>) -> KvResult<()> {
         self.apply(ctx, ops)?.into_iter().try_for_each(|r| r.map(drop))
     }
 

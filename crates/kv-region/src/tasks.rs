@@ -25,6 +25,17 @@ pub enum Op {
     List { prefix: String },
 }
 
+impl Op {
+    /// A put of `value`, stored as JSON.
+    pub fn put_json(key: impl Into<String>, value: &impl Serialize) -> Op {
+        Op::Put {
+            key: key.into(),
+            codec: Codec::Json,
+            value: serde_json::to_vec(value).expect("a JSON value serializes"),
+        }
+    }
+}
+
 /// What an operation returned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
