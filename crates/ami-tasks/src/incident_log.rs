@@ -62,23 +62,15 @@ impl IncidentLog {
         let mut new = Vec::with_capacity(incidents.len());
         for incident in &incidents {
             self.sequence += 1;
-            let key = incident.key(self.sequence);
-            self.keys.push_back(key.clone());
-            new.push((key, incident));
+            new.push((incident.key(self.sequence), incident));
         }
         // The oldest beyond the bound go first (deletes before puts, so that a full segment
-        // makes room); an incident of this batch that is already beyond it is not written.
-        let mut ops = Vec::with_capacity(incidents.len());
-        let excess = self.keys.len().saturating_sub(KEPT_INCIDENTS);
-        let mut skip = 0;
-        for key in self.keys.drain(..excess) {
-            if new.iter().any(|(k, _)| *k == key) {
-                skip += 1;
-            } else {
-                ops.push(Op::Delete { key });
-            }
-        }
-        for (key, incident) in new.into_iter().skip(skip) {
+        // makes room); incidents of this batch already beyond it are not written.
+        let excess = (self.keys.len() + new.len()).saturating_sub(KEPT_INCIDENTS);
+        let deleted = excess.min(self.keys.len());
+        let mut ops: Vec<Op> = self.keys.drain(..deleted).map(|key| Op::Delete { key }).collect();
+        for (key, incident) in new.into_iter().skip(excess - deleted) {
+            self.keys.push_back(key.clone());
             ops.push(Op::put_json(key, incident));
         }
         stores.control.apply_all(ctx, ops)?;

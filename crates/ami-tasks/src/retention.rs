@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stores::parse_result_key;
+use crate::stores::{parse_result_key, result_key};
 
 /// Bins written to Results, oldest first (see the [module docs](self)).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +85,12 @@ impl WrittenBins {
             count: 1,
             names: set,
         });
+    }
+
+    /// Removes the oldest bin and returns the keys of its results.
+    pub fn pop_oldest_keys(&mut self) -> Option<Vec<String>> {
+        let (bin, names) = self.pop_oldest()?;
+        Some(names.iter().map(|name| result_key(name, bin)).collect())
     }
 
     /// Removes the oldest bin and returns it with its result names.

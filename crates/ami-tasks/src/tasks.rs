@@ -712,19 +712,19 @@ fn local_reduce_task(ctx: &TaskContext, (node, retry): (u32, RetryPolicy)) -> Re
     robustly(&format!("local_reducer/{node}"), &retry, merge, |report| &mut report.incidents)
 }
 
-/// Deletes the bins retention let go, then writes the new values (`(bin, key, value)`) of the
-/// bins `written` still holds. A value that does not fit makes room by deleting the oldest bins
-/// still held, older than its own: a graph whose values are larger than Results was sized for
-/// keeps fewer bins instead of failing every reduction. Returns how many bins were dropped that
-/// way.
+/// Retention, then the new values (`(bin, key, value)`): deletes the oldest bins beyond
+/// `retained`, then writes the values of the bins `written` still holds. A value that does not
+/// fit makes room by deleting the oldest bins still held, older than its own: a graph whose values
+/// are larger than Results was sized for keeps fewer bins instead of failing every reduction.
+/// Returns how many bins were dropped that way.
 fn store_bins(
     view: &mut View<&mut [u8]>,
-    deletes: &[String],
     puts: &[(u64, String, Vec<u8>)],
     written: &mut WrittenBins,
+    retained: u64,
 ) -> kv_region::KvResult<u64> {
-    for key in deletes {
-        view.delete(key)?;
+    while written.len() > retained {
+        delete_oldest_bin(view, written)?;
     }
     let mut dropped = 0;
     for (bin, key, value) in puts {
@@ -737,10 +737,7 @@ fn store_bins(
             match view.put(key, Codec::Json, value) {
                 Ok(()) => break,
                 Err(kv_region::KvError::StoreFull { .. }) if written.oldest().is_some_and(|oldest| oldest < *bin) => {
-                    let (old, names) = written.pop_oldest().expect("there is an oldest bin");
-                    for name in &names {
-                        view.delete(&result_key(name, old))?;
-                    }
+                    delete_oldest_bin(view, written)?;
                     dropped += 1;
                 }
                 Err(e) => return Err(e),
@@ -748,6 +745,14 @@ fn store_bins(
         }
     }
     Ok(dropped)
+}
+
+/// Deletes the results of the oldest bin `written` holds, and forgets it.
+fn delete_oldest_bin(view: &mut View<&mut [u8]>, written: &mut WrittenBins) -> kv_region::KvResult<()> {
+    for key in written.pop_oldest_keys().unwrap_or_default() {
+        view.delete(&key)?;
+    }
+    Ok(())
 }
 
 /// Input futures: the previous global report (when `has_previous`), then local reports. Region 0:
@@ -866,15 +871,10 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
             values,
         });
     }
-    // Retention: keep the newest `retained_bins` bins in Results.
-    let mut deletes = Vec::new();
-    while state.written.len() > args.retained_bins {
-        let Some((bin, names)) = state.written.pop_oldest() else { break };
-        deletes.extend(names.iter().map(|name| result_key(name, bin)));
-    }
-    if !puts.is_empty() || !deletes.is_empty() {
+    // Retention keeps the newest `retained_bins` bins in Results.
+    if !puts.is_empty() || state.written.len() > args.retained_bins {
         let dropped = with_writer(&ctx.region(0)?, args.results_field, |view| {
-            store_bins(view, &deletes, &puts, &mut state.written)
+            store_bins(view, &puts, &mut state.written, args.retained_bins)
         })?;
         if dropped > 0 && state.bins_dropped_early == 0 {
             // Once per run: it goes on for as long as the graph's values stay that large.
