@@ -260,10 +260,11 @@ fn main() {
         let width_ns = ami_tasks::event::bin_width_ns(20.0);
         let soon = (SystemTime::now() + Duration::from_millis(100)).duration_since(UNIX_EPOCH).expect("after 1970");
         let start_ns = (soon.as_nanos() as u64).div_ceil(width_ns) * width_ns;
-        let stream_end_ns = start_ns + latency_events * 500_000;
+        let rate_hz = 2_000.0;
+        let stream_end_ns = start_ns + latency_events * (1e9 / rate_hz) as u64;
         let live = SyntheticConfig {
             frames: Some(latency_events),
-            rate_hz: Some(2_000.0),
+            rate_hz: Some(rate_hz),
             start_ns,
             live: true,
             ..SyntheticConfig::scalars_only()
