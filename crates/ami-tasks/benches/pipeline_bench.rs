@@ -148,11 +148,16 @@ fn throughput(
 }
 
 /// `--window N`, `--buffers N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
-/// `--streaming-stores 0|1` (default: automatic) applied to `config`.
+/// `--streaming-stores 0|1` (none or every frame streamed; default: automatic) and the other
+/// tuning options applied to `config`.
 fn tuned(config: PipelineConfig) -> PipelineConfig {
-    let streaming = option("--streaming-stores", 2);
+    let cached_batch_bytes = match option("--streaming-stores", 2) {
+        0 => Some(usize::MAX),
+        1 => Some(0),
+        _ => None,
+    };
     PipelineConfig {
-        streaming_stores: (streaming < 2).then_some(streaming == 1),
+        cached_batch_bytes,
         window: option("--window", config.window),
         buffers: option("--buffers", config.buffers),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),

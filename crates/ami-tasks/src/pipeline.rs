@@ -86,11 +86,12 @@ pub struct PipelineConfig {
     /// compacts Control's logs, so that they (and the replay at a restart) stay bounded however
     /// long the service runs. 0: only at the end of the run.
     pub snapshot_interval_ms: u64,
-    /// Whether sources write large arrays with streaming stores, past the caches. `None`: when
-    /// a node's telemetry buffers in rotation (its partitions × buffers × batch × largest frame)
-    /// are larger than the last-level cache, where frames are evicted before their worker reads
-    /// them anyway and streaming stores save the memory traffic of reading each line first.
-    pub streaming_stores: Option<bool>,
+    /// How many bytes at the start of each batch sources write with ordinary stores, so that
+    /// they stay in the cache for their worker; the large arrays of later frames go past the
+    /// caches with streaming stores (evicted before their worker reads them anyway, they save
+    /// the memory traffic of reading each line first). `Some(0)` streams every frame,
+    /// `Some(usize::MAX)` none. `None`: automatic, see [`Self::cached_batch_bytes`].
+    pub cached_batch_bytes: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -116,7 +117,7 @@ impl Default for PipelineConfig {
             exit_on_stall: false,
             restarted_because: None,
             snapshot_interval_ms: 30_000,
-            streaming_stores: None,
+            cached_batch_bytes: None,
         }
     }
 }
@@ -160,16 +161,14 @@ impl PipelineConfig {
         (bytes / (1 << 20) as f64) as u64 + 256
     }
 
-    /// Whether sources write large arrays with streaming stores ([`Self::streaming_stores`]), when
-    /// one node holds at most `partitions_per_node` partitions.
-    pub fn streaming_stores(&self, partitions_per_node: usize) -> Result<bool, PipelineError> {
-        Ok(match self.streaming_stores {
-            Some(given) => given,
-            None => {
-                let in_rotation = partitions_per_node * self.buffers * self.batch_size * self.max_frame_bytes()?;
-                in_rotation > legion_bridge::streaming::last_level_cache_bytes()
-            }
-        })
+    /// How many bytes at the start of each batch sources write with ordinary stores
+    /// ([`PipelineConfig::cached_batch_bytes`]) when one node holds at most `partitions_per_node`
+    /// partitions. Automatic: the last-level cache shared by that node's buffers in rotation. A
+    /// batch that fits (a small configured batch, or a paced source handing over what has come
+    /// so far) stays in the cache entirely; of a larger one, its first frames.
+    pub fn cached_batch_bytes(&self, partitions_per_node: usize) -> usize {
+        self.cached_batch_bytes
+            .unwrap_or_else(|| legion_bridge::streaming::last_level_cache_bytes() / (partitions_per_node * self.buffers).max(1))
     }
 
     /// Largest encoded frame: given, or asked of the source (exact for synthetic sources and
@@ -505,7 +504,7 @@ pub fn run(
         .map(|(_, partitions)| partitions.len())
         .max()
         .unwrap_or(config.partitions);
-    let streaming_stores = config.streaming_stores(busiest_node)?;
+    let cached_batch_bytes = config.cached_batch_bytes(busiest_node);
     for round in 0u64.. {
         if stopping {
             break;
@@ -524,7 +523,7 @@ pub fn run(
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),
                 retry: config.retry.clone(),
-                streaming_stores,
+                cached_batch_bytes,
             };
             let partition = p as u32;
             let source = ctx.execute(
@@ -685,21 +684,20 @@ mod tests {
     }
 
     #[test]
-    fn streaming_stores_when_a_nodes_buffers_outgrow_the_cache() {
-        let images = |width, batch_size, streaming_stores| PipelineConfig {
-            source: SourceConfig::Synthetic(SyntheticConfig::images(width, width)),
-            partitions: 4,
-            batch_size,
-            streaming_stores,
+    fn each_batch_starts_in_the_cache_up_to_its_share_of_it() {
+        let images = |cached_batch_bytes| PipelineConfig {
+            source: SourceConfig::Synthetic(SyntheticConfig::images(512, 512)),
+            buffers: 2,
+            cached_batch_bytes,
             ..PipelineConfig::default()
         };
-        // 1,024 frames of 2 MiB per buffer: far beyond any cache.
-        assert!(images(512, 1024, None).streaming_stores(1).unwrap());
-        // Two 8×8 frames per buffer, even with every partition on one node: in the cache.
-        assert!(!images(8, 2, None).streaming_stores(4).unwrap());
-        // Given: followed either way.
-        assert!(!images(512, 1024, Some(false)).streaming_stores(1).unwrap());
-        assert!(images(8, 2, Some(true)).streaming_stores(4).unwrap());
+        let cache = legion_bridge::streaming::last_level_cache_bytes();
+        // Automatic: the cache shared by the node's buffers in rotation.
+        assert_eq!(images(None).cached_batch_bytes(1), cache / 2);
+        assert_eq!(images(None).cached_batch_bytes(4), cache / 8);
+        // Given: followed whatever the node holds.
+        assert_eq!(images(Some(0)).cached_batch_bytes(1), 0);
+        assert_eq!(images(Some(5 << 20)).cached_batch_bytes(4), 5 << 20);
     }
 
     #[test]

@@ -49,8 +49,9 @@ pub struct SourceArgs {
     /// The control log of this source's segment (durable position), when Control is persistent.
     pub state_log: Option<PathBuf>,
     pub retry: RetryPolicy,
-    /// Write large arrays with streaming stores (see [`crate::source::FrameSink::streaming`]).
-    pub streaming_stores: bool,
+    /// Bytes at the start of the batch written with ordinary stores; large arrays after them with
+    /// streaming stores (see [`crate::source::FrameSink::streaming`]).
+    pub cached_batch_bytes: usize,
 }
 
 /// What a data source task did.
@@ -380,7 +381,8 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             buffer: args.buffer,
             chunk_bytes: args.chunk_bytes,
             open: None,
-            streaming: args.streaming_stores,
+            written: 0,
+            cached_bytes: args.cached_batch_bytes,
         };
         let written = source.write_batch(args.batch_size, Duration::from_millis(args.timeout_ms), &mut sink);
         // Close the last chunk even after an error: what is stored stays readable.
@@ -428,7 +430,10 @@ struct ChunkSink<'v, 'a> {
     chunk_bytes: usize,
     /// The chunk being filled: its key and where its value lies.
     open: Option<(String, ValueLocation)>,
-    streaming: bool,
+    /// Bytes of frames written so far in this batch.
+    written: usize,
+    /// Frames that start within this many bytes of the batch are written to stay in the cache.
+    cached_bytes: usize,
 }
 
 impl ChunkSink<'_, '_> {
@@ -472,7 +477,7 @@ impl ChunkSink<'_, '_> {
 
 impl FrameSink for ChunkSink<'_, '_> {
     fn streaming(&self) -> bool {
-        self.streaming
+        self.written >= self.cached_bytes
     }
 
     fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError> {
@@ -485,6 +490,7 @@ impl FrameSink for ChunkSink<'_, '_> {
         if !fits {
             self.open_chunk(seq, need).map_err(|e| sink_error(e.to_string()))?;
         }
+        self.written += need;
         self.writer()
             .map_err(|e| sink_error(e.to_string()))?
             .and_then(|w| w.into_push(seq, timestamp_ns, fields))

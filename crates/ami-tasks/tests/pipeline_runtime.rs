@@ -301,13 +301,14 @@ fn main() -> ExitCode {
             }
             let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
             // Small chunks (a few frames each) and batches that do not divide the stream, on 1
-            // and 3 partitions, and images written with streaming stores (on 2 partitions).
+            // and 3 partitions, and images written with streaming stores (on 2 partitions: every
+            // frame, or all but the first two frames of each batch).
             let mut runs = Vec::new();
-            for (partitions, streaming_stores) in [(1, None), (3, None), (2, Some(true))] {
+            for (partitions, cached_batch_bytes) in [(1, None), (3, None), (2, Some(0)), (2, Some(20_000))] {
                 let config = PipelineConfig {
                     batch_size: 7,
                     chunk_bytes: 40_000,
-                    streaming_stores,
+                    cached_batch_bytes,
                     ..config(SourceConfig::Synthetic(source.clone()), partitions, arrays_graph())
                 };
                 let collect = run_collect(ctx, &config, Collect::default())?;

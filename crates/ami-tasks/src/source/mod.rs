@@ -85,9 +85,10 @@ pub trait FrameSink {
     /// Appends a frame with `fields` (scalars included) and returns it to fill its arrays.
     fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError>;
 
-    /// Whether large arrays are better written with streaming stores
-    /// ([`legion_bridge::streaming`]): the sink's memory in rotation is larger than the caches,
-    /// so what is written now is evicted before it is read. A hint; the values are the same.
+    /// Whether the next frame's large arrays are better written with streaming stores
+    /// ([`legion_bridge::streaming`]): the frames before it in this batch have taken the batch's
+    /// share of the caches, so it would be evicted before it is read. A hint; the values are the
+    /// same.
     fn streaming(&self) -> bool {
         false
     }
