@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// Time bins per second.
     #[arg(long, default_value_t = 20.0)]
     display_rate: f64,
+    /// A data source hands over a batch that is not full at most this often (microseconds),
+    /// gathering the frames that come meanwhile: a stream slower than the pipeline then costs far
+    /// less CPU, and a frame waits at most this long. 0 hands over whatever has come at once.
+    #[arg(long, default_value_t = PipelineConfig::default().batch_interval_us)]
+    batch_interval_us: u64,
     /// Keep Control and Results here (reloaded at start, snapshotted at the end).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -155,6 +160,7 @@ impl RunArgs {
             partitions: self.partitions,
             batch_size: self.batch_size,
             display_rate_hz: self.display_rate,
+            batch_interval_us: self.batch_interval_us,
             graph,
             stall_limits: ami_tasks::health::StallLimits {
                 attempt_ms,

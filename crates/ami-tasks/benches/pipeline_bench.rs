@@ -158,6 +158,7 @@ fn tuned(config: PipelineConfig) -> PipelineConfig {
     };
     PipelineConfig {
         cached_batch_bytes,
+        batch_interval_us: option("--batch-interval-us", config.batch_interval_us as usize) as u64,
         window: option("--window", config.window),
         buffers: option("--buffers", config.buffers),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),

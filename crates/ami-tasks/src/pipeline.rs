@@ -65,6 +65,12 @@ pub struct PipelineConfig {
     pub bin_wait_ms: u64,
     /// Longest a data source task waits for data.
     pub source_timeout_ms: u64,
+    /// A partition's data source hands over a batch that is not full no sooner than this after its
+    /// previous one (microseconds), and meanwhile gathers the frames that come. A stream slower
+    /// than the pipeline then comes in fewer, fuller rounds, which costs far less CPU per frame;
+    /// a frame waits at most this long, and the first frames after a pause not at all. 0: hand
+    /// over whatever has come at once.
+    pub batch_interval_us: u64,
     /// Largest encoded frame; estimated from a synthetic source's shapes when not given.
     pub max_frame_bytes: Option<usize>,
     /// Frames are stored in chunks of at most this many bytes (at least one frame each).
@@ -108,6 +114,7 @@ impl Default for PipelineConfig {
             retained_bins: 200,
             bin_wait_ms: 2000,
             source_timeout_ms: 200,
+            batch_interval_us: 1_000,
             max_frame_bytes: None,
             chunk_bytes: 1 << 20,
             graph: None,
@@ -519,6 +526,7 @@ pub fn run(
                 batch_size: config.batch_size,
                 chunk_bytes: config.chunk_bytes,
                 timeout_ms: config.source_timeout_ms,
+                batch_interval_us: config.batch_interval_us,
                 telemetry_field,
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),

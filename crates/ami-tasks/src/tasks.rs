@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kv_region::view::{apply_ops, with_reader, with_writer, ValueLocation, View};
 use kv_region::{Codec, Op, Slot};
@@ -27,7 +27,7 @@ use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
 use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
-use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats};
+use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats, Written};
 use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
 use crate::PipelineError;
 
@@ -44,6 +44,8 @@ pub struct SourceArgs {
     pub batch_size: usize,
     pub chunk_bytes: usize,
     pub timeout_ms: u64,
+    /// Shortest time between two batches that are not full (see [`crate::PipelineConfig::batch_interval_us`]).
+    pub batch_interval_us: u64,
     pub telemetry_field: Field<Slot>,
     pub control_field: Field<Slot>,
     /// The control log of this source's segment (durable position), when Control is persistent.
@@ -296,8 +298,14 @@ pub(crate) fn tasks() -> Result<&'static PipelineTasks, PipelineError> {
     TASKS.get().ok_or(PipelineError::NotRegistered)
 }
 
+/// A data source this process has open, and when it last handed over a batch.
+struct OpenSource {
+    source: Box<dyn DataSource>,
+    last_handover: Option<Instant>,
+}
+
 /// Open data sources of this process, one per partition, kept between source task runs.
-type SharedSource = Arc<Mutex<Box<dyn DataSource>>>;
+type SharedSource = Arc<Mutex<OpenSource>>;
 static SOURCES: OnceLock<Mutex<HashMap<usize, SharedSource>>> = OnceLock::new();
 
 /// Forgets this process's open data sources and compiled graphs: a new run opens the sources
@@ -320,7 +328,10 @@ fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<Shared
         return Ok(source.clone());
     }
     let opened = source::open(&args.source, args.partition, args.partitions, saved.as_ref())?;
-    let shared = Arc::new(Mutex::new(opened));
+    let shared = Arc::new(Mutex::new(OpenSource {
+        source: opened,
+        last_handover: None,
+    }));
     sources.insert(args.partition, shared.clone());
     Ok(shared)
 }
@@ -369,8 +380,8 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             _ => None,
         })
     })?;
-    let source = source_for(args, saved)?;
-    let mut source = source.lock().unwrap_or_else(|e| e.into_inner());
+    let open = source_for(args, saved)?;
+    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
     // The buffer is reused round after round: empty it, then let the source write the batch
     // into it, in place.
     let batch = with_writer(&buffer, args.telemetry_field, |view| {
@@ -384,15 +395,21 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             written: 0,
             cached_bytes: args.cached_batch_bytes,
         };
-        let written = source.write_batch(args.batch_size, Duration::from_millis(args.timeout_ms), &mut sink);
+        let written = fill_batch(
+            &mut open,
+            args.batch_size,
+            Duration::from_millis(args.timeout_ms),
+            Duration::from_micros(args.batch_interval_us),
+            &mut sink,
+        );
         // Close the last chunk even after an error: what is stored stays readable.
         sink.close()?;
         Ok(written)
     })??;
     let (frames, max_timestamp_ns) = (batch.frames, batch.max_timestamp_ns);
 
-    let position = source.position();
-    let stats = source.stats();
+    let position = open.source.position();
+    let stats = open.source.stats();
     tracing::debug!(
         component = "data_source",
         partition = args.partition,
@@ -418,6 +435,44 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
         incidents: Vec::new(),
         address_space: ctx.address_space(),
     })
+}
+
+/// Asks `source` for up to `max` frames: waits up to `timeout` for the first ones, then up to
+/// `linger` after them for more, so that a stream slower than the pipeline is handed over in
+/// fewer, fuller batches. A call that brings nothing (or the source's end) ends the batch: the
+/// end is reported by the next round's call, with no frames, as sources report it.
+/// Asks `open`'s source for up to `max` frames, waiting up to `timeout` for the first ones. A
+/// batch that is not full is handed over no sooner than `interval` after the partition's previous
+/// one: until then the source is asked for more, so that a stream slower than the pipeline comes
+/// in fewer, fuller rounds. A call that brings nothing (or the source's end) ends the batch: the
+/// end is reported by the next round's call, with no frames, as sources report it.
+fn fill_batch(
+    open: &mut OpenSource,
+    max: usize,
+    timeout: Duration,
+    interval: Duration,
+    sink: &mut dyn FrameSink,
+) -> Result<Written, SourceError> {
+    let mut batch = open.source.write_batch(max, timeout, sink)?;
+    if let Some(until) = open.last_handover.map(|at| at + interval) {
+        while batch.frames > 0 && batch.frames < max {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = open.source.write_batch(max - batch.frames, left, sink)?;
+            if more.frames == 0 {
+                break;
+            }
+            batch.frames += more.frames;
+            batch.max_timestamp_ns = batch.max_timestamp_ns.max(more.max_timestamp_ns);
+        }
+    }
+    // After a pause in the stream, its first frames go out at once.
+    if batch.frames > 0 {
+        open.last_handover = Some(Instant::now());
+    }
+    Ok(batch)
 }
 
 /// Writes a source's frames into chunks of its telemetry buffer (layout: [`frame_chunk`]), in
@@ -899,4 +954,115 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
     report.ran_on.insert("global_reducer".into(), [ctx.address_space()].into());
     report.state = state;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Batch;
+
+    /// Hands over `script[i]` frames at its i-th call (nothing after the script, then its end)
+    /// and records the timeout of each call. Writes nothing: the batching is what is tested.
+    struct Scripted {
+        script: Vec<usize>,
+        timeouts: Arc<Mutex<Vec<Duration>>>,
+    }
+
+    impl DataSource for Scripted {
+        fn next_batch(&mut self, _max: usize, _timeout: Duration) -> Result<Batch, SourceError> {
+            unreachable!("fill_batch calls write_batch")
+        }
+        fn write_batch(&mut self, max: usize, timeout: Duration, _sink: &mut dyn FrameSink) -> Result<Written, SourceError> {
+            let mut timeouts = self.timeouts.lock().unwrap();
+            let frames = self.script.get(timeouts.len()).copied().unwrap_or(0).min(max);
+            timeouts.push(timeout);
+            Ok(Written {
+                frames,
+                max_timestamp_ns: (frames > 0).then_some(timeouts.len() as u64),
+                ended: timeouts.len() > self.script.len(),
+            })
+        }
+        fn position(&self) -> SourcePosition {
+            SourcePosition::default()
+        }
+        fn stats(&self) -> SourceStats {
+            SourceStats::default()
+        }
+    }
+
+    struct NoSink;
+
+    impl FrameSink for NoSink {
+        fn frame(&mut self, seq: u64, _: u64, _: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError> {
+            Err(SourceError::Sink {
+                seq,
+                reason: "not used".into(),
+            })
+        }
+    }
+
+    /// The open source, and the timeouts its calls get.
+    fn open(script: &[usize], last_handover: Option<Instant>) -> (OpenSource, Arc<Mutex<Vec<Duration>>>) {
+        let timeouts = Arc::new(Mutex::new(Vec::new()));
+        let source = Scripted {
+            script: script.to_vec(),
+            timeouts: timeouts.clone(),
+        };
+        let open = OpenSource {
+            source: Box::new(source),
+            last_handover,
+        };
+        (open, timeouts)
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    const INTERVAL: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn the_first_frames_after_a_pause_go_out_at_once() {
+        let (mut source, timeouts) = open(&[3, 5, 7], None);
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        assert_eq!((batch.frames, batch.max_timestamp_ns), (3, Some(1)));
+        assert_eq!(*timeouts.lock().unwrap(), [TIMEOUT]);
+        assert!(source.last_handover.is_some(), "the hand-over is remembered");
+    }
+
+    #[test]
+    fn a_batch_soon_after_the_last_gathers_frames_until_full() {
+        let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
+        let batch = fill_batch(&mut source, 10, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        // 3, then 5, then the 2 that still fit.
+        assert_eq!((batch.frames, batch.max_timestamp_ns, batch.ended), (10, Some(3), false));
+        // The first frames are waited for as long as ever, the others until the interval is up.
+        let timeouts = timeouts.lock().unwrap();
+        assert_eq!(timeouts.len(), 3);
+        assert_eq!(timeouts[0], TIMEOUT);
+        assert!(timeouts[1..].iter().all(|&t| t > Duration::ZERO && t <= INTERVAL), "{timeouts:?}");
+    }
+
+    #[test]
+    fn a_batch_soon_after_the_last_ends_when_the_source_brings_nothing() {
+        let (mut source, _) = open(&[3, 5], Some(Instant::now()));
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        // The third call brings nothing and says the source ended: the frames go out, and the
+        // end is left for the next round, which reports it with no frames.
+        assert_eq!((batch.frames, batch.ended), (8, false));
+        let next = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        assert_eq!((next.frames, next.ended), (0, true));
+    }
+
+    #[test]
+    fn with_no_interval_whatever_has_come_goes_out_at_once() {
+        let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
+        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::ZERO, &mut NoSink).unwrap();
+        assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
+    }
+
+    #[test]
+    fn a_batch_long_after_the_last_does_not_wait() {
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).expect("a second after boot");
+        let (mut source, timeouts) = open(&[3, 5, 7], Some(long_ago));
+        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::from_millis(1), &mut NoSink).unwrap();
+        assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
+    }
 }
