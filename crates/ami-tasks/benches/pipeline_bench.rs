@@ -148,13 +148,16 @@ fn throughput(
 }
 
 /// `--window N`, `--buffers N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
-/// `--streaming-stores 0|1` (none or every frame streamed; default: automatic) and the other
-/// tuning options applied to `config`.
+/// `--streaming-stores 0|1` (none or every frame streamed; default: automatic, or the first
+/// `--cached-batch-kib N` KiB of each batch cached) and the other tuning options applied to
+/// `config`.
 fn tuned(config: PipelineConfig) -> PipelineConfig {
     let cached_batch_bytes = match option("--streaming-stores", 2) {
         0 => Some(usize::MAX),
         1 => Some(0),
-        _ => None,
+        _ => option_text("--cached-batch-kib")
+            .and_then(|kib| kib.parse::<usize>().ok())
+            .map(|kib| kib << 10),
     };
     PipelineConfig {
         cached_batch_bytes,
