@@ -542,6 +542,7 @@ pub fn run(
                 chunk_bytes: config.chunk_bytes,
                 timeout_ms: config.source_timeout_ms,
                 batch_interval_us: config.batch_interval_us,
+                bin_width_ns: width,
                 telemetry_field,
                 control_field,
                 state_log: stores.control.log_path(&source_prefix(p)),

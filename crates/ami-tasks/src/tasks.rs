@@ -46,6 +46,8 @@ pub struct SourceArgs {
     pub timeout_ms: u64,
     /// Shortest time between two batches that are not full (see [`crate::PipelineConfig::batch_interval_us`]).
     pub batch_interval_us: u64,
+    /// Width of the time bins: a batch that reaches a new bin goes out at once.
+    pub bin_width_ns: u64,
     pub telemetry_field: Field<Slot>,
     pub control_field: Field<Slot>,
     /// The control log of this source's segment (durable position), when Control is persistent.
@@ -298,10 +300,11 @@ pub(crate) fn tasks() -> Result<&'static PipelineTasks, PipelineError> {
     TASKS.get().ok_or(PipelineError::NotRegistered)
 }
 
-/// A data source this process has open, and when it last handed over a batch.
+/// A data source this process has open, and when it last handed over a batch, up to which bin.
 struct OpenSource {
     source: Box<dyn DataSource>,
     last_handover: Option<Instant>,
+    last_bin: Option<u64>,
 }
 
 /// Open data sources of this process, one per partition, kept between source task runs.
@@ -331,6 +334,7 @@ fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<Shared
     let shared = Arc::new(Mutex::new(OpenSource {
         source: opened,
         last_handover: None,
+        last_bin: None,
     }));
     sources.insert(args.partition, shared.clone());
     Ok(shared)
@@ -399,7 +403,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             &mut open,
             args.batch_size,
             Duration::from_millis(args.timeout_ms),
-            Duration::from_micros(args.batch_interval_us),
+            (Duration::from_micros(args.batch_interval_us), args.bin_width_ns),
             &mut sink,
         );
         // Close the last chunk even after an error: what is stored stays readable.
@@ -444,18 +448,21 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
 /// Asks `open`'s source for up to `max` frames, waiting up to `timeout` for the first ones. A
 /// batch that is not full is handed over no sooner than `interval` after the partition's previous
 /// one: until then the source is asked for more, so that a stream slower than the pipeline comes
-/// in fewer, fuller rounds. A call that brings nothing (or the source's end) ends the batch: the
-/// end is reported by the next round's call, with no frames, as sources report it.
+/// in fewer, fuller rounds. Except that a batch reaching a time bin (of `bin_width_ns`) past the
+/// previous hand-over's goes out at once: the bins before it may then be complete, and waiting
+/// would only delay their publication. A call that brings nothing (or the source's end) ends the
+/// batch: the end is reported by the next round's call, with no frames, as sources report it.
 fn fill_batch(
     open: &mut OpenSource,
     max: usize,
     timeout: Duration,
-    interval: Duration,
+    (interval, bin_width_ns): (Duration, u64),
     sink: &mut dyn FrameSink,
 ) -> Result<Written, SourceError> {
+    let newest_bin = |batch: &Written| batch.max_timestamp_ns.map(|ts| bin_of(ts, bin_width_ns));
     let mut batch = open.source.write_batch(max, timeout, sink)?;
     if let Some(until) = open.last_handover.map(|at| at + interval) {
-        while batch.frames > 0 && batch.frames < max {
+        while batch.frames > 0 && batch.frames < max && newest_bin(&batch) <= open.last_bin {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -471,6 +478,7 @@ fn fill_batch(
     // After a pause in the stream, its first frames go out at once.
     if batch.frames > 0 {
         open.last_handover = Some(Instant::now());
+        open.last_bin = open.last_bin.max(newest_bin(&batch));
     }
     Ok(batch)
 }
@@ -1011,12 +1019,14 @@ mod tests {
         let open = OpenSource {
             source: Box::new(source),
             last_handover,
+            last_bin: Some(0),
         };
         (open, timeouts)
     }
 
     const TIMEOUT: Duration = Duration::from_millis(200);
-    const INTERVAL: Duration = Duration::from_secs(3600);
+    /// An hour, and bins too wide for the scripted time stamps (1, 2, 3...) to reach a new one.
+    const INTERVAL: (Duration, u64) = (Duration::from_secs(3600), 1_000);
 
     #[test]
     fn the_first_frames_after_a_pause_go_out_at_once() {
@@ -1037,7 +1047,7 @@ mod tests {
         let timeouts = timeouts.lock().unwrap();
         assert_eq!(timeouts.len(), 3);
         assert_eq!(timeouts[0], TIMEOUT);
-        assert!(timeouts[1..].iter().all(|&t| t > Duration::ZERO && t <= INTERVAL), "{timeouts:?}");
+        assert!(timeouts[1..].iter().all(|&t| t > Duration::ZERO && t <= INTERVAL.0), "{timeouts:?}");
     }
 
     #[test]
@@ -1052,9 +1062,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_that_reaches_a_new_bin_goes_out_at_once() {
+        // Bins 2 ns wide: the first call's frames (time stamp 1) are in the bin of the previous
+        // hand-over (0), the second call's (time stamp 2) in the next one.
+        let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
+        let batch = fill_batch(&mut source, 100, TIMEOUT, (INTERVAL.0, 2), &mut NoSink).unwrap();
+        assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (8, 2));
+        assert_eq!(source.last_bin, Some(1));
+        // The next batch is gathered again until a bin past 1 comes (time stamp 4, the fourth call).
+        let (mut source, _) = open(&[3, 5, 7, 1, 1], Some(Instant::now()));
+        source.last_bin = Some(1);
+        let batch = fill_batch(&mut source, 100, TIMEOUT, (INTERVAL.0, 2), &mut NoSink).unwrap();
+        assert_eq!(batch.frames, 16);
+    }
+
+    #[test]
     fn with_no_interval_whatever_has_come_goes_out_at_once() {
         let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::ZERO, &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, (Duration::ZERO, 1_000), &mut NoSink).unwrap();
         assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
     }
 
@@ -1062,7 +1087,7 @@ mod tests {
     fn a_batch_long_after_the_last_does_not_wait() {
         let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).expect("a second after boot");
         let (mut source, timeouts) = open(&[3, 5, 7], Some(long_ago));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::from_millis(1), &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, (Duration::from_millis(1), 1_000), &mut NoSink).unwrap();
         assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
     }
 }
