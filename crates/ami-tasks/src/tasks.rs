@@ -403,7 +403,8 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
             &mut open,
             args.batch_size,
             Duration::from_millis(args.timeout_ms),
-            (Duration::from_micros(args.batch_interval_us), args.bin_width_ns),
+            Duration::from_micros(args.batch_interval_us),
+            args.bin_width_ns,
             &mut sink,
         );
         // Close the last chunk even after an error: what is stored stays readable.
@@ -441,10 +442,6 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
     })
 }
 
-/// Asks `source` for up to `max` frames: waits up to `timeout` for the first ones, then up to
-/// `linger` after them for more, so that a stream slower than the pipeline is handed over in
-/// fewer, fuller batches. A call that brings nothing (or the source's end) ends the batch: the
-/// end is reported by the next round's call, with no frames, as sources report it.
 /// Asks `open`'s source for up to `max` frames, waiting up to `timeout` for the first ones. A
 /// batch that is not full is handed over no sooner than `interval` after the partition's previous
 /// one: until then the source is asked for more, so that a stream slower than the pipeline comes
@@ -456,7 +453,8 @@ fn fill_batch(
     open: &mut OpenSource,
     max: usize,
     timeout: Duration,
-    (interval, bin_width_ns): (Duration, u64),
+    interval: Duration,
+    bin_width_ns: u64,
     sink: &mut dyn FrameSink,
 ) -> Result<Written, SourceError> {
     let newest_bin = |batch: &Written| batch.max_timestamp_ns.map(|ts| bin_of(ts, bin_width_ns));
@@ -1025,13 +1023,14 @@ mod tests {
     }
 
     const TIMEOUT: Duration = Duration::from_millis(200);
-    /// An hour, and bins too wide for the scripted time stamps (1, 2, 3...) to reach a new one.
-    const INTERVAL: (Duration, u64) = (Duration::from_secs(3600), 1_000);
+    const INTERVAL: Duration = Duration::from_secs(3600);
+    /// Bins too wide for the scripted time stamps (1, 2, 3...) to reach a new one.
+    const WIDE: u64 = 1_000;
 
     #[test]
     fn the_first_frames_after_a_pause_go_out_at_once() {
         let (mut source, timeouts) = open(&[3, 5, 7], None);
-        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, WIDE, &mut NoSink).unwrap();
         assert_eq!((batch.frames, batch.max_timestamp_ns), (3, Some(1)));
         assert_eq!(*timeouts.lock().unwrap(), [TIMEOUT]);
         assert!(source.last_handover.is_some(), "the hand-over is remembered");
@@ -1040,24 +1039,24 @@ mod tests {
     #[test]
     fn a_batch_soon_after_the_last_gathers_frames_until_full() {
         let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
-        let batch = fill_batch(&mut source, 10, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 10, TIMEOUT, INTERVAL, WIDE, &mut NoSink).unwrap();
         // 3, then 5, then the 2 that still fit.
         assert_eq!((batch.frames, batch.max_timestamp_ns, batch.ended), (10, Some(3), false));
         // The first frames are waited for as long as ever, the others until the interval is up.
         let timeouts = timeouts.lock().unwrap();
         assert_eq!(timeouts.len(), 3);
         assert_eq!(timeouts[0], TIMEOUT);
-        assert!(timeouts[1..].iter().all(|&t| t > Duration::ZERO && t <= INTERVAL.0), "{timeouts:?}");
+        assert!(timeouts[1..].iter().all(|&t| t > Duration::ZERO && t <= INTERVAL), "{timeouts:?}");
     }
 
     #[test]
     fn a_batch_soon_after_the_last_ends_when_the_source_brings_nothing() {
         let (mut source, _) = open(&[3, 5], Some(Instant::now()));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, WIDE, &mut NoSink).unwrap();
         // The third call brings nothing and says the source ended: the frames go out, and the
         // end is left for the next round, which reports it with no frames.
         assert_eq!((batch.frames, batch.ended), (8, false));
-        let next = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, &mut NoSink).unwrap();
+        let next = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, WIDE, &mut NoSink).unwrap();
         assert_eq!((next.frames, next.ended), (0, true));
     }
 
@@ -1066,20 +1065,20 @@ mod tests {
         // Bins 2 ns wide: the first call's frames (time stamp 1) are in the bin of the previous
         // hand-over (0), the second call's (time stamp 2) in the next one.
         let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, (INTERVAL.0, 2), &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, 2, &mut NoSink).unwrap();
         assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (8, 2));
         assert_eq!(source.last_bin, Some(1));
         // The next batch is gathered again until a bin past 1 comes (time stamp 4, the fourth call).
         let (mut source, _) = open(&[3, 5, 7, 1, 1], Some(Instant::now()));
         source.last_bin = Some(1);
-        let batch = fill_batch(&mut source, 100, TIMEOUT, (INTERVAL.0, 2), &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, INTERVAL, 2, &mut NoSink).unwrap();
         assert_eq!(batch.frames, 16);
     }
 
     #[test]
     fn with_no_interval_whatever_has_come_goes_out_at_once() {
         let (mut source, timeouts) = open(&[3, 5, 7], Some(Instant::now()));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, (Duration::ZERO, 1_000), &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::ZERO, WIDE, &mut NoSink).unwrap();
         assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
     }
 
@@ -1087,7 +1086,7 @@ mod tests {
     fn a_batch_long_after_the_last_does_not_wait() {
         let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).expect("a second after boot");
         let (mut source, timeouts) = open(&[3, 5, 7], Some(long_ago));
-        let batch = fill_batch(&mut source, 100, TIMEOUT, (Duration::from_millis(1), 1_000), &mut NoSink).unwrap();
+        let batch = fill_batch(&mut source, 100, TIMEOUT, Duration::from_millis(1), WIDE, &mut NoSink).unwrap();
         assert_eq!((batch.frames, timeouts.lock().unwrap().len()), (3, 1));
     }
 }

@@ -158,8 +158,11 @@ fn main() -> ExitCode {
         }),
         case("realm_system_memory_is_resident_from_the_start", |_| {
             // Mapped on the side at start: the resident set holds all of `-ll:csize` (default
-            // 1024 MiB) soon after, instead of growing towards it as Realm touches new pages.
-            let wanted = runtime::DEFAULT_SYSTEM_MEMORY_MB * 1024;
+            // 1024 MiB) soon after, instead of growing towards it as Realm touches new pages. The
+            // kernel's resident-set counters are per-CPU sums read without folding, a few pages
+            // off at times (one CI run read 1,048,572 KiB): 1% is allowed, far less than what a
+            // set that grows with use would lack.
+            let wanted = runtime::DEFAULT_SYSTEM_MEMORY_MB * 1024 * 99 / 100;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             let shared = || {
                 std::fs::read_to_string("/proc/self/status")
