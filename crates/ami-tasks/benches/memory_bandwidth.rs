@@ -102,11 +102,11 @@ fn roi_sum(frame: &[f64]) -> f64 {
 
 /// [`roi_sum`] asking for the rows ahead as the pipeline's graph reads a region of interest.
 fn roi_sum_prefetched(frame: &[f64]) -> f64 {
-    let rows: Vec<&[f64]> = frame.chunks_exact(512).skip(128).take(256).map(|row| &row[128..384]).collect();
-    (0..rows.len())
+    let row = |y: usize| &frame[(128 + y) * 512 + 128..(128 + y) * 512 + 384];
+    (0..256)
         .map(|y| {
-            prefetch_ahead(y, rows.len(), ROWS_AHEAD, |r| rows[r]);
-            sum(rows[y])
+            prefetch_ahead(y, 256, ROWS_AHEAD, row);
+            sum(row(y))
         })
         .sum()
 }

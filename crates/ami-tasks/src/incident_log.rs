@@ -75,9 +75,15 @@ impl IncidentLog {
         }
         stores.control.apply_all(ctx, ops)?;
         summary.incidents_total += incidents.len() as u64;
-        summary.incidents.extend(incidents);
-        let over = summary.incidents.len().saturating_sub(KEPT_INCIDENTS);
-        summary.incidents.drain(..over);
+        keep_newest(&mut summary.incidents, incidents);
         Ok(())
     }
+}
+
+/// Appends `more` to `list` and drops its oldest entries beyond [`KEPT_INCIDENTS`]: the run
+/// summary's record of what went wrong stays bounded however long a service runs.
+pub(crate) fn keep_newest<T>(list: &mut Vec<T>, more: impl IntoIterator<Item = T>) {
+    list.extend(more);
+    let over = list.len().saturating_sub(KEPT_INCIDENTS);
+    list.drain(..over);
 }

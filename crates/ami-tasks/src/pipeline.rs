@@ -480,10 +480,7 @@ pub fn run(
         if !report.failures.is_empty() {
             let incidents = mark_failed_graphs(ctx, &stores, &report.failures)?;
             incident_log.record(ctx, &stores, incidents, summary)?;
-            summary.graph_failures.extend(report.failures.iter().cloned());
-            // A service runs for months: keep the newest, as for incidents.
-            let over = summary.graph_failures.len().saturating_sub(crate::incident_log::KEPT_INCIDENTS);
-            summary.graph_failures.drain(..over);
+            crate::incident_log::keep_newest(&mut summary.graph_failures, report.failures.iter().cloned());
         }
         summary.events = report.state.events;
         summary.bins_emitted = report.state.bins_emitted;
