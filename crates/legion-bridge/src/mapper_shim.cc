@@ -8,6 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "legion.h"
 #include "legion/legion_c_util.h"
@@ -135,12 +138,8 @@ class PolicyMapper : public DefaultMapper {
       // Placed by node, not by processor: the other CPUs of this process next to the task's
       // memory may run it too (Legion queues it for all of them), so that one CPU's work does not
       // wait behind another's while a CPU of the node is free.
-      Machine::ProcessorQuery cpus(machine);
-      cpus.local_address_space().only_kind(Processor::LOC_PROC);
-      for (Machine::ProcessorQuery::iterator it = cpus.begin(); it != cpus.end(); it++) {
-        if (*it != proc && (!mem.exists() || machine.has_affinity(*it, mem)))
-          output.target_procs.push_back(*it);
-      }
+      const std::vector<Processor> &others = node_cpus(proc, mem);
+      output.target_procs.insert(output.target_procs.end(), others.begin(), others.end());
     }
     count_placed_call(start);
   }
@@ -198,8 +197,26 @@ class PolicyMapper : public DefaultMapper {
     return mem;
   }
 
+  // The CPUs of this process other than `proc` next to `mem` (any CPU when `mem` does not
+  // exist), worked out once per pair: the machine does not change during a run, and map_task
+  // asks for every task placed by node.
+  const std::vector<Processor> &node_cpus(Processor proc, Memory mem) {
+    const std::pair<uint64_t, uint64_t> key(proc.id, mem.id);
+    auto known = node_cpus_.find(key);
+    if (known != node_cpus_.end()) return known->second;
+    std::vector<Processor> others;
+    Machine::ProcessorQuery cpus(machine);
+    cpus.local_address_space().only_kind(Processor::LOC_PROC);
+    for (Machine::ProcessorQuery::iterator it = cpus.begin(); it != cpus.end(); it++) {
+      if (*it != proc && (!mem.exists() || machine.has_affinity(*it, mem))) others.push_back(*it);
+    }
+    return node_cpus_.emplace(key, std::move(others)).first->second;
+  }
+
   ami2_placement_callbacks_t callbacks_;
   Memory current_memory_ = Memory::NO_MEMORY;
+  // Calls never interleave on one mapper (see get_mapper_sync_model): no lock needed.
+  std::map<std::pair<uint64_t, uint64_t>, std::vector<Processor>> node_cpus_;
 };
 
 }  // namespace
