@@ -513,16 +513,7 @@ pub fn run(
         .map(|(_, partitions)| partitions.len())
         .max()
         .unwrap_or(config.partitions);
-    let machine = ctx.machine();
-    let cpus_per_node = (0..machine.address_spaces())
-        .map(|node| {
-            machine
-                .processors_of(ProcessorKind::Cpu)
-                .filter(|p| p.address_space == node)
-                .count()
-        })
-        .max()
-        .unwrap_or(1);
+    let cpus_per_node = ctx.machine().most_in_one_process(ProcessorKind::Cpu).max(1);
     let cached_batch_bytes = config.cached_batch_bytes(busiest_node, cpus_per_node);
     for round in 0u64.. {
         if stopping {

@@ -166,4 +166,38 @@ impl Machine {
     pub fn processors_of(&self, kind: ProcessorKind) -> impl Iterator<Item = &Processor> {
         self.processors.iter().filter(move |p| p.kind == kind)
     }
+
+    /// The most processors of one kind any one process has (0 when none has any).
+    pub fn most_in_one_process(&self, kind: ProcessorKind) -> usize {
+        (0..self.address_spaces())
+            .map(|space| self.processors_of(kind).filter(|p| p.address_space == space).count())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor(id: u64, kind: ProcessorKind, address_space: u32) -> Processor {
+        Processor { id, kind, address_space }
+    }
+
+    #[test]
+    fn most_in_one_process_counts_per_process() {
+        let machine = Machine {
+            processors: vec![
+                processor(1, ProcessorKind::Cpu, 0),
+                processor(2, ProcessorKind::Utility, 0),
+                processor(3, ProcessorKind::Cpu, 1),
+                processor(4, ProcessorKind::Cpu, 1),
+                processor(5, ProcessorKind::Cpu, 1),
+            ],
+            memories: Vec::new(),
+        };
+        assert_eq!(machine.most_in_one_process(ProcessorKind::Cpu), 3);
+        assert_eq!(machine.most_in_one_process(ProcessorKind::Utility), 1);
+        assert_eq!(machine.most_in_one_process(ProcessorKind::Gpu), 0);
+    }
 }
