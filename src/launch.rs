@@ -242,8 +242,8 @@ fn not_ready(np: u32, ready_dir: &Path) -> Vec<u32> {
     (0..np).filter(|i| !ready_dir.join(format!("ready-{i}")).exists()).collect()
 }
 
-/// Writes `ami2 run --summary`: the run's totals, where its tasks ran and what the mapper of the
-/// driver's process measured.
+/// Writes `ami2 run --summary`: the run's totals, where its tasks ran (processes, and kinds of
+/// processor) and what the mapper of the driver's process measured.
 pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64) -> Result<()> {
     let mapper = legion_bridge::mapper::stats();
     let doc = serde_json::json!({
@@ -255,6 +255,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "graph_version": summary.graph_version,
         "seconds": seconds,
         "ran_on": summary.ran_on,
+        "processors": summary.processors,
         "placement_installed": legion_bridge::mapper::is_installed(),
         "mapper": {
             "placed_tasks": mapper.placed_tasks,

@@ -33,9 +33,11 @@ pub struct RunArgs {
     display_rate: f64,
     /// A data source hands over a batch that is not full at most this often (microseconds),
     /// gathering the frames that come meanwhile: a stream slower than the pipeline then costs far
-    /// less CPU, and a frame waits at most this long. 0 hands over whatever has come at once.
-    #[arg(long, default_value_t = PipelineConfig::default().batch_interval_us)]
-    batch_interval_us: u64,
+    /// less CPU, and a frame waits at most this long (frames reaching a new time bin go out at
+    /// once). 0 hands over whatever has come at once. Default: 5000 for sources on IO
+    /// processors, 1000 on CPU processors.
+    #[arg(long)]
+    batch_interval_us: Option<u64>,
     /// Keep Control and Results here (reloaded at start, snapshotted at the end).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -197,6 +199,24 @@ fn cpu_processors_for(partitions: usize, ranks: usize, legion_args: &[String]) -
     (wanted > default).then_some(wanted)
 }
 
+/// IO processors per process ([`ami_tasks::placement::io_processors_for`]) for `partitions`
+/// partitions over `ranks` processes of which `service_nodes` serve (as the placement splits
+/// them), each with the CPU processors `legion_args` give it. `None` when the caller chose
+/// (`-ll:io`).
+fn io_processors_for(partitions: usize, ranks: usize, service_nodes: usize, legion_args: &[String]) -> Option<usize> {
+    if legion_args.iter().any(|a| a == "-ll:io") {
+        return None;
+    }
+    // The placement falls back to no service node when they would take every process.
+    let data_nodes = if service_nodes < ranks { ranks - service_nodes } else { ranks };
+    let per_node = partitions.div_ceil(data_nodes.max(1)).max(1);
+    let cpus = runtime::flag_value(&runtime::with_default_args(legion_args), "-ll:cpu")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(ami_tasks::placement::io_processors_for(per_node, cpus, cores))
+}
+
 /// Prints bins as they finish: a live table (demo) or JSON lines.
 struct Printer {
     json: bool,
@@ -353,6 +373,9 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if let Some(cpus) = cpu_processors_for(config.partitions, ranks, &legion_args) {
         legion_args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
     }
+    if let Some(io) = io_processors_for(config.partitions, ranks, args.service_nodes, &legion_args).filter(|&n| n > 0) {
+        legion_args.extend(["-ll:io".to_string(), io.to_string()]);
+    }
     // Every process of a multi-process run (`ami2 launch`, mpirun) writes its own profile.
     let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), ranks, &legion_args)?;
     legion_args.extend(tool_flags);
@@ -415,5 +438,25 @@ fn config_rate(config: &PipelineConfig) -> String {
     match &config.source {
         SourceConfig::Synthetic(s) => s.rate_hz.map_or("max".to_string(), |r| format!("{r}")),
         _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_processors_follow_the_partitions_of_the_busiest_data_node() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = |n: usize| vec!["-ll:cpu".to_string(), n.to_string()];
+        // One process, one CPU processor, as many cores as it takes to leave one.
+        let expected = |per_node: usize| ami_tasks::placement::io_processors_for(per_node, 1, cores);
+        assert_eq!(io_processors_for(1, 1, 1, &cpus(1)), Some(expected(1)));
+        // 3 processes, 1 serving: 5 partitions over 2 data nodes, 3 on the first.
+        assert_eq!(io_processors_for(5, 3, 1, &cpus(1)), Some(expected(3)));
+        // Service nodes asked for every process: the placement keeps them all as data nodes.
+        assert_eq!(io_processors_for(4, 2, 2, &cpus(1)), Some(expected(2)));
+        // The caller's choice stands.
+        assert_eq!(io_processors_for(4, 1, 0, &["-ll:io".into(), "0".into()]), None);
     }
 }

@@ -149,6 +149,20 @@ fn expected_placement(nodes: u32) -> Value {
     Value::Object(expected)
 }
 
+/// The kinds of processor each task kind runs on in a run of `nodes` processes of one CPU
+/// processor each: the data sources on IO processors where `ami2 run` gives the processes some.
+fn expected_processors(nodes: u32) -> Value {
+    let data_nodes = if nodes > 1 { nodes - 1 } else { 1 };
+    let per_node = PARTITIONS.div_ceil(data_nodes) as usize;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let source = if ami_tasks::placement::io_processors_for(per_node, 1, cores) > 0 {
+        "Io"
+    } else {
+        "Cpu"
+    };
+    serde_json::json!({"source": [source], "worker": ["Cpu"], "local_reducer": ["Cpu"], "global_reducer": ["Cpu"]})
+}
+
 fn check_multi_process(run: &Run, nodes: u32) {
     assert_eq!(run.summary["placement_installed"], true);
     assert_eq!(
@@ -156,6 +170,7 @@ fn check_multi_process(run: &Run, nodes: u32) {
         expected_placement(nodes),
         "tasks ran where the policy does not put them"
     );
+    assert_eq!(run.summary["processors"], expected_processors(nodes));
     assert_eq!(run.summary["mapper"]["rejected"], 0);
     let (one, many) = (bins(&baseline().output), bins(&run.output));
     assert!(!one.is_empty());
@@ -170,6 +185,7 @@ fn check_multi_process(run: &Run, nodes: u32) {
 fn one_process_runs_everything_in_address_space_0() {
     let run = baseline();
     assert_eq!(run.summary["ran_on"], expected_placement(1));
+    assert_eq!(run.summary["processors"], expected_processors(1));
     assert_eq!(run.summary["events"], 400);
 }
 

@@ -2,7 +2,8 @@
 //! workers, reducers, graph manager and robustness monitors as Legion tasks; this crate decides where
 //! each of them runs and where its region instances live. Telemetry partitions are spread over the
 //! *data nodes*: a partition's data source, worker and segment persistence run on the node owning it,
-//! on the same CPU, and its subregion lives in that node's memory. The graph manager, global reducer,
+//! on the same CPU (the data source on an IO processor when the node has some), and its subregion lives
+//! in that node's memory. The graph manager, global reducer,
 //! results publisher and robustness monitors run on the *service nodes* (one monitor per service node).
 //! With one address space everything runs there.
 //!
@@ -24,7 +25,13 @@
 //! assert_eq!(placement.node_for(&TaskKind::GraphManager)?, 2);
 //! let worker = TaskKind::Worker { partition: 3 };
 //! assert_eq!(TaskKind::from_tag(worker.to_tag()), Some(worker));
-//! assert_eq!(placement.processor_for(&worker)?, placement.processor_for(&TaskKind::DataSource { partition: 3 })?);
+//! let source = TaskKind::DataSource { partition: 3 };
+//! assert_eq!(placement.processor_for(&worker)?, placement.processor_for(&source)?);
+//!
+//! // With IO processors, a partition's data source runs on one of its node's.
+//! let with_io = Placement::new(Machine::uniform(3, 4).with_io_processors(2), Roles { service_nodes: 1 }, 4)?;
+//! assert!(with_io.on_io_processor(&source)? && !with_io.on_io_processor(&worker)?);
+//! assert_eq!(with_io.node_for(&source)?, with_io.node_for(&worker)?);
 //! # Ok::<(), ami_mapper::PolicyError>(())
 //! ```
 

@@ -120,6 +120,19 @@ impl Machine {
         }
     }
 
+    /// The same machine with `count` more IO processors on every node, with synthetic ids following the
+    /// node's processors.
+    pub fn with_io_processors(mut self, count: usize) -> Machine {
+        for node in &mut self.nodes {
+            let first = node.processors.len();
+            node.processors.extend((first..first + count).map(|i| Proc {
+                id: (1u64 << 56) | (u64::from(node.address_space) << 16) | i as u64,
+                kind: ProcKind::Io,
+            }));
+        }
+        self
+    }
+
     /// The same machine with one more memory on every node: registered (RDMA) memory of `capacity_bytes`,
     /// with a synthetic id following the node's memories.
     pub fn with_registered_memory(mut self, capacity_bytes: u64) -> Machine {

@@ -26,7 +26,7 @@ impl Default for Roles {
 pub struct Target {
     /// Address space.
     pub node: u32,
-    /// Processor id (a CPU of `node`).
+    /// Processor id (a CPU of `node`; for a data source, an IO processor of `node` if it has some).
     pub processor: u64,
     /// Memory id (system or registered memory of `node`).
     pub memory: u64,
@@ -45,6 +45,8 @@ const SLOT_TOP_LEVEL: usize = 0;
 struct NodeInfo {
     /// CPU processor ids, sorted.
     cpus: Vec<u64>,
+    /// IO processor ids, sorted (Realm's processors for tasks that wait on I/O).
+    io: Vec<u64>,
     system: u64,
     registered: Option<u64>,
     /// Telemetry partitions owned (empty for service nodes).
@@ -64,8 +66,10 @@ struct NodeInfo {
 /// - **Partitions** are spread over the data nodes in contiguous, balanced blocks: with `P` partitions and
 ///   `D` data nodes, the first `P % D` data nodes own `P / D + 1` partitions, the others `P / D`; data node
 ///   `k` owns the `k`-th block. Within a node, the `j`-th partition owned gets CPU `j % cpus` (CPUs sorted by
-///   id), and its data source, worker and segment persistence all go there (ami2's mapper lets the node's
-///   other CPUs run them too: the CPU is a preference, the node is the placement).
+///   id), and its worker and segment persistence go there (ami2's mapper lets the node's other CPUs run them
+///   too: the CPU is a preference, the node is the placement). Its **data source** goes there too on a node
+///   without IO processors; on a node with some it gets IO processor `j % ios` (sorted by id): a source
+///   waits for its stream, and on an IO processor its waits hold no CPU the workers and reducers need.
 /// - **Service tasks** (global reducer, graph manager, results publisher, persistence of service segments)
 ///   run on *service node 0*, the first service node (node 0 without service nodes), next to the Control and
 ///   Results segments they write; monitor `i` runs on service node `i` (one monitor, on node 0, without
@@ -137,6 +141,8 @@ impl Placement {
                 return Err(PolicyError::NoCpu { node: address_space });
             }
             cpus.sort_unstable();
+            let mut io: Vec<u64> = node.processors.iter().filter(|p| p.kind == ProcKind::Io).map(|p| p.id).collect();
+            io.sort_unstable();
             let best = |kind: MemKind| {
                 node.memories
                     .iter()
@@ -154,6 +160,7 @@ impl Placement {
             };
             nodes.push(NodeInfo {
                 cpus,
+                io,
                 system,
                 registered: best(MemKind::Registered),
                 partitions,
@@ -244,12 +251,22 @@ impl Placement {
         Ok(self.node_and_slot(kind)?.0)
     }
 
-    /// The CPU processor (of [`Placement::node_for`]) where a task of kind `kind` runs. The data source and
-    /// the worker of one partition always get the same one.
+    /// The processor (of [`Placement::node_for`]) where a task of kind `kind` runs: a CPU, except for a
+    /// data source on a node with IO processors ([`Placement::on_io_processor`]). The data source and the
+    /// worker of one partition always get the same node, and the same CPU on a node without IO processors.
     pub fn processor_for(&self, kind: &TaskKind) -> Result<u64, PolicyError> {
         let (node, slot) = self.node_and_slot(kind)?;
-        let cpus = &self.nodes[node as usize].cpus;
-        Ok(cpus[slot % cpus.len()])
+        let info = &self.nodes[node as usize];
+        let processors = if self.on_io_processor(kind)? { &info.io } else { &info.cpus };
+        Ok(processors[slot % processors.len()])
+    }
+
+    /// Whether a task of kind `kind` runs on an IO processor: a data source on a node that has some.
+    pub fn on_io_processor(&self, kind: &TaskKind) -> Result<bool, PolicyError> {
+        Ok(match kind {
+            TaskKind::DataSource { .. } => !self.node_info(self.node_for(kind)?)?.io.is_empty(),
+            _ => false,
+        })
     }
 
     /// The memory (of [`Placement::node_for`]) for the instances of a task of kind `kind`:

@@ -89,6 +89,52 @@ fn two_nodes_one_service() {
 }
 
 #[test]
+fn data_sources_run_on_their_nodes_io_processors_when_there_are_some() {
+    // 2 data nodes with 2 CPUs and 2 IO processors each, a service node; 5 partitions (3 + 2).
+    let machine = Machine::uniform(3, 2).with_io_processors(2);
+    let p = Placement::new(machine, Roles { service_nodes: 1 }, 5).unwrap();
+    let io_of = |node: u32| {
+        let mut io: Vec<u64> = p.machine().nodes[node as usize]
+            .processors
+            .iter()
+            .filter(|proc_| proc_.kind == ProcKind::Io)
+            .map(|proc_| proc_.id)
+            .collect();
+        io.sort_unstable();
+        io
+    };
+    // Node 0's partitions 0, 1, 2 take its IO processors in turn; node 1's 3 and 4 one each.
+    let sources: Vec<u64> = (0..5)
+        .map(|part| p.processor_for(&TaskKind::DataSource { partition: part }).unwrap())
+        .collect();
+    assert_eq!(sources, vec![io_of(0)[0], io_of(0)[1], io_of(0)[0], io_of(1)[0], io_of(1)[1]]);
+    for part in 0..5 {
+        let source = TaskKind::DataSource { partition: part };
+        let worker = TaskKind::Worker { partition: part };
+        assert_eq!(p.on_io_processor(&source), Ok(true));
+        assert_eq!(p.on_io_processor(&worker), Ok(false));
+        assert_eq!(p.node_for(&source), p.node_for(&worker));
+        assert!(cpus_of(&p, p.node_for(&worker).unwrap()).contains(&p.processor_for(&worker).unwrap()));
+        // Instances in the node's memory, where the IO processor reads and writes them too.
+        assert_eq!(p.memory_for(&source), p.memory_for(&worker));
+    }
+    // Nothing else moves to an IO processor.
+    for kind in SERVICE_KINDS
+        .into_iter()
+        .chain([TaskKind::TopLevel, TaskKind::LocalReducer { node: 1 }])
+    {
+        assert_eq!(p.on_io_processor(&kind), Ok(false), "{kind:?}");
+    }
+    assert_eq!(
+        p.on_io_processor(&TaskKind::DataSource { partition: 5 }),
+        Err(PolicyError::UnknownPartition {
+            partition: 5,
+            partitions: 5
+        })
+    );
+}
+
+#[test]
 fn three_nodes_one_service() {
     let p = place(3, 2, 1, 5);
     assert_eq!((p.data_nodes(), p.service_nodes()), (&[0, 1][..], &[2][..]));

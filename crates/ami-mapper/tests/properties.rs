@@ -206,15 +206,24 @@ proptest! {
         prop_assert!(max - min <= 1, "unbalanced: {:?}", counts);
         prop_assert!(p.owner_of_partition(shape.partitions).is_err());
 
-        // Data source, worker and partition persistence of a partition: same node (the owner), same processor.
+        // Data source, worker and partition persistence of a partition: same node (the owner); worker and
+        // persistence on the same CPU; the source there too, or on an IO processor of the owner if it has some.
         for partition in 0..shape.partitions {
             let owner = p.owner_of_partition(partition).unwrap();
-            let source = p.place(&TaskKind::DataSource { partition }).unwrap();
+            let source_kind = TaskKind::DataSource { partition };
+            let source = p.place(&source_kind).unwrap();
             let worker = p.place(&TaskKind::Worker { partition }).unwrap();
             let persist = p.place(&TaskKind::StorePersistence { store: StoreKind::Telemetry, segment_owner: SegmentOwner::Partition(partition) }).unwrap();
             prop_assert_eq!(source.node, owner);
-            prop_assert_eq!((source.node, source.processor), (worker.node, worker.processor));
-            prop_assert_eq!((source.node, source.processor), (persist.node, persist.processor));
+            prop_assert_eq!(source.node, worker.node);
+            prop_assert_eq!((worker.node, worker.processor), (persist.node, persist.processor));
+            let owner_has_io = procs.values().any(|&(node, kind)| node == owner && kind == ProcKind::Io);
+            prop_assert_eq!(p.on_io_processor(&source_kind).unwrap(), owner_has_io);
+            let expected = if owner_has_io { ProcKind::Io } else { ProcKind::Cpu };
+            prop_assert_eq!(procs[&source.processor], (owner, expected));
+            if !owner_has_io {
+                prop_assert_eq!(source.processor, worker.processor);
+            }
         }
 
         // Service tasks never on a data node when service nodes exist; on node 0 otherwise.
@@ -248,15 +257,19 @@ proptest! {
                 prop_assert_eq!(point, i as i64);
                 let partition = point as u32;
                 prop_assert_eq!(procs[&processor].0, p.owner_of_partition(partition).unwrap());
-                prop_assert_eq!(processor, p.processor_for(&TaskKind::Worker { partition }).unwrap());
+                let point_task = template.with_point(point).unwrap();
+                prop_assert_eq!(processor, p.processor_for(&point_task).unwrap());
             }
         }
 
-        // Every kind: tag round trip; a CPU and a system or registered memory of the chosen node.
+        // Every kind: tag round trip; a CPU (an IO processor for a source, where it says so) and a system or
+        // registered memory of the chosen node.
         for kind in all_kinds(&p) {
             prop_assert_eq!(TaskKind::from_tag(kind.to_tag()), Some(kind));
             let target = p.place(&kind).unwrap();
-            prop_assert_eq!(procs[&target.processor], (target.node, ProcKind::Cpu), "{:?}", kind);
+            let expected = if p.on_io_processor(&kind).unwrap() { ProcKind::Io } else { ProcKind::Cpu };
+            prop_assert!(expected == ProcKind::Cpu || matches!(kind, TaskKind::DataSource { .. }), "{:?} on IO", kind);
+            prop_assert_eq!(procs[&target.processor], (target.node, expected), "{:?}", kind);
             let (mem_node, mem_kind) = mems[&target.memory];
             prop_assert_eq!(mem_node, target.node, "{:?}", kind);
             prop_assert!(matches!(mem_kind, MemKind::System | MemKind::Registered), "{:?} in {:?}", kind, mem_kind);

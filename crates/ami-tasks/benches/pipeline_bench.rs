@@ -5,7 +5,8 @@
 //! for that long and prints the resident memory at the start and the end.
 //!
 //! Run: `cargo bench -p ami-tasks --bench pipeline_bench [-- --scalar-events N --images N --partitions P --cpus C]`
-//! (`--cpus` sets `-ll:cpu`, `--csize` Realm's system memory in MiB (default 3072); the default leaves one core to Legion's utility processor).
+//! (`--cpus` sets `-ll:cpu`, `--csize` Realm's system memory in MiB (default 3072); the default leaves one core to Legion's utility processor;
+//! `--io N` sets `-ll:io`, by default what `ami2 run` would give (`ami_tasks::placement::io_processors_for`): the placement runs the data sources on IO processors when there are some).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -161,7 +162,7 @@ fn tuned(config: PipelineConfig) -> PipelineConfig {
     };
     PipelineConfig {
         cached_batch_bytes,
-        batch_interval_us: option("--batch-interval-us", config.batch_interval_us as usize) as u64,
+        batch_interval_us: option_text("--batch-interval-us").map(|v| v.parse().expect("--batch-interval-us N")),
         window: option("--window", config.window),
         buffers: option("--buffers", config.buffers),
         max_rounds_per_reduction: option("--max-rounds-per-reduction", config.max_rounds_per_reduction),
@@ -198,6 +199,15 @@ fn main() {
         // More CPU processors than cores left after the utility one: partitions then run in
         // parallel at the price of sharing a core with the runtime.
         args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
+    }
+    // The data sources' IO processors, as `ami2 run` gives them (0: sources on the CPUs).
+    let cpu_processors = runtime::flag_value(&runtime::with_default_args(&args), "-ll:cpu")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let io = option("--io", ami_tasks::placement::io_processors_for(partitions, cpu_processors, cores));
+    if io > 0 {
+        args.extend(["-ll:io".to_string(), io.to_string()]);
     }
     // Any other Legion flags, e.g. `--legion "-ll:util 0"`.
     if let Some(extra) = option_text("--legion") {

@@ -57,6 +57,39 @@ pub fn partition_groups(partitions: usize) -> Vec<(u32, Vec<usize>)> {
     groups.into_iter().collect()
 }
 
+/// IO processors (`-ll:io`) for a process holding `partitions_per_node` partitions on
+/// `cpu_processors` CPU processors, on a machine of `cores` cores: one per partition when its CPU
+/// processors cannot give each partition's data source and worker one of their own and a core is
+/// left beside them, else none. The placement runs data sources on IO processors when there are
+/// some. A source waits for its stream; on a CPU processor it would hold it meanwhile, and on one
+/// CPU processor the previous round's worker waits behind it. Measured on 2 cores with 1
+/// partition: 64,000-72,000 events/s against 39,000-41,000 as fast as possible, and 0.35 ms
+/// against 2.25 ms from a bin's end to its publication; with 2 partitions on 2 CPU processors,
+/// where no core is left, IO processors only added threads (8% fewer events/s).
+pub fn io_processors_for(partitions_per_node: usize, cpu_processors: usize, cores: usize) -> usize {
+    let short_of_cpus = cpu_processors < 2 * partitions_per_node;
+    let core_left = cpu_processors < cores;
+    if short_of_cpus && core_left {
+        partitions_per_node
+    } else {
+        0
+    }
+}
+
+/// Whether the placement in effect (made for `partitions` partitions) runs partition
+/// `partition`'s data source on an IO processor.
+pub fn source_on_io_processor(partitions: usize, partition: usize) -> bool {
+    current()
+        .filter(|p| p.partitions() as usize == partitions)
+        .and_then(|p| {
+            p.on_io_processor(&TaskKind::DataSource {
+                partition: partition as u32,
+            })
+            .ok()
+        })
+        .unwrap_or(false)
+}
+
 /// The mapping tag of a task of kind `kind`.
 pub fn tag(kind: TaskKind) -> u64 {
     kind.to_tag()
@@ -220,6 +253,19 @@ mod tests {
             });
         }
         machine
+    }
+
+    #[test]
+    fn data_sources_get_io_processors_when_cpus_are_short_and_a_core_is_left() {
+        // 2 cores: one partition on one CPU processor gets one; two on two CPUs none.
+        assert_eq!(io_processors_for(1, 1, 2), 1);
+        assert_eq!(io_processors_for(2, 2, 2), 0);
+        assert_eq!(io_processors_for(2, 1, 2), 2);
+        // 16 cores: 4 partitions on 14 CPU processors have two each already.
+        assert_eq!(io_processors_for(4, 14, 16), 0);
+        assert_eq!(io_processors_for(8, 14, 16), 8);
+        // No core left beside the CPU processors.
+        assert_eq!(io_processors_for(3, 4, 4), 0);
     }
 
     #[test]

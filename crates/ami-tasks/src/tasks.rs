@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use kv_region::view::{apply_ops, with_reader, with_writer, ValueLocation, View};
 use kv_region::{Codec, Op, Slot};
-use legion_bridge::{register_task, Field, TaskContext, TaskError, TaskId, VariantOptions};
+use legion_bridge::{register_task, Field, ProcessorKind, TaskContext, TaskError, TaskId, VariantOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -71,6 +71,8 @@ pub struct SourceReport {
     pub incidents: Vec<Incident>,
     /// The process (Legion address space) the task ran in.
     pub address_space: u32,
+    /// The kind of processor it ran on.
+    pub processor: ProcessorKind,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,16 +107,27 @@ pub struct PartialReport {
     /// Where the tasks behind this report ran: task (`source/<p>`, `worker/<p>`,
     /// `local_reducer/<node>`, `global_reducer`) → address spaces.
     pub ran_on: RanOn,
+    /// And on which kinds of processor: task kind (`source`, `worker`, `local_reducer`,
+    /// `global_reducer`) → processor kinds.
+    pub processors: ProcessorsUsed,
 }
 
 /// Task label → the address spaces it ran in (one, when placement holds).
 pub type RanOn = BTreeMap<String, BTreeSet<u32>>;
 
-/// Adds `other` to `into`.
-pub fn merge_ran_on(into: &mut RanOn, other: RanOn) {
-    for (task, spaces) in other {
-        into.entry(task).or_default().extend(spaces);
+/// Task kind → the kinds of processor it ran on.
+pub type ProcessorsUsed = BTreeMap<String, BTreeSet<ProcessorKind>>;
+
+/// Adds `other` to `into` ([`RanOn`], [`ProcessorsUsed`]).
+pub fn merge_ran_on<T: Ord>(into: &mut BTreeMap<String, BTreeSet<T>>, other: BTreeMap<String, BTreeSet<T>>) {
+    for (task, places) in other {
+        into.entry(task).or_default().extend(places);
     }
+}
+
+/// Records that task kind `task` ran on a processor of kind `kind`.
+fn note_processor(processors: &mut ProcessorsUsed, task: &str, kind: ProcessorKind) {
+    processors.entry(task.to_string()).or_default().insert(kind);
 }
 
 impl PartialReport {
@@ -137,6 +150,7 @@ impl PartialReport {
         self.sources.extend(other.sources);
         self.incidents.extend(other.incidents);
         merge_ran_on(&mut self.ran_on, other.ran_on);
+        merge_ran_on(&mut self.processors, other.processors);
         Ok(())
     }
 }
@@ -227,6 +241,8 @@ pub struct GlobalReport {
     pub incidents: Vec<Incident>,
     /// Where this round's tasks ran.
     pub ran_on: RanOn,
+    /// On which kinds of processor.
+    pub processors: ProcessorsUsed,
 }
 
 pub struct PipelineTasks {
@@ -263,7 +279,11 @@ pub fn register_tasks() -> Result<(), PipelineError> {
         source: register_task(
             PIPELINE_TASK_BASE,
             "data_source",
-            VariantOptions::leaf().max_result_bytes(SOURCE_REPORT_MAX_BYTES),
+            // A source waits for its stream: on an IO processor (when the placement puts it on
+            // one), its waits hold no CPU processor the workers and reducers need.
+            VariantOptions::leaf()
+                .max_result_bytes(SOURCE_REPORT_MAX_BYTES)
+                .also_on_io_processors(),
             source_task,
         )?,
         worker: register_task(PIPELINE_TASK_BASE + 1, "worker", VariantOptions::default(), worker_task)?,
@@ -439,6 +459,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
         stats,
         incidents: Vec::new(),
         address_space: ctx.address_space(),
+        processor: ctx.executing_processor().kind,
     })
 }
 
@@ -755,6 +776,8 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
         .insert(format!("source/{}", args.partition), [report.address_space].into());
     out.ran_on
         .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
+    note_processor(&mut out.processors, "source", report.processor);
+    note_processor(&mut out.processors, "worker", ctx.executing_processor().kind);
     Ok(out)
 }
 
@@ -766,6 +789,7 @@ fn local_reduce_task(ctx: &TaskContext, (node, retry): (u32, RetryPolicy)) -> Re
             merged.merge(ctx.input_future(i)?)?;
         }
         merged.ran_on.insert(format!("local_reducer/{node}"), [ctx.address_space()].into());
+        note_processor(&mut merged.processors, "local_reducer", ctx.executing_processor().kind);
         tracing::debug!(
             component = "local_reducer",
             node,
@@ -852,6 +876,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         report.sources.extend(local.sources);
         report.incidents.extend(local.incidents);
         merge_ran_on(&mut report.ran_on, local.ran_on);
+        merge_ran_on(&mut report.processors, local.processors);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);
@@ -958,6 +983,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         state.bins_dropped_early += dropped;
     }
     report.ran_on.insert("global_reducer".into(), [ctx.address_space()].into());
+    note_processor(&mut report.processors, "global_reducer", ctx.executing_processor().kind);
     report.state = state;
     Ok(report)
 }

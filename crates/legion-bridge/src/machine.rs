@@ -4,7 +4,7 @@ use legion_sys as raw;
 use serde::{Deserialize, Serialize};
 
 /// Kind of a Realm processor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ProcessorKind {
     /// A CPU core running application tasks (Realm `LOC_PROC`).
     Cpu,

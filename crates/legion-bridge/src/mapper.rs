@@ -10,7 +10,7 @@
 //!   CPU, so the policy's processor is put back) and for the memory of the task's instances.
 //!
 //! A task the policy answers `None` for keeps the default mapper's behaviour; an answer the shim
-//! cannot honour (not a CPU, a memory of another process) is counted in [`MapperStats::rejected`]
+//! cannot honour (not a CPU or IO processor, a memory of another process) is counted in [`MapperStats::rejected`]
 //! and also falls back to the default.
 
 use std::ffi::c_int;
@@ -35,14 +35,16 @@ pub struct TaskQuery {
 /// Where tasks run: answers in Realm ids (see [`crate::Processor::id`], [`crate::Memory::id`]).
 /// Called from mapper calls on Legion's utility threads: keep answers fast and never block.
 pub trait PlacementPolicy: Send + Sync {
-    /// The CPU processor for `task`, or `None` for the default mapper's choice.
+    /// The processor for `task`, or `None` for the default mapper's choice: a CPU processor, or an
+    /// IO processor for a task registered for them ([`crate::VariantOptions::io_processors`]).
     fn processor(&self, task: &TaskQuery) -> Option<u64>;
     /// The memory for the instances of `task`, which runs on `processor`, or `None` for the
     /// default mapper's choice.
     fn memory(&self, task: &TaskQuery, processor: u64) -> Option<u64>;
     /// Whether the other CPUs of `processor`'s process with affinity to the task's memory may run
     /// `task` too (placement by node: Legion queues the task for all of them, the named one
-    /// first). By default the task runs on the named processor only.
+    /// first). By default the task runs on the named processor only. Asked only for tasks placed
+    /// on a CPU: a task placed on an IO processor runs there.
     fn shares_node(&self, _task: &TaskQuery) -> bool {
         false
     }
@@ -61,7 +63,7 @@ pub struct MapperStats {
     pub policy_calls: u64,
     /// Wall time spent in the policy.
     pub policy_nanos: u64,
-    /// Answers that could not be honoured (not a CPU processor, not a memory of the task's process).
+    /// Answers that could not be honoured (not a CPU or IO processor, not a memory of the task's process).
     pub rejected: u64,
 }
 

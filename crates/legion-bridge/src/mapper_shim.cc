@@ -41,7 +41,7 @@ typedef struct ami2_mapper_stats_t {
   uint64_t placed_nanos;  // wall time spent in those calls, default-mapper work included
   uint64_t policy_calls;  // callbacks into the policy
   uint64_t policy_nanos;  // wall time spent in the policy callbacks
-  uint64_t rejected;      // answers the shim could not honour (not a CPU / not a local memory)
+  uint64_t rejected;      // answers the shim could not honour (not a CPU or IO processor / not a local memory)
 } ami2_mapper_stats_t;
 
 }  // extern "C"
@@ -84,7 +84,7 @@ class PolicyMapper : public DefaultMapper {
     if (task.get_depth() == 0) output.replicate = false;
     if (task.is_index_space) return;  // points are placed in slice_task
     Processor proc;
-    if (placed_processor(task, false, 0, proc)) {
+    if (placed_processor(ctx, task, false, 0, proc)) {
       placed_tasks.fetch_add(1, std::memory_order_relaxed);
       output.initial_proc = proc;
       output.stealable = false;
@@ -101,7 +101,7 @@ class PolicyMapper : public DefaultMapper {
       bool all = true;
       for (Domain::DomainPointIterator it(input.domain); it && all; it++) {
         Processor proc;
-        all = placed_processor(task, true, it.p[0], proc);
+        all = placed_processor(ctx, task, true, it.p[0], proc);
         if (all) slices.push_back(TaskSlice(Domain(it.p, it.p), proc, false, false));
       }
       if (all) {
@@ -123,7 +123,7 @@ class PolicyMapper : public DefaultMapper {
     Processor proc;
     // DefaultMapper::map_task may move the task to any local CPU, undoing the initial processor:
     // the policy's processor is put back below.
-    if (!placed_processor(task, has_point, point, proc) ||
+    if (!placed_processor(ctx, task, has_point, point, proc) ||
         proc.address_space() != local_proc.address_space()) {
       DefaultMapper::map_task(ctx, task, input, output);
       return;
@@ -134,7 +134,7 @@ class PolicyMapper : public DefaultMapper {
     DefaultMapper::map_task(ctx, task, input, output);
     current_memory_ = Memory::NO_MEMORY;
     output.target_procs.assign(1, proc);
-    if (shares_node(task, has_point, point)) {
+    if (proc.kind() == Processor::LOC_PROC && shares_node(task, has_point, point)) {
       // Placed by node, not by processor: the other CPUs of this process next to the task's
       // memory may run it too (Legion queues it for all of them), so that one CPU's work does not
       // wait behind another's while a CPU of the node is free.
@@ -153,8 +153,11 @@ class PolicyMapper : public DefaultMapper {
   }
 
  private:
-  // The policy's CPU for this task, when it places it on one that exists.
-  bool placed_processor(const Task &task, bool has_point, int64_t point, Processor &proc) {
+  // The policy's processor for this task, when it places it on a CPU or IO processor that exists
+  // and the task has a variant for (tasks run on IO processors only when registered for them:
+  // VariantOptions::io_processors; the default mapper would abort on a task it cannot run).
+  bool placed_processor(const MapperContext ctx, const Task &task, bool has_point, int64_t point,
+                        Processor &proc) {
     uint64_t id = 0;
     uint64_t start = now_nanos();
     int placed = callbacks_.processor(task.task_id, task.tag, has_point ? 1 : 0, point, &id);
@@ -162,11 +165,18 @@ class PolicyMapper : public DefaultMapper {
     policy_nanos.fetch_add(now_nanos() - start, std::memory_order_relaxed);
     if (!placed) return false;
     proc.id = id;
-    if (!proc.exists() || proc.kind() != Processor::LOC_PROC) {
+    if (!proc.exists() || (proc.kind() != Processor::LOC_PROC && proc.kind() != Processor::IO_PROC) ||
+        (proc.kind() == Processor::IO_PROC && !has_variant_for(ctx, task.task_id, proc.kind()))) {
       rejected.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
     return true;
+  }
+
+  bool has_variant_for(const MapperContext ctx, TaskID task_id, Processor::Kind kind) {
+    std::vector<VariantID> variants;
+    runtime->find_valid_variants(ctx, task_id, variants, kind);
+    return !variants.empty();
   }
 
   // Whether the policy lets every CPU of the task's node run it.

@@ -79,6 +79,10 @@ pub struct VariantOptions {
     /// is mapped (and its future's buffer made) while the producer still runs, instead of after
     /// it. A larger result is a task failure, reported like any other.
     pub max_result_bytes: Option<usize>,
+    /// Also runs on Realm's IO processors (`-ll:io N`), besides CPU processors: for a task that
+    /// waits for the outside world (a stream, a clock), so that its waits do not keep a CPU
+    /// processor from other tasks. The mapper chooses the processor of each launch.
+    pub io_processors: bool,
 }
 
 impl VariantOptions {
@@ -100,6 +104,19 @@ impl VariantOptions {
     pub fn replicable(mut self) -> Self {
         self.replicable = true;
         self
+    }
+    /// Registers the variant for IO processors as well (see [`VariantOptions::io_processors`]).
+    pub fn also_on_io_processors(mut self) -> Self {
+        self.io_processors = true;
+        self
+    }
+    /// The processor kinds the variant is registered for.
+    fn processor_kinds(&self) -> &'static [raw::legion_processor_kind_t] {
+        if self.io_processors {
+            &[raw::LOC_PROC, raw::IO_PROC]
+        } else {
+            &[raw::LOC_PROC]
+        }
     }
     /// Declares the largest result the task returns (see [`VariantOptions::max_result_bytes`]).
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
@@ -257,13 +274,29 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
     let entry: &'static TaskEntry = Box::leak(Box::new(TaskEntry { name, options, body }));
     let entry_ptr = entry as *const TaskEntry as usize;
     let userdata = entry_ptr.to_ne_bytes();
-    // SAFETY: preregistration before the runtime starts (checked above); the registrar and the
-    // execution constraint set are created here and destroyed after Legion copied them; the name
-    // and the user data are copied by Legion; the user data is the address of a leaked entry.
+    // One variant per processor kind, all with the same body.
+    for &kind in options.processor_kinds() {
+        // SAFETY: preregistration before the runtime starts (checked above); the registrar and
+        // the execution constraint set are created here and destroyed after Legion copied them;
+        // the name and the user data are copied by Legion; the user data is the address of a
+        // leaked entry.
+        unsafe { preregister_variant(id, &c_name, kind, options, &userdata) };
+    }
+    registered.insert(id, name);
+    Ok(())
+}
+
+/// Preregisters a variant of task `id` for processors of `kind`, calling the trampoline with
+/// `userdata`.
+///
+/// # Safety
+/// Only before the runtime starts.
+unsafe fn preregister_variant(id: u32, c_name: &CString, kind: raw::legion_processor_kind_t, options: VariantOptions, userdata: &[u8]) {
+    // SAFETY: see the caller; every handle made here is destroyed here, after Legion copied it.
     unsafe {
         let registrar = raw::legion_task_variant_registrar_create(id, true, c_name.as_ptr());
         let execution = raw::legion_execution_constraint_set_create();
-        raw::legion_execution_constraint_set_add_processor_constraint(execution, raw::LOC_PROC);
+        raw::legion_execution_constraint_set_add_processor_constraint(execution, kind);
         raw::legion_task_variant_registrar_set_execution_constraints(registrar, execution);
         raw::legion_task_variant_registrar_set_options(registrar, options.to_raw());
         raw::legion_runtime_preregister_task_variant_fnptr_with_registrar(
@@ -279,8 +312,6 @@ fn register_erased(id: u32, name: &'static str, options: VariantOptions, body: B
         raw::legion_execution_constraint_set_destroy(execution);
         raw::legion_task_variant_registrar_destroy(registrar);
     }
-    registered.insert(id, name);
-    Ok(())
 }
 
 /// The entry point Legion calls for every Rust task.

@@ -1,7 +1,8 @@
-//! The policy mapper against the real runtime (two CPU processors): tagged tasks and index-launch
+//! The policy mapper against the real runtime (two CPU processors and an IO processor): tagged tasks and index-launch
 //! points run on the processor the Rust policy names, their region instances work in the memory
 //! it names, and tasks it does not place (no answer, an answer that is not a CPU, a panic) still
-//! run where the default mapper puts them.
+//! run where the default mapper puts them. A task registered for IO processors runs on one when
+//! the policy names it, and on a CPU otherwise.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,9 +21,12 @@ const PLACE: u64 = 0x7E57_0000_0000;
 const SHARED: u64 = 0x7E5A_0000_0000;
 const UTILITY: u64 = 0x7E58_0000_0000;
 const PANIC: u64 = 0x7E59_0000_0000;
+/// Names the IO processor.
+const IO: u64 = 0x7E5B_0000_0000;
 
 struct TestPolicy {
     cpus: Vec<u64>,
+    io: u64,
     utility: u64,
     system_memory: u64,
 }
@@ -35,16 +39,18 @@ impl PlacementPolicy for TestPolicy {
                 Some(self.cpus[k % self.cpus.len()])
             }
             SHARED => Some(self.cpus[0]),
+            IO => Some(self.io),
             UTILITY => Some(self.utility),
             PANIC => panic!("the test policy panics on purpose"),
             _ => None,
         }
     }
     fn memory(&self, task: &TaskQuery, _processor: u64) -> Option<u64> {
-        matches!(task.tag & !0xFFFF, PLACE | SHARED).then_some(self.system_memory)
+        matches!(task.tag & !0xFFFF, PLACE | SHARED | IO).then_some(self.system_memory)
     }
     fn shares_node(&self, task: &TaskQuery) -> bool {
-        task.tag & !0xFFFF == SHARED
+        // Asked of IO placements too, to check that the shim does not spread those to CPUs.
+        matches!(task.tag & !0xFFFF, SHARED | IO)
     }
 }
 
@@ -54,15 +60,21 @@ fn main() -> ExitCode {
         let mut cpus: Vec<u64> = machine.processors_of(ProcessorKind::Cpu).map(|p| p.id).collect();
         cpus.sort_unstable();
         let utility = machine.processors_of(ProcessorKind::Utility).next()?.id;
+        let io = machine.processors_of(ProcessorKind::Io).next()?.id;
         let system_memory = machine.memories.iter().find(|m| m.kind == MemoryKind::System)?.id;
         Some(Arc::new(TestPolicy {
             cpus,
+            io,
             utility,
             system_memory,
         }) as Arc<dyn PlacementPolicy>)
     })
     .unwrap();
     let where_am_i = register_task(40, "where_am_i", VariantOptions::leaf(), |ctx, ()| Ok(ctx.executing_processor().id)).unwrap();
+    let which_kind = register_task(44, "which_kind", VariantOptions::leaf().also_on_io_processors(), |ctx, ()| {
+        Ok(format!("{:?}", ctx.executing_processor().kind))
+    })
+    .unwrap();
     // Keeps its processor busy for 20 ms, then says which it was.
     let busy = register_task(43, "busy", VariantOptions::leaf(), |ctx, ()| {
         let start = std::time::Instant::now();
@@ -161,6 +173,31 @@ fn main() -> ExitCode {
             check(after.placed_calls > before.placed_calls, "no placed mapper call counted")?;
             check(after.rejected == before.rejected, "an answer was rejected")
         }),
+        case("a_task_registered_for_io_processors_runs_where_the_policy_says", move |ctx| {
+            // Several at once: were the shim to spread them to the node's CPUs, some would run there.
+            let on_io = (0..6)
+                .map(|_| ctx.execute(&TaskLauncher::new(which_kind, &())?.tag(IO)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for future in &on_io {
+                let kind = future.get()?;
+                check(kind == "Io", format!("placed on the IO processor, ran on a {kind} processor"))?;
+            }
+            let on_cpu = ctx.execute(&TaskLauncher::new(which_kind, &())?.tag(PLACE))?.get()?;
+            check(on_cpu == "Cpu", format!("placed on a CPU, ran on a {on_cpu} processor"))?;
+            let unplaced = ctx.execute(&TaskLauncher::new(which_kind, &())?)?.get()?;
+            check(unplaced == "Cpu", format!("the default mapper ran it on a {unplaced} processor"))
+        }),
+        case(
+            "a_task_without_an_io_variant_placed_on_the_io_processor_runs_on_a_cpu",
+            move |ctx| {
+                // The policy's answer cannot be honoured (Legion has no variant to run there): it is
+                // counted as rejected and the default mapper places the task.
+                let before = mapper::stats();
+                let ran = ctx.execute(&TaskLauncher::new(where_am_i, &())?.tag(IO))?.get()?;
+                check(cpus(ctx).contains(&ran), format!("ran on {ran:#x}, not a CPU"))?;
+                check(mapper::stats().rejected > before.rejected, "the IO answer was not rejected")
+            },
+        ),
         case("tasks_the_policy_does_not_place_still_run", move |ctx| {
             let cpus = cpus(ctx);
             let before = mapper::stats();
@@ -172,5 +209,15 @@ fn main() -> ExitCode {
             check(after.rejected > before.rejected, "the utility processor answer was not rejected")
         }),
     ];
-    run(&["-ll:cpu".into(), "2".into(), "-ll:util".into(), "1".into()], cases)
+    run(
+        &[
+            "-ll:cpu".into(),
+            "2".into(),
+            "-ll:util".into(),
+            "1".into(),
+            "-ll:io".into(),
+            "1".into(),
+        ],
+        cases,
+    )
 }
