@@ -8,7 +8,7 @@
 //! - `edit→bin`: from sending the edit to the first bin computed with the new graph version
 //!   arriving at a subscriber.
 //!
-//! Run: `cargo bench --bench service_bench [-- --edits N --rate HZ --partitions P]`. Prints
+//! Run: `cargo bench --bench service_bench [-- --edits N --rate HZ --partitions P --run "ARGS"]`. Prints
 //! median and p99 in milliseconds.
 
 use std::time::{Duration, Instant};
@@ -42,7 +42,11 @@ fn main() {
     let rate = arg("--rate", "1000");
     let partitions = arg("--partitions", "1");
     let dir = common::scratch("bench");
-    let service = common::service::Service::start(&dir, "127.0.0.1:0", &["--rate", &rate, "--partitions", &partitions]);
+    // Any other `ami2 run` arguments, e.g. `--run "--batch-interval-us 1000"`.
+    let extra = arg("--run", "");
+    let mut run_args = vec!["--rate", &rate, "--partitions", &partitions];
+    run_args.extend(extra.split_whitespace());
+    let service = common::service::Service::start(&dir, "127.0.0.1:0", &run_args);
     println!(
         "ami2 run: synthetic events at {rate} Hz, {partitions} partition(s), serving {}",
         service.addr
