@@ -723,6 +723,18 @@ mod tests {
     }
 
     #[test]
+    fn a_source_gathers_longer_on_an_io_processor_unless_told() {
+        let automatic = PipelineConfig::default();
+        assert_eq!(automatic.batch_interval_for(true), BATCH_INTERVAL_IO_US);
+        assert_eq!(automatic.batch_interval_for(false), BATCH_INTERVAL_CPU_US);
+        let told = PipelineConfig {
+            batch_interval_us: Some(0),
+            ..PipelineConfig::default()
+        };
+        assert_eq!((told.batch_interval_for(true), told.batch_interval_for(false)), (0, 0));
+    }
+
+    #[test]
     fn each_batch_starts_in_the_cache_up_to_its_share_of_it() {
         let images = |cached_batch_bytes| PipelineConfig {
             source: SourceConfig::Synthetic(SyntheticConfig::images(512, 512)),
