@@ -32,7 +32,7 @@ use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
 use crate::tasks::{
-    merge_ran_on, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
+    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
 };
 use crate::PipelineError;
 
@@ -511,8 +511,8 @@ pub fn run(
         summary.superseded_partials = report.state.superseded_partials;
         summary.bins_dropped_early = report.state.bins_dropped_early;
         summary.sources.extend(report.sources.clone());
-        merge_ran_on(&mut summary.ran_on, report.ran_on.clone());
-        merge_ran_on(&mut summary.processors, report.processors.clone());
+        merge_by_task(&mut summary.ran_on, report.ran_on.clone());
+        merge_by_task(&mut summary.processors, report.processors.clone());
         if data_dir.is_some()
             && config.snapshot_interval_ms > 0
             && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms

@@ -118,8 +118,8 @@ pub type RanOn = BTreeMap<String, BTreeSet<u32>>;
 /// Task kind → the kinds of processor it ran on.
 pub type ProcessorsUsed = BTreeMap<String, BTreeSet<ProcessorKind>>;
 
-/// Adds `other` to `into` ([`RanOn`], [`ProcessorsUsed`]).
-pub fn merge_ran_on<T: Ord>(into: &mut BTreeMap<String, BTreeSet<T>>, other: BTreeMap<String, BTreeSet<T>>) {
+/// Adds the sets of `other` to those of `into`, task by task ([`RanOn`], [`ProcessorsUsed`]).
+pub fn merge_by_task<T: Ord>(into: &mut BTreeMap<String, BTreeSet<T>>, other: BTreeMap<String, BTreeSet<T>>) {
     for (task, places) in other {
         into.entry(task).or_default().extend(places);
     }
@@ -149,8 +149,8 @@ impl PartialReport {
         self.failures.extend(other.failures);
         self.sources.extend(other.sources);
         self.incidents.extend(other.incidents);
-        merge_ran_on(&mut self.ran_on, other.ran_on);
-        merge_ran_on(&mut self.processors, other.processors);
+        merge_by_task(&mut self.ran_on, other.ran_on);
+        merge_by_task(&mut self.processors, other.processors);
         Ok(())
     }
 }
@@ -875,8 +875,8 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         report.failures.extend(local.failures);
         report.sources.extend(local.sources);
         report.incidents.extend(local.incidents);
-        merge_ran_on(&mut report.ran_on, local.ran_on);
-        merge_ran_on(&mut report.processors, local.processors);
+        merge_by_task(&mut report.ran_on, local.ran_on);
+        merge_by_task(&mut report.processors, local.processors);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);
