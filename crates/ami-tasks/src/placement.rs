@@ -63,7 +63,7 @@ pub fn partition_groups(partitions: usize) -> Vec<(u32, Vec<usize>)> {
 /// left beside them, else none. The placement runs data sources on IO processors when there are
 /// some. A source waits for its stream; on a CPU processor it would hold it meanwhile, and on one
 /// CPU processor the previous round's worker waits behind it. Measured on 2 cores with 1
-/// partition: 64,000-72,000 events/s against 39,000-41,000 as fast as possible, and 0.35 ms
+/// partition: 61,000-72,000 events/s (11 runs of 13) against 33,000-42,000 as fast as possible, and 0.35 ms
 /// against 2.25 ms from a bin's end to its publication; with 2 partitions on 2 CPU processors,
 /// where no core is left, IO processors only added threads (8% fewer events/s).
 pub fn io_processors_for(partitions_per_node: usize, cpu_processors: usize, cores: usize) -> usize {
