@@ -54,7 +54,8 @@ pub struct PipelineConfig {
     /// Telemetry buffers per partition (≥ 2: sources fill one while workers read another).
     pub buffers: usize,
     /// Reductions in flight before the driver waits for the oldest (bounds memory: at most
-    /// `window × max_rounds_per_reduction` rounds are in flight).
+    /// `window × max_rounds_per_reduction` rounds are in flight). Once the sources keep up with
+    /// their streams, one at most (see `ReductionPace::window`).
     pub window: usize,
     /// Most rounds one reduction merges (1: a reduction after every round).
     pub max_rounds_per_reduction: usize,
@@ -386,6 +387,8 @@ struct ReductionPace {
     /// When the last report arrived, the last round it covered and the events merged so far.
     last: Option<(std::time::Instant, u64, u64)>,
     rounds: u64,
+    /// Whether the sources were behind the data at the last report (filling their batches).
+    behind: bool,
 }
 
 impl ReductionPace {
@@ -396,6 +399,20 @@ impl ReductionPace {
             full_round: (config.partitions * config.batch_size) as f64,
             last: None,
             rounds: 1,
+            behind: true,
+        }
+    }
+
+    /// Reductions the driver keeps in flight, of `configured` at most: all of them while the
+    /// sources are behind the data (rounds queued ahead keep every processor busy), one once they
+    /// have caught up. Rounds of a live stream mostly wait for their frames, and each one queued
+    /// ahead is one more that a graph edit (a write to the Control segment their workers read)
+    /// is ordered after.
+    fn window(&self, configured: usize) -> usize {
+        if self.behind {
+            configured
+        } else {
+            configured.min(1)
         }
     }
 
@@ -407,6 +424,7 @@ impl ReductionPace {
                 let rounds = (round - before) as f64;
                 // Sources that fill at least 90% of their batches are behind the data.
                 let behind = events.saturating_sub(events_before) as f64 >= 0.9 * self.full_round * rounds;
+                self.behind = behind;
                 self.rounds = if behind {
                     ((rounds / secs * self.interval_secs) as u64).clamp(1, self.max)
                 } else {
@@ -618,7 +636,7 @@ pub fn run(
         in_flight.push_back((round, global.clone()));
         previous = Some(global);
         ReportMetrics::launched(in_flight.len());
-        while in_flight.len() > config.window || (stopping && !in_flight.is_empty()) {
+        while in_flight.len() > pace.window(config.window) || (stopping && !in_flight.is_empty()) {
             let (done, future) = in_flight.pop_front().expect("non-empty");
             let report = future.get()?;
             health::round_reported(done);
@@ -701,16 +719,17 @@ mod tests {
     }
 
     #[test]
-    fn keeping_up_with_a_live_stream_reduces_after_every_round() {
+    fn keeping_up_with_a_live_stream_reduces_after_every_round_with_one_reduction_in_flight() {
         let start = Instant::now();
         let mut pace = pace(8, 4_000);
+        assert_eq!(pace.window(4), 4, "until the rate is known, the whole window");
         pace.reported(0, 20, start);
         // 10,000 rounds/s, but of 1 frame each (batches far from full): latency first.
         pace.reported(100, 120, start + Duration::from_millis(10));
-        assert_eq!(pace.rounds, 1);
-        // The stream falls behind: full batches again.
+        assert_eq!((pace.rounds, pace.window(4)), (1, 1));
+        // The stream falls behind: full batches again, and rounds queued ahead.
         pace.reported(200, 2_120, start + Duration::from_millis(20));
-        assert_eq!(pace.rounds, 8);
+        assert_eq!((pace.rounds, pace.window(4)), (8, 4));
     }
 
     #[test]
