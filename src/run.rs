@@ -190,12 +190,8 @@ fn cpu_processors_for(partitions: usize, ranks: usize, legion_args: &[String]) -
     if ranks > 1 || legion_args.iter().any(|a| a == "-ll:cpu") {
         return None;
     }
-    let defaults = runtime::default_args();
-    let default = runtime::flag_value(&defaults, "-ll:cpu")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let wanted = partitions.min(cores);
+    let default = runtime::cpu_processors(&[]);
+    let wanted = partitions.min(runtime::cores());
     (wanted > default).then_some(wanted)
 }
 
@@ -210,11 +206,11 @@ fn io_processors_for(partitions: usize, ranks: usize, service_nodes: usize, legi
     // The placement falls back to no service node when they would take every process.
     let data_nodes = if service_nodes < ranks { ranks - service_nodes } else { ranks };
     let per_node = partitions.div_ceil(data_nodes.max(1)).max(1);
-    let cpus = runtime::flag_value(&runtime::with_default_args(legion_args), "-ll:cpu")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Some(ami_tasks::placement::io_processors_for(per_node, cpus, cores))
+    Some(ami_tasks::placement::io_processors_for(
+        per_node,
+        runtime::cpu_processors(legion_args),
+        runtime::cores(),
+    ))
 }
 
 /// Prints bins as they finish: a live table (demo) or JSON lines.
@@ -447,7 +443,7 @@ mod tests {
 
     #[test]
     fn io_processors_follow_the_partitions_of_the_busiest_data_node() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = runtime::cores();
         let cpus = |n: usize| vec!["-ll:cpu".to_string(), n.to_string()];
         // One process, one CPU processor, as many cores as it takes to leave one.
         let expected = |per_node: usize| ami_tasks::placement::io_processors_for(per_node, 1, cores);

@@ -201,11 +201,10 @@ fn main() {
         args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
     }
     // The data sources' IO processors, as `ami2 run` gives them (0: sources on the CPUs).
-    let cpu_processors = runtime::flag_value(&runtime::with_default_args(&args), "-ll:cpu")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let io = option("--io", ami_tasks::placement::io_processors_for(partitions, cpu_processors, cores));
+    let io = option(
+        "--io",
+        ami_tasks::placement::io_processors_for(partitions, runtime::cpu_processors(&args), runtime::cores()),
+    );
     if io > 0 {
         args.extend(["-ll:io".to_string(), io.to_string()]);
     }

@@ -72,7 +72,7 @@ pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 /// single-process run, no network module (Realm would otherwise try to bootstrap UCX and log
 /// failures); with several processes on a machine of at most 4 cores, one background worker.
 pub fn default_args() -> Vec<String> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = cores();
     let util = if cores > 8 { 2 } else { 1 };
     let cpus = cores.saturating_sub(util + 1).max(1);
     // Realm logs to stdout unless told otherwise; stdout belongs to the program.
@@ -105,6 +105,18 @@ pub fn default_args() -> Vec<String> {
 /// The value of `flag` in Legion arguments (its last occurrence: the one Legion keeps).
 pub fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.windows(2).rev().find(|w| w[0] == flag).map(|w| w[1].as_str())
+}
+
+/// Cores this process may run on (1 when that cannot be known).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU processors (`-ll:cpu`) Legion starts with from `args`, completed with the defaults.
+pub fn cpu_processors(args: &[String]) -> usize {
+    flag_value(&with_default_args(args), "-ll:cpu")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// `args` completed with the [`default_args`] flags (with their values) that `args` does not set.
@@ -321,5 +333,19 @@ unsafe extern "C" fn registration_trampoline(
         if let Err(message) = panic::catch(|| callback(&registration)) {
             tracing::error!("a registration callback panicked: {message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_processors_are_the_callers_or_the_defaults() {
+        let given: Vec<String> = ["-ll:util", "1", "-ll:cpu", "3"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(cpu_processors(&given), 3);
+        let default = flag_value(&default_args(), "-ll:cpu").map(|v| v.parse::<usize>().unwrap());
+        assert_eq!(Some(cpu_processors(&[])), default);
+        assert!(cpu_processors(&[]) >= 1 && cpu_processors(&[]) < cores().max(2));
     }
 }
