@@ -203,8 +203,7 @@ fn io_processors_for(partitions: usize, ranks: usize, service_nodes: usize, legi
     if legion_args.iter().any(|a| a == "-ll:io") {
         return None;
     }
-    // The placement falls back to no service node when they would take every process.
-    let data_nodes = if service_nodes < ranks { ranks - service_nodes } else { ranks };
+    let data_nodes = ami_mapper::Roles { service_nodes }.data_nodes(ranks);
     let per_node = partitions.div_ceil(data_nodes.max(1)).max(1);
     Some(ami_tasks::placement::io_processors_for(
         per_node,

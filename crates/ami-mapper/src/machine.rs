@@ -77,15 +77,14 @@ impl Node {
     /// [`DEFAULT_SYSTEM_BYTES`], with synthetic ids: processor `i` is `(1 << 56) | (address_space << 16) | i`
     /// (the utility processor comes last), memory `i` is `(2 << 56) | (address_space << 16) | i`.
     pub fn uniform(address_space: u32, cpus: usize) -> Node {
-        let proc_id = |i: usize| (1u64 << 56) | (u64::from(address_space) << 16) | i as u64;
         let mut processors: Vec<Proc> = (0..cpus)
             .map(|i| Proc {
-                id: proc_id(i),
+                id: Self::synthetic_proc_id(address_space, i),
                 kind: ProcKind::Cpu,
             })
             .collect();
         processors.push(Proc {
-            id: proc_id(cpus),
+            id: Self::synthetic_proc_id(address_space, cpus),
             kind: ProcKind::Utility,
         });
         let memories = vec![Mem {
@@ -98,6 +97,10 @@ impl Node {
             processors,
             memories,
         }
+    }
+
+    fn synthetic_proc_id(address_space: u32, index: usize) -> u64 {
+        (1u64 << 56) | (u64::from(address_space) << 16) | index as u64
     }
 
     fn synthetic_mem_id(address_space: u32, index: usize) -> u64 {
@@ -126,7 +129,7 @@ impl Machine {
         for node in &mut self.nodes {
             let first = node.processors.len();
             node.processors.extend((first..first + count).map(|i| Proc {
-                id: (1u64 << 56) | (u64::from(node.address_space) << 16) | i as u64,
+                id: Node::synthetic_proc_id(node.address_space, i),
                 kind: ProcKind::Io,
             }));
         }

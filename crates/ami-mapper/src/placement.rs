@@ -14,6 +14,18 @@ pub struct Roles {
     pub service_nodes: usize,
 }
 
+impl Roles {
+    /// How many of `nodes` nodes hold data: those the service nodes leave, or every one when the
+    /// service nodes would take them all (the fallback of [`Placement::new`]).
+    pub fn data_nodes(&self, nodes: usize) -> usize {
+        if self.service_nodes < nodes {
+            nodes - self.service_nodes
+        } else {
+            nodes
+        }
+    }
+}
+
 impl Default for Roles {
     /// One service node (on a single node this falls back to everything on node 0, see [`Placement::new`]).
     fn default() -> Roles {
@@ -40,6 +52,11 @@ const SLOT_RESULTS_PUBLISHER: usize = 2;
 const SLOT_MONITOR: usize = 3;
 const SLOT_SERVICE_PERSISTENCE: usize = 4;
 const SLOT_TOP_LEVEL: usize = 0;
+
+/// Whether a task of kind `kind` placed on the node of `info` runs on one of its IO processors.
+fn runs_on_io(kind: &TaskKind, info: &NodeInfo) -> bool {
+    matches!(kind, TaskKind::DataSource { .. }) && !info.io.is_empty()
+}
 
 #[derive(Clone, Debug)]
 struct NodeInfo {
@@ -127,8 +144,7 @@ impl Placement {
             });
         }
         let fallback = roles.service_nodes == n;
-        let services = if fallback { 0 } else { roles.service_nodes };
-        let data_count = n - services;
+        let data_count = roles.data_nodes(n);
         let data_nodes: Vec<u32> = (0..data_count as u32).collect();
         let service_nodes: Vec<u32> = (data_count as u32..n as u32).collect();
 
@@ -257,16 +273,13 @@ impl Placement {
     pub fn processor_for(&self, kind: &TaskKind) -> Result<u64, PolicyError> {
         let (node, slot) = self.node_and_slot(kind)?;
         let info = &self.nodes[node as usize];
-        let processors = if self.on_io_processor(kind)? { &info.io } else { &info.cpus };
+        let processors = if runs_on_io(kind, info) { &info.io } else { &info.cpus };
         Ok(processors[slot % processors.len()])
     }
 
     /// Whether a task of kind `kind` runs on an IO processor: a data source on a node that has some.
     pub fn on_io_processor(&self, kind: &TaskKind) -> Result<bool, PolicyError> {
-        Ok(match kind {
-            TaskKind::DataSource { .. } => !self.node_info(self.node_for(kind)?)?.io.is_empty(),
-            _ => false,
-        })
+        Ok(runs_on_io(kind, self.node_info(self.node_for(kind)?)?))
     }
 
     /// The memory (of [`Placement::node_for`]) for the instances of a task of kind `kind`:

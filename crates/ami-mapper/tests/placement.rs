@@ -10,11 +10,16 @@ fn place(nodes: u32, cpus: usize, service_nodes: usize, partitions: u32) -> Plac
     Placement::new(Machine::uniform(nodes, cpus), Roles { service_nodes }, partitions).expect("valid placement")
 }
 
-fn cpus_of(placement: &Placement, node: u32) -> Vec<u64> {
+/// The processors of `kind` of `node`, sorted by id.
+fn procs_of(placement: &Placement, node: u32, kind: ProcKind) -> Vec<u64> {
     let node = &placement.machine().nodes[node as usize];
-    let mut cpus: Vec<u64> = node.processors.iter().filter(|p| p.kind == ProcKind::Cpu).map(|p| p.id).collect();
-    cpus.sort_unstable();
-    cpus
+    let mut procs: Vec<u64> = node.processors.iter().filter(|p| p.kind == kind).map(|p| p.id).collect();
+    procs.sort_unstable();
+    procs
+}
+
+fn cpus_of(placement: &Placement, node: u32) -> Vec<u64> {
+    procs_of(placement, node, ProcKind::Cpu)
 }
 
 fn system_of(placement: &Placement, node: u32) -> u64 {
@@ -93,16 +98,7 @@ fn data_sources_run_on_their_nodes_io_processors_when_there_are_some() {
     // 2 data nodes with 2 CPUs and 2 IO processors each, a service node; 5 partitions (3 + 2).
     let machine = Machine::uniform(3, 2).with_io_processors(2);
     let p = Placement::new(machine, Roles { service_nodes: 1 }, 5).unwrap();
-    let io_of = |node: u32| {
-        let mut io: Vec<u64> = p.machine().nodes[node as usize]
-            .processors
-            .iter()
-            .filter(|proc_| proc_.kind == ProcKind::Io)
-            .map(|proc_| proc_.id)
-            .collect();
-        io.sort_unstable();
-        io
-    };
+    let io_of = |node: u32| procs_of(&p, node, ProcKind::Io);
     // Node 0's partitions 0, 1, 2 take its IO processors in turn; node 1's 3 and 4 one each.
     let sources: Vec<u64> = (0..5)
         .map(|part| p.processor_for(&TaskKind::DataSource { partition: part }).unwrap())
@@ -497,4 +493,16 @@ fn placement_is_send_sync_and_serializable_types_are_serde() {
     serde::<Roles>();
     serde::<TaskKind>();
     serde::<ami_mapper::Target>();
+}
+
+#[test]
+fn data_nodes_are_what_the_service_nodes_leave_or_every_node() {
+    let roles = |service_nodes| Roles { service_nodes };
+    assert_eq!(roles(1).data_nodes(3), 2);
+    assert_eq!(roles(0).data_nodes(3), 3);
+    // As many service nodes as nodes: the placement's fallback, every node holds data.
+    assert_eq!(roles(2).data_nodes(2), 2);
+    let fallback = Placement::new(Machine::uniform(2, 1), roles(2), 4).unwrap();
+    assert!(fallback.is_fallback());
+    assert_eq!(fallback.data_nodes().len(), roles(2).data_nodes(2));
 }
