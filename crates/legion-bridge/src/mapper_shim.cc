@@ -173,10 +173,15 @@ class PolicyMapper : public DefaultMapper {
     return true;
   }
 
+  // Whether task `task_id` has a variant for processors of `kind`, asked of the runtime once per
+  // pair: variants are registered before the runtime starts, and every source task asks.
   bool has_variant_for(const MapperContext ctx, TaskID task_id, Processor::Kind kind) {
+    const std::pair<TaskID, int> key(task_id, static_cast<int>(kind));
+    auto known = has_variant_.find(key);
+    if (known != has_variant_.end()) return known->second;
     std::vector<VariantID> variants;
     runtime->find_valid_variants(ctx, task_id, variants, kind);
-    return !variants.empty();
+    return has_variant_.emplace(key, !variants.empty()).first->second;
   }
 
   // Whether the policy lets every CPU of the task's node run it.
@@ -227,6 +232,7 @@ class PolicyMapper : public DefaultMapper {
   Memory current_memory_ = Memory::NO_MEMORY;
   // Calls never interleave on one mapper (see get_mapper_sync_model): no lock needed.
   std::map<std::pair<uint64_t, uint64_t>, std::vector<Processor>> node_cpus_;
+  std::map<std::pair<TaskID, int>, bool> has_variant_;
 };
 
 }  // namespace
