@@ -156,9 +156,7 @@ fn tuned(config: PipelineConfig) -> PipelineConfig {
     let cached_batch_bytes = match option("--streaming-stores", 2) {
         0 => Some(usize::MAX),
         1 => Some(0),
-        _ => option_text("--cached-batch-kib")
-            .and_then(|kib| kib.parse::<usize>().ok())
-            .map(|kib| kib << 10),
+        _ => option_text("--cached-batch-kib").map(|kib| kib.parse::<usize>().expect("--cached-batch-kib N") << 10),
     };
     PipelineConfig {
         cached_batch_bytes,
