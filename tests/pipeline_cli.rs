@@ -60,6 +60,66 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
     );
 }
 
+/// A bin's value of `result`, parsed (results are JSON documents in strings).
+fn result(bin: &Value, name: &str) -> Value {
+    let text = bin["values"][name].as_str().unwrap_or_else(|| panic!("no {name} in {bin}"));
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn the_built_in_graph_fits_the_shapes_of_the_source_frames() {
+    // Images of 24x24 and waveforms of 40 samples, not the defaults (128x128, 256): with no graph
+    // given, the service's graph is fitted to the recording's first frame.
+    let dir = scratch("fitted-graph");
+    let file = dir.join("small.rec");
+    let out = ami2(&[
+        "record",
+        file.to_str().unwrap(),
+        "--frames",
+        "300",
+        "--image-size",
+        "24",
+        "--waveform-length",
+        "40",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let source = format!("file:{}", file.display());
+    let out = ami2(&with_legion(&["run", "--source", &source, "--json"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("graph failure"), "{stderr}");
+    let bins = bins(&out);
+    assert_eq!(total_events(&bins), 300);
+    for bin in &bins {
+        assert_eq!(result(bin, "cspad_columns")["mean"].as_array().unwrap().len(), 24, "{bin}");
+        assert_eq!(result(bin, "trace")["mean"].as_array().unwrap().len(), 40, "{bin}");
+    }
+    // The chart holds the mean of each image's middle half (x and y in 6..18), computed here
+    // from the recording.
+    let mut reader = ami_tasks::source::RecordingReader::open(&file).unwrap();
+    let mut expected = 0.0;
+    while let Some(frame) = reader.next_frame().unwrap() {
+        let (_, image) = frame.fields.iter().find(|(name, _)| name == "cspad").unwrap();
+        let ami_tasks::event::FieldValue::Image { width, pixels, .. } = image else {
+            panic!("cspad is not an image: {image:?}")
+        };
+        let width = *width as usize;
+        let roi: f64 = (6..18)
+            .flat_map(|y| (6..18).map(move |x| (x, y)))
+            .map(|(x, y)| pixels[y * width + x])
+            .sum();
+        expected += roi / 144.0;
+    }
+    let charted: f64 = bins
+        .iter()
+        .map(|bin| {
+            let chart = result(bin, "cspad_roi_chart");
+            chart["count"].as_f64().unwrap() * chart["mean"].as_f64().unwrap()
+        })
+        .sum();
+    assert!((charted - expected).abs() <= 1e-9 * expected.abs(), "{charted} != {expected}");
+}
+
 #[test]
 fn shared_memory_ring_fed_by_daq_sim_in_another_process() {
     let name = format!("ami2-cli-test-{}", std::process::id());

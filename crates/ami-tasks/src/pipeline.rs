@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::time::Duration;
 
 use ami_mapper::TaskKind;
 use kv_region::Op;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
-use crate::graph::{compile, default_graph, GraphSpec, MAX_RESULTS};
+use crate::graph::{compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
 use crate::graph_manager::{superseded_version_keys, GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::incident_log::IncidentLog;
@@ -288,7 +289,31 @@ pub fn current_graph_version(ctx: &TaskContext, stores: &Stores) -> Result<u64, 
     Ok(stores.control.get(ctx, GRAPH_VERSION_KEY)?.and_then(|v| v.as_u64()).unwrap_or(0))
 }
 
-fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&GraphSpec>) -> Result<u64, PipelineError> {
+/// How long the built-in graph waits for a first frame to fit itself to (a shared-memory ring
+/// whose producer has not written yet); then it assumes the synthetic source's default fields.
+const SAMPLE_FRAME_WAIT: Duration = Duration::from_secs(1);
+
+/// The built-in graph, fitted to the fields and shapes of the source's frames
+/// ([`default_graph_for`]): `ami2 run --image-size 512` gets a graph over 512x512 images, not one
+/// that fails on the first frame. The default fields' graph when no frame can be seen.
+fn builtin_graph(source: &SourceConfig) -> GraphSpec {
+    let why_not = match crate::source::sample_frame(source, SAMPLE_FRAME_WAIT) {
+        Ok(Some(frame)) => match default_graph_for(&frame).filter(|spec| compile(spec).is_ok()) {
+            Some(spec) => return spec,
+            None => "its first frame has no field it can use".to_string(),
+        },
+        Ok(None) => format!("no frame came within {SAMPLE_FRAME_WAIT:?}"),
+        Err(e) => format!("no frame could be read: {e}"),
+    };
+    tracing::warn!(
+        component = "driver",
+        "the built-in graph is not fitted to this source ({why_not}): it assumes the synthetic source's default fields"
+    );
+    default_graph()
+}
+
+fn install_initial_graph(ctx: &TaskContext, stores: &Stores, config: &PipelineConfig) -> Result<u64, PipelineError> {
+    let wanted = config.graph.as_ref();
     let current = current_graph_version(ctx, stores)?;
     let current_doc = if current > 0 {
         stores.control.get(ctx, &graph_key(current))?
@@ -297,7 +322,7 @@ fn install_initial_graph(ctx: &TaskContext, stores: &Stores, wanted: Option<&Gra
     };
     match (wanted, current) {
         (Some(spec), _) if current_doc != Some(serde_json::to_value(spec).expect("a graph serializes")) => install_graph(ctx, stores, spec),
-        (None, 0) => install_graph(ctx, stores, &default_graph()),
+        (None, 0) => install_graph(ctx, stores, &builtin_graph(&config.source)),
         _ => Ok(current),
     }
 }
@@ -463,7 +488,7 @@ pub fn run(
         }
     }
     let mut summary = RunSummary {
-        graph_version: install_initial_graph(ctx, &stores, config.graph.as_ref())?,
+        graph_version: install_initial_graph(ctx, &stores, config)?,
         ..RunSummary::default()
     };
     let mut incident_log = IncidentLog::open(ctx, &stores)?;
@@ -685,7 +710,7 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use super::*;
 

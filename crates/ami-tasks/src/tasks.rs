@@ -700,16 +700,50 @@ fn stored_frames<'v>(view: &'v kv_region::view::View<&[u8]>) -> kv_region::KvRes
 /// What a worker made of a batch: events, partials, the failure of the current graph if any.
 type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Option<GraphFailure>);
 
+/// Batches left unanalysed for want of a good graph: one warning per interval, not one per batch
+/// (thousands a second).
+static UNANALYSED: RateLimitedCount = RateLimitedCount::new(Duration::from_secs(10));
+
+/// Counts occurrences and says when to report them: at the first, then at most once per interval.
+struct RateLimitedCount {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedCount {
+    const fn new(interval: Duration) -> Self {
+        RateLimitedCount {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one; `Some(count since the last report)` when it is time to report.
+    fn note(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = &mut *state;
+        *count += 1;
+        if last.is_some_and(|at| at.elapsed() < self.interval) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(std::mem::take(count))
+    }
+}
+
 /// Runs the graph over the buffer's frames; when it fails on an event, records the failure and
 /// runs the last good graph instead.
 fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, args: &WorkerArgs) -> Analysis {
     let events = frames.len() as u64;
     let Some((version, graph)) = graph else {
-        tracing::warn!(
-            component = "worker",
-            partition = args.partition,
-            "no graph installed; events not analysed"
-        );
+        if let Some(batches) = UNANALYSED.note() {
+            tracing::warn!(
+                component = "worker",
+                partition = args.partition,
+                batches,
+                "no good graph installed; events not analysed (send one: `ami2 graph submit FILE`)"
+            );
+        }
         return (events, BTreeMap::new(), None);
     };
     match run_graph(&graph, version, frames, args.bin_width_ns) {
@@ -992,6 +1026,17 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
 mod tests {
     use super::*;
     use crate::source::Batch;
+
+    #[test]
+    fn a_rate_limited_count_reports_the_first_then_once_per_interval() {
+        let count = RateLimitedCount::new(Duration::from_millis(200));
+        assert_eq!(count.note(), Some(1));
+        assert_eq!((count.note(), count.note()), (None, None));
+        std::thread::sleep(Duration::from_millis(250));
+        // The two held back, and this one.
+        assert_eq!(count.note(), Some(3));
+        assert_eq!(count.note(), None);
+    }
 
     /// Hands over `script[i]` frames at its i-th call (nothing after the script, then its end)
     /// and records the timeout of each call. Writes nothing: the batching is what is tested.

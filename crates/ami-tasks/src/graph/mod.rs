@@ -148,6 +148,21 @@
 //! array values borrow from the frame when possible (`select`, `roi` of a borrowed array) and are
 //! updated in place when their only consumer is an elementwise op. `process` either adds a whole
 //! event to the partials or, on error, leaves them unchanged.
+//!
+//! # The built-in graph
+//!
+//! When no graph is given and none is installed, the service installs the demo graph fitted to
+//! the source's first frame ([`default_graph_for`]; a synthetic source's frame 0, a recording's
+//! first frame, the first frame a shared-memory ring offers within a second): a strip chart of the
+//! mean of the image's middle half (x and y from a quarter to three quarters of its size) and its
+//! column profile, for the field `cspad` or else the first image; the mean waveform and its peak
+//! count above 0.5, for `trace` or else the first waveform; a histogram of `energy` over [0, 10)
+//! and its mean in 20 bins of `scan` over [0, 1), when the frames have these scalars; with none of
+//! these, a strip chart of the first scalar. Results are named after the fields (`cspad_roi_chart`,
+//! `trace_peaks`, ...). So `ami2 run --image-size 512` analyses 512×512 images out of the box. For
+//! the synthetic source's default fields this is [`default_graph`]. When no frame can be seen (a ring
+//! whose producer has not written within the second), the default fields' graph is installed and a
+//! warning says so; a graph that fails on the frames is reverted and reported as any other.
 
 mod accum;
 mod compiled;
@@ -164,5 +179,5 @@ pub use accum::Partials;
 pub const MAX_RESULTS: usize = 64;
 pub use compiled::{compile, CompiledGraph};
 pub use ops::MAX_BINS;
-pub use spec::{default_graph, EvalError, GraphError, GraphSpec, NodeSpec};
+pub use spec::{default_graph, default_graph_for, EvalError, GraphError, GraphSpec, NodeSpec};
 pub use value::ROWS_AHEAD;

@@ -5,6 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::value::Ty;
+use crate::event::{FieldValue, Frame};
+
 /// A computation graph as clients send it: its nodes, in any order, and the ids of the nodes whose
 /// values are published as results. See the [module documentation](super) for the format.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,12 +104,7 @@ impl fmt::Display for EvalError {
 impl std::error::Error for EvalError {}
 
 fn node(id: &str, op: &str, inputs: &[&str], params: serde_json::Value) -> NodeSpec {
-    NodeSpec {
-        id: id.to_string(),
-        op: op.to_string(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        params,
-    }
+    NodeSpec::new(id, op, inputs, params)
 }
 
 /// The demo graph over the synthetic source's default fields (scalars `energy` and `scan`,
@@ -119,45 +117,145 @@ fn node(id: &str, op: &str, inputs: &[&str], params: serde_json::Value) -> NodeS
 /// - `energy_vs_scan` (binned_mean): mean `energy` in 20 bins of `scan` over [0, 1);
 /// - `trace_peaks` (scalar aggregate): statistics of the number of `trace` peaks above 0.5.
 pub fn default_graph() -> GraphSpec {
-    GraphSpec {
-        nodes: vec![
-            node(
-                "cspad",
-                "select",
-                &[],
-                json!({"field": "cspad", "kind": "image", "width": 128, "height": 128}),
-            ),
-            node("cspad_roi", "roi", &["cspad"], json!({"x0": 32, "y0": 32, "x1": 96, "y1": 96})),
-            node("cspad_roi_mean", "mean", &["cspad_roi"], serde_json::Value::Null),
-            node("cspad_roi_chart", "strip_chart", &["cspad_roi_mean"], serde_json::Value::Null),
-            node("cspad_columns", "projection", &["cspad"], json!({"axis": 0})),
-            node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
-            node(
-                "energy_hist",
-                "histogram",
-                &["energy"],
-                json!({"bins": 50, "low": 0.0, "high": 10.0}),
-            ),
-            node("scan", "select", &[], json!({"field": "scan", "kind": "scalar"})),
-            node(
+    let fields = [
+        ("energy", Ty::Scalar),
+        ("scan", Ty::Scalar),
+        ("trace", Ty::Waveform { len: Some(256) }),
+        (
+            "cspad",
+            Ty::Image {
+                width: Some(128),
+                height: Some(128),
+            },
+        ),
+    ];
+    demo_graph_over(&fields).expect("the default fields give a graph")
+}
+
+/// The demo graph fitted to the fields of `frame` (a source's first frame): the same analyses as
+/// [`default_graph`], over the shapes the frames really have, and only over the fields they have.
+///
+/// - The image (the field `cspad`, or else the first image): the mean of its middle half (x and y
+///   from a quarter to three quarters of the size) as a strip chart, `<image>_roi_chart`, and the
+///   column profile, `<image>_columns`.
+/// - The waveform (`trace`, or else the first one): its mean, `<waveform>`, and its peaks above 0.5,
+///   `<waveform>_peaks`.
+/// - The scalar `energy`: `energy_hist`, and `energy_vs_scan` when `scan` is a scalar too.
+/// - With none of these, the first scalar's strip chart, `<scalar>_chart`.
+///
+/// `None` when the frame has no field the graph can use, or when its field names make node ids
+/// collide.
+pub fn default_graph_for(frame: &Frame) -> Option<GraphSpec> {
+    let fields: Vec<(&str, Ty)> = frame
+        .fields
+        .iter()
+        .map(|(name, value)| {
+            let ty = match value {
+                FieldValue::Scalar(_) => Ty::Scalar,
+                FieldValue::Waveform(samples) => Ty::Waveform { len: Some(samples.len()) },
+                FieldValue::Image { width, height, .. } => Ty::Image {
+                    width: Some(*width as usize),
+                    height: Some(*height as usize),
+                },
+            };
+            (name.as_str(), ty)
+        })
+        .collect();
+    demo_graph_over(&fields)
+}
+
+/// The demo graph's nodes for `fields` (see [`default_graph_for`]), results in a fixed order.
+fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
+    let preferred = |name: &str, is_kind: fn(&Ty) -> bool| {
+        let of_kind = |(_, ty): &&(&str, Ty)| is_kind(ty);
+        fields
+            .iter()
+            .filter(of_kind)
+            .find(|(n, _)| *n == name)
+            .or_else(|| fields.iter().find(of_kind))
+            .copied()
+    };
+    let is_scalar = |name: &str| fields.iter().any(|(n, ty)| *n == name && *ty == Ty::Scalar);
+    let mut nodes = Vec::new();
+    // Results by kind, so that their order is the default graph's whatever the fields' order.
+    let (mut charts, mut histograms, mut waveforms, mut profiles, mut binned, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if let Some((
+        image,
+        Ty::Image {
+            width: Some(w),
+            height: Some(h),
+        },
+    )) = preferred("cspad", |ty| matches!(ty, Ty::Image { .. }))
+    {
+        let (roi, mean, chart, columns) = (
+            format!("{image}_roi"),
+            format!("{image}_roi_mean"),
+            format!("{image}_roi_chart"),
+            format!("{image}_columns"),
+        );
+        nodes.push(node(
+            image,
+            "select",
+            &[],
+            json!({"field": image, "kind": "image", "width": w, "height": h}),
+        ));
+        nodes.push(node(
+            &roi,
+            "roi",
+            &[image],
+            json!({"x0": w / 4, "y0": h / 4, "x1": w - w / 4, "y1": h - h / 4}),
+        ));
+        nodes.push(node(&mean, "mean", &[&roi], serde_json::Value::Null));
+        nodes.push(node(&chart, "strip_chart", &[&mean], serde_json::Value::Null));
+        nodes.push(node(&columns, "projection", &[image], json!({"axis": 0})));
+        charts.push(chart);
+        profiles.push(columns);
+    }
+    if is_scalar("energy") {
+        nodes.push(node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})));
+        nodes.push(node(
+            "energy_hist",
+            "histogram",
+            &["energy"],
+            json!({"bins": 50, "low": 0.0, "high": 10.0}),
+        ));
+        histograms.push("energy_hist".to_string());
+        if is_scalar("scan") {
+            nodes.push(node("scan", "select", &[], json!({"field": "scan", "kind": "scalar"})));
+            nodes.push(node(
                 "energy_vs_scan",
                 "binned_mean",
                 &["energy", "scan"],
                 json!({"bins": 20, "low": 0.0, "high": 1.0}),
-            ),
-            node("trace", "select", &[], json!({"field": "trace", "kind": "waveform", "length": 256})),
-            node("trace_peaks", "peaks", &["trace"], json!({"threshold": 0.5})),
-        ],
-        results: [
-            "cspad_roi_chart",
-            "energy_hist",
-            "trace",
-            "cspad_columns",
-            "energy_vs_scan",
-            "trace_peaks",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+            ));
+            binned.push("energy_vs_scan".to_string());
+        }
     }
+    if let Some((waveform, Ty::Waveform { len: Some(len) })) = preferred("trace", |ty| matches!(ty, Ty::Waveform { .. })) {
+        let peaks = format!("{waveform}_peaks");
+        nodes.push(node(
+            waveform,
+            "select",
+            &[],
+            json!({"field": waveform, "kind": "waveform", "length": len}),
+        ));
+        nodes.push(node(&peaks, "peaks", &[waveform], json!({"threshold": 0.5})));
+        waveforms.push(waveform.to_string());
+        counts.push(peaks);
+    }
+    if nodes.is_empty() {
+        let (scalar, _) = fields.iter().find(|(_, ty)| *ty == Ty::Scalar)?;
+        let chart = format!("{scalar}_chart");
+        nodes.push(node(scalar, "select", &[], json!({"field": scalar, "kind": "scalar"})));
+        nodes.push(node(&chart, "strip_chart", &[scalar], serde_json::Value::Null));
+        charts.push(chart);
+    }
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+        return None;
+    }
+    let results = [charts, histograms, waveforms, profiles, binned, counts].concat();
+    Some(GraphSpec { nodes, results })
 }

@@ -209,6 +209,14 @@ pub fn open(
     })
 }
 
+/// A frame of the stream as a fresh reader of the whole stream gets it first, within `wait`: to
+/// learn the fields and shapes the frames have before a run (the built-in graph is fitted to
+/// them). `None` when none came in time (an empty shared-memory ring) or the stream is empty.
+pub fn sample_frame(config: &SourceConfig, wait: Duration) -> Result<Option<Frame>, SourceError> {
+    let mut source = open(config, 0, 1, None)?;
+    Ok(source.next_batch(1, wait)?.frames.into_iter().next())
+}
+
 /// The largest encoded frame (bincode bytes) the source will deliver, to size telemetry buffers:
 /// exact for a synthetic source (its frames all have the same shape; a margin covers the
 /// growing sequence numbers and time stamps), the largest record of a recording, and the slot
@@ -312,6 +320,45 @@ mod tests {
             let encoded = encode_frame(&frame).unwrap().len() as u64;
             assert!(stored_bytes_bound(encoded, frame.fields.len() as u64) >= bound);
         }
+    }
+
+    #[test]
+    fn a_sample_frame_has_the_shapes_of_the_stream() {
+        // A synthetic source's first frame, pacing or not (a live stream waits for its time).
+        let config = SyntheticConfig {
+            rate_hz: Some(1000.0),
+            live: true,
+            ..SyntheticConfig::default()
+        };
+        let frame = sample_frame(&SourceConfig::Synthetic(config.clone()), Duration::from_secs(5)).unwrap();
+        let first = SyntheticGenerator::new(&config).unwrap().frame(0);
+        let shapes = |f: &Frame| {
+            let shape = |v: &FieldValue| match v {
+                FieldValue::Scalar(_) => (0, 0),
+                FieldValue::Waveform(samples) => (samples.len(), 1),
+                FieldValue::Image { width, height, .. } => (*width as usize, *height as usize),
+            };
+            f.fields.iter().map(|(n, v)| (n.clone(), shape(v))).collect::<Vec<_>>()
+        };
+        assert_eq!(frame.as_ref().map(shapes), Some(shapes(&first)));
+        // An empty synthetic stream has none.
+        let empty = SyntheticConfig {
+            frames: Some(0),
+            ..SyntheticConfig::default()
+        };
+        assert_eq!(
+            sample_frame(&SourceConfig::Synthetic(empty), Duration::from_millis(10)).unwrap(),
+            None
+        );
+        // A missing recording is an error, not a guess.
+        let missing = SourceConfig::File {
+            path: "/nonexistent/ami2.rec".into(),
+            realtime: false,
+        };
+        assert!(matches!(
+            sample_frame(&missing, Duration::ZERO),
+            Err(SourceError::FileMissing { .. })
+        ));
     }
 
     #[test]

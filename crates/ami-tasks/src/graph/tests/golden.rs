@@ -6,7 +6,7 @@
 use serde_json::{json, Value as Json};
 
 use super::*;
-use crate::graph::{default_graph, EvalError};
+use crate::graph::{default_graph, default_graph_for, EvalError};
 
 const W: usize = 12;
 const H: usize = 9;
@@ -1001,6 +1001,75 @@ fn default_graph_runs_on_synthetic_like_frames() {
     assert_eq!(out["energy_vs_scan"]["counts"].as_array().map(Vec::len), Some(20));
     assert_eq!(out["trace_peaks"]["count"], json!(6));
     assert!(out["trace_peaks"]["mean"].as_f64().unwrap() > 10.0);
+}
+
+#[test]
+fn the_default_graph_is_the_demo_graph_fitted_to_the_default_fields() {
+    let fields = vec![
+        ("energy", FieldValue::Scalar(1.0)),
+        ("scan", FieldValue::Scalar(0.5)),
+        ("trace", FieldValue::Waveform(vec![0.0; 256])),
+        ("cspad", image(128, 128, |_, _| 0.0)),
+    ];
+    assert_eq!(default_graph_for(&frame(0, fields)), Some(default_graph()));
+}
+
+#[test]
+fn the_demo_graph_fits_other_shapes_and_names() {
+    // A 40x30 image `det`, a waveform `w` of 10 samples, a scalar `gmd`: no `cspad`, `trace` or
+    // `energy`, so the first image and waveform are taken and no histogram is made.
+    let mut rng = Lcg(31);
+    let frames: Vec<Frame> = (0..5)
+        .map(|i| {
+            let pixels: Vec<f64> = (0..40 * 30).map(|_| 100.0 * rng.next()).collect();
+            let w: Vec<f64> = (0..10).map(|_| rng.next()).collect();
+            frame(
+                i,
+                vec![
+                    ("gmd", FieldValue::Scalar(rng.next())),
+                    ("w", FieldValue::Waveform(w)),
+                    ("det", image(40, 30, |x, y| pixels[y * 40 + x])),
+                ],
+            )
+        })
+        .collect();
+    let spec = default_graph_for(&frames[0]).expect("a graph for these fields");
+    assert_eq!(spec.results, ["det_roi_chart", "w", "det_columns", "w_peaks"]);
+    let g = compile(&spec).expect("the fitted graph compiles");
+    let out = run(&g, &frames);
+    // The chart is the mean, over the events, of each image's middle half: x 10..30, y 7..23.
+    let expected: f64 = frames
+        .iter()
+        .map(|f| {
+            let FieldValue::Image { pixels, .. } = &f.fields[2].1 else {
+                unreachable!()
+            };
+            (7..23).flat_map(|y| (10..30).map(move |x| pixels[y * 40 + x])).sum::<f64>() / (20.0 * 16.0)
+        })
+        .sum::<f64>()
+        / 5.0;
+    assert_close(&out["det_roi_chart"], &json!({"mean": expected, "count": 5}));
+    assert_eq!(out["det_columns"]["mean"].as_array().map(Vec::len), Some(40));
+    assert_eq!(out["w"]["mean"].as_array().map(Vec::len), Some(10));
+    assert_eq!(out["w_peaks"]["count"], json!(5));
+}
+
+#[test]
+fn the_demo_graph_of_scalars_alone_charts_the_first_and_of_nothing_is_none() {
+    let only_scalars = frame(0, vec![("gmd", FieldValue::Scalar(1.0)), ("ebeam", FieldValue::Scalar(2.0))]);
+    let spec = default_graph_for(&only_scalars).expect("a graph for scalars");
+    assert_eq!(spec.results, ["gmd_chart"]);
+    compile(&spec).expect("it compiles");
+    // `energy` without `scan`: the histogram, not the binned mean.
+    let energy = frame(0, vec![("energy", FieldValue::Scalar(1.0))]);
+    assert_eq!(default_graph_for(&energy).unwrap().results, ["energy_hist"]);
+    assert_eq!(default_graph_for(&frame(0, vec![])), None);
+    // A waveform named like the image's region-of-interest node: ids would collide.
+    let colliding = frame(
+        0,
+        vec![("x", image(4, 4, |_, _| 0.0)), ("x_roi", FieldValue::Waveform(vec![0.0; 3]))],
+    );
+    assert_eq!(default_graph_for(&colliding), None);
 }
 
 #[test]
