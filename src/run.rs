@@ -25,9 +25,10 @@ pub struct RunArgs {
     /// Telemetry partitions (data source + worker pairs).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
-    /// Frames per data source task.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Frames per data source task (default: 256, or fewer for large frames: about half the
+    /// last-level cache per batch).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Time bins per second.
     #[arg(long, default_value_t = 20.0)]
     display_rate: f64,
@@ -160,7 +161,7 @@ impl RunArgs {
         Ok(PipelineConfig {
             source,
             partitions: self.partitions,
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(ami_tasks::pipeline::DEFAULT_BATCH_FRAMES),
             display_rate_hz: self.display_rate,
             batch_interval_us: self.batch_interval_us,
             graph,
@@ -276,23 +277,52 @@ impl Observer for Printer {
     }
 }
 
-/// One short cell for a result value.
+/// One short cell for a result value: a number, or the shape of an array or histogram.
 fn summarize(value: &Value) -> String {
     let number = |v: &Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     if let Some(mean) = value.get("mean") {
         return match mean {
-            Value::Array(items) => format!("[{} values]", items.len()),
+            Value::Array(items) => sparkline(items, SPARKLINE_BARS),
             other => number(other),
         };
     }
     if let Some(counts) = value.get("counts").and_then(Value::as_array) {
         let total: f64 = counts.iter().filter_map(Value::as_f64).sum();
-        return format!("hist n={total}");
+        return format!("{} n={total}", sparkline(counts, SPARKLINE_BARS - 6));
     }
     if let Some(count) = value.get("count") {
         return format!("n={}", number(count));
     }
     number(value)
+}
+
+/// Bars of an array's cell in the live table (its cells are 18 wide).
+const SPARKLINE_BARS: usize = 16;
+
+/// An array as at most `bars` bars: each the mean of its share of the values, scaled from the
+/// smallest to the largest bar; blank where a share holds no number (an empty bin's `null`).
+fn sparkline(values: &[Value], bars: usize) -> String {
+    const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let bars = bars.clamp(1, values.len().max(1));
+    let means: Vec<Option<f64>> = (0..bars)
+        .map(|bar| {
+            let share = &values[bar * values.len() / bars..(bar + 1) * values.len() / bars];
+            let numbers: Vec<f64> = share.iter().filter_map(Value::as_f64).filter(|x| x.is_finite()).collect();
+            (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>() / numbers.len() as f64)
+        })
+        .collect();
+    let (low, high) = means
+        .iter()
+        .flatten()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    means
+        .iter()
+        .map(|mean| match mean {
+            None => ' ',
+            Some(_) if high <= low => LEVELS[(LEVELS.len() - 1) / 2],
+            Some(x) => LEVELS[(((x - low) / (high - low)) * (LEVELS.len() - 1) as f64).round() as usize],
+        })
+        .collect()
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
@@ -313,6 +343,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         Some(info) => info.max_stored_frame_bytes as usize,
         None => config.max_frame_bytes()?,
     });
+    if args.batch_size.is_none() {
+        config.batch_size = ami_tasks::pipeline::automatic_batch_size(config.max_frame_bytes()?);
+        tracing::info!(batch_size = config.batch_size, "automatic batch size");
+    }
     ami_tasks::register_tasks()?;
     ami_tasks::placement::install(
         config.partitions,
@@ -439,6 +473,26 @@ fn config_rate(config: &PipelineConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrays_and_histograms_show_as_sparklines() {
+        let values = |xs: &[f64]| xs.iter().map(|&x| serde_json::json!(x)).collect::<Vec<_>>();
+        // A ramp over 8 values: one bar each, from lowest to highest.
+        assert_eq!(sparkline(&values(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]), 16), "▁▂▃▄▅▆▇█");
+        // 32 values in 4 bars: each the mean of its 8 (a step up in the middle).
+        let step: Vec<f64> = (0..32).map(|i| if i < 16 { 1.0 } else { 9.0 }).collect();
+        assert_eq!(sparkline(&values(&step), 4), "▁▁██");
+        // Flat: mid-height; an empty bin (null) stays blank; nothing at all is one blank bar.
+        assert_eq!(sparkline(&values(&[3.0, 3.0]), 16), "▄▄");
+        assert_eq!(sparkline(&[serde_json::json!(1.0), Value::Null, serde_json::json!(2.0)], 16), "▁ █");
+        assert_eq!(sparkline(&[], 16), " ");
+        // The cells: a waveform's mean, a histogram with its total, a scalar result.
+        let waveform = serde_json::json!({"count": 3, "mean": [0.0, 0.5, 1.0]});
+        assert_eq!(summarize(&waveform), "▁▅█");
+        let histogram = serde_json::json!({"counts": [1, 4, 1], "low": 0.0, "high": 1.0});
+        assert_eq!(summarize(&histogram), "▁█▁ n=6");
+        assert_eq!(summarize(&serde_json::json!({"count": 2, "mean": 1.5})), "1.5000");
+    }
 
     #[test]
     fn io_processors_follow_the_partitions_of_the_busiest_data_node() {

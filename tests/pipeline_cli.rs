@@ -121,6 +121,27 @@ fn the_built_in_graph_fits_the_shapes_of_the_source_frames() {
 }
 
 #[test]
+fn batches_are_sized_by_the_frames_bytes_unless_given() {
+    // The default stream's frames take about 130 KiB: an automatic batch holds 126 of them, so
+    // 5,000 frames take at least 40 rounds; `--batch-size 256` takes fewer.
+    let dir = scratch("auto-batch");
+    let rounds = |extra: &[&str]| {
+        let summary = dir.join("summary.json");
+        let mut args = vec!["run", "--frames", "5000", "--json", "--summary", summary.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = ami2(&with_legion(&args));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(total_events(&bins(&out)), 5000);
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        summary["rounds"].as_u64().unwrap()
+    };
+    let automatic = rounds(&[]);
+    assert!(automatic >= 40, "{automatic} rounds for 5,000 frames in batches of at most 126");
+    let given = rounds(&["--batch-size", "256"]);
+    assert!(given < automatic, "{given} rounds with batches of 256, {automatic} automatic");
+}
+
+#[test]
 fn shared_memory_ring_fed_by_daq_sim_in_another_process() {
     let name = format!("ami2-cli-test-{}", std::process::id());
     let mut producer = Command::new(env!("CARGO_BIN_EXE_ami2"))
