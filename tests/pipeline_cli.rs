@@ -121,6 +121,51 @@ fn the_built_in_graph_fits_the_shapes_of_the_source_frames() {
 }
 
 #[test]
+fn a_restart_refits_the_built_in_graph_and_keeps_a_graph_that_was_sent() {
+    let data = scratch("refit-graph");
+    // Each run continues the synthetic stream where the previous one stopped.
+    let run = |frames: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--frames", frames, "--json", "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = ami2(&with_legion(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("graph failure"), "{stderr}");
+        let bins = bins(&out);
+        assert_eq!(total_events(&bins), 200, "{stderr}");
+        bins
+    };
+    let versions = |bins: &[Value]| {
+        bins.iter()
+            .map(|b| b["graph_version"].as_u64().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let first = run("200", &[]);
+    assert_eq!(versions(&first), [1].into());
+    assert_eq!(result(&first[0], "cspad_columns")["mean"].as_array().unwrap().len(), 128);
+    // Smaller images after the restart: the built-in graph (version 1) is fitted to them again.
+    let refitted = run("400", &["--image-size", "24"]);
+    assert_eq!(versions(&refitted), [2].into());
+    assert_eq!(result(&refitted[0], "cspad_columns")["mean"].as_array().unwrap().len(), 24);
+    // A graph sent (here with --graph) is the service's from then on, restarts included.
+    let graph = data.join("energy.json");
+    std::fs::write(
+        &graph,
+        r#"{"nodes":[{"id":"e","op":"select","params":{"field":"energy","kind":"scalar"}}],"results":["e"]}"#,
+    )
+    .unwrap();
+    let sent = run("600", &["--image-size", "24", "--graph", graph.to_str().unwrap()]);
+    assert_eq!(versions(&sent), [3].into());
+    let kept = run("800", &["--image-size", "24"]);
+    assert_eq!(versions(&kept), [3].into());
+    assert!(
+        kept.iter().all(|b| b["values"].as_object().unwrap().keys().eq(["e"])),
+        "{:?}",
+        kept[0]
+    );
+}
+
+#[test]
 fn batches_are_sized_by_the_frames_bytes_unless_given() {
     // The default stream's frames take about 130 KiB: an automatic batch holds 126 of them, so
     // 5,000 frames take at least 40 rounds; `--batch-size 256` takes fewer.

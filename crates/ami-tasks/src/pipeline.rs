@@ -31,7 +31,7 @@ use crate::placement::{partition_groups, source_on_io_processor, tag};
 use crate::retention::WrittenBins;
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
-use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, GRAPH_VERSION_KEY};
+use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, BUILTIN_GRAPH_KEY, GRAPH_VERSION_KEY};
 use crate::tasks::{
     merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
 };
@@ -291,6 +291,16 @@ pub struct RunSummary {
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
 /// one logged batch). Returns the new version.
 pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
+    install_graph_with(ctx, stores, spec, |_| Vec::new())
+}
+
+/// [`install_graph`], with the operations `more(version)` in the same logged batch.
+fn install_graph_with(
+    ctx: &TaskContext,
+    stores: &Stores,
+    spec: &GraphSpec,
+    more: impl FnOnce(u64) -> Vec<Op>,
+) -> Result<u64, PipelineError> {
     compile(spec).map_err(PipelineError::InvalidGraph)?;
     let version = current_graph_version(ctx, stores)? + 1;
     let mut ops: Vec<Op> = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();
@@ -299,6 +309,7 @@ pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Re
         &serde_json::to_value(spec).expect("a graph serializes"),
     ));
     ops.push(Op::put_json(GRAPH_VERSION_KEY, &version));
+    ops.extend(more(version));
     stores.control.apply_all(ctx, ops)?;
     Ok(version)
 }
@@ -331,17 +342,28 @@ fn builtin_graph(source: &SourceConfig) -> GraphSpec {
     default_graph()
 }
 
+/// The graph to run at start: the one given (installed when it is not the current one already),
+/// else the current one, else the built-in graph. A current graph that the service installed
+/// itself is fitted again to the source's frames, which may have changed since (another image
+/// size, a recording of other fields); a graph a client sent stays.
 fn install_initial_graph(ctx: &TaskContext, stores: &Stores, config: &PipelineConfig) -> Result<u64, PipelineError> {
-    let wanted = config.graph.as_ref();
     let current = current_graph_version(ctx, stores)?;
     let current_doc = if current > 0 {
         stores.control.get(ctx, &graph_key(current))?
     } else {
         None
     };
-    match (wanted, current) {
-        (Some(spec), _) if current_doc != Some(serde_json::to_value(spec).expect("a graph serializes")) => install_graph(ctx, stores, spec),
-        (None, 0) => install_graph(ctx, stores, &builtin_graph(&config.source)),
+    let is_current = |spec: &GraphSpec| current_doc.as_ref() == Some(&serde_json::to_value(spec).expect("a graph serializes"));
+    let builtin_version = stores.control.get(ctx, BUILTIN_GRAPH_KEY)?.and_then(|v| v.as_u64());
+    match &config.graph {
+        Some(spec) if !is_current(spec) => install_graph(ctx, stores, spec),
+        None if current == 0 || builtin_version == Some(current) => {
+            let spec = builtin_graph(&config.source);
+            if is_current(&spec) {
+                return Ok(current);
+            }
+            install_graph_with(ctx, stores, &spec, |version| vec![Op::put_json(BUILTIN_GRAPH_KEY, &version)])
+        }
         _ => Ok(current),
     }
 }

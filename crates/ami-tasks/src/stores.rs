@@ -47,6 +47,11 @@ pub fn bad_graph_key(version: u64) -> String {
     format!("{BAD_GRAPH_PREFIX}{version:012}")
 }
 
+/// Key of the version of the graph the service installed itself (the built-in graph, fitted to the
+/// source's frames). A start without a graph fits it again to the frames of the day; a graph a
+/// client sent (a later version) is kept.
+pub const BUILTIN_GRAPH_KEY: &str = "/control/graph/builtin";
+
 /// Key of a result value for one time bin.
 pub fn result_key(name: &str, bin: u64) -> String {
     format!("/results/{name}/{bin:012}")

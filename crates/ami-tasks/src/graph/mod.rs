@@ -162,7 +162,10 @@
 //! `trace_peaks`, ...). So `ami2 run --image-size 512` analyses 512×512 images out of the box. For
 //! the synthetic source's default fields this is [`default_graph`]. When no frame can be seen (a ring
 //! whose producer has not written within the second), the default fields' graph is installed and a
-//! warning says so; a graph that fails on the frames is reverted and reported as any other.
+//! warning says so; a graph that fails on the frames is reverted and reported as any other. The
+//! service marks the version it installed itself (`/control/graph/builtin` in Control): a restart
+//! without `--graph` fits it again when the frames have changed (as a new version); a graph a
+//! client sent, or `--graph`, stays across restarts.
 
 mod accum;
 mod compiled;
