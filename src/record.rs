@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ami_tasks::source::{self, ShmProducer, SourceConfig, SyntheticConfig};
+use ami_tasks::source::{self, ShmProducer, SourceConfig, SyntheticConfig, SyntheticGenerator};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -102,14 +102,30 @@ pub struct DaqSimArgs {
     /// Frames to produce (default: until Ctrl-C).
     #[arg(long)]
     frames: Option<u64>,
-    /// Slots in the ring.
-    #[arg(long, default_value_t = 1024)]
-    slots: usize,
-    /// Bytes per slot (must hold one encoded frame).
-    #[arg(long, default_value_t = 256 * 1024)]
-    slot_bytes: usize,
+    /// Slots in the ring (default: 1024, or fewer so that the ring takes at most 256 MiB, at
+    /// least 16).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Bytes per slot, which must hold one encoded frame (default: the size of this stream's
+    /// frames).
+    #[arg(long)]
+    slot_bytes: Option<usize>,
     #[command(flatten)]
     synthetic: SyntheticArgs,
+}
+
+/// Most bytes of a ring whose slots are not given: /dev/shm is memory, and often small in containers.
+const DEFAULT_RING_BYTES: usize = 256 << 20;
+
+/// Slots of a ring of `slot_bytes` slots when none are given: 1024, or fewer so that the ring
+/// takes at most [`DEFAULT_RING_BYTES`], but at least 16 (a consumer may lag a few batches).
+fn default_slots(slot_bytes: usize) -> usize {
+    (DEFAULT_RING_BYTES / slot_bytes.max(1)).clamp(16, 1024)
+}
+
+/// The first frame of the synthetic stream `args` describe (all its frames have its shapes).
+fn first_frame(args: &SyntheticArgs) -> Result<ami_tasks::event::Frame> {
+    Ok(SyntheticGenerator::new(&args.config(None, None))?.frame(0))
 }
 
 pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
@@ -119,11 +135,15 @@ pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
     let rate = (args.rate > 0.0).then_some(args.rate);
     let config = SourceConfig::Synthetic(args.synthetic.config(args.frames, rate));
     let mut synthetic = source::open(&config, 0, 1, None)?;
-    let mut producer =
-        ShmProducer::create(&args.name, args.slots, args.slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;
+    let slot_bytes = match args.slot_bytes {
+        Some(bytes) => bytes,
+        None => ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?,
+    };
+    let slots = args.slots.unwrap_or_else(|| default_slots(slot_bytes));
+    let mut producer = ShmProducer::create(&args.name, slots, slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;
     eprintln!(
-        "daq-sim: producing into /dev/shm/{} ({} slots of {} bytes); Ctrl-C to stop",
-        args.name, args.slots, args.slot_bytes
+        "daq-sim: producing into /dev/shm/{} ({slots} slots of {slot_bytes} bytes); Ctrl-C to stop",
+        args.name
     );
     let started = Instant::now();
     let mut produced = 0u64;

@@ -190,7 +190,18 @@ fn batches_are_sized_by_the_frames_bytes_unless_given() {
 fn shared_memory_ring_fed_by_daq_sim_in_another_process() {
     let name = format!("ami2-cli-test-{}", std::process::id());
     let mut producer = Command::new(env!("CARGO_BIN_EXE_ami2"))
-        .args(["daq-sim", "--name", &name, "--frames", "4000", "--rate", "1000"])
+        // 200x200 images (320 KB a frame): the ring's slots are sized for them.
+        .args([
+            "daq-sim",
+            "--name",
+            &name,
+            "--frames",
+            "4000",
+            "--rate",
+            "1000",
+            "--image-size",
+            "200",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -207,8 +218,16 @@ fn shared_memory_ring_fed_by_daq_sim_in_another_process() {
     let _ = producer.wait();
     let _ = std::fs::remove_file(&ring);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let events = total_events(&bins(&out));
+    let bins = bins(&out);
+    let events = total_events(&bins);
     assert!(events > 100, "only {events} events read from the ring");
+    // The built-in graph was fitted to the ring's frames.
+    assert!(
+        bins.iter()
+            .all(|b| result(b, "cspad_columns")["mean"].as_array().unwrap().len() == 200),
+        "{:?}",
+        bins[0]
+    );
 }
 
 #[test]

@@ -263,6 +263,10 @@ fn new_epoch(previous: u64) -> u64 {
     }
 }
 
+/// Bytes an encoded frame may grow by when only its sequence number and time stamp change
+/// (two variable-length integers of at most 10 bytes each).
+const SLOT_GROWTH_BYTES: usize = 20;
+
 /// Writes frames into a shared-memory ring (see the [module docs](self)).
 pub struct ShmProducer {
     name: String,
@@ -325,6 +329,12 @@ impl ShmProducer {
             header,
             buf: Vec::new(),
         })
+    }
+
+    /// The slot size for a stream of frames shaped like `frame`: its encoded size, with room for
+    /// the sequence numbers and time stamps to grow (variable-length integers), in 64-byte lines.
+    pub fn slot_bytes_for(frame: &Frame) -> Result<usize, SourceError> {
+        Ok((encode_frame(frame)?.len() + SLOT_GROWTH_BYTES).next_multiple_of(64))
     }
 
     /// Writes `frame` into the next slot. Never waits: consumers that fall more than a ring
@@ -912,6 +922,23 @@ mod tests {
         let mut consumer = SharedMemoryDataSource::open(&ring.0, 0, 1, None).unwrap();
         assert_eq!(seqs(&mut consumer, 100), [0, 2]);
         assert!(consumer.stats().note.unwrap().contains("1 unreadable slots"));
+    }
+
+    #[test]
+    fn slots_sized_for_a_frame_hold_its_stream() {
+        let first = frame(0);
+        let slot_bytes = ShmProducer::slot_bytes_for(&first).unwrap();
+        assert_eq!(slot_bytes % 64, 0);
+        let ring = Ring::new("sized-slots");
+        let mut producer = ShmProducer::create(&ring.0, 4, slot_bytes).unwrap();
+        // The same shapes with the largest sequence numbers and time stamps still fit.
+        let last = Frame {
+            seq: u64::MAX,
+            timestamp_ns: u64::MAX,
+            ..first.clone()
+        };
+        producer.push(&first).unwrap();
+        producer.push(&last).unwrap();
     }
 
     #[test]
