@@ -87,7 +87,7 @@ pub fn record(args: RecordArgs) -> Result<()> {
     let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n))
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
-    println!("wrote {}: {summary:?}", args.output.display());
+    println!("wrote {}: {summary}", args.output.display());
     Ok(())
 }
 

@@ -147,6 +147,7 @@ fn header_note_and_empty_recordings() {
     let info = recording_info(&path).unwrap();
     assert_eq!(info.header, header);
     assert_eq!((info.frames, info.first_seq, info.intact), (0, None, true));
+    assert_eq!(info.to_string(), format!("0 frames, {:.1} MB, intact", info.bytes as f64 / 1e6));
     let mut source = file_source(&path, 0, 1, None);
     assert_eq!(
         source.next_batch(10, Duration::from_secs(1)).unwrap(),
@@ -177,14 +178,19 @@ fn a_truncated_file_replays_its_intact_frames_and_says_where_it_stops() {
         let info = recording_info(&cut_path).unwrap();
         assert_eq!(info.frames, whole as u64);
         assert_eq!(info.end_offset, bounds[whole]);
+        // The line `ami2 record` prints says how much is there and whether it is damaged.
+        let line = info.to_string();
+        assert!(line.starts_with(&format!("{whole} frames")), "{line}");
         if bounds.contains(&cut) {
             assert_eq!(note, None, "cut at {cut} is a record boundary");
             assert!(info.intact);
+            assert!(line.ends_with(", intact"), "{line}");
         } else {
             let note = note.unwrap_or_else(|| panic!("cut at {cut}: no note"));
             assert!(note.contains(&format!("byte {}", bounds[whole])), "cut at {cut}: {note}");
             assert!(note.contains(&format!("{whole} frames delivered")), "cut at {cut}: {note}");
             assert!(!info.intact);
+            assert!(line.contains(", damaged: "), "{line}");
             assert!(info.damage.unwrap().contains(&format!("byte {}", bounds[whole])));
         }
     }

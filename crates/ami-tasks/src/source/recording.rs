@@ -100,6 +100,30 @@ pub struct RecordingSummary {
     pub damage: Option<String>,
 }
 
+impl std::fmt::Display for RecordingSummary {
+    /// One line for people: `1000 frames (seq 0..999, 0.999 s of stream), 133.6 MB, largest
+    /// frame 133.6 kB, intact`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let megabytes = |bytes: u64| bytes as f64 / 1e6;
+        write!(f, "{} frames", self.frames)?;
+        if let (Some(first), Some(last)) = (self.first_seq, self.last_seq) {
+            write!(f, " (seq {first}..{last}")?;
+            if let (Some(start), Some(end)) = (self.first_timestamp_ns, self.last_timestamp_ns) {
+                write!(f, ", {:.3} s of stream", end.saturating_sub(start) as f64 / 1e9)?;
+            }
+            write!(f, ")")?;
+        }
+        write!(f, ", {:.1} MB", megabytes(self.bytes))?;
+        if self.frames > 0 {
+            write!(f, ", largest frame {:.1} kB", self.max_frame_bytes as f64 / 1e3)?;
+        }
+        match &self.damage {
+            None => write!(f, ", intact"),
+            Some(why) => write!(f, ", damaged: {why}"),
+        }
+    }
+}
+
 /// Where a recording stops being readable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordDamage {
