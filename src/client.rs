@@ -1,5 +1,6 @@
 //! Client subcommands (`graph`, `watch`, `get`, `status`), built on `client-lib`'s blocking API.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use clap::{Args, Subcommand};
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
 use protocol1::{Edit, ErrorCode, NodeDoc, Role};
 use serde_json::{Map, Value};
+
+use crate::table::LiveTable;
 
 /// Where the service is.
 #[derive(Args, Clone, Debug)]
@@ -83,12 +86,15 @@ pub struct EditArgs {
 
 #[derive(Args)]
 pub struct WatchArgs {
-    /// Result names to follow.
-    #[arg(required = true)]
+    /// Result names to follow (default: every result of the current graph).
     results: Vec<String>,
-    /// Stop after this many bins.
+    /// Stop after this many bins (of all results; with --table, rows).
     #[arg(long)]
     count: Option<u64>,
+    /// A live table for people (a row per time bin, a column per result, arrays as sparklines)
+    /// instead of JSON lines.
+    #[arg(long)]
+    table: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -223,15 +229,37 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
 /// Prints each bin as a JSON line; notices (dropped bins, reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
     let mut client = args.connect.client(Role::Subscriber)?;
-    let names: Vec<&str> = args.results.iter().map(String::as_str).collect();
-    client.subscribe(&names)?;
+    let names = if args.results.is_empty() {
+        let (version, graph) = client.graph()?;
+        let results: Vec<String> = graph["results"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        if results.is_empty() {
+            bail!("graph version {version} publishes no results: name the results to follow");
+        }
+        eprintln!("ami2 watch: the results of graph version {version}: {}", results.join(", "));
+        results
+    } else {
+        args.results.clone()
+    };
+    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut rows = args.table.then(|| TableRows::new(names.len()));
     let mut seen = 0;
     while args.count.is_none_or(|n| seen < n) {
         match client.next_event(Duration::from_secs(3600)) {
-            Ok(Some(Event::Bin(bin))) => {
-                println!("{}", serde_json::to_string(&bin)?);
-                seen += 1;
-            }
+            Ok(Some(Event::Bin(bin))) => match &mut rows {
+                Some(rows) => {
+                    for line in rows.add(bin) {
+                        println!("{line}");
+                        seen += u64::from(!line.starts_with('\n'));
+                    }
+                }
+                None => {
+                    println!("{}", serde_json::to_string(&bin)?);
+                    seen += 1;
+                }
+            },
             Ok(Some(Event::Dropped(n))) => eprintln!("ami2 watch: {n} bins dropped (too slow)"),
             Ok(Some(Event::Reconnected)) => eprintln!("ami2 watch: reconnected"),
             Ok(None) => bail!("the connection to the service was lost"),
@@ -240,6 +268,60 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bins a live table has not printed yet, by bin: the results of one bin arrive one by one.
+struct TableRows {
+    table: LiveTable,
+    /// Results per bin, when all have come.
+    results: usize,
+    pending: BTreeMap<u64, PendingRow>,
+}
+
+/// A bin's results so far.
+struct PendingRow {
+    t: f64,
+    events: u64,
+    graph_version: u64,
+    values: BTreeMap<String, Value>,
+}
+
+/// Bins a row waits for a result that may never come (a graph without it): then it is printed
+/// with what it has.
+const ROW_WAIT_BINS: u64 = 20;
+
+impl TableRows {
+    fn new(results: usize) -> Self {
+        TableRows {
+            table: LiveTable::default(),
+            results,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a bin of one result; returns the lines of the rows now complete, oldest first.
+    fn add(&mut self, bin: protocol1::results::Bin) -> Vec<String> {
+        let row = self.pending.entry(bin.bin).or_insert_with(|| PendingRow {
+            t: bin.t_ns as f64 / 1e9,
+            events: bin.events,
+            graph_version: bin.graph_version,
+            values: BTreeMap::new(),
+        });
+        row.values.insert(bin.result, bin.value);
+        let newest = *self.pending.keys().next_back().expect("just added");
+        let ready: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(&b, row)| row.values.len() >= self.results || b + ROW_WAIT_BINS <= newest)
+            .map(|(&b, _)| b)
+            .collect();
+        let mut lines = Vec::new();
+        for b in ready {
+            let row = self.pending.remove(&b).expect("listed");
+            lines.extend(self.table.lines(b, row.t, row.events, row.graph_version, &row.values));
+        }
+        lines
+    }
 }
 
 pub fn get(args: GetArgs) -> Result<()> {
@@ -270,5 +352,53 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
         Some(quiet) => bail!("unhealthy: the pipeline has been quiet for {quiet} ms"),
         None => bail!("unhealthy: the pipeline has not started"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bin(result: &str, bin: u64) -> protocol1::Bin {
+        protocol1::Bin {
+            result: result.into(),
+            bin,
+            t_ns: bin * 50_000_000,
+            graph_version: 1,
+            events: 10,
+            value: serde_json::json!({"count": 10, "mean": bin as f64}),
+        }
+    }
+
+    /// The bin numbers of the rows among `lines` (headers start with a newline).
+    fn rows(lines: &[String]) -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|l| !l.starts_with('\n'))
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_table_row_waits_for_every_result_of_its_bin() {
+        let mut table = TableRows::new(2);
+        assert!(table.add(bin("a", 5)).is_empty());
+        assert!(table.add(bin("a", 6)).is_empty());
+        // Bin 5 is complete: a header, then its row.
+        let lines = table.add(bin("b", 5));
+        assert_eq!((lines.len(), rows(&lines)), (2, vec![5]));
+        assert!(lines[0].contains("events") && lines[1].contains("5.0000"), "{lines:?}");
+        assert_eq!(rows(&table.add(bin("b", 6))), vec![6]);
+    }
+
+    #[test]
+    fn a_row_missing_a_result_is_printed_once_it_is_far_behind() {
+        let mut table = TableRows::new(2);
+        table.add(bin("a", 1));
+        // `b` never comes for bin 1 (a graph without it): the row goes out 20 bins later.
+        for b in 2..21 {
+            assert!(rows(&table.add(bin("a", b))).is_empty(), "bin {b}");
+        }
+        assert_eq!(rows(&table.add(bin("a", 21))), vec![1]);
     }
 }

@@ -13,6 +13,7 @@ mod record;
 mod run;
 mod service;
 mod supervise;
+mod table;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -11,6 +11,8 @@ use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
 use ami_tasks::source::{SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
+
+use crate::table::LiveTable;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use legion_bridge::{runtime, TaskContext};
@@ -219,7 +221,7 @@ struct Printer {
     started: Instant,
     seconds: Option<f64>,
     stop: Arc<AtomicBool>,
-    header_for: Option<Vec<String>>,
+    table: LiveTable,
     /// Seconds per time bin.
     bin_seconds: f64,
     /// Replay progress of a recording played faster than real time (frames of all partitions).
@@ -245,24 +247,13 @@ impl Observer for Printer {
         let mut out = std::io::stdout().lock();
         for bin in &report.emitted {
             if self.json {
-                let _ = writeln!(out, "{}", serde_json::to_string(bin).expect("bins serialize"));
+                let _ = writeln!(out, "{}", bin_json(bin));
                 continue;
             }
-            let names: Vec<String> = bin.values.keys().cloned().collect();
-            if self.header_for.as_ref() != Some(&names) {
-                let header = names.iter().map(|n| format!("{n:>18}")).collect::<String>();
-                self.line(
-                    &mut out,
-                    format!("\n{:>8} {:>9} {:>7} {:>4}  {header}", "bin", "t [s]", "events", "ver"),
-                );
-                self.header_for = Some(names);
-            }
-            let cells: String = bin.values.values().map(|v| format!("{:>18}", summarize(v))).collect();
             let t = bin.bin as f64 * self.bin_seconds;
-            self.line(
-                &mut out,
-                format!("{:>8} {t:>9.2} {:>7} {:>4}  {cells}", bin.bin, bin.events, bin.graph_version),
-            );
+            for line in self.table.lines(bin.bin, t, bin.events, bin.graph_version, &bin.values) {
+                self.line(&mut out, line);
+            }
         }
         if let Some(bar) = &self.progress {
             bar.set_position(report.sources.values().map(|(_, stats)| stats.frames).sum());
@@ -277,52 +268,15 @@ impl Observer for Printer {
     }
 }
 
-/// One short cell for a result value: a number, or the shape of an array or histogram.
-fn summarize(value: &Value) -> String {
-    let number = |v: &Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-    if let Some(mean) = value.get("mean") {
-        return match mean {
-            Value::Array(items) => sparkline(items, SPARKLINE_BARS),
-            other => number(other),
-        };
-    }
-    if let Some(counts) = value.get("counts").and_then(Value::as_array) {
-        let total: f64 = counts.iter().filter_map(Value::as_f64).sum();
-        return format!("{} n={total}", sparkline(counts, SPARKLINE_BARS - 6));
-    }
-    if let Some(count) = value.get("count") {
-        return format!("n={}", number(count));
-    }
-    number(value)
-}
-
-/// Bars of an array's cell in the live table (its cells are 18 wide).
-const SPARKLINE_BARS: usize = 16;
-
-/// An array as at most `bars` bars: each the mean of its share of the values, scaled from the
-/// smallest to the largest bar; blank where a share holds no number (an empty bin's `null`).
-fn sparkline(values: &[Value], bars: usize) -> String {
-    const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let bars = bars.clamp(1, values.len().max(1));
-    let means: Vec<Option<f64>> = (0..bars)
-        .map(|bar| {
-            let share = &values[bar * values.len() / bars..(bar + 1) * values.len() / bars];
-            let numbers: Vec<f64> = share.iter().filter_map(Value::as_f64).filter(|x| x.is_finite()).collect();
-            (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>() / numbers.len() as f64)
-        })
-        .collect();
-    let (low, high) = means
-        .iter()
-        .flatten()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
-    means
-        .iter()
-        .map(|mean| match mean {
-            None => ' ',
-            Some(_) if high <= low => LEVELS[(LEVELS.len() - 1) / 2],
-            Some(x) => LEVELS[(((x - low) / (high - low)) * (LEVELS.len() - 1) as f64).round() as usize],
-        })
-        .collect()
+/// A finished bin as one JSON object, its results' values nested as JSON (not as the JSON text
+/// that bins carry between tasks).
+fn bin_json(bin: &ami_tasks::EmittedBin) -> Value {
+    serde_json::json!({
+        "bin": bin.bin,
+        "graph_version": bin.graph_version,
+        "events": bin.events,
+        "values": bin.values,
+    })
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
@@ -381,7 +335,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         started: Instant::now(),
         seconds: args.seconds,
         stop: stop.clone(),
-        header_for: None,
+        table: LiveTable::default(),
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
     };
@@ -473,26 +427,6 @@ fn config_rate(config: &PipelineConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arrays_and_histograms_show_as_sparklines() {
-        let values = |xs: &[f64]| xs.iter().map(|&x| serde_json::json!(x)).collect::<Vec<_>>();
-        // A ramp over 8 values: one bar each, from lowest to highest.
-        assert_eq!(sparkline(&values(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]), 16), "▁▂▃▄▅▆▇█");
-        // 32 values in 4 bars: each the mean of its 8 (a step up in the middle).
-        let step: Vec<f64> = (0..32).map(|i| if i < 16 { 1.0 } else { 9.0 }).collect();
-        assert_eq!(sparkline(&values(&step), 4), "▁▁██");
-        // Flat: mid-height; an empty bin (null) stays blank; nothing at all is one blank bar.
-        assert_eq!(sparkline(&values(&[3.0, 3.0]), 16), "▄▄");
-        assert_eq!(sparkline(&[serde_json::json!(1.0), Value::Null, serde_json::json!(2.0)], 16), "▁ █");
-        assert_eq!(sparkline(&[], 16), " ");
-        // The cells: a waveform's mean, a histogram with its total, a scalar result.
-        let waveform = serde_json::json!({"count": 3, "mean": [0.0, 0.5, 1.0]});
-        assert_eq!(summarize(&waveform), "▁▅█");
-        let histogram = serde_json::json!({"counts": [1, 4, 1], "low": 0.0, "high": 1.0});
-        assert_eq!(summarize(&histogram), "▁█▁ n=6");
-        assert_eq!(summarize(&serde_json::json!({"count": 2, "mean": 1.5})), "1.5000");
-    }
 
     #[test]
     fn io_processors_follow_the_partitions_of_the_busiest_data_node() {

@@ -420,6 +420,28 @@ fn cli_commands() {
     let bins: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(bins.len(), 3);
     assert!(bins.iter().all(|b| b["result"] == "energy_sum" && b["graph_version"] == 3), "{out}");
+    // Without names: every result of the current graph; --table: a row per bin for people.
+    let (ok, out, err) = cli(&["watch", "--table", "--count", "3"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("the results of graph version 3: energy_sum"), "{err}");
+    let header = out
+        .lines()
+        .find(|l| l.contains("events"))
+        .unwrap_or_else(|| panic!("no header in {out}"));
+    assert!(header.trim_end().ends_with("energy_sum"), "{header}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    // bin, time, events, graph version, the chart's mean: consecutive bins of version 3.
+    assert!(
+        rows.iter().all(|r| r.len() == 5 && r[3] == "3" && r[4].parse::<f64>().is_ok()),
+        "{out}"
+    );
+    let bins: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(bins.windows(2).all(|w| w[1] == w[0] + 1), "{out}");
     let (ok, out, _) = cli(&["status"]);
     assert!(ok);
     let status: Value = serde_json::from_str(&out).unwrap();
