@@ -116,7 +116,13 @@ impl Service {
         let ready = hub.clone();
         runtime.spawn(async move {
             ready.wait_ready().await;
-            eprintln!("ami2: serving clients on {local}");
+            // Where to look from another terminal (`--connect` only off the default address).
+            let connect = if local.to_string() == protocol1::DEFAULT_ADDR {
+                String::new()
+            } else {
+                format!(" --connect {local}")
+            };
+            eprintln!("ami2: serving clients on {local}; results live in another terminal: ami2 watch --table{connect}");
             if let Some(path) = port_file {
                 if let Err(err) = write_atomically(&path, &local.to_string()) {
                     tracing::error!("writing {}: {err}", path.display());
