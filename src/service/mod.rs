@@ -113,15 +113,19 @@ impl Service {
         };
         runtime.spawn(server::serve(listener, hub.clone(), config));
         let port_file = args.port_file.clone();
+        let token_file = args.token_file.clone();
         let ready = hub.clone();
         runtime.spawn(async move {
             ready.wait_ready().await;
             // Where to look from another terminal (`--connect` only off the default address).
-            let connect = if local.to_string() == protocol1::DEFAULT_ADDR {
+            let mut connect = if local.to_string() == protocol1::DEFAULT_ADDR {
                 String::new()
             } else {
                 format!(" --connect {local}")
             };
+            if let Some(path) = &token_file {
+                connect.push_str(&format!(" --token-file {}", path.display()));
+            }
             eprintln!("ami2: serving clients on {local}; results live in another terminal: ami2 watch --table{connect}");
             if let Some(path) = port_file {
                 if let Err(err) = write_atomically(&path, &local.to_string()) {
