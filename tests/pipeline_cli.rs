@@ -168,6 +168,49 @@ fn a_restart_refits_the_built_in_graph_and_keeps_a_graph_that_was_sent() {
 }
 
 #[test]
+fn a_built_in_graph_stays_when_a_restart_sees_no_frame() {
+    let name = format!("ami2-cli-refit-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let data = scratch("refit-no-frame");
+    let source = format!("shm:{name}");
+    let daq_sim = |frames: &str| {
+        let out = ami2(&["daq-sim", "--name", &name, "--frames", frames, "--rate", "0", "--image-size", "64"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let run = || {
+        let summary = data.join("summary.json");
+        let args = [
+            "run",
+            "--source",
+            &source,
+            "--seconds",
+            "2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ];
+        let out = ami2(&with_legion(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        (summary["graph_version"].as_u64().unwrap(), stderr)
+    };
+    // Frames of 64x64 images wait in the ring: the built-in graph is fitted to them.
+    daq_sim("100");
+    let (version, stderr) = run();
+    assert_eq!(version, 1, "{stderr}");
+    assert!(!stderr.contains("not fitted"), "{stderr}");
+    // A new, empty ring (the producer restarted and has not written yet): the restart keeps the
+    // fitted graph rather than fall back to the default fields' one.
+    daq_sim("0");
+    let (version, stderr) = run();
+    let _ = std::fs::remove_file(&ring);
+    assert_eq!(version, 1, "{stderr}");
+    assert!(stderr.contains("is not fitted again"), "{stderr}");
+}
+
+#[test]
 fn batches_are_sized_by_the_frames_bytes_unless_given() {
     // The default stream's frames take about 130 KiB: an automatic batch holds 126 of them, so
     // 5,000 frames take at least 40 rounds; `--batch-size 256` takes fewer.

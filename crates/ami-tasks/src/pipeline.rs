@@ -323,23 +323,17 @@ pub fn current_graph_version(ctx: &TaskContext, stores: &Stores) -> Result<u64, 
 /// whose producer has not written yet); then it assumes the synthetic source's default fields.
 const SAMPLE_FRAME_WAIT: Duration = Duration::from_secs(1);
 
-/// The built-in graph, fitted to the fields and shapes of the source's frames
+/// The built-in graph fitted to the fields and shapes of the source's frames
 /// ([`default_graph_for`]): `ami2 run --image-size 512` gets a graph over 512x512 images, not one
-/// that fails on the first frame. The default fields' graph when no frame can be seen.
-fn builtin_graph(source: &SourceConfig) -> GraphSpec {
-    let why_not = match crate::source::sample_frame(source, SAMPLE_FRAME_WAIT) {
-        Ok(Some(frame)) => match default_graph_for(&frame).filter(|spec| compile(spec).is_ok()) {
-            Some(spec) => return spec,
-            None => "its first frame has no field it can use".to_string(),
-        },
-        Ok(None) => format!("no frame came within {SAMPLE_FRAME_WAIT:?}"),
-        Err(e) => format!("no frame could be read: {e}"),
-    };
-    tracing::warn!(
-        component = "driver",
-        "the built-in graph is not fitted to this source ({why_not}): it assumes the synthetic source's default fields"
-    );
-    default_graph()
+/// that fails on the first frame. `Err(why)` when no frame can be seen or used.
+fn fitted_builtin_graph(source: &SourceConfig) -> Result<GraphSpec, String> {
+    match crate::source::sample_frame(source, SAMPLE_FRAME_WAIT) {
+        Ok(Some(frame)) => default_graph_for(&frame)
+            .filter(|spec| compile(spec).is_ok())
+            .ok_or_else(|| "its first frame has no field it can use".to_string()),
+        Ok(None) => Err(format!("no frame came within {SAMPLE_FRAME_WAIT:?}")),
+        Err(e) => Err(format!("no frame could be read: {e}")),
+    }
 }
 
 /// The graph to run at start: the one given (installed when it is not the current one already),
@@ -358,11 +352,30 @@ fn install_initial_graph(ctx: &TaskContext, stores: &Stores, config: &PipelineCo
     match &config.graph {
         Some(spec) if !is_current(spec) => install_graph(ctx, stores, spec),
         None if current == 0 || builtin_version == Some(current) => {
-            let spec = builtin_graph(&config.source);
+            let spec = match fitted_builtin_graph(&config.source) {
+                Ok(spec) => spec,
+                // A built-in graph fitted before stays: the frames may just be late (an idle
+                // producer), not different.
+                Err(why) if current > 0 => {
+                    tracing::warn!(
+                        component = "driver",
+                        "the built-in graph is not fitted again ({why}): it stays as it was"
+                    );
+                    return Ok(current);
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        component = "driver",
+                        "the built-in graph is not fitted to this source ({why}): it assumes the synthetic source's default fields"
+                    );
+                    default_graph()
+                }
+            };
             if is_current(&spec) {
                 return Ok(current);
             }
-            install_graph_with(ctx, stores, &spec, |version| vec![Op::put_json(BUILTIN_GRAPH_KEY, &version)])
+            let marked = |version| vec![Op::put_json(BUILTIN_GRAPH_KEY, &version)];
+            install_graph_with(ctx, stores, &spec, marked)
         }
         _ => Ok(current),
     }

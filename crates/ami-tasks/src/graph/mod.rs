@@ -164,8 +164,8 @@
 //! whose producer has not written within the second), the default fields' graph is installed and a
 //! warning says so; a graph that fails on the frames is reverted and reported as any other. The
 //! service marks the version it installed itself (`/control/graph/builtin` in Control): a restart
-//! without `--graph` fits it again when the frames have changed (as a new version); a graph a
-//! client sent, or `--graph`, stays across restarts.
+//! without `--graph` fits it again when the frames have changed (as a new version), and keeps it
+//! when it sees no frame; a graph a client sent, or `--graph`, stays across restarts.
 
 mod accum;
 mod compiled;
