@@ -226,7 +226,8 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
     Ok(edits)
 }
 
-/// Prints each bin as a JSON line; notices (dropped bins, reconnects) go to stderr.
+/// Prints each bin as a JSON line, or with `--table` a row per time bin; notices (dropped bins,
+/// reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
     let mut client = args.connect.client(Role::Subscriber)?;
     let names = if args.results.is_empty() {
@@ -251,6 +252,9 @@ pub fn watch(args: WatchArgs) -> Result<()> {
             Ok(Some(Event::Bin(bin))) => match &mut rows {
                 Some(rows) => {
                     for line in rows.add(bin) {
+                        if args.count.is_some_and(|n| seen >= n) {
+                            break;
+                        }
                         println!("{line}");
                         seen += u64::from(!line.starts_with('\n'));
                     }
