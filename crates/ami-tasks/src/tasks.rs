@@ -720,13 +720,18 @@ impl RateLimitedCount {
 
     /// Counts one; `Some(count since the last report)` when it is time to report.
     fn note(&self) -> Option<u64> {
+        self.note_at(Instant::now())
+    }
+
+    /// [`Self::note`] at time `now`.
+    fn note_at(&self, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (last, count) = &mut *state;
         *count += 1;
-        if last.is_some_and(|at| at.elapsed() < self.interval) {
+        if last.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
             return None;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         Some(std::mem::take(count))
     }
 }
@@ -1029,13 +1034,16 @@ mod tests {
 
     #[test]
     fn a_rate_limited_count_reports_the_first_then_once_per_interval() {
-        let count = RateLimitedCount::new(Duration::from_millis(200));
-        assert_eq!(count.note(), Some(1));
-        assert_eq!((count.note(), count.note()), (None, None));
-        std::thread::sleep(Duration::from_millis(250));
+        let count = RateLimitedCount::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(count.note_at(at(0)), Some(1));
+        assert_eq!((count.note_at(at(1)), count.note_at(at(9))), (None, None));
         // The two held back, and this one.
-        assert_eq!(count.note(), Some(3));
-        assert_eq!(count.note(), None);
+        assert_eq!(count.note_at(at(10)), Some(3));
+        assert_eq!(count.note_at(at(15)), None);
+        // On the real clock, the first counts at once.
+        assert_eq!(RateLimitedCount::new(Duration::from_secs(10)).note(), Some(1));
     }
 
     /// Hands over `script[i]` frames at its i-th call (nothing after the script, then its end)
