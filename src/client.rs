@@ -297,7 +297,7 @@ const ROW_WAIT_BINS: u64 = 20;
 impl TableRows {
     fn new(results: usize) -> Self {
         TableRows {
-            table: LiveTable::default(),
+            table: LiveTable::for_stdout(),
             results,
             pending: BTreeMap::new(),
         }

@@ -335,7 +335,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         started: Instant::now(),
         seconds: args.seconds,
         stop: stop.clone(),
-        table: LiveTable::default(),
+        table: LiveTable::for_stdout(),
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
     };

@@ -1,57 +1,99 @@
 //! The live table of finished bins that `ami2 demo` and `ami2 watch --table` print: a row per
-//! bin, a column per result; numbers as they are, arrays and histograms as sparklines.
+//! bin, a column per result; numbers as they are, arrays and histograms as sparklines; on a
+//! terminal, the columns narrow (down to 10 characters) to fit its width.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Width of a result's column.
-const CELL: usize = 18;
+/// Widest and narrowest result columns.
+const WIDEST_CELL: usize = 18;
+const NARROWEST_CELL: usize = 10;
+
+/// Width of the columns before the results (bin, time, events, graph version).
+const LEAD: usize = 33;
 
 /// Rows of finished bins, with a header again whenever the results change (a new graph).
-#[derive(Default)]
 pub struct LiveTable {
     header_for: Option<Vec<String>>,
+    /// The terminal's width, when printing to one: result columns narrow to fit it.
+    columns: Option<usize>,
+    /// Width of a result column for the current header.
+    cell: usize,
+}
+
+impl Default for LiveTable {
+    /// Columns of the widest size (not printing to a terminal).
+    fn default() -> Self {
+        LiveTable::fitting(None)
+    }
 }
 
 impl LiveTable {
+    /// A table whose rows fit `columns` columns where they can (result columns from 18 down to
+    /// 10 wide); `None`: the widest columns.
+    pub fn fitting(columns: Option<usize>) -> Self {
+        LiveTable {
+            header_for: None,
+            columns,
+            cell: WIDEST_CELL,
+        }
+    }
+
+    /// A table for standard output: as wide as its terminal, if it is one.
+    pub fn for_stdout() -> Self {
+        LiveTable::fitting(console::Term::stdout().size_checked().map(|(_, columns)| columns as usize))
+    }
+
     /// The lines to print for a bin starting `t` seconds into the stream: its row, after a header
     /// when its results are not those of the previous row.
     pub fn lines(&mut self, bin: u64, t: f64, events: u64, graph_version: u64, values: &BTreeMap<String, Value>) -> Vec<String> {
         let mut lines = Vec::new();
         let names: Vec<String> = values.keys().cloned().collect();
         if self.header_for.as_ref() != Some(&names) {
-            let header: String = names.iter().map(|n| format!("{n:>CELL$}")).collect();
+            self.cell = self.columns.map_or(WIDEST_CELL, |columns| {
+                (columns.saturating_sub(LEAD + 1) / names.len().max(1)).clamp(NARROWEST_CELL, WIDEST_CELL)
+            });
+            let cell = self.cell;
+            let header: String = names.iter().map(|n| format!("{:>cell$}", shortened(n, cell - 1))).collect();
             lines.push(format!("\n{:>8} {:>9} {:>7} {:>4}  {header}", "bin", "t [s]", "events", "ver"));
             self.header_for = Some(names);
         }
-        let cells: String = values.values().map(|v| format!("{:>CELL$}", summarize(v))).collect();
+        let cell = self.cell;
+        let cells: String = values.values().map(|v| format!("{:>cell$}", summarize(v, cell - 2))).collect();
         lines.push(format!("{bin:>8} {t:>9.2} {events:>7} {graph_version:>4}  {cells}"));
         lines
     }
 }
 
-/// One short cell for a result value: a number, or the shape of an array or histogram.
-pub fn summarize(value: &Value) -> String {
+/// `name`, cut to `width` characters with an ellipsis when longer.
+fn shortened(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_string();
+    }
+    name.chars().take(width.saturating_sub(1)).chain(['…']).collect()
+}
+
+/// One short cell for a result value, about `width` characters: a number, or the shape of an
+/// array or histogram.
+pub fn summarize(value: &Value, width: usize) -> String {
     let number = |v: &Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     if let Some(mean) = value.get("mean") {
         return match mean {
-            Value::Array(items) => sparkline(items, SPARKLINE_BARS),
+            Value::Array(items) => sparkline(items, width),
             other => number(other),
         };
     }
     if let Some(counts) = value.get("counts").and_then(Value::as_array) {
         let total: f64 = counts.iter().filter_map(Value::as_f64).sum();
-        return format!("{} n={total}", sparkline(counts, SPARKLINE_BARS - 6));
+        let total_text = format!(" n={total}");
+        return format!("{}{total_text}", sparkline(counts, width.saturating_sub(total_text.len()).max(1)));
     }
     if let Some(count) = value.get("count") {
         return format!("n={}", number(count));
     }
     number(value)
 }
-
-/// Bars of an array's cell in the live table (its cells are 18 wide).
-const SPARKLINE_BARS: usize = 16;
 
 /// An array as at most `bars` bars: each the mean of its share of the values, scaled from the
 /// smallest to the largest bar; blank where a share holds no number (an empty bin's `null`).
@@ -97,10 +139,10 @@ mod tests {
         assert_eq!(sparkline(&[], 16), " ");
         // The cells: a waveform's mean, a histogram with its total, a scalar result.
         let waveform = serde_json::json!({"count": 3, "mean": [0.0, 0.5, 1.0]});
-        assert_eq!(summarize(&waveform), "▁▅█");
+        assert_eq!(summarize(&waveform, 16), "▁▅█");
         let histogram = serde_json::json!({"counts": [1, 4, 1], "low": 0.0, "high": 1.0});
-        assert_eq!(summarize(&histogram), "▁█▁ n=6");
-        assert_eq!(summarize(&serde_json::json!({"count": 2, "mean": 1.5})), "1.5000");
+        assert_eq!(summarize(&histogram, 16), "▁█▁ n=6");
+        assert_eq!(summarize(&serde_json::json!({"count": 2, "mean": 1.5}), 16), "1.5000");
     }
 
     #[test]
@@ -125,5 +167,32 @@ mod tests {
         assert_eq!(table.lines(8, 0.4, 50, 1, &values(&["a", "b"])).len(), 1);
         let changed = table.lines(9, 0.45, 50, 2, &values(&["a"]));
         assert_eq!(changed.len(), 2, "{changed:?}");
+    }
+
+    #[test]
+    fn rows_fit_the_terminal_down_to_the_narrowest_columns() {
+        let values = |n: usize| -> BTreeMap<String, Value> {
+            (0..n)
+                .map(|i| {
+                    (
+                        format!("a_long_result_name_{i}"),
+                        serde_json::json!({"count": 3, "mean": (0..64).collect::<Vec<_>>()}),
+                    )
+                })
+                .collect()
+        };
+        // 100 columns, 6 results: cells of (100 - 34) / 6 = 11, names cut with an ellipsis.
+        let lines = LiveTable::fitting(Some(100)).lines(1, 0.05, 3, 1, &values(6));
+        assert!(lines.iter().all(|l| l.trim_start_matches('\n').chars().count() <= 100), "{lines:?}");
+        assert!(lines[0].contains("a_long_re…"), "{lines:?}");
+        // A ramp in 9 bars (the cell less a margin of 2) in each cell.
+        assert!(lines[1].ends_with(&"  ▁▂▃▄▄▅▆▇█".repeat(6)), "{lines:?}");
+        // Too narrow for 6: the narrowest columns (10), wider than the terminal.
+        let narrow = LiveTable::fitting(Some(60)).lines(1, 0.05, 3, 1, &values(6));
+        assert_eq!(narrow[1].chars().count(), 33 + 6 * 10, "{narrow:?}");
+        // Not a terminal, or room to spare: the widest (18).
+        for mut table in [LiveTable::default(), LiveTable::fitting(Some(300))] {
+            assert_eq!(table.lines(1, 0.05, 3, 1, &values(2))[1].chars().count(), 33 + 2 * 18);
+        }
     }
 }
