@@ -62,7 +62,8 @@ pub struct RunArgs {
     /// File source: replay at the recorded pace instead of as fast as possible.
     #[arg(long)]
     realtime: bool,
-    /// Print every finished bin as a JSON line on stdout.
+    /// Print every finished bin as a JSON line on stdout: `{"bin", "graph_version", "events",
+    /// "values": {RESULT: VALUE}}` (values as docs/graph.md describes them).
     #[arg(long)]
     json: bool,
     /// Stop after this many seconds.
