@@ -219,8 +219,8 @@ pub const AUTOMATIC_BATCH_BYTES: usize = 16 << 20;
 /// batch a worker reads is still there while its source fills the next. A constant, not this
 /// machine's cache: every process of a cluster must size the same batches. Measured on 2 cores
 /// with a 32 MiB cache (`ami2 run --rate 0`, 1 partition, alternated): 512x512 images at 8 frames
-/// 6,486-6,657 frames/s and 0.8 GB resident, against 4,786 and 2 GB at 256; the default 128x128
-/// stream at 126 frames 73,000-79,000 events/s against 67,000-71,000 at 256.
+/// 7,363-7,371 frames/s and 0.79 GB resident, against 4,366-4,380 and 2.06 GB at 256; the default
+/// 128x128 stream at 126 frames 77,000-86,000 events/s against 68,000-70,000 at 256.
 pub fn automatic_batch_size(frame_bytes: usize) -> usize {
     let frame_bytes = frame_bytes.max(1);
     ((AUTOMATIC_BATCH_BYTES + frame_bytes / 2) / frame_bytes).clamp(1, DEFAULT_BATCH_FRAMES)
