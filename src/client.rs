@@ -1,8 +1,8 @@
 //! Client subcommands (`graph`, `watch`, `get`, `status`), built on `client-lib`'s blocking API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -86,7 +86,7 @@ pub struct EditArgs {
 
 #[derive(Args)]
 pub struct WatchArgs {
-    /// Result names to follow (default: every result of the current graph).
+    /// Result names to follow (default: every result of the graph, as it changes).
     results: Vec<String>,
     /// Stop after this many bins (of all results; with --table, rows).
     #[arg(long)]
@@ -230,25 +230,39 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
 /// reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
     let mut client = args.connect.client(Role::Subscriber)?;
+    // With no names, follow the graph: its results now, and those of each new version.
+    let mut followed = None;
     let names = if args.results.is_empty() {
-        let (version, graph) = client.graph()?;
-        let results: Vec<String> = graph["results"]
-            .as_array()
-            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_string).collect())
-            .unwrap_or_default();
-        if results.is_empty() {
+        let (version, names) = graph_results(&client)?;
+        if names.is_empty() {
             bail!("graph version {version} publishes no results: name the results to follow");
         }
-        eprintln!("ami2 watch: the results of graph version {version}: {}", results.join(", "));
-        results
+        eprintln!("ami2 watch: the results of graph version {version}: {}", names.join(", "));
+        followed = Some((version, Instant::now()));
+        names
     } else {
         args.results.clone()
     };
     client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let mut rows = args.table.then(|| TableRows::new(names.len()));
+    let mut rows = args.table.then(|| TableRows::new(&names));
     let mut seen = 0;
     while args.count.is_none_or(|n| seen < n) {
-        match client.next_event(Duration::from_secs(3600)) {
+        if let Some((version, checked)) = &mut followed {
+            if checked.elapsed() >= GRAPH_CHECK_INTERVAL {
+                *checked = Instant::now();
+                let (now, names) = graph_results(&client)?;
+                if now != *version {
+                    *version = now;
+                    eprintln!("ami2 watch: graph version {now}: {}", names.join(", "));
+                    client.unsubscribe(None)?;
+                    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+                    if let Some(rows) = &mut rows {
+                        rows.follow(&names).iter().for_each(|line| println!("{line}"));
+                    }
+                }
+            }
+        }
+        match client.next_event(GRAPH_CHECK_INTERVAL) {
             Ok(Some(Event::Bin(bin))) => match &mut rows {
                 Some(rows) => {
                     for line in rows.add(bin) {
@@ -274,11 +288,24 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// How often `ami2 watch` without names asks whether the graph changed.
+const GRAPH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The current graph's version and the names of its results.
+fn graph_results(client: &BlockingClient) -> Result<(u64, Vec<String>)> {
+    let (version, graph) = client.graph()?;
+    let names = graph["results"]
+        .as_array()
+        .map(|names| names.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok((version, names))
+}
+
 /// Bins a live table has not printed yet, by bin: the results of one bin arrive one by one.
 struct TableRows {
     table: LiveTable,
-    /// Results per bin, when all have come.
-    results: usize,
+    /// The results a row has when all have come.
+    names: BTreeSet<String>,
     pending: BTreeMap<u64, PendingRow>,
 }
 
@@ -295,16 +322,20 @@ struct PendingRow {
 const ROW_WAIT_BINS: u64 = 20;
 
 impl TableRows {
-    fn new(results: usize) -> Self {
+    fn new(names: &[String]) -> Self {
         TableRows {
             table: LiveTable::for_stdout(),
-            results,
+            names: names.iter().cloned().collect(),
             pending: BTreeMap::new(),
         }
     }
 
-    /// Adds a bin of one result; returns the lines of the rows now complete, oldest first.
+    /// Adds a bin of one result; returns the lines of the rows now complete, oldest first. Bins
+    /// of results no longer followed (still on their way when the graph changed) are left out.
     fn add(&mut self, bin: protocol1::results::Bin) -> Vec<String> {
+        if !self.names.contains(&bin.result) {
+            return Vec::new();
+        }
         let row = self.pending.entry(bin.bin).or_insert_with(|| PendingRow {
             t: bin.t_ns as f64 / 1e9,
             events: bin.events,
@@ -316,12 +347,24 @@ impl TableRows {
         let ready: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(&b, row)| row.values.len() >= self.results || b + ROW_WAIT_BINS <= newest)
+            .filter(|(&b, row)| row.values.len() >= self.names.len() || b + ROW_WAIT_BINS <= newest)
             .map(|(&b, _)| b)
             .collect();
+        self.print(ready)
+    }
+
+    /// Follows `names` from now on; returns the lines of the rows still pending, printed with
+    /// what they have, so that they do not come after the new results' header.
+    fn follow(&mut self, names: &[String]) -> Vec<String> {
+        self.names = names.iter().cloned().collect();
+        let pending: Vec<u64> = self.pending.keys().copied().collect();
+        self.print(pending)
+    }
+
+    fn print(&mut self, bins: Vec<u64>) -> Vec<String> {
         let mut lines = Vec::new();
-        for b in ready {
-            let row = self.pending.remove(&b).expect("listed");
+        for b in bins {
+            let row = self.pending.remove(&b).expect("pending");
             lines.extend(self.table.lines(b, row.t, row.events, row.graph_version, &row.values));
         }
         lines
@@ -374,6 +417,10 @@ mod tests {
         }
     }
 
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
     /// The bin numbers of the rows among `lines` (headers start with a newline).
     fn rows(lines: &[String]) -> Vec<u64> {
         lines
@@ -385,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_table_row_waits_for_every_result_of_its_bin() {
-        let mut table = TableRows::new(2);
+        let mut table = TableRows::new(&names(&["a", "b"]));
         assert!(table.add(bin("a", 5)).is_empty());
         assert!(table.add(bin("a", 6)).is_empty());
         // Bin 5 is complete: a header, then its row.
@@ -397,12 +444,25 @@ mod tests {
 
     #[test]
     fn a_row_missing_a_result_is_printed_once_it_is_far_behind() {
-        let mut table = TableRows::new(2);
+        let mut table = TableRows::new(&names(&["a", "b"]));
         table.add(bin("a", 1));
         // `b` never comes for bin 1 (a graph without it): the row goes out 20 bins later.
         for b in 2..21 {
             assert!(rows(&table.add(bin("a", b))).is_empty(), "bin {b}");
         }
         assert_eq!(rows(&table.add(bin("a", 21))), vec![1]);
+    }
+
+    #[test]
+    fn a_new_graph_prints_the_pending_rows_and_leaves_out_the_old_results() {
+        let mut table = TableRows::new(&names(&["a", "b"]));
+        table.add(bin("a", 3));
+        // The graph now publishes `c`: bin 3's row goes out with what it has.
+        assert_eq!(rows(&table.follow(&names(&["c"]))), vec![3]);
+        // A bin of `a` still on its way is left out; `c` makes rows of its own.
+        assert!(table.add(bin("a", 4)).is_empty());
+        let lines = table.add(bin("c", 4));
+        assert_eq!(rows(&lines), vec![4]);
+        assert!(lines[0].contains("events") && lines[0].trim_end().ends_with('c'), "{lines:?}");
     }
 }

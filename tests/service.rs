@@ -452,6 +452,55 @@ fn cli_commands() {
     assert!(!ok && err.contains("forbidden"), "{err}");
 }
 
+/// `ami2 watch --table` without names follows the graph: a new version's results get a header of
+/// their own and rows.
+#[test]
+fn watch_without_names_follows_the_graph_as_it_changes() {
+    use std::io::BufRead;
+    let service = Service::start(&scratch("watch-follows"), "127.0.0.1:0", &[]);
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["watch", "--table"])
+        .env("AMI2_ADDR", &service.addr)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Waits for a line that `wanted` accepts, for at most 30 s.
+    let wait_for = |wanted: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if wanted(&line) {
+                return line;
+            }
+        }
+        panic!("no such line within 30 s");
+    };
+    let is_row = |l: &str| l.trim_start().starts_with(|c: char| c.is_ascii_digit());
+    let header = wait_for(&|l| l.contains("events"));
+    assert!(header.contains("energy_hist"), "{header}");
+    wait_for(&is_row);
+    let editor = client(&service.addr);
+    let graph = json!({"nodes": [{"id": "energy", "op": "select", "params": {"field": "energy", "kind": "scalar"}},
+                                 {"id": "energy_sum", "op": "strip_chart", "inputs": ["energy"]}],
+                       "results": ["energy_sum"]});
+    let version = accepted(editor.submit_graph(&graph).unwrap());
+    // A header of the new results, then rows of the new version.
+    let header = wait_for(&|l| l.contains("events") && !l.contains("energy_hist"));
+    assert!(header.trim_end().ends_with("energy_sum"), "{header}");
+    let row = wait_for(&is_row);
+    assert_eq!(row.split_whitespace().nth(3), Some(version.to_string().as_str()), "{row}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
 /// Control keeps the last 64 graph versions: older documents are deleted, and a request based on
 /// a version no longer kept is a conflict (its changes since cannot be known).
 #[test]
