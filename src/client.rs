@@ -250,7 +250,15 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         if let Some((version, checked)) = &mut followed {
             if checked.elapsed() >= GRAPH_CHECK_INTERVAL {
                 *checked = Instant::now();
-                let (now, names) = graph_results(&client)?;
+                // While the service restarts the question fails; the client reconnects, and
+                // the next check asks again.
+                let (now, names) = match graph_results(&client) {
+                    Ok(answer) => answer,
+                    Err(err) => {
+                        tracing::debug!("asking for the graph: {err:#}");
+                        (*version, Vec::new())
+                    }
+                };
                 if now != *version {
                     *version = now;
                     eprintln!("ami2 watch: graph version {now}: {}", names.join(", "));
