@@ -453,11 +453,13 @@ fn cli_commands() {
 }
 
 /// `ami2 watch --table` without names follows the graph: a new version's results get a header of
-/// their own and rows.
+/// their own and rows; and it goes on across a restart of the service.
 #[test]
 fn watch_without_names_follows_the_graph_as_it_changes() {
     use std::io::BufRead;
-    let service = Service::start(&scratch("watch-follows"), "127.0.0.1:0", &[]);
+    let dir = scratch("watch-follows");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut service = Service::start(&dir, &listen, &[]);
     let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["watch", "--table"])
         .env("AMI2_ADDR", &service.addr)
@@ -497,6 +499,17 @@ fn watch_without_names_follows_the_graph_as_it_changes() {
     assert!(header.trim_end().ends_with("energy_sum"), "{header}");
     let row = wait_for(&is_row);
     assert_eq!(row.split_whitespace().nth(3), Some(version.to_string().as_str()), "{row}");
+    // A restart of the service: the table goes on with later bins.
+    let bin_of = |row: &str| row.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    service.kill();
+    let last = lines
+        .try_iter()
+        .filter(|l| is_row(l))
+        .map(|l| bin_of(&l))
+        .fold(bin_of(&row), u64::max);
+    let _service = Service::start(&dir, &listen, &[]);
+    let later = wait_for(&|l| is_row(l) && bin_of(l) > last);
+    assert_eq!(later.split_whitespace().nth(3), Some(version.to_string().as_str()), "{later}");
     let _ = watch.kill();
     let _ = watch.wait();
 }
