@@ -238,36 +238,24 @@ pub fn watch(args: WatchArgs) -> Result<()> {
             bail!("graph version {version} publishes no results: name the results to follow");
         }
         eprintln!("ami2 watch: the results of graph version {version}: {}", names.join(", "));
-        followed = Some((version, Instant::now()));
+        followed = Some(FollowedGraph {
+            version,
+            checked: Instant::now(),
+        });
         names
     } else {
         args.results.clone()
     };
-    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    subscribe(&client, &names)?;
     let mut rows = args.table.then(|| TableRows::new(&names));
     let mut seen = 0;
     while args.count.is_none_or(|n| seen < n) {
-        if let Some((version, checked)) = &mut followed {
-            if checked.elapsed() >= GRAPH_CHECK_INTERVAL {
-                *checked = Instant::now();
-                // While the service restarts the question fails; the client reconnects, and
-                // the next check asks again.
-                let (now, names) = match graph_results(&client) {
-                    Ok(answer) => answer,
-                    Err(err) => {
-                        tracing::debug!("asking for the graph: {err:#}");
-                        (*version, Vec::new())
-                    }
-                };
-                if now != *version {
-                    *version = now;
-                    eprintln!("ami2 watch: graph version {now}: {}", names.join(", "));
-                    client.unsubscribe(None)?;
-                    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
-                    if let Some(rows) = &mut rows {
-                        rows.follow(&names).iter().for_each(|line| println!("{line}"));
-                    }
-                }
+        if let Some((version, names)) = followed.as_mut().and_then(|graph| graph.changed(&client)) {
+            eprintln!("ami2 watch: graph version {version}: {}", names.join(", "));
+            client.unsubscribe(None)?;
+            subscribe(&client, &names)?;
+            if let Some(rows) = &mut rows {
+                rows.follow(&names).iter().for_each(|line| println!("{line}"));
             }
         }
         match client.next_event(GRAPH_CHECK_INTERVAL) {
@@ -296,8 +284,38 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
+fn subscribe(client: &BlockingClient, names: &[String]) -> Result<()> {
+    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(())
+}
+
 /// How often `ami2 watch` without names asks whether the graph changed.
 const GRAPH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The graph `ami2 watch` without names follows: the version it knows, and when it last asked.
+struct FollowedGraph {
+    version: u64,
+    checked: Instant,
+}
+
+impl FollowedGraph {
+    /// The new version and its results, when the graph changed since it was last asked (at most
+    /// once per [`GRAPH_CHECK_INTERVAL`]).
+    fn changed(&mut self, client: &BlockingClient) -> Option<(u64, Vec<String>)> {
+        if self.checked.elapsed() < GRAPH_CHECK_INTERVAL {
+            return None;
+        }
+        self.checked = Instant::now();
+        // While the service restarts the question may fail: the next check asks again.
+        let (version, names) = graph_results(client)
+            .map_err(|err| tracing::debug!("asking for the graph: {err:#}"))
+            .ok()?;
+        (version != self.version).then(|| {
+            self.version = version;
+            (version, names)
+        })
+    }
+}
 
 /// The current graph's version and the names of its results.
 fn graph_results(client: &BlockingClient) -> Result<(u64, Vec<String>)> {
