@@ -178,8 +178,7 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
     let is_scalar = |name: &str| fields.iter().any(|(n, ty)| *n == name && *ty == Ty::Scalar);
     let mut nodes = Vec::new();
     // Results by kind, so that their order is the default graph's whatever the fields' order.
-    let (mut charts, mut histograms, mut waveforms, mut profiles, mut binned, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut chart, mut histogram, mut mean_waveform, mut profile, mut binned, mut peak_count) = (None, None, None, None, None, None);
     if let Some((
         image,
         Ty::Image {
@@ -188,7 +187,7 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
         },
     )) = preferred("cspad", |ty| matches!(ty, Ty::Image { .. }))
     {
-        let (roi, mean, chart, columns) = (
+        let (roi, mean, chart_id, columns) = (
             format!("{image}_roi"),
             format!("{image}_roi_mean"),
             format!("{image}_roi_chart"),
@@ -207,10 +206,10 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
             json!({"x0": w / 4, "y0": h / 4, "x1": w - w / 4, "y1": h - h / 4}),
         ));
         nodes.push(node(&mean, "mean", &[&roi], serde_json::Value::Null));
-        nodes.push(node(&chart, "strip_chart", &[&mean], serde_json::Value::Null));
+        nodes.push(node(&chart_id, "strip_chart", &[&mean], serde_json::Value::Null));
         nodes.push(node(&columns, "projection", &[image], json!({"axis": 0})));
-        charts.push(chart);
-        profiles.push(columns);
+        chart = Some(chart_id);
+        profile = Some(columns);
     }
     if is_scalar("energy") {
         nodes.push(node("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})));
@@ -220,7 +219,7 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
             &["energy"],
             json!({"bins": 50, "low": 0.0, "high": 10.0}),
         ));
-        histograms.push("energy_hist".to_string());
+        histogram = Some("energy_hist".to_string());
         if is_scalar("scan") {
             nodes.push(node("scan", "select", &[], json!({"field": "scan", "kind": "scalar"})));
             nodes.push(node(
@@ -229,7 +228,7 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
                 &["energy", "scan"],
                 json!({"bins": 20, "low": 0.0, "high": 1.0}),
             ));
-            binned.push("energy_vs_scan".to_string());
+            binned = Some("energy_vs_scan".to_string());
         }
     }
     if let Some((waveform, Ty::Waveform { len: Some(len) })) = preferred("trace", |ty| matches!(ty, Ty::Waveform { .. })) {
@@ -241,21 +240,24 @@ fn demo_graph_over(fields: &[(&str, Ty)]) -> Option<GraphSpec> {
             json!({"field": waveform, "kind": "waveform", "length": len}),
         ));
         nodes.push(node(&peaks, "peaks", &[waveform], json!({"threshold": 0.5})));
-        waveforms.push(waveform.to_string());
-        counts.push(peaks);
+        mean_waveform = Some(waveform.to_string());
+        peak_count = Some(peaks);
     }
     if nodes.is_empty() {
         let (scalar, _) = fields.iter().find(|(_, ty)| *ty == Ty::Scalar)?;
-        let chart = format!("{scalar}_chart");
+        let chart_id = format!("{scalar}_chart");
         nodes.push(node(scalar, "select", &[], json!({"field": scalar, "kind": "scalar"})));
-        nodes.push(node(&chart, "strip_chart", &[scalar], serde_json::Value::Null));
-        charts.push(chart);
+        nodes.push(node(&chart_id, "strip_chart", &[scalar], serde_json::Value::Null));
+        chart = Some(chart_id);
     }
     let mut ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|pair| pair[0] == pair[1]) {
         return None;
     }
-    let results = [charts, histograms, waveforms, profiles, binned, counts].concat();
+    let results = [chart, histogram, mean_waveform, profile, binned, peak_count]
+        .into_iter()
+        .flatten()
+        .collect();
     Some(GraphSpec { nodes, results })
 }
