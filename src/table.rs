@@ -22,13 +22,6 @@ pub struct LiveTable {
     cell: usize,
 }
 
-impl Default for LiveTable {
-    /// Columns of the widest size (not printing to a terminal).
-    fn default() -> Self {
-        LiveTable::fitting(None)
-    }
-}
-
 impl LiveTable {
     /// A table whose rows fit `columns` columns where they can (result columns from 18 down to
     /// 10 wide); `None`: the widest columns.
@@ -76,7 +69,7 @@ fn shortened(name: &str, width: usize) -> String {
 
 /// One short cell for a result value, about `width` characters: a number, or the shape of an
 /// array or histogram.
-pub fn summarize(value: &Value, width: usize) -> String {
+fn summarize(value: &Value, width: usize) -> String {
     let number = |v: &Value| v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
     if let Some(mean) = value.get("mean") {
         return match mean {
@@ -147,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_header_comes_first_and_again_when_the_results_change() {
-        let mut table = LiveTable::default();
+        let mut table = LiveTable::fitting(None);
         let values = |names: &[&str]| {
             names
                 .iter()
@@ -191,7 +184,7 @@ mod tests {
         let narrow = LiveTable::fitting(Some(60)).lines(1, 0.05, 3, 1, &values(6));
         assert_eq!(narrow[1].chars().count(), 33 + 6 * 10, "{narrow:?}");
         // Not a terminal, or room to spare: the widest (18).
-        for mut table in [LiveTable::default(), LiveTable::fitting(Some(300))] {
+        for mut table in [LiveTable::fitting(None), LiveTable::fitting(Some(300))] {
             assert_eq!(table.lines(1, 0.05, 3, 1, &values(2))[1].chars().count(), 33 + 2 * 18);
         }
     }
