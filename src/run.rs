@@ -27,8 +27,8 @@ pub struct RunArgs {
     /// Telemetry partitions (data source + worker pairs).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
-    /// Frames per data source task (default: 256, or fewer so that a batch holds about 16 MiB:
-    /// 126 frames of the default stream, 8 images of 512x512).
+    /// Frames per data source task (default: as many as hold about 4 MiB, at most 10,000: 31
+    /// frames of the default stream, 2 images of 512x512).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Time bins per second.

@@ -212,8 +212,8 @@ fn a_built_in_graph_stays_when_a_restart_sees_no_frame() {
 
 #[test]
 fn batches_are_sized_by_the_frames_bytes_unless_given() {
-    // The default stream's frames take about 130 KiB: an automatic batch holds 126 of them, so
-    // 5,000 frames take at least 40 rounds; `--batch-size 256` takes fewer.
+    // The default stream's frames take about 130 KiB: an automatic batch holds 31 of them, so
+    // 5,000 frames take at least 162 rounds; `--batch-size 256` takes fewer.
     let dir = scratch("auto-batch");
     let rounds = |extra: &[&str]| {
         let summary = dir.join("summary.json");
@@ -226,7 +226,7 @@ fn batches_are_sized_by_the_frames_bytes_unless_given() {
         summary["rounds"].as_u64().unwrap()
     };
     let automatic = rounds(&[]);
-    assert!(automatic >= 40, "{automatic} rounds for 5,000 frames in batches of at most 126");
+    assert!(automatic >= 162, "{automatic} rounds for 5,000 frames in batches of at most 31");
     let given = rounds(&["--batch-size", "256"]);
     assert!(given < automatic, "{given} rounds with batches of 256, {automatic} automatic");
 }

@@ -207,23 +207,31 @@ impl PipelineConfig {
     }
 }
 
-/// Most frames of a batch when none is configured ([`automatic_batch_size`]).
+/// Frames per batch of [`PipelineConfig::default`].
 pub const DEFAULT_BATCH_FRAMES: usize = 256;
 
-/// Bytes of frames an automatic batch holds at most ([`automatic_batch_size`]).
-pub const AUTOMATIC_BATCH_BYTES: usize = 16 << 20;
+/// Most frames of an automatic batch ([`automatic_batch_size`]): the scalar benchmark's best
+/// batch (10,000 against 1,000 and 50,000 in every session's sweep).
+pub const MAX_AUTOMATIC_BATCH_FRAMES: usize = 10_000;
 
-/// The batch size for frames of up to `frame_bytes` when none is configured:
-/// [`DEFAULT_BATCH_FRAMES`], or fewer so that a batch holds about [`AUTOMATIC_BATCH_BYTES`]
-/// (rounded to the nearest frame, at least 1): half of a server's last-level cache, so that the
-/// batch a worker reads is still there while its source fills the next. A constant, not this
-/// machine's cache: every process of a cluster must size the same batches. Measured on 2 cores
-/// with a 32 MiB cache (`ami2 run --rate 0`, 1 partition, alternated): 512x512 images at 8 frames
-/// 7,363-7,371 frames/s and 0.79 GB resident, against 4,366-4,380 and 2.06 GB at 256; the default
-/// 128x128 stream at 126 frames 77,000-86,000 events/s against 68,000-70,000 at 256.
+/// Bytes of frames an automatic batch holds at most ([`automatic_batch_size`]).
+pub const AUTOMATIC_BATCH_BYTES: usize = 4 << 20;
+
+/// The batch size for frames of up to `frame_bytes` when none is configured: as many frames as
+/// hold about [`AUTOMATIC_BATCH_BYTES`] (rounded to the nearest frame), at least 1 and at most
+/// [`MAX_AUTOMATIC_BATCH_FRAMES`]. An eighth of a server's last-level cache: a partition's
+/// buffers in rotation (a batch being written, one being read) stay in the cache with room left
+/// for other partitions and for a host's other tenants, and tiny frames still come in batches
+/// large enough to make a round's fixed cost small. A constant, not this machine's cache: every
+/// process of a cluster must size the same batches. Measured on 2 cores (`ami2 run --rate 0`,
+/// alternated three times, session 11), against session 10's 16 MiB and 256 frames: the default
+/// stream (128x128 images, 32 frames) 86,555-93,067 events/s against 54,326-78,104 (126 frames),
+/// with 2 partitions 88,637-99,354 against 62,471-64,115; 512x512 images (2 frames) 8,116-8,548
+/// frames/s against 3,892-7,090 (8); no images (1,990 frames) 498,518-502,859 against
+/// 435,278-438,848 (256).
 pub fn automatic_batch_size(frame_bytes: usize) -> usize {
     let frame_bytes = frame_bytes.max(1);
-    ((AUTOMATIC_BATCH_BYTES + frame_bytes / 2) / frame_bytes).clamp(1, DEFAULT_BATCH_FRAMES)
+    ((AUTOMATIC_BATCH_BYTES + frame_bytes / 2) / frame_bytes).clamp(1, MAX_AUTOMATIC_BATCH_FRAMES)
 }
 
 /// Automatic batch interval (µs) of a data source on an IO processor. Measured (1 partition on 2
@@ -770,18 +778,19 @@ mod tests {
     use crate::source::SyntheticGenerator;
 
     #[test]
-    fn an_automatic_batch_holds_about_16_mib_of_frames() {
+    fn an_automatic_batch_holds_about_4_mib_of_frames() {
         // The default stream's frames (128x128 image, 256-sample waveform, scalars).
         let frame = SyntheticGenerator::new(&SyntheticConfig::default()).unwrap().frame(0);
         let bytes = crate::frame_chunk::frame_bytes(&crate::frame_chunk::FieldSpec::list(&frame));
-        assert_eq!(automatic_batch_size(bytes), 126);
+        assert_eq!(automatic_batch_size(bytes), 31);
         // 512x512 images: 2 MiB and a little more each.
-        assert_eq!(automatic_batch_size((2 << 20) + 3000), 8);
-        // Rounded to the nearest frame, at least 1, at most the default.
-        assert_eq!(automatic_batch_size(11 << 20), 1);
+        assert_eq!(automatic_batch_size((2 << 20) + 3000), 2);
+        // Rounded to the nearest frame, at least 1, at most the most.
+        assert_eq!(automatic_batch_size(3 << 20), 1);
         assert_eq!(automatic_batch_size(100 << 20), 1);
-        assert_eq!(automatic_batch_size(1000), DEFAULT_BATCH_FRAMES);
-        assert_eq!(automatic_batch_size(0), DEFAULT_BATCH_FRAMES);
+        assert_eq!(automatic_batch_size(2100), 1997);
+        assert_eq!(automatic_batch_size(100), MAX_AUTOMATIC_BATCH_FRAMES);
+        assert_eq!(automatic_batch_size(0), MAX_AUTOMATIC_BATCH_FRAMES);
     }
 
     /// A pace for 2 partitions with batches of 10 frames (a full round: 20 frames).
