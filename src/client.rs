@@ -61,6 +61,22 @@ pub enum GraphCommand {
     /// Edit the graph. Edits apply in this order: --remove, --add-node, --set-param,
     /// --connect-inputs, then --results. Retried on a conflict (up to 3 times).
     Edit(EditArgs),
+    /// List the graph versions the service keeps, newest first: results, size, and whether a
+    /// version failed at run time or is the same graph as an older one.
+    History {
+        /// How many versions to list (the service keeps the last 64).
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Make the graph of an earlier VERSION current again (as a new version). Retried on a
+    /// conflict (up to 3 times).
+    Revert {
+        version: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
 }
 
 #[derive(Args)]
@@ -132,7 +148,109 @@ pub fn graph(command: GraphCommand) -> Result<()> {
             Ok(())
         }
         GraphCommand::Edit(args) => edit(args),
+        GraphCommand::History { count, connect } => history(count, &connect.client(Role::Subscriber)?),
+        GraphCommand::Revert { version, connect } => {
+            let client = connect.client(Role::Editor)?;
+            let (current, _) = client.graph()?;
+            if version >= current {
+                bail!(
+                    "graph version {version} is {} (`ami2 graph history`)",
+                    if version == current { "the current one" } else { "not made yet" }
+                );
+            }
+            let graph = kept_graph(&client, version)?.with_context(|| {
+                format!(
+                    "graph version {version} is not kept: the service keeps the last {} (`ami2 graph history`)",
+                    ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
+                )
+            })?;
+            retried_on_conflict(|| Ok(client.submit_graph(&graph)?))
+        }
     }
+}
+
+/// Graph `version` as clients sent it, or as installed at start; `None` once no longer kept.
+fn kept_graph(client: &BlockingClient, version: u64) -> Result<Option<Value>> {
+    match client.get_key(&ami_tasks::graph_manager::edited_graph_key(version))? {
+        Some(graph) => Ok(Some(graph)),
+        None => Ok(client.get_key(&ami_tasks::stores::graph_key(version))?),
+    }
+}
+
+/// One line per kept version, newest first, e.g.
+/// `version 4 (current): results e_chart, trace_peaks; 9 nodes; same graph as version 2`.
+fn history(count: u64, client: &BlockingClient) -> Result<()> {
+    let (current, _) = client.graph()?;
+    let builtin = client.get_key(ami_tasks::stores::BUILTIN_GRAPH_KEY)?.and_then(|v| v.as_u64());
+    let mut listed = Vec::new();
+    for version in (1..=current).rev().take(count as usize) {
+        let Some(graph) = kept_graph(client, version)? else { break };
+        let failure = client.get_key(&ami_tasks::stores::bad_graph_key(version))?;
+        listed.push((version, graph, failure));
+    }
+    for (k, (version, graph, failure)) in listed.iter().enumerate() {
+        let mut line = format!("version {version}");
+        let marks: Vec<&str> = [(*version == current, "current"), (Some(*version) == builtin, "built-in")]
+            .into_iter()
+            .filter_map(|(yes, mark)| yes.then_some(mark))
+            .collect();
+        if !marks.is_empty() {
+            line += &format!(" ({})", marks.join(", "));
+        }
+        let results: Vec<&str> = graph["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let nodes = graph["nodes"].as_array().map_or(0, Vec::len);
+        line += &format!(": results {}; {nodes} nodes", results.join(", "));
+        if let Some((older, _, _)) = listed[k + 1..].iter().find(|(_, other, _)| same_graph(other, graph)) {
+            line += &format!("; same graph as version {older}");
+        }
+        if let Some(failure) = failure {
+            let message = failure["message"].as_str().unwrap_or("(no message)");
+            line += &format!("; failed at run time, reverted by the workers: {message}");
+        }
+        println!("{line}");
+    }
+    if listed.len() < count as usize && listed.len() < current as usize {
+        eprintln!(
+            "older versions are no longer kept (the service keeps the last {})",
+            ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
+        );
+    }
+    Ok(())
+}
+
+/// Whether two graph documents describe the same graph: the same results, and the same nodes in
+/// any order (a node's params absent or empty alike).
+fn same_graph(a: &Value, b: &Value) -> bool {
+    let canonical = |doc: &Value| {
+        let mut spec: ami_tasks::graph::GraphSpec = serde_json::from_value(doc.clone()).ok()?;
+        spec.nodes.sort_by(|x, y| x.id.cmp(&y.id));
+        for node in &mut spec.nodes {
+            if node.params.as_object().is_some_and(Map::is_empty) {
+                node.params = Value::Null;
+            }
+        }
+        Some(spec)
+    };
+    canonical(a).is_some_and(|spec| Some(spec) == canonical(b))
+}
+
+/// Sends what `attempt` sends again when every reason of its rejection is a conflict (another
+/// editor changed the graph in between), up to 3 times; prints the answer.
+fn retried_on_conflict(mut attempt: impl FnMut() -> Result<Answer>) -> Result<()> {
+    for tries in 1.. {
+        let answer = attempt()?;
+        let conflict = matches!(&answer, Answer::Rejected(r) if r.reasons.iter().all(|x| x.code == ErrorCode::Conflict));
+        if conflict && tries < 3 {
+            continue;
+        }
+        return report(answer);
+    }
+    unreachable!("the loop returns")
 }
 
 /// Prints the answer; a rejection is an error (exit status 1) listing every reason.
@@ -166,17 +284,11 @@ fn edit(args: EditArgs) -> Result<()> {
         bail!("nothing to do: give --remove, --add-node, --set-param, --connect-inputs or --results");
     }
     let client = args.connect.client(Role::Editor)?;
-    for attempt in 1.. {
+    retried_on_conflict(|| {
         let (version, graph) = client.graph()?;
         let edits = edits(&args, &graph)?;
-        let answer = client.request(version, edits, args.results.clone())?;
-        let conflict = matches!(&answer, Answer::Rejected(r) if r.reasons.iter().all(|x| x.code == ErrorCode::Conflict));
-        if conflict && attempt < 3 {
-            continue;
-        }
-        return report(answer);
-    }
-    unreachable!("the loop returns")
+        Ok(client.request(version, edits, args.results.clone())?)
+    })
 }
 
 /// The edits of `args` against `graph` (needed for --set-param, which changes one key of the

@@ -450,6 +450,52 @@ fn cli_commands() {
     assert!(status.get("metrics").is_some());
     let (ok, _, err) = cli(&["get", "/elsewhere/key"]);
     assert!(!ok && err.contains("forbidden"), "{err}");
+
+    // Going back: version 2's graph becomes current again, as version 4.
+    let (ok, out, err) = cli(&["graph", "revert", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "accepted, version 4");
+    let (ok, out, err) = cli(&["graph", "show"]);
+    assert!(ok && err.contains("graph version 4"), "{err}");
+    let reverted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reverted["results"], json!(["e_chart", "trace_peaks"]));
+    assert_eq!(graph_node(&reverted, "trace_peaks")["params"], json!({"threshold": 0.8}));
+    // A graph that compiles but fails on every event (`energy` is a scalar, not an image): the
+    // workers revert it and mark it failed in Control.
+    let broken = json!({"nodes": [{"id": "img", "op": "select", "params": {"field": "energy", "kind": "image"}},
+                                  {"id": "total", "op": "sum", "inputs": ["img"]}],
+                        "results": ["total"]});
+    std::fs::write(&file, broken.to_string()).unwrap();
+    let (ok, out, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "accepted, version 5");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli(&["get", "/control/graph/bad/000000000005"]).1.trim() == "null" {
+        assert!(Instant::now() < deadline, "version 5 never marked failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, err) = cli(&["graph", "history"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].starts_with("version 5 (current): results total; 2 nodes; failed at run time"),
+        "{out}"
+    );
+    assert!(lines[3].starts_with("version 2: results e_chart, trace_peaks; "), "{out}");
+    assert_eq!(
+        lines[1],
+        format!("{}; same graph as version 2", lines[3].replace("version 2", "version 4"))
+    );
+    assert_eq!(lines[2], "version 3: results energy_sum; 2 nodes");
+    assert!(lines[4].starts_with("version 1 (built-in): results "), "{out}");
+    let (ok, out, _) = cli(&["graph", "history", "--count", "2"]);
+    assert!(ok && out.lines().count() == 2, "{out}");
+    // Nothing to go back to: the current version, one not made yet.
+    let (ok, _, err) = cli(&["graph", "revert", "5"]);
+    assert!(!ok && err.contains("graph version 5 is the current one"), "{err}");
+    let (ok, _, err) = cli(&["graph", "revert", "9"]);
+    assert!(!ok && err.contains("graph version 9 is not made yet"), "{err}");
 }
 
 /// `ami2 watch --table` without names follows the graph: a new version's results get a header of
