@@ -399,3 +399,28 @@ fn partitions_get_cpu_processors_of_their_own_up_to_the_cores() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_service_slower_than_its_stream_says_how_far_behind_it_is() {
+    // Two million frames a second with the built-in graph: far more than a machine's one
+    // partition analyses, so the source falls further behind its stream all run long.
+    let out = ami2(&with_legion(&["run", "--json", "--rate", "2000000", "--seconds", "5"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("behind its stream: events come faster"), "no warning in {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("ami2: the data sources ended"))
+        .unwrap_or_else(|| panic!("no closing word on it in {stderr}"));
+    let seconds: f64 = line["ami2: the data sources ended ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((2.0..5.0).contains(&seconds), "{line}");
+    // A stream it keeps up with: nothing said.
+    let out = ami2(&with_legion(&["run", "--json", "--rate", "500", "--seconds", "3"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("behind"), "{stderr}");
+}

@@ -447,6 +447,8 @@ fn cli_commands() {
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["graph_version"], json!(3));
     assert!(status["sources"]["0"]["stats"]["frames"].as_u64().unwrap() > 0);
+    // The service's stream is paced: its source says how far behind it it is.
+    assert!(status["sources"]["0"]["stats"]["behind_ms"].is_u64(), "{status}");
     assert!(status.get("metrics").is_some());
     let (ok, _, err) = cli(&["get", "/elsewhere/key"]);
     assert!(!ok && err.contains("forbidden"), "{err}");

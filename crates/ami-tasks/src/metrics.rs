@@ -24,6 +24,7 @@
 //! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, `store_warning` when a persisted store loads damaged, or [`incident`]) |
 //! | `ami2_restarts_total` | counter | `component` | restarts (`shm_producer` seen by a source, or [`restart`]) |
 //! | `ami2_source_overruns_total` | counter | `partition` | times a shared-memory producer lapped its consumer (frames lost) |
+//! | `ami2_source_behind_seconds` | gauge | `partition` | how late the newest frame a source handed over was on its stream's clock (streams with a clock only) |
 //! | `ami2_rounds_total` | counter | | rounds of source → worker → reducer launches |
 //! | `ami2_rounds_in_flight` | gauge | | rounds launched whose report the driver has not read yet |
 //! | `ami2_pending_bins` | gauge | | bins the global reducer holds, waiting for partitions |
@@ -49,6 +50,7 @@ pub const SUBSCRIBER_MESSAGES_DROPPED: &str = "ami2_subscriber_messages_dropped_
 pub const INCIDENTS: &str = "ami2_incidents_total";
 pub const RESTARTS: &str = "ami2_restarts_total";
 pub const SOURCE_OVERRUNS: &str = "ami2_source_overruns_total";
+pub const SOURCE_BEHIND: &str = "ami2_source_behind_seconds";
 pub const ROUNDS: &str = "ami2_rounds_total";
 pub const ROUNDS_IN_FLIGHT: &str = "ami2_rounds_in_flight";
 pub const PENDING_BINS: &str = "ami2_pending_bins";
@@ -74,6 +76,10 @@ pub fn describe() {
     describe_counter!(INCIDENTS, "Incidents, by kind");
     describe_counter!(RESTARTS, "Restarts, by component");
     describe_counter!(SOURCE_OVERRUNS, "Times a shared-memory producer lapped its consumer");
+    describe_gauge!(
+        SOURCE_BEHIND,
+        "How late the newest frame a data source handed over was, on its stream's clock"
+    );
     describe_counter!(ROUNDS, "Rounds of source, worker and reducer launches");
     describe_gauge!(ROUNDS_IN_FLIGHT, "Rounds launched whose report the driver has not read yet");
     describe_gauge!(PENDING_BINS, "Bins the global reducer holds, waiting for partitions");
@@ -131,7 +137,10 @@ impl ReportMetrics {
             metrics::counter!(FRAMES, "partition" => label.clone()).increment(frames);
             let overruns = delta(stats.overruns, seen.1);
             if overruns > 0 {
-                metrics::counter!(SOURCE_OVERRUNS, "partition" => label).increment(overruns);
+                metrics::counter!(SOURCE_OVERRUNS, "partition" => label.clone()).increment(overruns);
+            }
+            if let Some(ms) = stats.behind_ms {
+                metrics::gauge!(SOURCE_BEHIND, "partition" => label).set(ms as f64 / 1e3);
             }
             let restarts = delta(stats.producer_restarts, seen.2);
             if restarts > 0 {
@@ -265,6 +274,8 @@ pub struct MetricsSummary {
     /// Component → count.
     pub restarts: BTreeMap<String, u64>,
     pub source_overruns: u64,
+    /// The most any data source is behind its stream (s), for streams with a clock.
+    pub source_behind_seconds: Option<f64>,
     pub rounds: u64,
     pub rounds_in_flight: u64,
     pub pending_bins: u64,
@@ -298,6 +309,9 @@ impl MetricsSummary {
                     summary.restarts.insert(label("component"), value);
                 }
                 SOURCE_OVERRUNS => summary.source_overruns += value,
+                SOURCE_BEHIND => {
+                    summary.source_behind_seconds = Some(summary.source_behind_seconds.unwrap_or(0.0).max(sample.value));
+                }
                 ROUNDS => summary.rounds = value,
                 ROUNDS_IN_FLIGHT => summary.rounds_in_flight = value,
                 PENDING_BINS => summary.pending_bins = value,
@@ -329,6 +343,9 @@ impl fmt::Display for MetricsSummary {
             self.events_processed,
             listed(&self.frames_per_partition).replace(" (", " (per partition: ")
         )?;
+        if let Some(behind) = self.source_behind_seconds {
+            writeln!(f, "sources       {behind:.3} s behind their streams (the most of any partition)")?;
+        }
         writeln!(
             f,
             "bins          {} published (last {}), {} pending, graph version {}{}",
@@ -386,5 +403,13 @@ mod tests {
         let full = MetricsSummary::from_prometheus_text("ami2_bins_dropped_early_total 3\n");
         assert_eq!(full.bins_dropped_early, 3);
         assert!(full.to_string().contains("3 dropped early (Results full)"), "{full}");
+        // Sources behind their streams: the most of any partition, said only when known.
+        assert_eq!(summary.source_behind_seconds, None);
+        assert!(!summary.to_string().contains("behind"));
+        let behind = MetricsSummary::from_prometheus_text(
+            "ami2_source_behind_seconds{partition=\"0\"} 0.25\nami2_source_behind_seconds{partition=\"1\"} 3.5\n",
+        );
+        assert_eq!(behind.source_behind_seconds, Some(3.5));
+        assert!(behind.to_string().contains("3.500 s behind their streams"), "{behind}");
     }
 }

@@ -33,7 +33,8 @@ use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, BUILTIN_GRAPH_KEY, GRAPH_VERSION_KEY};
 use crate::tasks::{
-    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
+    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, RateLimitedCount, SourceArgs,
+    WorkerArgs,
 };
 use crate::PipelineError;
 
@@ -242,6 +243,32 @@ pub const BATCH_INTERVAL_IO_US: u64 = 5_000;
 /// Automatic batch interval (µs) of a data source on a CPU processor, which it holds while it
 /// gathers: 5 ms there made bins 10 ms late (2 partitions on 2 CPUs), 1 ms 2.6 ms.
 pub const BATCH_INTERVAL_CPU_US: u64 = 1_000;
+
+/// A data source this far behind its stream ([`SourceStats::behind_ms`]) is warned about: the
+/// events come faster than the pipeline analyses them, and the results fall behind the beam.
+pub const BEHIND_WARNING_MS: u64 = 2_000;
+
+/// Warns, at most once per 10 s, while a data source is [`BEHIND_WARNING_MS`] or more behind
+/// its stream.
+fn warn_if_behind(sources: &BTreeMap<usize, (SourcePosition, SourceStats)>, warnings: &RateLimitedCount) {
+    let most = sources
+        .iter()
+        .filter_map(|(&partition, (_, stats))| Some((partition, stats.behind_ms?)))
+        .max_by_key(|&(_, ms)| ms);
+    let Some((partition, ms)) = most.filter(|&(_, ms)| ms >= BEHIND_WARNING_MS) else {
+        return;
+    };
+    if warnings.note().is_some() {
+        tracing::warn!(
+            component = "driver",
+            partition,
+            behind_ms = ms,
+            "the data source of partition {partition} is {:.1} s behind its stream: events come faster than the \
+             pipeline analyses them (more partitions or cores, or a lighter graph, would help)",
+            ms as f64 / 1e3
+        );
+    }
+}
 
 /// What the observer wants after a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -600,6 +627,7 @@ pub fn run(
     let groups = partition_groups(config.partitions);
 
     let mut last_snapshot = std::time::Instant::now();
+    let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         incident_log.record(ctx, &stores, report.incidents.clone(), summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
@@ -616,6 +644,7 @@ pub fn run(
         summary.superseded_partials = report.state.superseded_partials;
         summary.bins_dropped_early = report.state.bins_dropped_early;
         summary.sources.extend(report.sources.clone());
+        warn_if_behind(&report.sources, &behind_warnings);
         merge_by_task(&mut summary.ran_on, report.ran_on.clone());
         merge_by_task(&mut summary.processors, report.processors.clone());
         if data_dir.is_some()

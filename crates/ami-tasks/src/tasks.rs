@@ -705,13 +705,13 @@ type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Option<GraphFailure>);
 static UNANALYSED: RateLimitedCount = RateLimitedCount::new(Duration::from_secs(10));
 
 /// Counts occurrences and says when to report them: at the first, then at most once per interval.
-struct RateLimitedCount {
+pub(crate) struct RateLimitedCount {
     interval: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl RateLimitedCount {
-    const fn new(interval: Duration) -> Self {
+    pub(crate) const fn new(interval: Duration) -> Self {
         RateLimitedCount {
             interval,
             state: Mutex::new((None, 0)),
@@ -719,7 +719,7 @@ impl RateLimitedCount {
     }
 
     /// Counts one; `Some(count since the last report)` when it is time to report.
-    fn note(&self) -> Option<u64> {
+    pub(crate) fn note(&self) -> Option<u64> {
         self.note_at(Instant::now())
     }
 

@@ -371,3 +371,47 @@ fn realtime_replay_follows_the_time_stamps() {
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert!(empty_batches > 0);
 }
+
+#[test]
+fn a_realtime_replay_says_how_far_behind_the_recording_it_is() {
+    let dir = Dir::new("realtime-behind");
+    let path = dir.path("run.rec");
+    // 40 frames 1 ms apart.
+    let all: Vec<Frame> = frames(40)
+        .into_iter()
+        .map(|f| Frame {
+            timestamp_ns: 7_000_000_000 + f.seq * 1_000_000,
+            ..f
+        })
+        .collect();
+    write_recording(&path, all.into_iter(), |_| {}).unwrap();
+    let open = |realtime| {
+        source::open(
+            &SourceConfig::File {
+                path: path.clone(),
+                realtime,
+            },
+            0,
+            1,
+            None,
+        )
+        .unwrap()
+    };
+    let mut paced = open(true);
+    // Frames handed over as they fall due: not behind.
+    let mut delivered = 0;
+    while delivered < 5 {
+        delivered += paced.next_batch(5, Duration::from_secs(1)).unwrap().frames.len();
+        let keeping_up = paced.stats().behind_ms.unwrap();
+        assert!(keeping_up < 50, "{keeping_up} ms behind while keeping up");
+    }
+    // A pause of 300 ms: the next frames were due 290-300 ms ago.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(paced.next_batch(5, Duration::from_secs(1)).unwrap().frames.len(), 5);
+    let behind = paced.stats().behind_ms.unwrap();
+    assert!((280..3000).contains(&behind), "{behind} ms behind after a pause");
+    // As fast as possible: the recording's clock does not apply.
+    let mut unpaced = open(false);
+    unpaced.next_batch(5, Duration::from_secs(1)).unwrap();
+    assert_eq!(unpaced.stats().behind_ms, None);
+}

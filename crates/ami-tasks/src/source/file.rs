@@ -49,6 +49,8 @@ pub struct FileDataSource {
     records_read: u64,
     ended: bool,
     note: Option<String>,
+    /// How late the newest frame of the last batch was, when paced ([`SourceStats::behind_ms`]).
+    behind: Option<Duration>,
 }
 
 impl FileDataSource {
@@ -79,6 +81,7 @@ impl FileDataSource {
             records_read: 0,
             ended: false,
             note: None,
+            behind: None,
         })
     }
 
@@ -174,6 +177,10 @@ impl DataSource for FileDataSource {
             }
         }
         let ended = frames.is_empty() && self.ended && self.pending.is_none();
+        if self.realtime {
+            let newest = frames.last().map(|f| self.due(f.timestamp_ns));
+            self.behind = Some(newest.map_or(Duration::ZERO, |due| due.elapsed()));
+        }
         Ok(Batch { frames, ended })
     }
 
@@ -189,6 +196,7 @@ impl DataSource for FileDataSource {
         SourceStats {
             frames: self.delivered,
             note: self.note.clone(),
+            behind_ms: self.behind.map(super::behind_ms),
             ..SourceStats::default()
         }
     }

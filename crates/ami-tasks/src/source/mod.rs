@@ -141,6 +141,16 @@ pub struct SourceStats {
     pub producer_restarts: u64,
     /// Anything an operator should know (a damaged recording, lost slots, ...).
     pub note: Option<String>,
+    /// How late the newest frame of the last batch was, on the stream's clock (ms): about 0
+    /// while the source keeps up with its stream, growing while events come faster than the
+    /// pipeline takes them. `None` for a stream without a clock (a synthetic stream or a
+    /// replay as fast as possible, a ring whose time stamps are not the wall clock).
+    pub behind_ms: Option<u64>,
+}
+
+/// [`SourceStats::behind_ms`] of `late`.
+pub fn behind_ms(late: Duration) -> u64 {
+    late.as_millis().min(u64::MAX as u128) as u64
 }
 
 /// Which source to open.

@@ -453,6 +453,9 @@ pub struct SharedMemoryDataSource {
     stuck: Option<(u64, Instant, u32)>,
     last_replaced_check: Instant,
     buf: Vec<u8>,
+    /// How late the newest frame of the last batch was, when the producer stamps frames with the
+    /// wall clock ([`SourceStats::behind_ms`]).
+    behind: Option<Duration>,
 }
 
 impl SharedMemoryDataSource {
@@ -524,6 +527,7 @@ impl SharedMemoryDataSource {
             stuck: None,
             last_replaced_check: Instant::now(),
             buf: Vec::new(),
+            behind: None,
         })
     }
 
@@ -735,6 +739,11 @@ impl DataSource for SharedMemoryDataSource {
             nap = (nap * 2).min(Duration::from_millis(2));
         }
         self.delivered += frames.len() as u64;
+        self.behind = match frames.last() {
+            Some(newest) => wall_clock_lateness(newest.timestamp_ns),
+            // The ring had nothing more: not behind, if the stream has a clock at all.
+            None => self.behind.map(|_| Duration::ZERO),
+        };
         Ok(Batch { frames, ended: false })
     }
 
@@ -764,13 +773,37 @@ impl DataSource for SharedMemoryDataSource {
             overruns: self.overruns,
             producer_restarts: self.restarts,
             note: (!notes.is_empty()).then(|| format!("shared-memory ring {:?}: {}", self.name, notes.join("; "))),
+            behind_ms: self.behind.map(super::behind_ms),
         }
+    }
+}
+
+/// How long ago, on the wall clock, a frame stamped `timestamp_ns` (Unix time) happened; `None`
+/// when the stamp is more than a day away from now, so not the wall clock (a producer counting
+/// from its own start, say).
+fn wall_clock_lateness(timestamp_ns: u64) -> Option<Duration> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let stamp = UNIX_EPOCH + Duration::from_nanos(timestamp_ns);
+    match SystemTime::now().duration_since(stamp) {
+        Ok(late) => (late <= DAY).then_some(late),
+        Err(ahead) => (ahead.duration() <= DAY).then_some(Duration::ZERO),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lateness_on_the_wall_clock_only_for_wall_clock_time_stamps() {
+        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let late = wall_clock_lateness(now_ns - 1_500_000_000).unwrap();
+        assert!(late >= Duration::from_millis(1500) && late < Duration::from_secs(60), "{late:?}");
+        assert_eq!(wall_clock_lateness(now_ns + 3_600_000_000_000), Some(Duration::ZERO));
+        // A producer counting from its own start (or from 0): not the wall clock.
+        assert_eq!(wall_clock_lateness(5_000_000_000), None);
+        assert_eq!(wall_clock_lateness(now_ns - 2 * 86_400_000_000_000), None);
+    }
     use crate::event::FieldValue;
     use crate::source::open;
     use crate::source::SourceConfig;
@@ -811,6 +844,32 @@ mod tests {
             .iter()
             .map(|f| f.seq)
             .collect()
+    }
+
+    #[test]
+    fn a_consumer_reading_wall_clock_frames_says_how_far_behind_it_is() {
+        let ring = Ring::new("behind");
+        let mut producer = ShmProducer::create(&ring.0, 64, 4096).unwrap();
+        let mut source = open(&SourceConfig::SharedMemory { name: ring.0.clone() }, 0, 1, None).unwrap();
+        // Frames counted from 0 are not on the wall clock: no lateness.
+        producer.push(&frame(0)).unwrap();
+        assert_eq!(seqs(&mut *source, 10), [0]);
+        assert_eq!(source.stats().behind_ms, None);
+        // Frames that happened 1.5 s ago, read now: 1.5 s behind.
+        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        for seq in 1..4 {
+            let stamped = Frame {
+                timestamp_ns: now_ns - 1_500_000_000 + seq,
+                ..frame(seq)
+            };
+            producer.push(&stamped).unwrap();
+        }
+        assert_eq!(seqs(&mut *source, 10), [1, 2, 3]);
+        let behind = source.stats().behind_ms.unwrap();
+        assert!((1500..60_000).contains(&behind), "{behind} ms");
+        // The ring is empty: caught up.
+        assert!(seqs(&mut *source, 10).is_empty());
+        assert_eq!(source.stats().behind_ms, Some(0));
     }
 
     #[test]

@@ -568,6 +568,8 @@ pub struct SyntheticDataSource {
     first_seq: u64,
     started: Option<Instant>,
     delivered: u64,
+    /// How late the newest frame of the last batch was ([`SourceStats::behind_ms`]).
+    behind: Option<Duration>,
 }
 
 impl SyntheticDataSource {
@@ -586,6 +588,7 @@ impl SyntheticDataSource {
             first_seq: next_seq,
             started: None,
             delivered: 0,
+            behind: None,
         })
     }
 
@@ -613,15 +616,9 @@ impl SyntheticDataSource {
         let started = *self.started.get_or_insert(begin);
         let mut written = Written::default();
         while written.frames < max && !self.exhausted() {
-            if let Some(rate) = self.rate_hz {
+            if let Some(Ok(wait)) = self.due_in(self.next_seq, started) {
                 let now = Instant::now();
-                let due = if self.live {
-                    // When the wall clock reaches the frame's time stamp.
-                    let stamp = UNIX_EPOCH + Duration::from_nanos(self.generator.timestamp_ns(self.next_seq));
-                    now + stamp.duration_since(SystemTime::now()).unwrap_or_default()
-                } else {
-                    started + Duration::from_secs_f64((self.next_seq - self.first_seq) as f64 / rate)
-                };
+                let due = now + wait;
                 if due > now {
                     // Deliver what is ready now rather than hold it back for a fuller batch.
                     if written.frames > 0 {
@@ -645,7 +642,28 @@ impl SyntheticDataSource {
         }
         self.delivered += written.frames as u64;
         written.ended = written.frames == 0 && self.exhausted();
+        // Nothing written: the stream had nothing due, so the source is not behind it.
+        let newest = (written.frames > 0).then(|| self.next_seq - self.partitions);
+        self.behind = match newest.map(|seq| self.due_in(seq, started)) {
+            Some(Some(Err(late))) => Some(late),
+            _ => self.rate_hz.map(|_| Duration::ZERO),
+        };
         Ok(written)
+    }
+
+    /// Frame `seq`'s time on a paced stream: `Ok(wait)` until it is due, `Err(late)` once it is.
+    /// `None` as fast as possible. A live stream is due when the wall clock reaches the frame's
+    /// time stamp; another one at `rate` frames a second from `started`.
+    fn due_in(&self, seq: u64, started: Instant) -> Option<Result<Duration, Duration>> {
+        let rate = self.rate_hz?;
+        Some(if self.live {
+            let stamp = UNIX_EPOCH + Duration::from_nanos(self.generator.timestamp_ns(seq));
+            stamp.duration_since(SystemTime::now()).map_err(|past| past.duration())
+        } else {
+            let due = started + Duration::from_secs_f64(seq.saturating_sub(self.first_seq) as f64 / rate);
+            let now = Instant::now();
+            due.checked_duration_since(now).ok_or_else(|| now - due)
+        })
     }
 }
 
@@ -676,6 +694,7 @@ impl DataSource for SyntheticDataSource {
     fn stats(&self) -> SourceStats {
         SourceStats {
             frames: self.delivered,
+            behind_ms: self.behind.map(super::behind_ms),
             ..SourceStats::default()
         }
     }
@@ -846,6 +865,43 @@ mod tests {
         assert_eq!(frames.len(), 200);
         assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_paced_source_says_how_far_behind_its_stream_it_is() {
+        let paced = |rate: f64, live: bool| {
+            let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+            let config = SyntheticConfig {
+                rate_hz: Some(rate),
+                start_ns,
+                live,
+                ..SyntheticConfig::scalars_only()
+            };
+            SyntheticDataSource::open(&config, 0, 1, None).unwrap()
+        };
+        for live in [false, true] {
+            // A million frames a second, taken 10 at a time with a pause: the frames handed over
+            // after the pause were due about as long ago as the pause.
+            let mut fast = paced(1e6, live);
+            assert_eq!(fast.stats().behind_ms, None, "nothing handed over yet");
+            assert_eq!(fast.next_batch(10, Duration::from_secs(1)).unwrap().frames.len(), 10);
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(fast.next_batch(10, Duration::from_secs(1)).unwrap().frames.len(), 10);
+            let behind = fast.stats().behind_ms.unwrap();
+            assert!((290..3000).contains(&behind), "live {live}: {behind} ms behind");
+            // 100 frames a second, taken 10 at a time: the source waits for each frame, so it is
+            // not behind.
+            let mut slow = paced(100.0, live);
+            for _ in 0..3 {
+                slow.next_batch(10, Duration::from_secs(1)).unwrap();
+                let behind = slow.stats().behind_ms.unwrap();
+                assert!(behind < 50, "live {live}: {behind} ms behind a 100 Hz stream");
+            }
+        }
+        // As fast as possible: no clock to be behind.
+        let mut unpaced = SyntheticDataSource::open(&unpaced(100), 0, 1, None).unwrap();
+        unpaced.next_batch(10, Duration::from_secs(1)).unwrap();
+        assert_eq!(unpaced.stats().behind_ms, None);
     }
 
     #[test]
