@@ -417,7 +417,7 @@ fn a_service_slower_than_its_stream_says_how_far_behind_it_is() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
-    assert!((2.0..5.0).contains(&seconds), "{line}");
+    assert!((2.0..10.0).contains(&seconds), "{line}");
     // A stream it keeps up with: nothing said.
     let out = ami2(&with_legion(&["run", "--json", "--rate", "500", "--seconds", "3"]));
     let stderr = String::from_utf8_lossy(&out.stderr);

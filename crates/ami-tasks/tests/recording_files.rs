@@ -403,7 +403,7 @@ fn a_realtime_replay_says_how_far_behind_the_recording_it_is() {
     while delivered < 5 {
         delivered += paced.next_batch(5, Duration::from_secs(1)).unwrap().frames.len();
         let keeping_up = paced.stats().behind_ms.unwrap();
-        assert!(keeping_up < 50, "{keeping_up} ms behind while keeping up");
+        assert!(keeping_up < 150, "{keeping_up} ms behind while keeping up");
     }
     // A pause of 300 ms: the next frames were due 290-300 ms ago.
     std::thread::sleep(Duration::from_millis(300));
