@@ -389,9 +389,13 @@ fn cli_commands() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "accepted, version 2");
-    let (ok, out, err) = cli(&["graph", "show"]);
-    assert!(ok && err.contains("graph version 2"), "{err}");
-    let graph: Value = serde_json::from_str(&out).unwrap();
+    // `ami2 graph show`: the graph, once it says it is at `version`.
+    let shown = |version: u64| {
+        let (ok, out, err) = cli(&["graph", "show"]);
+        assert!(ok && err.contains(&format!("graph version {version}")), "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let graph = shown(2);
     assert_eq!(graph["results"], json!(["e_chart", "trace_peaks"]));
     let peaks = graph_node(&graph, "trace_peaks");
     assert_eq!(peaks["params"], json!({"threshold": 0.8}));
@@ -404,14 +408,18 @@ fn cli_commands() {
         "{err}"
     );
 
+    // `ami2 graph submit FILE`: its answer.
     let file = dir.join("graph.json");
+    let submit = |graph: &Value| {
+        std::fs::write(&file, graph.to_string()).unwrap();
+        let (ok, out, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
     let new_graph = json!({"nodes": [{"id": "energy", "op": "select", "params": {"field": "energy", "kind": "scalar"}},
                                      {"id": "energy_sum", "op": "strip_chart", "inputs": ["energy"]}],
                            "results": ["energy_sum"]});
-    std::fs::write(&file, new_graph.to_string()).unwrap();
-    let (ok, out, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "accepted, version 3");
+    assert_eq!(submit(&new_graph), "accepted, version 3");
     let (ok, out, _) = cli(&["get", "/control/graph/version"]);
     assert!(ok);
     assert_eq!(out.trim(), "3");
@@ -457,9 +465,7 @@ fn cli_commands() {
     let (ok, out, err) = cli(&["graph", "revert", "2"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "accepted, version 4");
-    let (ok, out, err) = cli(&["graph", "show"]);
-    assert!(ok && err.contains("graph version 4"), "{err}");
-    let reverted: Value = serde_json::from_str(&out).unwrap();
+    let reverted = shown(4);
     assert_eq!(reverted["results"], json!(["e_chart", "trace_peaks"]));
     assert_eq!(graph_node(&reverted, "trace_peaks")["params"], json!({"threshold": 0.8}));
     // A graph that compiles but fails on every event (`energy` is a scalar, not an image): the
@@ -467,10 +473,7 @@ fn cli_commands() {
     let broken = json!({"nodes": [{"id": "img", "op": "select", "params": {"field": "energy", "kind": "image"}},
                                   {"id": "total", "op": "sum", "inputs": ["img"]}],
                         "results": ["total"]});
-    std::fs::write(&file, broken.to_string()).unwrap();
-    let (ok, out, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "accepted, version 5");
+    assert_eq!(submit(&broken), "accepted, version 5");
     let deadline = Instant::now() + Duration::from_secs(30);
     while cli(&["get", "/control/graph/bad/000000000005"]).1.trim() == "null" {
         assert!(Instant::now() < deadline, "version 5 never marked failed");

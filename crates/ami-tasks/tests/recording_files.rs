@@ -44,6 +44,17 @@ fn frames(n: u64) -> Vec<Frame> {
     (0..n).map(|seq| generator.frame(seq)).collect()
 }
 
+/// [`frames`] `n` stamped `first_ns`, then every `step_ns`.
+fn stamped(n: u64, first_ns: u64, step_ns: u64) -> Vec<Frame> {
+    frames(n)
+        .into_iter()
+        .map(|f| Frame {
+            timestamp_ns: first_ns + f.seq * step_ns,
+            ..f
+        })
+        .collect()
+}
+
 fn file_source(path: &Path, partition: usize, partitions: usize, from: Option<&SourcePosition>) -> Box<dyn DataSource> {
     source::open(
         &SourceConfig::File {
@@ -331,13 +342,7 @@ fn realtime_replay_follows_the_time_stamps() {
     let dir = Dir::new("realtime");
     let path = dir.path("run.rec");
     // 30 frames 5 ms apart: 145 ms of data, starting at an arbitrary time stamp.
-    let all: Vec<Frame> = frames(30)
-        .into_iter()
-        .map(|f| Frame {
-            timestamp_ns: 1_000_000_000 + f.seq * 5_000_000,
-            ..f
-        })
-        .collect();
+    let all = stamped(30, 1_000_000_000, 5_000_000);
     write_recording(&path, all.clone().into_iter(), |_| {}).unwrap();
     let mut source = source::open(
         &SourceConfig::File {
@@ -377,13 +382,7 @@ fn a_realtime_replay_says_how_far_behind_the_recording_it_is() {
     let dir = Dir::new("realtime-behind");
     let path = dir.path("run.rec");
     // 40 frames 1 ms apart.
-    let all: Vec<Frame> = frames(40)
-        .into_iter()
-        .map(|f| Frame {
-            timestamp_ns: 7_000_000_000 + f.seq * 1_000_000,
-            ..f
-        })
-        .collect();
+    let all = stamped(40, 7_000_000_000, 1_000_000);
     write_recording(&path, all.into_iter(), |_| {}).unwrap();
     let open = |realtime| {
         source::open(
