@@ -55,6 +55,9 @@ pub enum GraphCommand {
     },
     /// Print the current graph (JSON) and its version (on stderr).
     Show {
+        /// An earlier version instead, as it was sent (`ami2 graph history` lists those kept).
+        #[arg(long)]
+        version: Option<u64>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -141,8 +144,12 @@ pub fn graph(command: GraphCommand) -> Result<()> {
             let client = connect.client(Role::Editor)?;
             report(client.submit_graph(&graph)?)
         }
-        GraphCommand::Show { connect } => {
-            let (version, graph) = connect.client(Role::Subscriber)?.graph()?;
+        GraphCommand::Show { version, connect } => {
+            let client = connect.client(Role::Subscriber)?;
+            let (version, graph) = match version {
+                None => client.graph()?,
+                Some(version) => (version, kept_graph_or_why(&client, version)?),
+            };
             eprintln!("graph version {version}");
             println!("{}", serde_json::to_string_pretty(&graph)?);
             Ok(())
@@ -151,19 +158,10 @@ pub fn graph(command: GraphCommand) -> Result<()> {
         GraphCommand::History { count, connect } => history(count, &connect.client(Role::Subscriber)?),
         GraphCommand::Revert { version, connect } => {
             let client = connect.client(Role::Editor)?;
-            let (current, _) = client.graph()?;
-            if version >= current {
-                bail!(
-                    "graph version {version} is {} (`ami2 graph history`)",
-                    if version == current { "the current one" } else { "not made yet" }
-                );
+            if version == client.graph()?.0 {
+                bail!("graph version {version} is the current one (`ami2 graph history`)");
             }
-            let graph = kept_graph(&client, version)?.with_context(|| {
-                format!(
-                    "graph version {version} is not kept: the service keeps the last {} (`ami2 graph history`)",
-                    ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
-                )
-            })?;
+            let graph = kept_graph_or_why(&client, version)?;
             retried_on_conflict(|| Ok(client.submit_graph(&graph)?))
         }
     }
@@ -175,6 +173,21 @@ fn kept_graph(client: &BlockingClient, version: u64) -> Result<Option<Value>> {
         Some(graph) => Ok(Some(graph)),
         None => Ok(client.get_key(&ami_tasks::stores::graph_key(version))?),
     }
+}
+
+/// [`kept_graph`], or an error saying why there is none.
+fn kept_graph_or_why(client: &BlockingClient, version: u64) -> Result<Value> {
+    if let Some(graph) = kept_graph(client, version)? {
+        return Ok(graph);
+    }
+    let (current, _) = client.graph()?;
+    if version > current {
+        bail!("graph version {version} is not made yet: the current one is {current}");
+    }
+    bail!(
+        "graph version {version} is not kept: the service keeps the last {} (`ami2 graph history`)",
+        ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
+    )
 }
 
 /// One line per kept version, newest first, e.g.

@@ -500,7 +500,14 @@ fn cli_commands() {
     let (ok, _, err) = cli(&["graph", "revert", "5"]);
     assert!(!ok && err.contains("graph version 5 is the current one"), "{err}");
     let (ok, _, err) = cli(&["graph", "revert", "9"]);
-    assert!(!ok && err.contains("graph version 9 is not made yet"), "{err}");
+    assert!(!ok && err.contains("graph version 9 is not made yet: the current one is 5"), "{err}");
+    // An earlier version, as it was sent.
+    let (ok, out, err) = cli(&["graph", "show", "--version", "3"]);
+    assert!(ok && err.contains("graph version 3"), "{err}");
+    let spec = |text: &str| serde_json::from_str::<ami_tasks::graph::GraphSpec>(text).unwrap();
+    assert_eq!(spec(&out), spec(&new_graph.to_string()));
+    let (ok, _, err) = cli(&["graph", "show", "--version", "6"]);
+    assert!(!ok && err.contains("graph version 6 is not made yet"), "{err}");
 }
 
 /// `ami2 watch --table` without names follows the graph: a new version's results get a header of
