@@ -10,6 +10,7 @@ use client_lib::{Answer, BlockingClient, ClientOptions, Event};
 use protocol1::{Edit, ErrorCode, NodeDoc, Role};
 use serde_json::{Map, Value};
 
+use crate::graph_versions;
 use crate::table::LiveTable;
 
 /// Where the service is.
@@ -148,108 +149,23 @@ pub fn graph(command: GraphCommand) -> Result<()> {
             let client = connect.client(Role::Subscriber)?;
             let (version, graph) = match version {
                 None => client.graph()?,
-                Some(version) => (version, kept_graph_or_why(&client, version)?),
+                Some(version) => (version, graph_versions::kept_graph_or_why(&client, version)?),
             };
             eprintln!("graph version {version}");
             println!("{}", serde_json::to_string_pretty(&graph)?);
             Ok(())
         }
         GraphCommand::Edit(args) => edit(args),
-        GraphCommand::History { count, connect } => history(count, &connect.client(Role::Subscriber)?),
+        GraphCommand::History { count, connect } => graph_versions::print_history(count, &connect.client(Role::Subscriber)?),
         GraphCommand::Revert { version, connect } => {
             let client = connect.client(Role::Editor)?;
             if version == client.graph()?.0 {
                 bail!("graph version {version} is the current one (`ami2 graph history`)");
             }
-            let graph = kept_graph_or_why(&client, version)?;
+            let graph = graph_versions::kept_graph_or_why(&client, version)?;
             retried_on_conflict(|| Ok(client.submit_graph(&graph)?))
         }
     }
-}
-
-/// Graph `version` as clients sent it, or as installed at start; `None` once no longer kept.
-fn kept_graph(client: &BlockingClient, version: u64) -> Result<Option<Value>> {
-    match client.get_key(&ami_tasks::graph_manager::edited_graph_key(version))? {
-        Some(graph) => Ok(Some(graph)),
-        None => Ok(client.get_key(&ami_tasks::stores::graph_key(version))?),
-    }
-}
-
-/// [`kept_graph`], or an error saying why there is none.
-fn kept_graph_or_why(client: &BlockingClient, version: u64) -> Result<Value> {
-    if let Some(graph) = kept_graph(client, version)? {
-        return Ok(graph);
-    }
-    let (current, _) = client.graph()?;
-    if version > current {
-        bail!("graph version {version} is not made yet: the current one is {current}");
-    }
-    bail!(
-        "graph version {version} is not kept: the service keeps the last {} (`ami2 graph history`)",
-        ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
-    )
-}
-
-/// One line per kept version, newest first, e.g.
-/// `version 4 (current): results e_chart, trace_peaks; 9 nodes; same graph as version 2`.
-fn history(count: u64, client: &BlockingClient) -> Result<()> {
-    let (current, _) = client.graph()?;
-    let builtin = client.get_key(ami_tasks::stores::BUILTIN_GRAPH_KEY)?.and_then(|v| v.as_u64());
-    let mut listed = Vec::new();
-    for version in (1..=current).rev().take(count as usize) {
-        let Some(graph) = kept_graph(client, version)? else { break };
-        let failure = client.get_key(&ami_tasks::stores::bad_graph_key(version))?;
-        listed.push((version, graph, failure));
-    }
-    for (k, (version, graph, failure)) in listed.iter().enumerate() {
-        let mut line = format!("version {version}");
-        let marks: Vec<&str> = [(*version == current, "current"), (Some(*version) == builtin, "built-in")]
-            .into_iter()
-            .filter_map(|(yes, mark)| yes.then_some(mark))
-            .collect();
-        if !marks.is_empty() {
-            line += &format!(" ({})", marks.join(", "));
-        }
-        let results: Vec<&str> = graph["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let nodes = graph["nodes"].as_array().map_or(0, Vec::len);
-        line += &format!(": results {}; {nodes} nodes", results.join(", "));
-        if let Some((older, _, _)) = listed[k + 1..].iter().find(|(_, other, _)| same_graph(other, graph)) {
-            line += &format!("; same graph as version {older}");
-        }
-        if let Some(failure) = failure {
-            let message = failure["message"].as_str().unwrap_or("(no message)");
-            line += &format!("; failed at run time, reverted by the workers: {message}");
-        }
-        println!("{line}");
-    }
-    if listed.len() < count as usize && listed.len() < current as usize {
-        eprintln!(
-            "older versions are no longer kept (the service keeps the last {})",
-            ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS
-        );
-    }
-    Ok(())
-}
-
-/// Whether two graph documents describe the same graph: the same results, and the same nodes in
-/// any order (a node's params absent or empty alike).
-fn same_graph(a: &Value, b: &Value) -> bool {
-    let canonical = |doc: &Value| {
-        let mut spec: ami_tasks::graph::GraphSpec = serde_json::from_value(doc.clone()).ok()?;
-        spec.nodes.sort_by(|x, y| x.id.cmp(&y.id));
-        for node in &mut spec.nodes {
-            if node.params.as_object().is_some_and(Map::is_empty) {
-                node.params = Value::Null;
-            }
-        }
-        Some(spec)
-    };
-    canonical(a).is_some_and(|spec| Some(spec) == canonical(b))
 }
 
 /// Sends what `attempt` sends again when every reason of its rejection is a conflict (another

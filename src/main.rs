@@ -6,6 +6,7 @@
 mod client;
 mod cron;
 mod doctor;
+mod graph_versions;
 mod launch;
 mod metrics;
 mod profiling;

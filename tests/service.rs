@@ -500,7 +500,10 @@ fn cli_commands() {
     let (ok, _, err) = cli(&["graph", "revert", "5"]);
     assert!(!ok && err.contains("graph version 5 is the current one"), "{err}");
     let (ok, _, err) = cli(&["graph", "revert", "9"]);
-    assert!(!ok && err.contains("graph version 9 is not made yet: the current one is 5"), "{err}");
+    assert!(
+        !ok && err.contains("graph version 9 is not made yet: the current one is 5"),
+        "{err}"
+    );
     // An earlier version, as it was sent.
     let (ok, out, err) = cli(&["graph", "show", "--version", "3"]);
     assert!(ok && err.contains("graph version 3"), "{err}");
