@@ -92,6 +92,11 @@ pub fn default_args() -> Vec<String> {
     // Automatic tracing keeps a hash of every operation a parent task launches, for as long as
     // that task runs: ami2's top-level task runs for days, so its memory would grow without end.
     args.push("-lg:no_auto_tracing".into());
+    if legion_sys::cuda_stand_in() {
+        // The stand-in answers "no device", which Realm's GPU module reports as a warning and
+        // an error at every start: news only on a machine that was meant to have GPUs.
+        args.extend(["-level".into(), "gpu=6".into()]);
+    }
     if !is_multi_process() {
         args.extend(["-ll:networks".into(), "none".into()]);
     } else if cores <= 4 {
@@ -347,5 +352,15 @@ mod tests {
         let default = flag_value(&default_args(), "-ll:cpu").map(|v| v.parse::<usize>().unwrap());
         assert_eq!(Some(cpu_processors(&[])), default);
         assert!(cpu_processors(&[]) >= 1 && cpu_processors(&[]) < cores().max(2));
+    }
+
+    #[test]
+    fn the_gpu_logger_is_quiet_only_with_the_stand_in_and_a_callers_level_wins() {
+        let quiet = flag_value(&default_args(), "-level") == Some("gpu=6");
+        assert_eq!(quiet, legion_sys::cuda_stand_in());
+        let given: Vec<String> = ["-level", "legion_spy=2"].iter().map(|s| s.to_string()).collect();
+        let all = with_default_args(&given);
+        assert_eq!(all.iter().filter(|a| *a == "-level").count(), 1, "{all:?}");
+        assert_eq!(flag_value(&all, "-level"), Some("legion_spy=2"));
     }
 }

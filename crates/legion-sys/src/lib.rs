@@ -21,3 +21,9 @@ pub const DIST_ROOT: &str = env!("LEGION_SYS_ROOT");
 pub const SPY_SCRIPT: &str = env!("LEGION_SYS_SPY_SCRIPT");
 /// The bundled Open MPI prefix (holding `bin/mpirun`), or empty for a site build.
 pub const MPI_DIR: &str = env!("LEGION_SYS_MPI_DIR");
+
+/// Whether [`LIB_DIR`] holds the libcuda stand-in (built when the build host has no NVIDIA
+/// driver): CUDA is then absent for certain, and Realm's GPU module can only report that.
+pub fn cuda_stand_in() -> bool {
+    std::path::Path::new(LIB_DIR).join("libcuda.so.1").exists()
+}
