@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ami_tasks::source::{self, ShmProducer, SourceConfig, SyntheticConfig, SyntheticGenerator};
 use anyhow::{Context, Result};
@@ -96,7 +96,8 @@ pub struct DaqSimArgs {
     /// Name of the shared-memory ring (`/dev/shm/NAME`).
     #[arg(long, default_value = "ami2-daq")]
     name: String,
-    /// Frames per second (0 = as fast as possible).
+    /// Frames per second, stamped with the Unix time each is due (0 = as fast as possible,
+    /// stamped from 0 like `ami2 run`'s synthetic stream).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// Frames to produce (default: until Ctrl-C).
@@ -133,8 +134,14 @@ pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let rate = (args.rate > 0.0).then_some(args.rate);
-    let config = SourceConfig::Synthetic(args.synthetic.config(args.frames, rate));
-    let mut synthetic = source::open(&config, 0, 1, None)?;
+    let mut stream = args.synthetic.config(args.frames, rate);
+    if rate.is_some() {
+        // Stamped with the Unix time each frame is due, as a detector stamps its events: the
+        // consumer can tell how far behind it is, and a restarted producer goes on in time.
+        stream.live = true;
+        stream.start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    }
+    let mut synthetic = source::open(&SourceConfig::Synthetic(stream), 0, 1, None)?;
     let slot_bytes = match args.slot_bytes {
         Some(bytes) => bytes,
         None => ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?,

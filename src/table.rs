@@ -11,7 +11,22 @@ const WIDEST_CELL: usize = 18;
 const NARROWEST_CELL: usize = 10;
 
 /// Width of the columns before the results (bin, time, events, graph version).
-const LEAD: usize = 33;
+const LEAD: usize = 38;
+
+/// Bin starts from this many seconds on are Unix times (a stream stamped by the wall clock, as a
+/// detector's is), shown as the time of day; earlier ones are seconds into the stream.
+const UNIX_TIME_FROM_S: f64 = 1e8;
+
+/// `t` (a bin's start, s) as its column shows it: seconds into the stream, or the UTC time of day
+/// of a Unix time.
+fn bin_time(t: f64) -> String {
+    if t < UNIX_TIME_FROM_S {
+        return format!("{t:.2}");
+    }
+    let of_day = t.rem_euclid(86_400.0);
+    let (hours, minutes) = ((of_day / 3600.0) as u64, (of_day % 3600.0 / 60.0) as u64);
+    format!("{hours:02}:{minutes:02}:{:05.2}", of_day % 60.0)
+}
 
 /// Rows of finished bins, with a header again whenever the results change (a new graph).
 pub struct LiveTable {
@@ -49,12 +64,13 @@ impl LiveTable {
             });
             let cell = self.cell;
             let header: String = names.iter().map(|n| format!("{:>cell$}", shortened(n, cell - 1))).collect();
-            lines.push(format!("\n{:>8} {:>9} {:>7} {:>4}  {header}", "bin", "t [s]", "events", "ver"));
+            let time = if t < UNIX_TIME_FROM_S { "t [s]" } else { "UTC" };
+            lines.push(format!("\n{:>11} {time:>11} {:>7} {:>4}  {header}", "bin", "events", "ver"));
             self.header_for = Some(names);
         }
         let cell = self.cell;
         let cells: String = values.values().map(|v| format!("{:>cell$}", summarize(v, cell - 2))).collect();
-        lines.push(format!("{bin:>8} {t:>9.2} {events:>7} {graph_version:>4}  {cells}"));
+        lines.push(format!("{bin:>11} {:>11} {events:>7} {graph_version:>4}  {cells}", bin_time(t)));
         lines
     }
 }
@@ -155,11 +171,25 @@ mod tests {
         );
         assert_eq!(
             first[1],
-            format!("{:>8} {:>9} {:>7} {:>4}  {:>18}{:>18}", 7, "0.35", 50, 1, "2.0000", "2.0000")
+            format!("{:>11} {:>11} {:>7} {:>4}  {:>18}{:>18}", 7, "0.35", 50, 1, "2.0000", "2.0000")
         );
         assert_eq!(table.lines(8, 0.4, 50, 1, &values(&["a", "b"])).len(), 1);
         let changed = table.lines(9, 0.45, 50, 2, &values(&["a"]));
         assert_eq!(changed.len(), 2, "{changed:?}");
+        // A stream stamped with Unix times (2026-11-27 04:59:12.35 UTC, in bins of 50 ms): the
+        // time of day, in columns as wide as for any other stream.
+        let mut wall = LiveTable::fitting(None);
+        let t = 1_795_755_552.35;
+        let lines = wall.lines(35_915_111_047, t, 50, 1, &values(&["a"]));
+        assert!(lines[0].contains("UTC") && !lines[0].contains("t [s]"), "{lines:?}");
+        assert_eq!(
+            lines[1],
+            format!(
+                "{:>11} {:>11} {:>7} {:>4}  {:>18}",
+                35_915_111_047u64, "04:59:12.35", 50, 1, "2.0000"
+            )
+        );
+        assert_eq!(lines[0].chars().count(), lines[1].chars().count() + 1, "{lines:?}");
     }
 
     #[test]
@@ -174,18 +204,18 @@ mod tests {
                 })
                 .collect()
         };
-        // 100 columns, 6 results: cells of (100 - 34) / 6 = 11, names cut with an ellipsis.
+        // 100 columns, 6 results: cells of (100 - 39) / 6 = 10, names cut with an ellipsis.
         let lines = LiveTable::fitting(Some(100)).lines(1, 0.05, 3, 1, &values(6));
         assert!(lines.iter().all(|l| l.trim_start_matches('\n').chars().count() <= 100), "{lines:?}");
-        assert!(lines[0].contains("a_long_re…"), "{lines:?}");
-        // A ramp in 9 bars (the cell less a margin of 2) in each cell.
-        assert!(lines[1].ends_with(&"  ▁▂▃▄▄▅▆▇█".repeat(6)), "{lines:?}");
+        assert!(lines[0].contains("a_long_r…"), "{lines:?}");
+        // A ramp in 8 bars (the cell less a margin of 2) in each cell.
+        assert!(lines[1].ends_with(&"  ▁▂▃▄▅▆▇█".repeat(6)), "{lines:?}");
         // Too narrow for 6: the narrowest columns (10), wider than the terminal.
         let narrow = LiveTable::fitting(Some(60)).lines(1, 0.05, 3, 1, &values(6));
-        assert_eq!(narrow[1].chars().count(), 33 + 6 * 10, "{narrow:?}");
+        assert_eq!(narrow[1].chars().count(), LEAD + 6 * 10, "{narrow:?}");
         // Not a terminal, or room to spare: the widest (18).
         for mut table in [LiveTable::fitting(None), LiveTable::fitting(Some(300))] {
-            assert_eq!(table.lines(1, 0.05, 3, 1, &values(2))[1].chars().count(), 33 + 2 * 18);
+            assert_eq!(table.lines(1, 0.05, 3, 1, &values(2))[1].chars().count(), LEAD + 2 * 18);
         }
     }
 }

@@ -266,6 +266,17 @@ fn shared_memory_ring_fed_by_daq_sim_in_another_process() {
     let bins = bins(&out);
     let events = total_events(&bins);
     assert!(events > 100, "only {events} events read from the ring");
+    // A paced daq-sim stamps frames with the Unix time they are due: bins of 50 ms of today.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let first_s = bins[0]["bin"].as_u64().unwrap() as f64 * 0.05;
+    assert!(
+        (now_s - 60.0..now_s).contains(&first_s),
+        "bin {} starts at {first_s} s, now is {now_s}",
+        bins[0]["bin"]
+    );
     // The built-in graph was fitted to the ring's frames.
     assert!(
         bins.iter()
