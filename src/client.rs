@@ -65,8 +65,8 @@ pub enum GraphCommand {
     /// Edit the graph. Edits apply in this order: --remove, --add-node, --set-param,
     /// --connect-inputs, then --results. Retried on a conflict (up to 3 times).
     Edit(EditArgs),
-    /// List the graph versions the service keeps, newest first: results, size, and whether a
-    /// version failed at run time or is the same graph as an older one.
+    /// List the graph versions the service keeps, newest first: results, size, when and by whom
+    /// each was made, and whether it failed at run time or is the same graph as an older one.
     History {
         /// How many versions to list (the service keeps the last 64).
         #[arg(long, default_value_t = 10)]

@@ -29,8 +29,9 @@ pub fn kept_graph_or_why(client: &BlockingClient, version: u64) -> Result<Value>
     )
 }
 
-/// One line per kept version, newest first, e.g.
-/// `version 4 (current): results e_chart, trace_peaks; 9 nodes; same graph as version 2`.
+/// One line per kept version, newest first, e.g. `version 4 (current): results e_chart,
+/// trace_peaks; 9 nodes; made 2026-11-27T05:12:44Z by ami2-cli/0.1.0 at 127.0.0.1:40312; same
+/// graph as version 2`.
 pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
     let (current, _) = client.graph()?;
     let builtin = client.get_key(ami_tasks::stores::BUILTIN_GRAPH_KEY)?.and_then(|v| v.as_u64());
@@ -38,9 +39,10 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
     for version in (1..=current).rev().take(count as usize) {
         let Some(graph) = kept_graph(client, version)? else { break };
         let failure = client.get_key(&ami_tasks::stores::bad_graph_key(version))?;
-        listed.push((version, graph, failure));
+        let made = client.get_key(&ami_tasks::graph_manager::made_graph_key(version))?;
+        listed.push((version, graph, failure, made));
     }
-    for (k, (version, graph, failure)) in listed.iter().enumerate() {
+    for (k, (version, graph, failure, made)) in listed.iter().enumerate() {
         let mut line = format!("version {version}");
         let marks: Vec<&str> = [(*version == current, "current"), (Some(*version) == builtin, "built-in")]
             .into_iter()
@@ -57,7 +59,10 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
             .collect();
         let nodes = graph["nodes"].as_array().map_or(0, Vec::len);
         line += &format!(": results {}; {nodes} nodes", results.join(", "));
-        if let Some((older, _, _)) = listed[k + 1..].iter().find(|(_, other, _)| same_graph(other, graph)) {
+        if let Some(made) = made {
+            line += &format!("; {}", made_by(made));
+        }
+        if let Some((older, ..)) = listed[k + 1..].iter().find(|(_, other, ..)| same_graph(other, graph)) {
             line += &format!("; same graph as version {older}");
         }
         if let Some(failure) = failure {
@@ -73,6 +78,16 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `made 2026-11-27T05:12:44Z by ami2-cli/0.1.0 at 127.0.0.1:40312` from a version's
+/// `{"at_unix_ms", "by"}` document (versions made before it was kept have none).
+fn made_by(made: &Value) -> String {
+    let at = made["at_unix_ms"]
+        .as_u64()
+        .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string());
+    let by = made["by"].as_str().unwrap_or("someone");
+    format!("made {} by {by}", at.as_deref().unwrap_or("at an unknown time"))
 }
 
 /// Whether two graph documents describe the same graph: the same results, and the same nodes in

@@ -481,7 +481,15 @@ fn cli_commands() {
     }
     let (ok, out, err) = cli(&["graph", "history"]);
     assert!(ok, "{err}");
-    let lines: Vec<&str> = out.lines().collect();
+    // Each line says when and by whom its version was made; the rest is compared without that.
+    let (lines, made): (Vec<String>, Vec<String>) = out
+        .lines()
+        .map(|line| {
+            let start = line.find("; made ").unwrap_or_else(|| panic!("no maker in {line}"));
+            let end = line[start + 2..].find("; ").map_or(line.len(), |e| start + 2 + e);
+            (format!("{}{}", &line[..start], &line[end..]), line[start + 2..end].to_string())
+        })
+        .unzip();
     assert_eq!(lines.len(), 5, "{out}");
     assert!(
         lines[0].starts_with("version 5 (current): results total; 2 nodes; failed at run time"),
@@ -494,6 +502,13 @@ fn cli_commands() {
     );
     assert_eq!(lines[2], "version 3: results energy_sum; 2 nodes");
     assert!(lines[4].starts_with("version 1 (built-in): results "), "{out}");
+    // Versions 2-5 came from this test's `ami2` commands, version 1 from the service itself.
+    let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    for maker in &made[..4] {
+        assert!(maker.starts_with(&format!("made {}", &today[..10])), "{maker}");
+        assert!(maker.contains(" by ami2-cli/") && maker.contains(" at 127.0.0.1:"), "{maker}");
+    }
+    assert!(made[4].ends_with("by the service at start (the built-in graph)"), "{}", made[4]);
     let (ok, out, _) = cli(&["graph", "history", "--count", "2"]);
     assert!(ok && out.lines().count() == 2, "{out}");
     // Nothing to go back to: the current version, one not made yet.
@@ -596,6 +611,12 @@ fn old_graph_versions_are_dropped_and_too_old_bases_conflict() {
     assert_eq!(editor.get_key(&key(version - 64)).unwrap(), None);
     assert!(editor.get_key(&key(version - 63)).unwrap().is_some());
     assert!(editor.get_key(&format!("/control/graph/edited/{:012}", version)).unwrap().is_some());
+    // When and by whom: kept and dropped with the versions.
+    let made = |v: u64| format!("/control/graph/made/{v:012}");
+    assert_eq!(editor.get_key(&made(version - 64)).unwrap(), None);
+    let newest = editor.get_key(&made(version)).unwrap().expect("the newest version's maker");
+    assert!(newest["by"].as_str().unwrap().contains(" at 127.0.0.1:"), "{newest}");
+    assert!(newest["at_unix_ms"].as_u64().unwrap() > 1_700_000_000_000, "{newest}");
     // Based on a kept version, touching another node: rebased and accepted.
     accepted(editor.request(version - 63, vec![strip_chart("late")], None).unwrap());
     match editor.request(first, vec![strip_chart("too_late")], None).unwrap() {

@@ -145,8 +145,9 @@ impl Hub {
 
     // ---- socket side ----
 
-    /// Hands a request to the graph manager; the receiver gets `accepted` or `rejected`.
-    pub fn submit(&self, request: Request) -> oneshot::Receiver<ServerMessage> {
+    /// Hands a request from `sender` (the client's name and address) to the graph manager; the
+    /// receiver gets `accepted` or `rejected`.
+    pub fn submit(&self, request: Request, sender: String) -> oneshot::Receiver<ServerMessage> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.state();
         if state.stopped {
@@ -155,7 +156,7 @@ impl Hub {
         }
         state.next_ticket += 1;
         let ticket = state.next_ticket;
-        state.requests.push(PendingRequest { ticket, request });
+        state.requests.push(PendingRequest { ticket, request, sender });
         state.waiting.insert(ticket, tx);
         rx
     }

@@ -100,6 +100,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config:
         }
     };
     tracing::info!(%peer, client = %hello.client, role = ?hello.role, "client connected");
+    // Kept with every graph version this connection makes (`ami2 graph history`).
+    let sender = format!("{} at {peer}", hello.client);
     let (mut recv, mut send) = conn.split();
     let outbox = Arc::new(Outbox::new(config.queue_bins, config.queue_answers));
     let id = hub.connect(outbox.clone());
@@ -139,7 +141,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config:
                 break;
             }
         };
-        let (answer, closing) = handle(msg, hello.role, id, hub, config).await;
+        let (answer, closing) = handle(msg, &sender, hello.role, id, hub, config).await;
         if outbox.push(answer).is_err() {
             tracing::info!(%peer, "closing the connection: it does not read its answers");
             break;
@@ -157,7 +159,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config:
 }
 
 /// The answer to one message, and whether the connection closes after it.
-async fn handle(msg: ClientMessage, role: Role, id: u64, hub: &Hub, config: &ServerConfig) -> (ServerMessage, bool) {
+async fn handle(msg: ClientMessage, sender: &str, role: Role, id: u64, hub: &Hub, config: &ServerConfig) -> (ServerMessage, bool) {
     let internal = || ServerMessage::error(ErrorCode::ShuttingDown, "the service stopped before answering");
     let answer = match msg {
         ClientMessage::Hello(_) => {
@@ -175,7 +177,7 @@ async fn handle(msg: ClientMessage, role: Role, id: u64, hub: &Hub, config: &Ser
                 "a subscriber connection cannot edit the graph",
             )],
         }),
-        ClientMessage::Request(request) => hub.submit(request).await.unwrap_or_else(|_| internal()),
+        ClientMessage::Request(request) => hub.submit(request, sender.to_string()).await.unwrap_or_else(|_| internal()),
         ClientMessage::GetGraph {} => hub.graph(),
         ClientMessage::GetStatus {} => ServerMessage::Status { status: hub.status() },
         ClientMessage::GetKey { key } => hub.read_key(key).await.unwrap_or_else(|_| internal()),

@@ -58,11 +58,29 @@ pub fn edited_graph_key(version: u64) -> String {
     format!("{EDITED_GRAPH_PREFIX}{version:012}")
 }
 
+/// Prefix of when and by whom each graph version was made.
+pub const MADE_GRAPH_PREFIX: &str = "/control/graph/made/";
+
+/// Key of when and by whom graph `version` was made ([`made_graph_doc`]).
+pub fn made_graph_key(version: u64) -> String {
+    format!("{MADE_GRAPH_PREFIX}{version:012}")
+}
+
+/// The document under [`made_graph_key`]: `{"at_unix_ms": ..., "by": ...}`, `by` saying who
+/// (a client's name and address, or the service at start).
+pub fn made_graph_doc(by: &str) -> Value {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({"at_unix_ms": at, "by": by})
+}
+
 /// The keys of the version that `new_version` pushes out of the [`RETAINED_GRAPH_VERSIONS`] kept:
-/// its graph as edited and as optimised, and its mark if it failed at run time.
+/// its graph as edited and as optimised, when and by whom it was made, and its mark if it failed
+/// at run time.
 pub fn superseded_version_keys(new_version: u64) -> Vec<String> {
     match new_version.checked_sub(RETAINED_GRAPH_VERSIONS).filter(|v| *v > 0) {
-        Some(old) => vec![graph_key(old), edited_graph_key(old), bad_graph_key(old)],
+        Some(old) => vec![graph_key(old), edited_graph_key(old), made_graph_key(old), bad_graph_key(old)],
         None => Vec::new(),
     }
 }
@@ -92,6 +110,8 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Json<T> {
 pub struct PendingRequest {
     pub ticket: u64,
     pub request: Request,
+    /// Who sent it (the client's name and address), kept with the version it makes.
+    pub sender: String,
 }
 
 /// The answer to one request.
@@ -365,7 +385,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
         let mut version = read_json(view, GRAPH_VERSION_KEY)?.and_then(|v| v.as_u64()).unwrap_or(0);
         let mut current = if version > 0 { edited_graph(view, version)? } else { None };
         let mut answers = Vec::new();
-        for PendingRequest { ticket, request } in args.requests.0 {
+        for PendingRequest { ticket, request, sender } in args.requests.0 {
             let empty = GraphSpec {
                 nodes: Vec::new(),
                 results: Vec::new(),
@@ -396,6 +416,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
             let docs = vec![
                 Op::put_json(graph_key(next), &decision.optimised),
                 Op::put_json(edited_graph_key(next), &decision.edited),
+                Op::put_json(made_graph_key(next), &made_graph_doc(&sender)),
             ];
             if let Err(err) = apply_ops(view, docs, log).and_then(check) {
                 answers.push((

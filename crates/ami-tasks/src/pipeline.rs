@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
-use crate::graph_manager::{superseded_version_keys, GraphManagerHook, GraphRequests};
+use crate::graph_manager::{made_graph_doc, made_graph_key, superseded_version_keys, GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::incident_log::IncidentLog;
 use crate::metrics::ReportMetrics;
@@ -326,7 +326,7 @@ pub struct RunSummary {
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
 /// one logged batch). Returns the new version.
 pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
-    install_graph_with(ctx, stores, spec, |_| Vec::new())
+    install_graph_with(ctx, stores, spec, "the service at start (a graph it was given)", |_| Vec::new())
 }
 
 /// [`install_graph`], with the operations `more(version)` in the same logged batch.
@@ -334,6 +334,7 @@ fn install_graph_with(
     ctx: &TaskContext,
     stores: &Stores,
     spec: &GraphSpec,
+    by: &str,
     more: impl FnOnce(u64) -> Vec<Op>,
 ) -> Result<u64, PipelineError> {
     compile(spec).map_err(PipelineError::InvalidGraph)?;
@@ -343,6 +344,7 @@ fn install_graph_with(
         graph_key(version),
         &serde_json::to_value(spec).expect("a graph serializes"),
     ));
+    ops.push(Op::put_json(made_graph_key(version), &made_graph_doc(by)));
     ops.push(Op::put_json(GRAPH_VERSION_KEY, &version));
     ops.extend(more(version));
     stores.control.apply_all(ctx, ops)?;
@@ -410,7 +412,7 @@ fn install_initial_graph(ctx: &TaskContext, stores: &Stores, config: &PipelineCo
                 return Ok(current);
             }
             let marked = |version| vec![Op::put_json(BUILTIN_GRAPH_KEY, &version)];
-            install_graph_with(ctx, stores, &spec, marked)
+            install_graph_with(ctx, stores, &spec, "the service at start (the built-in graph)", marked)
         }
         _ => Ok(current),
     }
