@@ -69,10 +69,7 @@ pub fn made_graph_key(version: u64) -> String {
 /// The document under [`made_graph_key`]: `{"at_unix_ms": ..., "by": ...}`, `by` saying who
 /// (a client's name and address, or the service at start).
 pub fn made_graph_doc(by: &str) -> Value {
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    serde_json::json!({"at_unix_ms": at, "by": by})
+    serde_json::json!({"at_unix_ms": crate::robust::now_ms(), "by": by})
 }
 
 /// The keys of the version that `new_version` pushes out of the [`RETAINED_GRAPH_VERSIONS`] kept:
