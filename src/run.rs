@@ -184,12 +184,6 @@ impl RunArgs {
     }
 }
 
-/// The most any data source was behind its stream at its last batch (ms), if the stream has a
-/// clock.
-fn behind_at_the_end(summary: &ami_tasks::RunSummary) -> Option<u64> {
-    summary.sources.values().filter_map(|(_, stats)| stats.behind_ms).max()
-}
-
 /// CPU processors for a single-process run of `partitions` partitions, when the default would
 /// give fewer (on small machines it leaves a core to Legion's utility processor): one per
 /// partition, up to the cores, so that partitions run at once. On 2 cores with 2 partitions this
@@ -402,7 +396,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             format!(", {} graph failures (reverted)", summary.graph_failures.len())
         }
     );
-    if let Some(ms) = behind_at_the_end(&summary).filter(|&ms| ms >= ami_tasks::pipeline::BEHIND_WARNING_MS) {
+    // The sources' state at their last batch: how far behind their stream they ended.
+    if let Some((_, ms)) =
+        ami_tasks::pipeline::most_behind(&summary.sources).filter(|&(_, ms)| ms >= ami_tasks::pipeline::BEHIND_WARNING_MS)
+    {
         eprintln!(
             "ami2: the data sources ended {:.1} s behind their stream: it came faster than the pipeline analysed it",
             ms as f64 / 1e3

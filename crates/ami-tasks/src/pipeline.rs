@@ -248,14 +248,19 @@ pub const BATCH_INTERVAL_CPU_US: u64 = 1_000;
 /// events come faster than the pipeline analyses them, and the results fall behind the beam.
 pub const BEHIND_WARNING_MS: u64 = 2_000;
 
+/// The partition whose data source is the most behind its stream, and by how much (ms), among
+/// `sources` whose streams have a clock ([`SourceStats::behind_ms`]).
+pub fn most_behind(sources: &BTreeMap<usize, (SourcePosition, SourceStats)>) -> Option<(usize, u64)> {
+    sources
+        .iter()
+        .filter_map(|(&partition, (_, stats))| Some((partition, stats.behind_ms?)))
+        .max_by_key(|&(_, ms)| ms)
+}
+
 /// Warns, at most once per 10 s, while a data source is [`BEHIND_WARNING_MS`] or more behind
 /// its stream.
 fn warn_if_behind(sources: &BTreeMap<usize, (SourcePosition, SourceStats)>, warnings: &RateLimitedCount) {
-    let most = sources
-        .iter()
-        .filter_map(|(&partition, (_, stats))| Some((partition, stats.behind_ms?)))
-        .max_by_key(|&(_, ms)| ms);
-    let Some((partition, ms)) = most.filter(|&(_, ms)| ms >= BEHIND_WARNING_MS) else {
+    let Some((partition, ms)) = most_behind(sources).filter(|&(_, ms)| ms >= BEHIND_WARNING_MS) else {
         return;
     };
     if warnings.note().is_some() {
