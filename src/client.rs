@@ -361,11 +361,7 @@ impl FollowedGraph {
 /// The current graph's version and the names of its results.
 fn graph_results(client: &BlockingClient) -> Result<(u64, Vec<String>)> {
     let (version, graph) = client.graph()?;
-    let names = graph["results"]
-        .as_array()
-        .map(|names| names.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default();
-    Ok((version, names))
+    Ok((version, graph_versions::result_names(&graph)))
 }
 
 /// Bins a live table has not printed yet, by bin: the results of one bin arrive one by one.

@@ -51,14 +51,8 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
         if !marks.is_empty() {
             line += &format!(" ({})", marks.join(", "));
         }
-        let results: Vec<&str> = graph["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
         let nodes = graph["nodes"].as_array().map_or(0, Vec::len);
-        line += &format!(": results {}; {nodes} nodes", results.join(", "));
+        line += &format!(": results {}; {nodes} nodes", result_names(graph).join(", "));
         if let Some(made) = made {
             line += &format!("; {}", made_by(made));
         }
@@ -78,6 +72,17 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The names of the results a graph document publishes.
+pub fn result_names(graph: &Value) -> Vec<String> {
+    graph["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
 }
 
 /// `made 2026-11-27T05:12:44Z by ami2-cli/0.1.0 at 127.0.0.1:40312` from a version's
