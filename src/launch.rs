@@ -249,6 +249,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
     let doc = serde_json::json!({
         "events": summary.events,
         "rounds": summary.rounds,
+        "batch_size": summary.batch_size,
         "bins_emitted": summary.bins_emitted,
         "late_partials": summary.late_partials,
         "bins_dropped_early": summary.bins_dropped_early,

@@ -27,10 +27,16 @@ pub struct RunArgs {
     /// Telemetry partitions (data source + worker pairs).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
-    /// Frames per data source task (default: as many as hold about 4 MiB, at most 10,000: 31
-    /// frames of the default stream, 2 images of 512x512).
+    /// Frames per data source task. Default: automatic, starting from as many as hold about 4
+    /// MiB (at most 10,000: 31 frames of the default stream, 2 images of 512x512), tuned while
+    /// the sources are behind their stream. Given: that many, always (unless --max-batch-size).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// The largest batch the tuner may use while the sources are behind their stream (default:
+    /// 16 times the automatic batch, about 64 MiB of frames). The telemetry buffers hold that many
+    /// frames.
+    #[arg(long)]
+    max_batch_size: Option<usize>,
     /// Time bins per second.
     #[arg(long, default_value_t = 20.0)]
     display_rate: f64,
@@ -110,6 +116,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The batch size to start with and the tuner's largest (`None`: no tuning), for frames of up
+    /// to `frame_bytes`.
+    fn batch_sizes(&self, frame_bytes: usize) -> Result<(usize, Option<usize>)> {
+        let automatic = ami_tasks::pipeline::automatic_batch_size(frame_bytes);
+        let start = self.batch_size.unwrap_or(automatic);
+        let largest = match (self.batch_size, self.max_batch_size) {
+            (_, Some(largest)) => Some(largest),
+            (Some(_), None) => None,
+            (None, None) => Some(start * ami_tasks::pipeline::TUNED_BATCH_FACTOR),
+        };
+        if start == 0 || largest == Some(0) {
+            bail!("batch sizes must be at least 1");
+        }
+        if let Some(largest) = largest.filter(|&largest| largest < start) {
+            bail!("--max-batch-size ({largest}) must be at least the batch size ({start})");
+        }
+        Ok((start, largest))
+    }
+
     fn pipeline_config(&self, demo: bool) -> Result<PipelineConfig> {
         let source = match self.source.split_once(':') {
             None if self.source == "synthetic" => {
@@ -164,7 +189,8 @@ impl RunArgs {
         Ok(PipelineConfig {
             source,
             partitions: self.partitions,
-            batch_size: self.batch_size.unwrap_or(ami_tasks::pipeline::DEFAULT_BATCH_FRAMES),
+            // Sized by `batch_sizes` once the largest frame is known.
+            batch_size: ami_tasks::pipeline::DEFAULT_BATCH_FRAMES,
             display_rate_hz: self.display_rate,
             batch_interval_us: self.batch_interval_us,
             graph,
@@ -298,9 +324,13 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         Some(info) => info.max_stored_frame_bytes as usize,
         None => config.max_frame_bytes()?,
     });
-    if args.batch_size.is_none() {
-        config.batch_size = ami_tasks::pipeline::automatic_batch_size(config.max_frame_bytes()?);
-        tracing::info!(batch_size = config.batch_size, "automatic batch size");
+    (config.batch_size, config.max_batch_size) = args.batch_sizes(config.max_frame_bytes()?)?;
+    match config.max_batch_size {
+        Some(largest) => tracing::info!(
+            "batch size: from {} frames, tuned up to {largest} while the sources are behind",
+            config.batch_size
+        ),
+        None => tracing::info!("batch size: {} frames", config.batch_size),
     }
     ami_tasks::register_tasks()?;
     ami_tasks::placement::install(
@@ -350,8 +380,11 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let data_dir = args.data_dir.clone();
     let started = Instant::now();
     let mut legion_args = args.legion_args.clone();
-    if !legion_args.iter().any(|a| a == "-ll:csize") {
-        legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
+    match runtime::flag_value(&legion_args, "-ll:csize").and_then(|mb| mb.parse::<u64>().ok()) {
+        // Memory given: the tuner's batches stay within it, unless its ceiling was given too.
+        Some(mb) if args.max_batch_size.is_none() => fit_batches_in(&mut config, mb),
+        Some(_) => {}
+        None => legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]),
     }
     let ranks = runtime::expected_processes().unwrap_or(1) as usize;
     if let Some(cpus) = cpu_processors_for(config.partitions, ranks, &legion_args) {
@@ -425,6 +458,21 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Lowers the batch tuner's ceiling, a rung at a time, until the stores fit in `mb` MiB of system
+/// memory (or it reaches the batch size it starts from).
+fn fit_batches_in(config: &mut PipelineConfig, mb: u64) {
+    let wanted = config.max_batch_size;
+    while config.max_batch_size.is_some_and(|largest| largest > config.batch_size) && config.system_memory_mb() > mb {
+        config.max_batch_size = Some((config.largest_batch() / 2).max(config.batch_size));
+    }
+    if config.max_batch_size != wanted {
+        tracing::info!(
+            "batch size: tuned up to {} frames, what -ll:csize {mb} holds",
+            config.largest_batch()
+        );
+    }
 }
 
 fn config_rate(config: &PipelineConfig) -> String {

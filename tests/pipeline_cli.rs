@@ -211,24 +211,81 @@ fn a_built_in_graph_stays_when_a_restart_sees_no_frame() {
 }
 
 #[test]
-fn batches_are_sized_by_the_frames_bytes_unless_given() {
-    // The default stream's frames take about 130 KiB: an automatic batch holds 31 of them, so
-    // 5,000 frames take at least 162 rounds; `--batch-size 256` takes fewer.
+fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_behind() {
+    // The default stream's frames take about 130 KiB: an automatic batch starts at 31 of them,
+    // and the tuner may use 3 to 496 (an eighth of it to 16 times it, doubling).
+    let ladder = [3, 7, 15, 31, 62, 124, 248, 496];
     let dir = scratch("auto-batch");
-    let rounds = |extra: &[&str]| {
+    let run = |extra: &[&str]| {
         let summary = dir.join("summary.json");
-        let mut args = vec!["run", "--frames", "5000", "--json", "--summary", summary.to_str().unwrap()];
+        let mut args = vec![
+            "--log",
+            "ami_tasks=info,ami2=info",
+            "run",
+            "--json",
+            "--summary",
+            summary.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let out = ami2(&with_legion(&args));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(total_events(&bins(&out)), 5000);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-        summary["rounds"].as_u64().unwrap()
+        (total_events(&bins(&out)), summary, stderr)
     };
-    let automatic = rounds(&[]);
-    assert!(automatic >= 162, "{automatic} rounds for 5,000 frames in batches of at most 31");
-    let given = rounds(&["--batch-size", "256"]);
-    assert!(given < automatic, "{given} rounds with batches of 256, {automatic} automatic");
+    // As fast as it goes: the sources are behind, and the tuner may move.
+    let (events, summary, stderr) = run(&["--rate", "0", "--frames", "30000"]);
+    assert_eq!(events, 30000);
+    assert!(stderr.contains("batch size: from 31 frames, tuned up to 496"), "{stderr}");
+    let last = summary["batch_size"].as_u64().unwrap();
+    assert!(ladder.contains(&last), "{last} is not on the ladder {ladder:?}");
+    for taken in stderr.lines().filter_map(|l| l.split("batch size ").nth(1)) {
+        let to: u64 = taken
+            .split(" -> ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ladder.contains(&to), "{taken}");
+    }
+    // A stream the sources keep up with: batches are not full, the size stays.
+    let (events, summary, stderr) = run(&["--rate", "200", "--seconds", "3"]);
+    assert!(events > 400, "{events} events in 3 s at 200 Hz");
+    assert_eq!(summary["batch_size"], 31, "{stderr}");
+    assert!(!stderr.contains("batch size 31 ->"), "{stderr}");
+    // Given: that many, always; 5,000 frames then take far fewer rounds than the 162 batches of 31
+    // would (a batch that reaches a new time bin may go out before it is full).
+    let (events, summary, stderr) = run(&["--rate", "0", "--frames", "5000", "--batch-size", "256"]);
+    assert_eq!(events, 5000);
+    assert_eq!(summary["batch_size"], 256);
+    assert!(summary["rounds"].as_u64().unwrap() < 162, "{summary}");
+    assert!(stderr.contains("batch size: 256 frames"), "{stderr}");
+    // Memory given after `--`: the tuner's ceiling comes down, a rung at a time, to what it holds.
+    let mut args = with_legion(&["--log", "ami2=info", "run", "--frames", "100", "--json"]);
+    args.extend(["-ll:csize", "400"]);
+    let out = ami2(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let fitted: u64 = stderr
+        .split("batch size: tuned up to ")
+        .nth(1)
+        .and_then(|rest| rest.split(" frames, what -ll:csize 400 holds").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(ladder.contains(&fitted) && fitted < 496, "{fitted}");
+    // A ceiling below the start is refused.
+    let out = ami2(&with_legion(&[
+        "run",
+        "--frames",
+        "10",
+        "--batch-size",
+        "64",
+        "--max-batch-size",
+        "32",
+    ]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-batch-size (32) must be at least the batch size (64)"));
 }
 
 #[test]

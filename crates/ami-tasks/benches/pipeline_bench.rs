@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ami_tasks::graph::{GraphSpec, NodeSpec};
-use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
+use ami_tasks::pipeline::{automatic_batch_size, Flow, Observer, PipelineConfig, TUNED_BATCH_FACTOR};
 use ami_tasks::source::{SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
@@ -132,12 +132,17 @@ fn throughput(
     source: SyntheticConfig,
     graph: GraphSpec,
     partitions: usize,
-    batch: usize,
-) -> Result<(f64, f64, u64), PipelineError> {
+    batch: Batch,
+) -> Result<Throughput, PipelineError> {
+    let (batch_size, max_batch_size) = match batch {
+        Batch::Fixed(size) => (size, None),
+        Batch::Tuned { start, largest } => (start, Some(largest)),
+    };
     let config = PipelineConfig {
         source: SourceConfig::Synthetic(source),
         partitions,
-        batch_size: batch,
+        batch_size,
+        max_batch_size,
         graph: Some(graph),
         ..tuned(PipelineConfig::default())
     };
@@ -145,7 +150,28 @@ fn throughput(
     let started = Instant::now();
     let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
     let rate = summary.events as f64 / started.elapsed().as_secs_f64();
-    Ok((rate, timing.steady_rate().unwrap_or(rate), summary.events))
+    Ok(Throughput {
+        rate,
+        steady: timing.steady_rate().unwrap_or(rate),
+        events: summary.events,
+        final_batch: summary.batch_size,
+    })
+}
+
+/// A fixed batch size, or the service's tuned one (from `start` up to `largest`).
+#[derive(Clone, Copy)]
+enum Batch {
+    Fixed(usize),
+    Tuned { start: usize, largest: usize },
+}
+
+struct Throughput {
+    /// Over the whole run, and after its first quarter.
+    rate: f64,
+    steady: f64,
+    events: u64,
+    /// The batch size in use at the end.
+    final_batch: usize,
 }
 
 /// `--window N`, `--buffers N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
@@ -256,14 +282,26 @@ fn main() {
         println!("(a) scalar events ({scalar_events} per point), events/s:");
         for batch in batches("--scalar-batches", &[1_000, 10_000, 50_000]) {
             let source = SyntheticConfig { frames: Some(scalar_events), rate_hz: None, ..SyntheticConfig::scalars_only() };
-            let (rate, steady, events) = throughput(ctx, source, scalar_graph(), partitions, batch)?;
+            let Throughput { rate, steady, events, .. } = throughput(ctx, source, scalar_graph(), partitions, Batch::Fixed(batch))?;
             println!("  batch {batch:>6}: {rate:>12.0} events/s ({events} events; {steady:.0}/s after start-up)");
         }
         println!("(b) 512x512 f64 images, 256x256 ROI mean ({images} per point), frames/s:");
         for batch in batches("--image-batches", &[1, 2, 4, 16, 64]) {
             let source = SyntheticConfig { frames: Some(images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
-            let (rate, steady, events) = throughput(ctx, source, roi_graph(), partitions, batch)?;
+            let Throughput { rate, steady, events, .. } = throughput(ctx, source, roi_graph(), partitions, Batch::Fixed(batch))?;
             println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames; {steady:.0}/s after start-up)");
+        }
+        // The service's own choice: the automatic batch, tuned while the sources are behind.
+        let tuned_images = option("--tuned-images", 5 * images as usize) as u64;
+        if tuned_images > 0 {
+            let source = SyntheticConfig { frames: Some(tuned_images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
+            let start = automatic_batch_size(ami_tasks::source::max_frame_bytes(&SourceConfig::Synthetic(source.clone()))? as usize);
+            let largest = start * TUNED_BATCH_FACTOR;
+            let Throughput { rate, steady, events, final_batch } =
+                throughput(ctx, source, roi_graph(), partitions, Batch::Tuned { start, largest })?;
+            println!(
+                "  tuned from {start}: {rate:>9.0} frames/s ({events} frames; {steady:.0}/s after start-up; batches of up to {largest}, {final_batch} at the end)"
+            );
         }
         // Latency: a live source (2 kHz scalars, 20 bins/s) whose time stamps are Unix times and
         // whose frames are delivered when the clock reaches them: a bin's last event is there at

@@ -9,13 +9,15 @@
 //! - [`tasks`]: the Legion tasks (data source, worker, local and global reducer).
 //! - [`retention`]: which bins Results holds, kept small enough to travel in a future.
 //! - [`graph_manager`]: clients' graph edits: decided, optimised, written durably to Control.
-//! - [`pipeline`]: running it: graph installation, rounds of launches, observers.
+//! - [`pipeline`]: running it: graph installation, rounds of launches, observers;
+//!   [`batch_tuner`]: the batch size, tuned while the sources are behind.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests; [`incident_log`]: incidents kept in Control.
 //! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
 //! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
 //! Call [`register_tasks`] before starting the runtime.
+pub mod batch_tuner;
 pub mod event;
 pub mod fault;
 pub mod frame_chunk;

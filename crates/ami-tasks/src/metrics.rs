@@ -27,6 +27,8 @@
 //! | `ami2_source_behind_seconds` | gauge | `partition` | how late the newest frame a source handed over was on its stream's clock (streams with a clock only) |
 //! | `ami2_rounds_total` | counter | | rounds of source → worker → reducer launches |
 //! | `ami2_rounds_in_flight` | gauge | | rounds launched whose report the driver has not read yet |
+//! | `ami2_batch_frames` | gauge | | most frames a data source hands over per round: the batch size in use ([`crate::batch_tuner`]) |
+//! | `ami2_batch_size_changes_total` | counter | | times the batch tuner took another batch size |
 //! | `ami2_pending_bins` | gauge | | bins the global reducer holds, waiting for partitions |
 //! | `ami2_graph_version` | gauge | | the graph version of the last published bin |
 //! | `ami2_last_published_bin` | gauge | | number of the newest published bin |
@@ -53,6 +55,8 @@ pub const SOURCE_OVERRUNS: &str = "ami2_source_overruns_total";
 pub const SOURCE_BEHIND: &str = "ami2_source_behind_seconds";
 pub const ROUNDS: &str = "ami2_rounds_total";
 pub const ROUNDS_IN_FLIGHT: &str = "ami2_rounds_in_flight";
+pub const BATCH_FRAMES: &str = "ami2_batch_frames";
+pub const BATCH_SIZE_CHANGES: &str = "ami2_batch_size_changes_total";
 pub const PENDING_BINS: &str = "ami2_pending_bins";
 pub const GRAPH_VERSION: &str = "ami2_graph_version";
 pub const LAST_PUBLISHED_BIN: &str = "ami2_last_published_bin";
@@ -82,6 +86,11 @@ pub fn describe() {
     );
     describe_counter!(ROUNDS, "Rounds of source, worker and reducer launches");
     describe_gauge!(ROUNDS_IN_FLIGHT, "Rounds launched whose report the driver has not read yet");
+    describe_gauge!(
+        BATCH_FRAMES,
+        "Most frames a data source hands over per round (the batch size in use)"
+    );
+    describe_counter!(BATCH_SIZE_CHANGES, "Times the batch tuner took another batch size");
     describe_gauge!(PENDING_BINS, "Bins the global reducer holds, waiting for partitions");
     describe_gauge!(GRAPH_VERSION, "Graph version of the last published bin");
     describe_gauge!(LAST_PUBLISHED_BIN, "Number of the newest published bin");
@@ -172,6 +181,14 @@ impl ReportMetrics {
     pub fn launched(in_flight: usize) {
         metrics::counter!(ROUNDS).increment(1);
         Self::in_flight(in_flight);
+    }
+
+    /// The batch size in use is now `frames`; `changed` when the tuner took it in place of another.
+    pub fn batch_size(frames: usize, changed: bool) {
+        metrics::gauge!(BATCH_FRAMES).set(frames as f64);
+        if changed {
+            metrics::counter!(BATCH_SIZE_CHANGES).increment(1);
+        }
     }
 
     /// `in_flight` rounds wait for the driver.
@@ -278,6 +295,9 @@ pub struct MetricsSummary {
     pub source_behind_seconds: Option<f64>,
     pub rounds: u64,
     pub rounds_in_flight: u64,
+    /// Most frames a source hands over per round now, and how often the tuner changed it.
+    pub batch_frames: u64,
+    pub batch_size_changes: u64,
     pub pending_bins: u64,
     pub graph_version: u64,
     pub last_published_bin: Option<u64>,
@@ -314,6 +334,8 @@ impl MetricsSummary {
                 }
                 ROUNDS => summary.rounds = value,
                 ROUNDS_IN_FLIGHT => summary.rounds_in_flight = value,
+                BATCH_FRAMES => summary.batch_frames = value,
+                BATCH_SIZE_CHANGES => summary.batch_size_changes = value,
                 PENDING_BINS => summary.pending_bins = value,
                 GRAPH_VERSION => summary.graph_version = value,
                 LAST_PUBLISHED_BIN => summary.last_published_bin = Some(value),
@@ -364,7 +386,11 @@ impl fmt::Display for MetricsSummary {
             "partials      {} late, {} superseded",
             self.late_partials, self.superseded_partials
         )?;
-        writeln!(f, "rounds        {} launched, {} in flight", self.rounds, self.rounds_in_flight)?;
+        writeln!(
+            f,
+            "rounds        {} launched, {} in flight; batches of up to {} frames ({} changes of size)",
+            self.rounds, self.rounds_in_flight, self.batch_frames, self.batch_size_changes
+        )?;
         writeln!(f, "subscribers   {} messages dropped", self.subscriber_messages_dropped)?;
         writeln!(f, "incidents     {}{}", total(&self.incidents), listed(&self.incidents))?;
         write!(
@@ -411,5 +437,16 @@ mod tests {
         );
         assert_eq!(behind.source_behind_seconds, Some(3.5));
         assert!(behind.to_string().contains("3.500 s behind their streams"), "{behind}");
+        // The batch size in use, and how often the tuner changed it.
+        let tuned = MetricsSummary::from_prometheus_text(
+            "ami2_batch_frames 32
+ami2_batch_size_changes_total 4
+",
+        );
+        assert_eq!((tuned.batch_frames, tuned.batch_size_changes), (32, 4));
+        assert!(
+            tuned.to_string().contains("batches of up to 32 frames (4 changes of size)"),
+            "{tuned}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use legion_bridge::{Future, Privilege, ProcessorKind, TaskContext, TaskLauncher}
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::batch_tuner::BatchTuner;
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
 use crate::graph_manager::{made_graph_doc, made_graph_key, superseded_version_keys, GraphManagerHook, GraphRequests};
@@ -49,8 +50,12 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     /// Telemetry partitions (one data source and one worker each).
     pub partitions: usize,
-    /// Most frames a data source task delivers at once.
+    /// Most frames a data source task delivers at once: fixed, or where the tuning starts.
     pub batch_size: usize,
+    /// When set, the batch size is tuned while the sources are behind their stream, from an
+    /// eighth of `batch_size` up to this ([`crate::batch_tuner`]), and the telemetry buffers
+    /// hold that many frames. `None`: `batch_size` always.
+    pub max_batch_size: Option<usize>,
     /// Time bins per second.
     pub display_rate_hz: f64,
     /// Telemetry buffers per partition (≥ 2: sources fill one while workers read another).
@@ -112,6 +117,7 @@ impl Default for PipelineConfig {
             source: SourceConfig::Synthetic(SyntheticConfig::default()),
             partitions: 1,
             batch_size: DEFAULT_BATCH_FRAMES,
+            max_batch_size: None,
             display_rate_hz: DEFAULT_DISPLAY_RATE_HZ,
             buffers: 2,
             window: 4,
@@ -144,6 +150,9 @@ impl PipelineConfig {
         if self.batch_size == 0 {
             return bad("batch size must be at least 1");
         }
+        if self.max_batch_size.is_some_and(|max| max < self.batch_size) {
+            return bad("the largest batch size must be at least the batch size");
+        }
         if self.buffers < 2 {
             return bad("at least 2 telemetry buffers per partition are needed");
         }
@@ -168,7 +177,7 @@ impl PipelineConfig {
     /// is resident from the start (see `legion_bridge`'s system memory), so no more than that.
     pub fn system_memory_mb(&self) -> u64 {
         let frame = self.max_frame_bytes().unwrap_or(4 << 20);
-        let telemetry = self.partitions * self.buffers * (self.batch_size * (frame + 320) + self.chunk_bytes);
+        let telemetry = self.partitions * self.buffers * (self.largest_batch() * (frame + 320) + self.chunk_bytes);
         let results = self.retained_bins as usize * MAX_RESULTS * 4096;
         let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
         (bytes / (1 << 20) as f64) as u64 + 256
@@ -196,6 +205,20 @@ impl PipelineConfig {
     pub fn batch_interval_for(&self, on_io: bool) -> u64 {
         self.batch_interval_us
             .unwrap_or(if on_io { BATCH_INTERVAL_IO_US } else { BATCH_INTERVAL_CPU_US })
+    }
+
+    /// The batch size of each round: tuned between an eighth of `batch_size` and
+    /// `max_batch_size` when that is set, else always `batch_size`.
+    pub fn batch_tuner(&self) -> BatchTuner {
+        match self.max_batch_size {
+            Some(max) => BatchTuner::new(self.batch_size, max),
+            None => BatchTuner::fixed(self.batch_size),
+        }
+    }
+
+    /// Most frames a round may carry: what each telemetry buffer holds.
+    pub fn largest_batch(&self) -> usize {
+        self.batch_tuner().largest()
     }
 
     /// Largest encoded frame: given, or asked of the source (exact for synthetic sources and
@@ -234,6 +257,12 @@ pub fn automatic_batch_size(frame_bytes: usize) -> usize {
     let frame_bytes = frame_bytes.max(1);
     ((AUTOMATIC_BATCH_BYTES + frame_bytes / 2) / frame_bytes).clamp(1, MAX_AUTOMATIC_BATCH_FRAMES)
 }
+
+/// How many times the automatic batch size the batch tuner may go up to when none is configured
+/// ([`PipelineConfig::max_batch_size`]): about 64 MiB of frames per batch. The benchmark of
+/// 512×512 frames (2 per automatic batch) did best at 32-64 frames in the minutes when the host
+/// left little of its cache; each telemetry buffer then holds 32 frames.
+pub const TUNED_BATCH_FACTOR: usize = 16;
 
 /// Automatic batch interval (µs) of a data source on an IO processor. Measured (1 partition on 2
 /// cores, `ami2 run --rate 20000`): 65% of a core against 89-98% with 1 ms (a fifth of the rounds,
@@ -322,6 +351,8 @@ pub struct RunSummary {
     pub incidents_total: u64,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
+    /// The batch size in use at the end (the tuner's choice, when it tunes).
+    pub batch_size: usize,
     /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
     pub ran_on: RanOn,
     /// On which kinds of processor (task kind → processor kinds), over the whole run.
@@ -503,8 +534,8 @@ fn import_earlier_incidents(
 struct ReductionPace {
     max: u64,
     interval_secs: f64,
-    /// Frames a round delivers when every source fills its batch.
-    full_round: f64,
+    /// Frames each round launched and not yet reported delivers when every source fills its batch.
+    full_rounds: VecDeque<(u64, u64)>,
     /// When the last report arrived, the last round it covered and the events merged so far.
     last: Option<(std::time::Instant, u64, u64)>,
     rounds: u64,
@@ -517,7 +548,7 @@ impl ReductionPace {
         Self {
             max: config.max_rounds_per_reduction as u64,
             interval_secs: config.reduction_interval_us as f64 * 1e-6,
-            full_round: (config.partitions * config.batch_size) as f64,
+            full_rounds: VecDeque::new(),
             last: None,
             rounds: 1,
             behind: true,
@@ -537,14 +568,27 @@ impl ReductionPace {
         }
     }
 
+    /// Round `round` was launched; it delivers `frames` when every source fills its batch.
+    fn launched(&mut self, round: u64, frames: u64) {
+        self.full_rounds.push_back((round, frames));
+    }
+
     /// The report covering the rounds up to `round`, with `events` merged in all, arrived at `now`.
     fn reported(&mut self, round: u64, events: u64, now: std::time::Instant) {
+        let mut full = 0;
+        while let Some(&(launched, frames)) = self.full_rounds.front() {
+            if launched > round {
+                break;
+            }
+            full += frames;
+            self.full_rounds.pop_front();
+        }
         if let Some((then, before, events_before)) = self.last {
             let secs = now.duration_since(then).as_secs_f64();
             if round > before && secs > 0.0 {
                 let rounds = (round - before) as f64;
                 // Sources that fill at least 90% of their batches are behind the data.
-                let behind = events.saturating_sub(events_before) as f64 >= 0.9 * self.full_round * rounds;
+                let behind = events.saturating_sub(events_before) as f64 >= 0.9 * full as f64;
                 self.behind = behind;
                 self.rounds = if behind {
                     ((rounds / secs * self.interval_secs) as u64).clamp(1, self.max)
@@ -571,7 +615,7 @@ pub fn run(
     let sizes = StoreSizes {
         partitions: config.partitions,
         buffers: config.buffers,
-        frames_per_buffer: config.batch_size,
+        frames_per_buffer: config.largest_batch(),
         max_frame_bytes: config.max_frame_bytes()?,
         chunk_bytes: config.chunk_bytes,
         result_keys: config.retained_bins as usize * MAX_RESULTS,
@@ -585,6 +629,7 @@ pub fn run(
     }
     let mut summary = RunSummary {
         graph_version: install_initial_graph(ctx, &stores, config)?,
+        batch_size: config.batch_size,
         ..RunSummary::default()
     };
     let mut incident_log = IncidentLog::open(ctx, &stores)?;
@@ -673,6 +718,8 @@ pub fn run(
     // Workers launched since the last reduction, per partition (one per round each).
     let mut unreduced: Vec<Vec<Future<PartialReport>>> = vec![Vec::new(); config.partitions];
     let mut pace = ReductionPace::new(config);
+    let mut tuner = config.batch_tuner();
+    ReportMetrics::batch_size(tuner.size(), false);
     let busiest_node = groups
         .iter()
         .map(|(_, partitions)| partitions.len())
@@ -688,13 +735,16 @@ pub fn run(
             break;
         }
         let buffer = (round % config.buffers as u64) as usize;
+        let batch_size = tuner.size();
+        tuner.launched(round);
+        pace.launched(round, (config.partitions * batch_size) as u64);
         for (p, unreduced) in unreduced.iter_mut().enumerate() {
             let source_args = SourceArgs {
                 partition: p,
                 partitions: config.partitions,
                 buffer,
                 source: config.source.clone(),
-                batch_size: config.batch_size,
+                batch_size,
                 chunk_bytes: config.chunk_bytes,
                 timeout_ms: config.source_timeout_ms,
                 batch_interval_us: batch_intervals[p],
@@ -763,7 +813,23 @@ pub fn run(
             let (done, future) = in_flight.pop_front().expect("non-empty");
             let report = future.get()?;
             health::round_reported(done);
-            pace.reported(done, report.state.events, std::time::Instant::now());
+            let now = std::time::Instant::now();
+            pace.reported(done, report.state.events, now);
+            let adopted = tuner.reported(done, report.state.events, now, pace.behind);
+            if let Some(adopted) = &adopted {
+                tracing::info!(
+                    component = "driver",
+                    from = adopted.from,
+                    to = adopted.to,
+                    "batch size {} -> {} frames: {:.0} -> {:.0} events/s while the sources are behind",
+                    adopted.from,
+                    adopted.to,
+                    adopted.from_rate,
+                    adopted.to_rate
+                );
+            }
+            ReportMetrics::batch_size(tuner.size(), adopted.is_some());
+            summary.batch_size = tuner.current();
             ReportMetrics::in_flight(in_flight.len());
             stopping |= handle(report, &mut summary)?;
         }
@@ -840,21 +906,32 @@ mod tests {
         })
     }
 
+    /// Launches the rounds up to `round` not launched yet, each of 20 frames when full, then
+    /// reports `round`.
+    fn report(pace: &mut ReductionPace, round: u64, events: u64, now: Instant) {
+        let launched = pace.full_rounds.back().map(|(r, _)| r + 1);
+        let reported = pace.last.map(|(_, r, _)| r + 1);
+        for r in launched.or(reported).unwrap_or(0)..=round {
+            pace.launched(r, 20);
+        }
+        pace.reported(round, events, now);
+    }
+
     #[test]
     fn behind_the_data_reductions_cover_what_the_round_rate_fits_in_the_interval() {
         let start = Instant::now();
         let mut pace = pace(8, 4_000);
         assert_eq!(pace.rounds, 1, "the first reductions follow every round");
-        pace.reported(0, 20, start);
+        report(&mut pace, 0, 20, start);
         assert_eq!(pace.rounds, 1, "one report gives no rate yet");
         // Full rounds at 1,000 rounds/s: 4 rounds in 4 ms.
-        pace.reported(10, 220, start + Duration::from_millis(10));
+        report(&mut pace, 10, 220, start + Duration::from_millis(10));
         assert_eq!(pace.rounds, 4);
         // 100,000 rounds/s would fit 400: capped.
-        pace.reported(110, 2_220, start + Duration::from_millis(11));
+        report(&mut pace, 110, 2_220, start + Duration::from_millis(11));
         assert_eq!(pace.rounds, 8);
         // Slower rounds, still full: 100 rounds/s.
-        pace.reported(111, 2_240, start + Duration::from_millis(21));
+        report(&mut pace, 111, 2_240, start + Duration::from_millis(21));
         assert_eq!(pace.rounds, 1);
     }
 
@@ -863,12 +940,12 @@ mod tests {
         let start = Instant::now();
         let mut pace = pace(8, 4_000);
         assert_eq!(pace.window(4), 4, "until the rate is known, the whole window");
-        pace.reported(0, 20, start);
+        report(&mut pace, 0, 20, start);
         // 10,000 rounds/s, but of 1 frame each (batches far from full): latency first.
-        pace.reported(100, 120, start + Duration::from_millis(10));
+        report(&mut pace, 100, 120, start + Duration::from_millis(10));
         assert_eq!((pace.rounds, pace.window(4)), (1, 1));
         // The stream falls behind: full batches again, and rounds queued ahead.
-        pace.reported(200, 2_120, start + Duration::from_millis(20));
+        report(&mut pace, 200, 2_120, start + Duration::from_millis(20));
         assert_eq!((pace.rounds, pace.window(4)), (8, 4));
     }
 
@@ -876,9 +953,26 @@ mod tests {
     fn a_maximum_of_one_round_reduces_after_every_round() {
         let start = Instant::now();
         let mut pace = pace(1, 4_000);
-        pace.reported(0, 0, start);
-        pace.reported(1_000, 20_000, start + Duration::from_millis(1));
+        report(&mut pace, 0, 0, start);
+        report(&mut pace, 1_000, 20_000, start + Duration::from_millis(1));
         assert_eq!(pace.rounds, 1);
+    }
+
+    #[test]
+    fn rounds_of_several_batch_sizes_are_full_when_each_is() {
+        let start = Instant::now();
+        let mut pace = pace(8, 4_000);
+        report(&mut pace, 0, 20, start);
+        // Rounds 1-10 of 20 frames, 11-20 of 80 (a larger batch): 1,000 frames in all, full.
+        (1..=10).for_each(|r| pace.launched(r, 20));
+        (11..=20).for_each(|r| pace.launched(r, 80));
+        pace.reported(20, 1_020, start + Duration::from_millis(10));
+        assert!(pace.behind);
+        // Rounds 21-30 of 80 with 200 frames in all: a stream the sources keep up with.
+        (21..=30).for_each(|r| pace.launched(r, 80));
+        pace.reported(30, 1_220, start + Duration::from_millis(20));
+        assert!(!pace.behind);
+        assert!(pace.full_rounds.is_empty());
     }
 
     #[test]

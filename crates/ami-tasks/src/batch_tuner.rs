@@ -1,0 +1,383 @@
+//! The batch size, tuned while the data sources are behind their stream.
+//!
+//! How many frames a round should carry depends on the host, and changes with it from one minute
+//! to the next. Small batches of large frames stay in the last-level cache, and each frame then
+//! costs little, but every round costs a few Legion launches. Large batches make the launches
+//! cheap per frame, but their frames go through memory. Which of the two wins depends on how much
+//! of the cache and of the memory bandwidth the host's other tenants leave. The benchmark of
+//! 512×512 frames on 2 cores saw batch 2 do 8,600 frames/s and batch 64 20,200 in one minute, and
+//! batch 2 17,400 and batch 64 16,500 in another (docs/benchmarks.md).
+//!
+//! So while every batch comes back full (the sources are behind: throughput is what counts), a
+//! [`BatchTuner`] measures the pipeline's event rate at the size in use, then at its neighbours on
+//! a ladder of sizes (each twice the one before), and moves to a neighbour that does better.
+//! - It climbs on while that pays.
+//! - After a cycle it holds the size for a while, then measures again: the host changes.
+//! - Every third cycle it probes three rungs away, to cross a valley between the two regimes.
+//! - While the sources keep up with their stream, it holds the size: batches are not full then,
+//!   and the rate is the stream's, not the pipeline's.
+//!
+//! Measurements start with the first report that covers a round launched at the size measured,
+//! so rounds still in flight at the old size do not count.
+
+use std::time::{Duration, Instant};
+
+/// How long one size is measured.
+pub const MEASURE: Duration = Duration::from_millis(400);
+/// How long a size is kept between two cycles of probes.
+pub const HOLD: Duration = Duration::from_secs(3);
+/// How much more a probed size must do to be taken (3%): less is within a measurement's noise.
+pub const MARGIN: f64 = 0.03;
+/// Rungs below the initial size on the ladder: the ladder starts at an eighth of it.
+const RUNGS_BELOW: u32 = 3;
+/// How far the far probe of every third cycle reaches.
+const FAR: usize = 3;
+
+/// Where the tuner is in its cycle.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    /// Measuring the size in use, as the reference for the probes.
+    Reference,
+    /// Measuring the rung `rung`, against the size in use's `reference` rate (events/s).
+    Probe {
+        rung: usize,
+        reference: f64,
+        /// Whether the other side of the size in use was probed already in this cycle.
+        other_side_done: bool,
+    },
+    /// Keeping the size in use until then.
+    Hold { until: Instant },
+}
+
+/// A measurement of the size in use at the time: from the first report covering round
+/// `from_round` (set when the first round at that size is launched), the events since then.
+#[derive(Clone, Copy, Debug)]
+struct Measurement {
+    from_round: Option<u64>,
+    start: Option<(Instant, u64)>,
+}
+
+impl Measurement {
+    fn new() -> Self {
+        Self {
+            from_round: None,
+            start: None,
+        }
+    }
+}
+
+/// A change of size the tuner made, for the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adopted {
+    pub from: usize,
+    pub to: usize,
+    /// Events/s measured at `from` and at `to`.
+    pub from_rate: f64,
+    pub to_rate: f64,
+}
+
+/// Picks the batch size of each round (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct BatchTuner {
+    /// The sizes it may use, ascending.
+    ladder: Vec<usize>,
+    /// The rung in use (outside probes).
+    current: usize,
+    step: Step,
+    measurement: Measurement,
+    cycles: u64,
+}
+
+impl BatchTuner {
+    /// A tuner that starts at `initial` frames and uses sizes from an eighth of it up to
+    /// `largest`, doubling (never above `largest`, except `initial` itself).
+    pub fn new(initial: usize, largest: usize) -> Self {
+        let initial = initial.max(1);
+        let mut ladder: Vec<usize> = (1..=RUNGS_BELOW).rev().map(|k| initial >> k).filter(|&s| s >= 1).collect();
+        ladder.dedup();
+        let current = ladder.len();
+        let mut size = initial;
+        ladder.push(size);
+        while let Some(next) = size.checked_mul(2).filter(|&n| n <= largest) {
+            ladder.push(next);
+            size = next;
+        }
+        Self {
+            ladder,
+            current,
+            step: Step::Reference,
+            measurement: Measurement::new(),
+            cycles: 0,
+        }
+    }
+
+    /// A tuner that never changes `size`.
+    pub fn fixed(size: usize) -> Self {
+        Self {
+            ladder: vec![size.max(1)],
+            current: 0,
+            step: Step::Reference,
+            measurement: Measurement::new(),
+            cycles: 0,
+        }
+    }
+
+    /// The largest size it may use (what the telemetry buffers must hold).
+    pub fn largest(&self) -> usize {
+        *self.ladder.last().expect("never empty")
+    }
+
+    /// The size it uses outside probes.
+    pub fn current(&self) -> usize {
+        self.ladder[self.current]
+    }
+
+    /// The size of the rounds launched now.
+    pub fn size(&self) -> usize {
+        match self.step {
+            Step::Probe { rung, .. } => self.ladder[rung],
+            _ => self.current(),
+        }
+    }
+
+    /// Round `round` is launched now, at [`Self::size`].
+    pub fn launched(&mut self, round: u64) {
+        self.measurement.from_round.get_or_insert(round);
+    }
+
+    /// The report covering the rounds up to `round`, with `events` merged since the start,
+    /// arrived at `now`; `behind` tells whether the sources filled their batches. Returns the
+    /// change of size when it took another one.
+    pub fn reported(&mut self, round: u64, events: u64, now: Instant, behind: bool) -> Option<Adopted> {
+        if self.ladder.len() == 1 {
+            return None;
+        }
+        if !behind {
+            // The stream's rate, not the pipeline's: keep the size, measure again once behind.
+            self.back_to_current(Some(now + HOLD));
+            return None;
+        }
+        if let Step::Hold { until } = self.step {
+            if now >= until {
+                self.step = Step::Reference;
+                self.measurement = Measurement {
+                    from_round: Some(round + 1),
+                    start: None,
+                };
+            }
+            return None;
+        }
+        if self.measurement.from_round.is_none_or(|from| round < from) {
+            return None;
+        }
+        let Some((start, events_at_start)) = self.measurement.start else {
+            self.measurement.start = Some((now, events));
+            return None;
+        };
+        let elapsed = now.duration_since(start);
+        if elapsed < MEASURE {
+            return None;
+        }
+        let rate = events.saturating_sub(events_at_start) as f64 / elapsed.as_secs_f64();
+        self.measured(rate, now)
+    }
+
+    /// The size being measured did `rate` events/s.
+    fn measured(&mut self, rate: f64, now: Instant) -> Option<Adopted> {
+        match self.step {
+            Step::Reference => {
+                let reach = if self.cycles % 3 == 2 { FAR } else { 1 };
+                // Alternate which side is probed first, so that neither is favoured.
+                let up_first = self.cycles % 2 == 0;
+                let first = self.rung_towards(up_first, reach).or_else(|| self.rung_towards(!up_first, reach));
+                match first {
+                    Some(rung) => self.probe(rung, rate, false),
+                    None => self.back_to_current(Some(now + HOLD)),
+                }
+                None
+            }
+            Step::Probe {
+                rung,
+                reference,
+                other_side_done,
+            } => {
+                if rate > reference * (1.0 + MARGIN) {
+                    let adopted = Adopted {
+                        from: self.current(),
+                        to: self.ladder[rung],
+                        from_rate: reference,
+                        to_rate: rate,
+                    };
+                    let up = rung > self.current;
+                    self.current = rung;
+                    // Climb on in the direction that paid, one rung at a time.
+                    match self.rung_towards(up, 1) {
+                        Some(next) => self.probe(next, rate, true),
+                        None => self.end_cycle(now),
+                    }
+                    return Some(adopted);
+                }
+                let up = rung > self.current;
+                let reach = rung.abs_diff(self.current);
+                match self.rung_towards(!up, reach).filter(|_| !other_side_done) {
+                    Some(other) => self.probe(other, reference, true),
+                    None => self.end_cycle(now),
+                }
+                None
+            }
+            Step::Hold { .. } => None,
+        }
+    }
+
+    /// The rung `reach` rungs above (`up`) or below the one in use, or the last one that way
+    /// when the ladder ends sooner; `None` when the size in use is already at that end.
+    fn rung_towards(&self, up: bool, reach: usize) -> Option<usize> {
+        let rung = if up {
+            (self.current + reach).min(self.ladder.len() - 1)
+        } else {
+            self.current.saturating_sub(reach)
+        };
+        (rung != self.current).then_some(rung)
+    }
+
+    fn probe(&mut self, rung: usize, reference: f64, other_side_done: bool) {
+        self.step = Step::Probe {
+            rung,
+            reference,
+            other_side_done,
+        };
+        self.measurement = Measurement::new();
+    }
+
+    fn end_cycle(&mut self, now: Instant) {
+        self.cycles += 1;
+        self.back_to_current(Some(now + HOLD));
+    }
+
+    fn back_to_current(&mut self, hold_until: Option<Instant>) {
+        if let Some(until) = hold_until {
+            self.step = Step::Hold { until };
+        }
+        self.measurement = Measurement::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a tuner against a pipeline whose event rate at each batch size is `rate(size)`,
+    /// with reports every 10 ms and 4 rounds in flight; returns the sizes in use, one per second.
+    fn drive(tuner: &mut BatchTuner, seconds: u64, rate: impl Fn(usize) -> f64) -> Vec<usize> {
+        let start = Instant::now();
+        let tick = Duration::from_millis(10);
+        let mut in_flight = std::collections::VecDeque::new();
+        let (mut events, mut round) = (0f64, 0u64);
+        let mut per_second = Vec::new();
+        for step in 1..=seconds * 100 {
+            let now = start + tick * step as u32;
+            let size = tuner.size();
+            tuner.launched(round);
+            in_flight.push_back((round, size));
+            round += 1;
+            if in_flight.len() > 4 {
+                let (done, size) = in_flight.pop_front().unwrap();
+                events += rate(size) * tick.as_secs_f64();
+                tuner.reported(done, events as u64, now, true);
+            }
+            if step % 100 == 0 {
+                per_second.push(tuner.current());
+            }
+        }
+        per_second
+    }
+
+    #[test]
+    fn the_ladder_doubles_from_an_eighth_of_the_initial_size_to_the_largest() {
+        assert_eq!(BatchTuner::new(2, 32).ladder, vec![1, 2, 4, 8, 16, 32]);
+        assert_eq!(BatchTuner::new(31, 496).ladder, vec![3, 7, 15, 31, 62, 124, 248, 496]);
+        assert_eq!(BatchTuner::new(1, 1).ladder, vec![1]);
+        let tuner = BatchTuner::new(2, 32);
+        assert_eq!((tuner.current(), tuner.size(), tuner.largest()), (2, 2, 32));
+    }
+
+    #[test]
+    fn it_climbs_to_the_best_size_and_stays_there() {
+        // Memory-bound minute: larger is better up to 32.
+        let mut tuner = BatchTuner::new(2, 64);
+        let sizes = drive(&mut tuner, 30, |s| {
+            [8_600.0, 9_300.0, 12_000.0, 14_800.0, 17_200.0, 20_500.0, 20_600.0][s.trailing_zeros() as usize]
+        });
+        assert_eq!(sizes.last(), Some(&32), "{sizes:?}");
+        assert!(sizes[10..].iter().all(|&s| s >= 32), "{sizes:?}");
+    }
+
+    #[test]
+    fn it_keeps_a_size_that_is_best_already() {
+        // Cache-bound minute: 2 is best, its neighbours 10% worse.
+        let mut tuner = BatchTuner::new(2, 64);
+        let sizes = drive(&mut tuner, 30, |s| if s == 2 { 17_400.0 } else { 15_600.0 });
+        assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_far_probe_crosses_a_valley() {
+        // 2 is a local best; 16 and more are better still, past a valley at 4-8.
+        let mut tuner = BatchTuner::new(2, 64);
+        let sizes = drive(&mut tuner, 60, |s| match s {
+            1 => 11_800.0,
+            2 => 17_400.0,
+            4 | 8 => 15_200.0,
+            16 => 18_500.0,
+            32 => 19_600.0,
+            _ => 21_300.0,
+        });
+        assert_eq!(sizes.last(), Some(&64), "{sizes:?}");
+    }
+
+    #[test]
+    fn it_follows_the_host_when_the_best_size_changes() {
+        let mut tuner = BatchTuner::new(2, 64);
+        // Measurements so far: the first 30 s (3,000 of them) favour 64, the next 30 s 2.
+        let measured = std::cell::Cell::new(0u32);
+        let sizes = drive(&mut tuner, 60, |s| {
+            measured.set(measured.get() + 1);
+            let rungs_from_best = if measured.get() <= 3_000 {
+                6 - s.trailing_zeros()
+            } else {
+                s.trailing_zeros().abs_diff(1)
+            };
+            20_000.0 - 1_500.0 * rungs_from_best as f64
+        });
+        assert_eq!(sizes[29], 64, "{sizes:?}");
+        assert_eq!(sizes.last(), Some(&2), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_fixed_tuner_and_sources_that_keep_up_change_nothing() {
+        let mut fixed = BatchTuner::fixed(8);
+        assert!(drive(&mut fixed, 10, |s| s as f64 * 1000.0).iter().all(|&s| s == 8));
+        let mut tuner = BatchTuner::new(2, 64);
+        let now = Instant::now();
+        for round in 0..1000u64 {
+            tuner.launched(round);
+            assert_eq!(
+                tuner.reported(round, round * 10, now + Duration::from_millis(round * 10), false),
+                None
+            );
+        }
+        assert_eq!((tuner.current(), tuner.size()), (2, 2));
+    }
+
+    #[test]
+    fn rounds_in_flight_at_the_old_size_are_not_measured() {
+        let mut tuner = BatchTuner::new(2, 64);
+        let now = Instant::now();
+        tuner.launched(5);
+        // A report of round 4 (launched before the measurement began) does not start it.
+        tuner.reported(4, 100, now, true);
+        assert!(tuner.measurement.start.is_none());
+        tuner.reported(5, 200, now, true);
+        assert_eq!(tuner.measurement.start, Some((now, 200)));
+    }
+}
