@@ -250,6 +250,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "events": summary.events,
         "rounds": summary.rounds,
         "batch_size": summary.batch_size,
+        "batch_sizes": summary.batch_sizes,
         "bins_emitted": summary.bins_emitted,
         "late_partials": summary.late_partials,
         "bins_dropped_early": summary.bins_dropped_early,

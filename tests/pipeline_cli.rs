@@ -239,6 +239,16 @@ fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_
     assert!(stderr.contains("batch size: from 31 frames, tuned up to 496"), "{stderr}");
     let last = summary["batch_size"].as_u64().unwrap();
     assert!(ladder.contains(&last), "{last} is not on the ladder {ladder:?}");
+    let used: Vec<u64> = summary["batch_sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(
+        used.contains(&31) && used.iter().all(|s| ladder.contains(s)),
+        "rounds of {used:?} frames"
+    );
     for taken in stderr.lines().filter_map(|l| l.split("batch size ").nth(1)) {
         let to: u64 = taken
             .split(" -> ")
@@ -253,6 +263,7 @@ fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_
     let (events, summary, stderr) = run(&["--rate", "200", "--seconds", "3"]);
     assert!(events > 400, "{events} events in 3 s at 200 Hz");
     assert_eq!(summary["batch_size"], 31, "{stderr}");
+    assert_eq!(summary["batch_sizes"], serde_json::json!([31]), "{stderr}");
     assert!(!stderr.contains("batch size 31 ->"), "{stderr}");
     // Given: that many, always; 5,000 frames then take far fewer rounds than the 162 batches of 31
     // would (a batch that reaches a new time bin may go out before it is full).

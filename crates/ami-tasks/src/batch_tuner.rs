@@ -12,7 +12,8 @@
 //! [`BatchTuner`] measures the pipeline's event rate at the size in use, then at its neighbours on
 //! a ladder of sizes (each twice the one before), and moves to a neighbour that does better.
 //! - It climbs on while that pays.
-//! - After a cycle it holds the size for a while, then measures again: the host changes.
+//! - After a cycle it holds the size for a while (3 s, up to 12 s while cycles change nothing),
+//!   then measures again: the host changes.
 //! - Every third cycle it probes three rungs away, to cross a valley between the two regimes.
 //! - While the sources keep up with their stream, it holds the size: batches are not full then,
 //!   and the rate is the stream's, not the pipeline's.
@@ -24,8 +25,11 @@ use std::time::{Duration, Instant};
 
 /// How long one size is measured.
 pub const MEASURE: Duration = Duration::from_millis(400);
-/// How long a size is kept between two cycles of probes.
+/// How long a size is kept after a cycle of probes that changed it; each cycle in a row that
+/// changes nothing doubles that, up to [`MAX_HOLD`]: probes cost throughput when the size in use is
+/// best already.
 pub const HOLD: Duration = Duration::from_secs(3);
+pub const MAX_HOLD: Duration = Duration::from_secs(12);
 /// How much more a probed size must do to be taken (3%): less is within a measurement's noise.
 pub const MARGIN: f64 = 0.03;
 /// Rungs below the initial size on the ladder: the ladder starts at an eighth of it.
@@ -86,6 +90,9 @@ pub struct BatchTuner {
     step: Step,
     measurement: Measurement,
     cycles: u64,
+    /// Cycles in a row that kept the size, and whether the one under way changed it.
+    quiet_cycles: u32,
+    changed: bool,
 }
 
 impl BatchTuner {
@@ -102,23 +109,24 @@ impl BatchTuner {
             ladder.push(next);
             size = next;
         }
+        Self::on(ladder, current)
+    }
+
+    /// A tuner that never changes `size`.
+    pub fn fixed(size: usize) -> Self {
+        Self::on(vec![size.max(1)], 0)
+    }
+
+    /// A tuner on `ladder`, starting at rung `current`.
+    fn on(ladder: Vec<usize>, current: usize) -> Self {
         Self {
             ladder,
             current,
             step: Step::Reference,
             measurement: Measurement::new(),
             cycles: 0,
-        }
-    }
-
-    /// A tuner that never changes `size`.
-    pub fn fixed(size: usize) -> Self {
-        Self {
-            ladder: vec![size.max(1)],
-            current: 0,
-            step: Step::Reference,
-            measurement: Measurement::new(),
-            cycles: 0,
+            quiet_cycles: 0,
+            changed: false,
         }
     }
 
@@ -154,7 +162,7 @@ impl BatchTuner {
         }
         if !behind {
             // The stream's rate, not the pipeline's: keep the size, measure again once behind.
-            self.back_to_current(Some(now + HOLD));
+            self.hold_until(now + HOLD);
             return None;
         }
         if let Step::Hold { until } = self.step {
@@ -192,7 +200,7 @@ impl BatchTuner {
                 let first = self.rung_towards(up_first, reach).or_else(|| self.rung_towards(!up_first, reach));
                 match first {
                     Some(rung) => self.probe(rung, rate, false),
-                    None => self.back_to_current(Some(now + HOLD)),
+                    None => self.end_cycle(now),
                 }
                 None
             }
@@ -210,6 +218,7 @@ impl BatchTuner {
                     };
                     let up = rung > self.current;
                     self.current = rung;
+                    self.changed = true;
                     // Climb on in the direction that paid, one rung at a time.
                     match self.rung_towards(up, 1) {
                         Some(next) => self.probe(next, rate, true),
@@ -251,13 +260,15 @@ impl BatchTuner {
 
     fn end_cycle(&mut self, now: Instant) {
         self.cycles += 1;
-        self.back_to_current(Some(now + HOLD));
+        self.quiet_cycles = if self.changed { 0 } else { self.quiet_cycles.saturating_add(1) };
+        self.changed = false;
+        let hold = HOLD.saturating_mul(1 << self.quiet_cycles.min(8)).min(MAX_HOLD);
+        self.hold_until(now + hold);
     }
 
-    fn back_to_current(&mut self, hold_until: Option<Instant>) {
-        if let Some(until) = hold_until {
-            self.step = Step::Hold { until };
-        }
+    /// Back to the size in use, kept until `until`.
+    fn hold_until(&mut self, until: Instant) {
+        self.step = Step::Hold { until };
         self.measurement = Measurement::new();
     }
 }
@@ -318,6 +329,28 @@ mod tests {
         let mut tuner = BatchTuner::new(2, 64);
         let sizes = drive(&mut tuner, 30, |s| if s == 2 { 17_400.0 } else { 15_600.0 });
         assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
+    }
+
+    #[test]
+    fn probes_grow_rarer_while_the_size_in_use_stays_best() {
+        let mut tuner = BatchTuner::new(2, 64);
+        let probing = std::cell::RefCell::new(Vec::new());
+        // Rates are computed per round reported; count those of rounds at another size.
+        drive(&mut tuner, 120, |s| {
+            probing.borrow_mut().push(s != 2);
+            if s == 2 {
+                17_400.0
+            } else {
+                15_600.0
+            }
+        });
+        let probing = probing.into_inner();
+        let share = |part: &[bool]| part.iter().filter(|&&p| p).count() as f64 / part.len() as f64;
+        let (first, last) = (share(&probing[..2_000]), share(&probing[probing.len() - 6_000..]));
+        assert!(
+            last < 0.08 && last < first,
+            "probing {first:.3} of the first 20 s, {last:.3} of the last 60 s"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! once per several rounds; while they keep up with a live stream, every round is reduced and
 //! bins are published without delay.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
@@ -351,8 +351,10 @@ pub struct RunSummary {
     pub incidents_total: u64,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
-    /// The batch size in use at the end (the tuner's choice, when it tunes).
+    /// The batch size in use at the end (the tuner's choice, when it tunes), and every size rounds
+    /// were launched with (probes included).
     pub batch_size: usize,
+    pub batch_sizes: BTreeSet<usize>,
     /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
     pub ran_on: RanOn,
     /// On which kinds of processor (task kind → processor kinds), over the whole run.
@@ -736,6 +738,7 @@ pub fn run(
         }
         let buffer = (round % config.buffers as u64) as usize;
         let batch_size = tuner.size();
+        summary.batch_sizes.insert(batch_size);
         tuner.launched(round);
         pace.launched(round, (config.partitions * batch_size) as u64);
         for (p, unreduced) in unreduced.iter_mut().enumerate() {

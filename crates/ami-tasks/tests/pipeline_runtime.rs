@@ -348,6 +348,24 @@ fn main() -> ExitCode {
             let four = run_collect(ctx, &config(synthetic(3000), 4, energy_graph()), Collect::default())?;
             same_bins(&one.bins, &four.bins, 3000)
         }),
+        case("a_tuned_batch_size_gives_the_same_results", |ctx| {
+            // As fast as the sources go, the tuner measures batches of 16 for 0.4 s, then probes
+            // 32 or 8: rounds of several sizes, whichever it keeps.
+            let fixed = run_collect(ctx, &config(synthetic(4_000), 2, energy_graph()), Collect::default())?;
+            let tuned_config = PipelineConfig {
+                batch_size: 16,
+                max_batch_size: Some(1024),
+                ..config(synthetic(4_000), 2, energy_graph())
+            };
+            let mut tuned = Collect::default();
+            let summary = ami_tasks::run(ctx, &tuned_config, None, &mut tuned)?;
+            let ladder = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+            check(
+                summary.batch_sizes.len() > 1 && summary.batch_sizes.iter().all(|s| ladder.contains(s)),
+                format!("rounds of {:?} frames", summary.batch_sizes),
+            )?;
+            same_bins(&fixed.bins, &tuned.bins, 4_000)
+        }),
         case("reductions_over_several_rounds_give_the_same_results", |ctx| {
             // Batches of 10: 150 rounds of 2 partitions. A long interval lets the pace reach 8
             // rounds per reduction as soon as it has measured a rate.
