@@ -14,7 +14,9 @@
 //! - It climbs on while that pays.
 //! - After a cycle it holds the size for a while (3 s, up to 12 s while cycles change nothing),
 //!   then measures again: the host changes.
-//! - Every third cycle it probes three rungs away, to cross a valley between the two regimes.
+//! - The first cycle, and every third one after it, probes three rungs away (8 times larger or
+//!   smaller), to cross a valley between the two regimes.
+//! - A size that did 15% less than the one in use is not probed again for a minute.
 //! - While the sources keep up with their stream, it holds the size: batches are not full then,
 //!   and the rate is the stream's, not the pipeline's.
 //!
@@ -34,7 +36,11 @@ pub const MAX_HOLD: Duration = Duration::from_secs(12);
 pub const MARGIN: f64 = 0.03;
 /// Rungs below the initial size on the ladder: the ladder starts at an eighth of it.
 const RUNGS_BELOW: u32 = 3;
-/// How far the far probe of every third cycle reaches.
+/// A probed size that did this much less than the size in use (15%) is not probed again for
+/// [`SHUN`]: a probe of it costs more than a probe's share of the time.
+pub const SHUN_MARGIN: f64 = 0.15;
+pub const SHUN: Duration = Duration::from_secs(60);
+/// How far the probes of the first cycle and of every third one after it reach.
 const FAR: usize = 3;
 
 /// Where the tuner is in its cycle.
@@ -93,6 +99,8 @@ pub struct BatchTuner {
     /// Cycles in a row that kept the size, and whether the one under way changed it.
     quiet_cycles: u32,
     changed: bool,
+    /// Per rung: not probed before then ([`SHUN_MARGIN`]).
+    shunned_until: Vec<Option<Instant>>,
 }
 
 impl BatchTuner {
@@ -120,6 +128,7 @@ impl BatchTuner {
     /// A tuner on `ladder`, starting at rung `current`.
     fn on(ladder: Vec<usize>, current: usize) -> Self {
         Self {
+            shunned_until: vec![None; ladder.len()],
             ladder,
             current,
             step: Step::Reference,
@@ -194,10 +203,12 @@ impl BatchTuner {
     fn measured(&mut self, rate: f64, now: Instant) -> Option<Adopted> {
         match self.step {
             Step::Reference => {
-                let reach = if self.cycles % 3 == 2 { FAR } else { 1 };
+                let reach = if self.cycles % 3 == 0 { FAR } else { 1 };
                 // Alternate which side is probed first, so that neither is favoured.
                 let up_first = self.cycles % 2 == 0;
-                let first = self.rung_towards(up_first, reach).or_else(|| self.rung_towards(!up_first, reach));
+                let first = self
+                    .rung_towards(up_first, reach, now)
+                    .or_else(|| self.rung_towards(!up_first, reach, now));
                 match first {
                     Some(rung) => self.probe(rung, rate, false),
                     None => self.end_cycle(now),
@@ -220,15 +231,18 @@ impl BatchTuner {
                     self.current = rung;
                     self.changed = true;
                     // Climb on in the direction that paid, one rung at a time.
-                    match self.rung_towards(up, 1) {
+                    match self.rung_towards(up, 1, now) {
                         Some(next) => self.probe(next, rate, true),
                         None => self.end_cycle(now),
                     }
                     return Some(adopted);
                 }
+                if rate < reference * (1.0 - SHUN_MARGIN) {
+                    self.shunned_until[rung] = Some(now + SHUN);
+                }
                 let up = rung > self.current;
                 let reach = rung.abs_diff(self.current);
-                match self.rung_towards(!up, reach).filter(|_| !other_side_done) {
+                match self.rung_towards(!up, reach, now).filter(|_| !other_side_done) {
                     Some(other) => self.probe(other, reference, true),
                     None => self.end_cycle(now),
                 }
@@ -239,14 +253,16 @@ impl BatchTuner {
     }
 
     /// The rung `reach` rungs above (`up`) or below the one in use, or the last one that way
-    /// when the ladder ends sooner; `None` when the size in use is already at that end.
-    fn rung_towards(&self, up: bool, reach: usize) -> Option<usize> {
+    /// when the ladder ends sooner; `None` when the size in use is already at that end, or that
+    /// rung is shunned at `now`.
+    fn rung_towards(&self, up: bool, reach: usize, now: Instant) -> Option<usize> {
         let rung = if up {
             (self.current + reach).min(self.ladder.len() - 1)
         } else {
             self.current.saturating_sub(reach)
         };
-        (rung != self.current).then_some(rung)
+        let shunned = self.shunned_until[rung].is_some_and(|until| now < until);
+        (rung != self.current && !shunned).then_some(rung)
     }
 
     fn probe(&mut self, rung: usize, reference: f64, other_side_done: bool) {
@@ -350,6 +366,30 @@ mod tests {
         assert!(
             last < 0.08 && last < first,
             "probing {first:.3} of the first 20 s, {last:.3} of the last 60 s"
+        );
+    }
+
+    #[test]
+    fn a_much_worse_size_is_probed_at_most_once_a_minute() {
+        // Batch 1 does 35% less than 2, every other size 5% less.
+        let mut tuner = BatchTuner::new(2, 64);
+        let (previous, probes_of_one) = (std::cell::Cell::new(2), std::cell::Cell::new(0));
+        let sizes = drive(&mut tuner, 125, |s| {
+            if s == 1 && previous.get() != 1 {
+                probes_of_one.set(probes_of_one.get() + 1);
+            }
+            previous.set(s);
+            match s {
+                1 => 11_300.0,
+                2 => 17_400.0,
+                _ => 16_500.0,
+            }
+        });
+        assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
+        assert!(
+            (1..=3).contains(&probes_of_one.get()),
+            "{} probes of batch 1 in 125 s",
+            probes_of_one.get()
         );
     }
 
