@@ -11,6 +11,9 @@
 //! So while every batch comes back full (the sources are behind: throughput is what counts), a
 //! [`BatchTuner`] measures the pipeline's event rate at the size in use, then at its neighbours on
 //! a ladder of sizes (each twice the one before), and moves to a neighbour that does better.
+//! - A neighbour that did better is measured against the size in use once more, after it: it
+//!   must beat both measurements by 3%, so that a host that sped up meanwhile is not taken for a
+//!   better size.
 //! - It climbs on while that pays.
 //! - After a cycle it holds the size for a while (3 s, up to 12 s while cycles change nothing),
 //!   then measures again: the host changes.
@@ -53,6 +56,15 @@ enum Step {
         rung: usize,
         reference: f64,
         /// Whether the other side of the size in use was probed already in this cycle.
+        other_side_done: bool,
+    },
+    /// The probe of `rung` did `probe_rate`, more than the `reference` measured before it:
+    /// measuring the size in use again, so that a host that sped up meanwhile is not taken for a
+    /// better size.
+    Confirm {
+        rung: usize,
+        reference: f64,
+        probe_rate: f64,
         other_side_done: bool,
     },
     /// Keeping the size in use until then.
@@ -221,34 +233,59 @@ impl BatchTuner {
                 other_side_done,
             } => {
                 if rate > reference * (1.0 + MARGIN) {
-                    let adopted = Adopted {
-                        from: self.current(),
-                        to: self.ladder[rung],
-                        from_rate: reference,
-                        to_rate: rate,
+                    self.step = Step::Confirm {
+                        rung,
+                        reference,
+                        probe_rate: rate,
+                        other_side_done,
                     };
-                    let up = rung > self.current;
-                    self.current = rung;
-                    self.changed = true;
-                    // Climb on in the direction that paid, one rung at a time.
-                    match self.rung_towards(up, 1, now) {
-                        Some(next) => self.probe(next, rate, true),
-                        None => self.end_cycle(now),
-                    }
-                    return Some(adopted);
+                    self.measurement = Measurement::new();
+                    return None;
                 }
                 if rate < reference * (1.0 - SHUN_MARGIN) {
                     self.shunned_until[rung] = Some(now + SHUN);
                 }
-                let up = rung > self.current;
-                let reach = rung.abs_diff(self.current);
-                match self.rung_towards(!up, reach, now).filter(|_| !other_side_done) {
-                    Some(other) => self.probe(other, reference, true),
-                    None => self.end_cycle(now),
-                }
+                self.other_side(rung, reference, other_side_done, now);
                 None
             }
+            Step::Confirm {
+                rung,
+                reference,
+                probe_rate,
+                other_side_done,
+            } => {
+                if probe_rate <= reference.max(rate) * (1.0 + MARGIN) {
+                    self.other_side(rung, rate, other_side_done, now);
+                    return None;
+                }
+                let adopted = Adopted {
+                    from: self.current(),
+                    to: self.ladder[rung],
+                    from_rate: reference.max(rate),
+                    to_rate: probe_rate,
+                };
+                let up = rung > self.current;
+                self.current = rung;
+                self.changed = true;
+                // Climb on in the direction that paid, one rung at a time.
+                match self.rung_towards(up, 1, now) {
+                    Some(next) => self.probe(next, probe_rate, true),
+                    None => self.end_cycle(now),
+                }
+                Some(adopted)
+            }
             Step::Hold { .. } => None,
+        }
+    }
+
+    /// After a probe of `rung` that did not pay: the same reach on the other side of the size in
+    /// use (measured at `reference`), unless done already in this cycle, else the cycle's end.
+    fn other_side(&mut self, rung: usize, reference: f64, other_side_done: bool, now: Instant) {
+        let up = rung > self.current;
+        let reach = rung.abs_diff(self.current);
+        match self.rung_towards(!up, reach, now).filter(|_| !other_side_done) {
+            Some(other) => self.probe(other, reference, true),
+            None => self.end_cycle(now),
         }
     }
 
@@ -391,6 +428,19 @@ mod tests {
             "{} probes of batch 1 in 125 s",
             probes_of_one.get()
         );
+    }
+
+    #[test]
+    fn a_host_that_speeds_up_during_a_probe_is_not_taken_for_a_better_size() {
+        // Every size does the same, 10% more each second: a probe always beats the measurement
+        // before it (by 4%), never the one after it.
+        let mut tuner = BatchTuner::new(2, 64);
+        let ticks = std::cell::Cell::new(0u32);
+        let sizes = drive(&mut tuner, 30, |_| {
+            ticks.set(ticks.get() + 1);
+            15_000.0 * (1.0 + 0.1 * f64::from(ticks.get()) / 100.0)
+        });
+        assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
     }
 
     #[test]
