@@ -330,9 +330,10 @@ impl BatchTuner {
 mod tests {
     use super::*;
 
-    /// Drives a tuner against a pipeline whose event rate at each batch size is `rate(size)`,
+    /// Drives a tuner against a pipeline whose event rate at each batch size is
+    /// `rate(size, rounds reported before)`,
     /// with reports every 10 ms and 4 rounds in flight; returns the sizes in use, one per second.
-    fn drive(tuner: &mut BatchTuner, seconds: u64, rate: impl Fn(usize) -> f64) -> Vec<usize> {
+    fn drive(tuner: &mut BatchTuner, seconds: u64, mut rate: impl FnMut(usize, u32) -> f64) -> Vec<usize> {
         let start = Instant::now();
         let tick = Duration::from_millis(10);
         let mut in_flight = std::collections::VecDeque::new();
@@ -346,7 +347,7 @@ mod tests {
             round += 1;
             if in_flight.len() > 4 {
                 let (done, size) = in_flight.pop_front().unwrap();
-                events += rate(size) * tick.as_secs_f64();
+                events += rate(size, done as u32) * tick.as_secs_f64();
                 tuner.reported(done, events as u64, now, true);
             }
             if step % 100 == 0 {
@@ -369,7 +370,7 @@ mod tests {
     fn it_climbs_to_the_best_size_and_stays_there() {
         // Memory-bound minute: larger is better up to 32.
         let mut tuner = BatchTuner::new(2, 64);
-        let sizes = drive(&mut tuner, 30, |s| {
+        let sizes = drive(&mut tuner, 30, |s, _| {
             [8_600.0, 9_300.0, 12_000.0, 14_800.0, 17_200.0, 20_500.0, 20_600.0][s.trailing_zeros() as usize]
         });
         assert_eq!(sizes.last(), Some(&32), "{sizes:?}");
@@ -380,24 +381,23 @@ mod tests {
     fn it_keeps_a_size_that_is_best_already() {
         // Cache-bound minute: 2 is best, its neighbours 10% worse.
         let mut tuner = BatchTuner::new(2, 64);
-        let sizes = drive(&mut tuner, 30, |s| if s == 2 { 17_400.0 } else { 15_600.0 });
+        let sizes = drive(&mut tuner, 30, |s, _| if s == 2 { 17_400.0 } else { 15_600.0 });
         assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
     }
 
     #[test]
     fn probes_grow_rarer_while_the_size_in_use_stays_best() {
         let mut tuner = BatchTuner::new(2, 64);
-        let probing = std::cell::RefCell::new(Vec::new());
+        let mut probing = Vec::new();
         // Rates are computed per round reported; count those of rounds at another size.
-        drive(&mut tuner, 120, |s| {
-            probing.borrow_mut().push(s != 2);
+        drive(&mut tuner, 120, |s, _| {
+            probing.push(s != 2);
             if s == 2 {
                 17_400.0
             } else {
                 15_600.0
             }
         });
-        let probing = probing.into_inner();
         let share = |part: &[bool]| part.iter().filter(|&&p| p).count() as f64 / part.len() as f64;
         let (first, last) = (share(&probing[..2_000]), share(&probing[probing.len() - 6_000..]));
         assert!(
@@ -410,12 +410,12 @@ mod tests {
     fn a_much_worse_size_is_probed_at_most_once_a_minute() {
         // Batch 1 does 35% less than 2, every other size 5% less.
         let mut tuner = BatchTuner::new(2, 64);
-        let (previous, probes_of_one) = (std::cell::Cell::new(2), std::cell::Cell::new(0));
-        let sizes = drive(&mut tuner, 125, |s| {
-            if s == 1 && previous.get() != 1 {
-                probes_of_one.set(probes_of_one.get() + 1);
+        let (mut previous, mut probes_of_one) = (2, 0);
+        let sizes = drive(&mut tuner, 125, |s, _| {
+            if s == 1 && previous != 1 {
+                probes_of_one += 1;
             }
-            previous.set(s);
+            previous = s;
             match s {
                 1 => 11_300.0,
                 2 => 17_400.0,
@@ -423,11 +423,7 @@ mod tests {
             }
         });
         assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
-        assert!(
-            (1..=3).contains(&probes_of_one.get()),
-            "{} probes of batch 1 in 125 s",
-            probes_of_one.get()
-        );
+        assert!((1..=3).contains(&probes_of_one), "{probes_of_one} probes of batch 1 in 125 s");
     }
 
     #[test]
@@ -435,11 +431,7 @@ mod tests {
         // Every size does the same, 10% more each second: a probe always beats the measurement
         // before it (by 4%), never the one after it.
         let mut tuner = BatchTuner::new(2, 64);
-        let ticks = std::cell::Cell::new(0u32);
-        let sizes = drive(&mut tuner, 30, |_| {
-            ticks.set(ticks.get() + 1);
-            15_000.0 * (1.0 + 0.1 * f64::from(ticks.get()) / 100.0)
-        });
+        let sizes = drive(&mut tuner, 30, |_, reported| 15_000.0 * (1.0 + 0.1 * f64::from(reported) / 100.0));
         assert!(sizes.iter().all(|&s| s == 2), "{sizes:?}");
     }
 
@@ -447,7 +439,7 @@ mod tests {
     fn the_far_probe_crosses_a_valley() {
         // 2 is a local best; 16 and more are better still, past a valley at 4-8.
         let mut tuner = BatchTuner::new(2, 64);
-        let sizes = drive(&mut tuner, 60, |s| match s {
+        let sizes = drive(&mut tuner, 60, |s, _| match s {
             1 => 11_800.0,
             2 => 17_400.0,
             4 | 8 => 15_200.0,
@@ -461,11 +453,9 @@ mod tests {
     #[test]
     fn it_follows_the_host_when_the_best_size_changes() {
         let mut tuner = BatchTuner::new(2, 64);
-        // Measurements so far: the first 30 s (3,000 of them) favour 64, the next 30 s 2.
-        let measured = std::cell::Cell::new(0u32);
-        let sizes = drive(&mut tuner, 60, |s| {
-            measured.set(measured.get() + 1);
-            let rungs_from_best = if measured.get() <= 3_000 {
+        // The first 30 s (3,000 rounds reported) favour 64, the next 30 s 2.
+        let sizes = drive(&mut tuner, 60, |s, reported| {
+            let rungs_from_best = if reported < 3_000 {
                 6 - s.trailing_zeros()
             } else {
                 s.trailing_zeros().abs_diff(1)
@@ -479,7 +469,7 @@ mod tests {
     #[test]
     fn a_fixed_tuner_and_sources_that_keep_up_change_nothing() {
         let mut fixed = BatchTuner::fixed(8);
-        assert!(drive(&mut fixed, 10, |s| s as f64 * 1000.0).iter().all(|&s| s == 8));
+        assert!(drive(&mut fixed, 10, |s, _| s as f64 * 1000.0).iter().all(|&s| s == 8));
         let mut tuner = BatchTuner::new(2, 64);
         let now = Instant::now();
         for round in 0..1000u64 {
