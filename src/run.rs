@@ -119,12 +119,12 @@ impl RunArgs {
     /// The batch size to start with and the tuner's largest (`None`: no tuning), for frames of up
     /// to `frame_bytes`.
     fn batch_sizes(&self, frame_bytes: usize) -> Result<(usize, Option<usize>)> {
-        let automatic = ami_tasks::pipeline::automatic_batch_size(frame_bytes);
+        let (automatic, ceiling) = ami_tasks::pipeline::automatic_tuned_batch(frame_bytes);
         let start = self.batch_size.unwrap_or(automatic);
         let largest = match (self.batch_size, self.max_batch_size) {
             (_, Some(largest)) => Some(largest),
             (Some(_), None) => None,
-            (None, None) => Some(start * ami_tasks::pipeline::TUNED_BATCH_FACTOR),
+            (None, None) => Some(ceiling),
         };
         if start == 0 || largest == Some(0) {
             bail!("batch sizes must be at least 1");

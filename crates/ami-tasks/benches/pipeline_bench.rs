@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ami_tasks::graph::{GraphSpec, NodeSpec};
-use ami_tasks::pipeline::{automatic_batch_size, Flow, Observer, PipelineConfig, TUNED_BATCH_FACTOR};
+use ami_tasks::pipeline::{automatic_tuned_batch, Flow, Observer, PipelineConfig};
 use ami_tasks::source::{SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
@@ -295,8 +295,8 @@ fn main() {
         let tuned_images = option("--tuned-images", 5 * images as usize) as u64;
         if tuned_images > 0 {
             let source = SyntheticConfig { frames: Some(tuned_images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
-            let start = automatic_batch_size(ami_tasks::source::max_frame_bytes(&SourceConfig::Synthetic(source.clone()))? as usize);
-            let largest = start * TUNED_BATCH_FACTOR;
+            let (start, largest) =
+                automatic_tuned_batch(ami_tasks::source::max_frame_bytes(&SourceConfig::Synthetic(source.clone()))? as usize);
             let Throughput { rate, steady, events, final_batch } =
                 throughput(ctx, source, roi_graph(), partitions, Batch::Tuned { start, largest })?;
             println!(
