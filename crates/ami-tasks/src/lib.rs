@@ -13,6 +13,7 @@
 //!   [`batch_tuner`]: the batch size, tuned while the sources are behind.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests; [`incident_log`]: incidents kept in Control.
+//! - `rate_limited`: counts of repeated conditions, logged once per interval.
 //! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
 //! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod placement;
+mod rate_limited;
 pub mod retention;
 pub mod robust;
 pub mod source;

@@ -29,13 +29,13 @@ use crate::incident_log::IncidentLog;
 use crate::metrics::ReportMetrics;
 use crate::monitor::{read_incidents, MonitorArgs, Monitors, INCIDENT_FILE};
 use crate::placement::{partition_groups, source_on_io_processor, tag};
+use crate::rate_limited::RateLimitedCount;
 use crate::retention::WrittenBins;
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, BUILTIN_GRAPH_KEY, GRAPH_VERSION_KEY};
 use crate::tasks::{
-    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, RateLimitedCount, SourceArgs,
-    WorkerArgs,
+    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
 };
 use crate::PipelineError;
 

@@ -25,6 +25,7 @@ use crate::event::{bin_of, Event};
 use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
+use crate::rate_limited::RateLimitedCount;
 use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats, Written};
@@ -704,38 +705,6 @@ type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Option<GraphFailure>);
 /// (thousands a second).
 static UNANALYSED: RateLimitedCount = RateLimitedCount::new(Duration::from_secs(10));
 
-/// Counts occurrences and says when to report them: at the first, then at most once per interval.
-pub(crate) struct RateLimitedCount {
-    interval: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl RateLimitedCount {
-    pub(crate) const fn new(interval: Duration) -> Self {
-        RateLimitedCount {
-            interval,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// Counts one; `Some(count since the last report)` when it is time to report.
-    pub(crate) fn note(&self) -> Option<u64> {
-        self.note_at(Instant::now())
-    }
-
-    /// [`Self::note`] at time `now`.
-    fn note_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, count) = &mut *state;
-        *count += 1;
-        if last.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(count))
-    }
-}
-
 /// Runs the graph over the buffer's frames; when it fails on an event, records the failure and
 /// runs the last good graph instead.
 fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, args: &WorkerArgs) -> Analysis {
@@ -1031,20 +1000,6 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
 mod tests {
     use super::*;
     use crate::source::Batch;
-
-    #[test]
-    fn a_rate_limited_count_reports_the_first_then_once_per_interval() {
-        let count = RateLimitedCount::new(Duration::from_secs(10));
-        let start = Instant::now();
-        let at = |s: u64| start + Duration::from_secs(s);
-        assert_eq!(count.note_at(at(0)), Some(1));
-        assert_eq!((count.note_at(at(1)), count.note_at(at(9))), (None, None));
-        // The two held back, and this one.
-        assert_eq!(count.note_at(at(10)), Some(3));
-        assert_eq!(count.note_at(at(15)), None);
-        // On the real clock, the first counts at once.
-        assert_eq!(RateLimitedCount::new(Duration::from_secs(10)).note(), Some(1));
-    }
 
     /// Hands over `script[i]` frames at its i-th call (nothing after the script, then its end)
     /// and records the timeout of each call. Writes nothing: the batching is what is tested.
