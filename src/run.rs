@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use ami_tasks::graph::GraphSpec;
 use ami_tasks::pipeline::{Flow, Observer, PipelineConfig};
-use ami_tasks::source::{SourceConfig, SyntheticConfig};
+use ami_tasks::source::{RecordingSummary, SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
 
@@ -135,7 +135,10 @@ impl RunArgs {
         Ok((start, largest))
     }
 
-    fn pipeline_config(&self, demo: bool) -> Result<PipelineConfig> {
+    /// The pipeline's configuration, with its batch sizes fitted to the source's largest frame,
+    /// and the summary of the recording replayed, if any (read once: sizing the buffers needs
+    /// the largest frame, which for a recording means reading the whole file).
+    fn pipeline_config(&self, demo: bool) -> Result<(PipelineConfig, Option<RecordingSummary>)> {
         let source = match self.source.split_once(':') {
             None if self.source == "synthetic" => {
                 let mut synthetic = SyntheticConfig {
@@ -186,11 +189,23 @@ impl RunArgs {
         if self.snapshot_interval.is_nan() || self.snapshot_interval < 0.0 {
             bail!("--snapshot-interval must be 0 or more seconds");
         }
-        Ok(PipelineConfig {
+        let recording = match &source {
+            SourceConfig::File { path, .. } => {
+                Some(ami_tasks::source::recording_info(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            _ => None,
+        };
+        let max_frame_bytes = match &recording {
+            Some(info) => info.max_stored_frame_bytes as usize,
+            None => ami_tasks::source::max_frame_bytes(&source)? as usize,
+        };
+        let (batch_size, max_batch_size) = self.batch_sizes(max_frame_bytes)?;
+        let config = PipelineConfig {
             source,
             partitions: self.partitions,
-            // Sized by `batch_sizes` once the largest frame is known.
-            batch_size: ami_tasks::pipeline::DEFAULT_BATCH_FRAMES,
+            batch_size,
+            max_batch_size,
+            max_frame_bytes: Some(max_frame_bytes),
             display_rate_hz: self.display_rate,
             batch_interval_us: self.batch_interval_us,
             graph,
@@ -206,7 +221,8 @@ impl RunArgs {
             snapshot_interval_ms: (self.snapshot_interval * 1000.0) as u64,
             restarted_because: std::env::var(crate::supervise::RESTART_REASON_VAR).ok(),
             ..PipelineConfig::default()
-        })
+        };
+        Ok((config, recording))
     }
 }
 
@@ -307,24 +323,11 @@ fn bin_json(bin: &ami_tasks::EmittedBin) -> Value {
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
-    let mut config = args.pipeline_config(demo)?;
     let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref())?;
     if !(0.0..=86_400.0).contains(&args.metrics_linger) {
         bail!("--metrics-linger must be between 0 and 86400 seconds");
     }
-    // Sizing the buffers needs the largest frame, which for a recording means reading the whole
-    // file: do it once here, for the memory estimate, the pipeline and the progress bar.
-    let recording = match &config.source {
-        SourceConfig::File { path, .. } => {
-            Some(ami_tasks::source::recording_info(path).with_context(|| format!("reading {}", path.display()))?)
-        }
-        _ => None,
-    };
-    config.max_frame_bytes = Some(match &recording {
-        Some(info) => info.max_stored_frame_bytes as usize,
-        None => config.max_frame_bytes()?,
-    });
-    (config.batch_size, config.max_batch_size) = args.batch_sizes(config.max_frame_bytes()?)?;
+    let (mut config, recording) = args.pipeline_config(demo)?;
     match config.max_batch_size {
         Some(largest) => tracing::info!(
             "batch size: from {} frames, tuned up to {largest} while the sources are behind",
