@@ -10,8 +10,13 @@ use serde_json::Value;
 const WIDEST_CELL: usize = 18;
 const NARROWEST_CELL: usize = 10;
 
-/// Width of the columns before the results (bin, time, events, graph version).
+/// Width of the columns before the results (bin, time, events, graph version), with a bin
+/// column of [`BIN_COLUMN`].
 const LEAD: usize = 38;
+
+/// Narrowest bin column: the bins of a wall-clock stream at display rates up to 20 Hz (11
+/// digits). Faster rates number their bins with more digits, and widen it.
+const BIN_COLUMN: usize = 11;
 
 /// Bin starts from this many seconds on are Unix times (a stream stamped by the wall clock, as a
 /// detector's is), shown as the time of day; earlier ones are seconds into the stream.
@@ -35,6 +40,8 @@ pub struct LiveTable {
     columns: Option<usize>,
     /// Width of a result column for the current header.
     cell: usize,
+    /// Width of the bin column for the current header.
+    bin_column: usize,
 }
 
 impl LiveTable {
@@ -45,6 +52,7 @@ impl LiveTable {
             header_for: None,
             columns,
             cell: WIDEST_CELL,
+            bin_column: BIN_COLUMN,
         }
     }
 
@@ -59,18 +67,26 @@ impl LiveTable {
         let mut lines = Vec::new();
         let names: Vec<String> = values.keys().cloned().collect();
         if self.header_for.as_ref() != Some(&names) {
+            self.bin_column = bin.to_string().len().max(BIN_COLUMN);
+            let lead = LEAD - BIN_COLUMN + self.bin_column;
             self.cell = self.columns.map_or(WIDEST_CELL, |columns| {
-                (columns.saturating_sub(LEAD + 1) / names.len().max(1)).clamp(NARROWEST_CELL, WIDEST_CELL)
+                (columns.saturating_sub(lead + 1) / names.len().max(1)).clamp(NARROWEST_CELL, WIDEST_CELL)
             });
-            let cell = self.cell;
+            let (cell, bin_column) = (self.cell, self.bin_column);
             let header: String = names.iter().map(|n| format!("{:>cell$}", shortened(n, cell - 1))).collect();
             let time = if t < UNIX_TIME_FROM_S { "t [s]" } else { "UTC" };
-            lines.push(format!("\n{:>11} {time:>11} {:>7} {:>4}  {header}", "bin", "events", "ver"));
+            lines.push(format!(
+                "\n{:>bin_column$} {time:>11} {:>7} {:>4}  {header}",
+                "bin", "events", "ver"
+            ));
             self.header_for = Some(names);
         }
-        let cell = self.cell;
+        let (cell, bin_column) = (self.cell, self.bin_column);
         let cells: String = values.values().map(|v| format!("{:>cell$}", summarize(v, cell - 2))).collect();
-        lines.push(format!("{bin:>11} {:>11} {events:>7} {graph_version:>4}  {cells}", bin_time(t)));
+        lines.push(format!(
+            "{bin:>bin_column$} {:>11} {events:>7} {graph_version:>4}  {cells}",
+            bin_time(t)
+        ));
         lines
     }
 }
@@ -190,6 +206,20 @@ mod tests {
             )
         );
         assert_eq!(lines[0].chars().count(), lines[1].chars().count() + 1, "{lines:?}");
+        // At 1 kHz the bins have 13 digits: the bin column widens to hold them, header and rows
+        // alike, and the result columns narrow to keep the row within the terminal.
+        let mut fast = LiveTable::fitting(Some(LEAD + 2 + 2 * WIDEST_CELL));
+        let bin = 1_795_755_552_350u64;
+        let lines = fast.lines(bin, t, 5, 1, &values(&["a", "b"]));
+        assert_eq!(
+            lines[1],
+            format!("{bin} {:>11} {:>7} {:>4}  {:>17}{:>17}", "04:59:12.35", 5, 1, "2.0000", "2.0000")
+        );
+        assert_eq!(lines[0].chars().count(), lines[1].chars().count() + 1, "{lines:?}");
+        assert_eq!(
+            fast.lines(bin + 1, t + 0.001, 5, 1, &values(&["a", "b"]))[0].chars().count(),
+            lines[1].chars().count()
+        );
     }
 
     #[test]
