@@ -14,8 +14,8 @@ const NARROWEST_CELL: usize = 10;
 /// column of [`BIN_COLUMN`].
 const LEAD: usize = 38;
 
-/// Narrowest bin column: the bins of a wall-clock stream at display rates up to 20 Hz (11
-/// digits). Faster rates number their bins with more digits, and widen it.
+/// Narrowest bin column: the bins of a wall-clock stream (Unix times in 2026) at display rates
+/// up to about 55 Hz have 11 digits. Faster rates number their bins with more, and widen it.
 const BIN_COLUMN: usize = 11;
 
 /// Bin starts from this many seconds on are Unix times (a stream stamped by the wall clock, as a
