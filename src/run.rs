@@ -432,6 +432,11 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             format!(", {} graph failures (reverted)", summary.graph_failures.len())
         }
     );
+    if let Some((source, worker)) = summary.task_cpu.per_event_us(summary.events) {
+        eprintln!(
+            "ami2: CPU per event: {source:.1} µs in the data sources, {worker:.1} µs in the workers (their task bodies; the reducers' and the runtime's work is not in it)"
+        );
+    }
     // The sources' state at their last batch: how far behind their stream they ended.
     if let Some((_, ms)) =
         ami_tasks::pipeline::most_behind(&summary.sources).filter(|&(_, ms)| ms >= ami_tasks::pipeline::BEHIND_WARNING_MS)

@@ -162,6 +162,14 @@ fn check_multi_process(run: &Run, nodes: u32) {
     );
     assert_eq!(run.summary["processors"], expected_processors(nodes));
     assert_eq!(run.summary["mapper"]["rejected"], 0);
+    // The sources' and workers' CPU, measured in the processes that ran them, reached the driver.
+    for task in ["source", "worker"] {
+        assert!(
+            run.summary["task_cpu_ns"][task].as_u64().is_some_and(|ns| ns > 0),
+            "{task} CPU: {}",
+            run.summary["task_cpu_ns"]
+        );
+    }
     let (one, many) = (bins(&baseline().output), bins(&run.output));
     assert!(!one.is_empty());
     assert_eq!(one.len(), many.len(), "bins published");

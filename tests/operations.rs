@@ -161,6 +161,7 @@ fn the_metrics_endpoint_counts_the_events_fed_in() {
         let (a, b) = (&pair[0], &pair[1]);
         assert!(b.events_in >= a.events_in && b.events_processed >= a.events_processed);
         assert!(b.bins_published >= a.bins_published && b.rounds >= a.rounds);
+        assert!(b.task_cpu.source_ns >= a.task_cpu.source_ns && b.task_cpu.worker_ns >= a.task_cpu.worker_ns);
     }
     for s in &scrapes {
         assert!(s.events_in <= FRAMES && s.events_processed <= FRAMES, "{s:?}");
@@ -176,6 +177,11 @@ fn the_metrics_endpoint_counts_the_events_fed_in() {
     assert_eq!(finished.rounds_in_flight, 0);
     assert_eq!(finished.pending_bins, 0);
     assert_eq!(finished.graph_version, 1);
+    assert!(
+        finished.task_cpu.source_ns > 0 && finished.task_cpu.worker_ns > 0,
+        "{:?}",
+        finished.task_cpu
+    );
     let bins: Vec<Value> = std::fs::read_to_string(&stdout)
         .unwrap()
         .lines()

@@ -11,14 +11,22 @@
 //! interest, for rings from cache-sized to far larger (`--roofline-ms` per point, default 500);
 //! then the same with the sum half a ring behind the writes, as in the pipeline, with ordinary and
 //! with streaming stores (`legion_bridge::streaming::fill_streaming`, the ROI's rows prefetched as
-//! the pipeline's graph does).
+//! the pipeline's graph does). The last column runs the pipeline's own code for frames, still
+//! without the runtime: the synthetic source writing batches into two buffers in the telemetry
+//! store's chunk layout, and the benchmark's ROI-mean graph reading each batch after the next one
+//! is written (two buffers of `ring / 4 MiB` frames per thread: the pipeline's footprint at that
+//! batch on 2 partitions).
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use ami_tasks::graph::ROWS_AHEAD;
+use ami_tasks::frame_chunk::{ChunkReader, ChunkWriter, CHUNK_OVERHEAD};
+use ami_tasks::graph::{compile, ROWS_AHEAD};
+use ami_tasks::source::{max_frame_bytes, SourceConfig, SyntheticConfig, SyntheticGenerator};
 use legion_bridge::harness::option;
 use legion_bridge::streaming::prefetch_ahead;
+
+mod common;
 
 /// Best GB/s of `rounds` runs of `pass`, which touches `bytes` bytes.
 fn best(rounds: usize, bytes: usize, mut pass: impl FnMut()) -> f64 {
@@ -149,6 +157,60 @@ fn roofline(threads: usize, ring_mib: usize, millis: u64, lagged: bool, streamin
     done as f64
 }
 
+/// Frames/s of the pipeline's own code for frames, without the runtime: on each of `threads`
+/// threads, the synthetic source writes batches of `batch` 512×512 frames into two buffers in
+/// turn, in the telemetry store's chunk layout, and the benchmark's ROI-mean graph reads each
+/// batch once the next one is written, as a partition's source and worker do with two buffers.
+/// Ordinary stores (a chunk on its own asks for no streaming).
+fn source_and_graph(threads: usize, batch: usize, millis: u64) -> f64 {
+    let config = SyntheticConfig {
+        frames: None,
+        rate_hz: None,
+        ..SyntheticConfig::images(512, 512)
+    };
+    let frame_bytes = max_frame_bytes(&SourceConfig::Synthetic(config.clone())).expect("frame size") as usize;
+    let generator = SyntheticGenerator::new(&config).expect("the image stream");
+    let graph = compile(&common::roi_graph()).expect("the ROI graph");
+    let done: f64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|thread| {
+                let (generator, graph) = (&generator, &graph);
+                s.spawn(move || {
+                    let mut buffers = [
+                        vec![1u8; CHUNK_OVERHEAD + batch * frame_bytes],
+                        vec![1u8; CHUNK_OVERHEAD + batch * frame_bytes],
+                    ];
+                    let mut written = [0usize; 2];
+                    let (start, mut count, mut seq) = (Instant::now(), 0usize, thread);
+                    while start.elapsed().as_millis() < millis as u128 {
+                        for b in 0..2 {
+                            let mut chunk = ChunkWriter::new(&mut buffers[b]).expect("a chunk");
+                            for _ in 0..batch {
+                                generator.write_frame(seq, &mut chunk).expect("the frame fits");
+                                seq += threads as u64;
+                            }
+                            written[b] = chunk.len();
+                            let previous = &buffers[1 - b][..written[1 - b]];
+                            if previous.is_empty() {
+                                continue;
+                            }
+                            let mut partials = graph.empty_partials();
+                            for frame in ChunkReader::new(previous).expect("a chunk").frames() {
+                                graph.process(&frame.expect("a frame"), &mut partials).expect("the graph runs");
+                                count += 1;
+                            }
+                            black_box(&partials);
+                        }
+                    }
+                    count as f64 / start.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("source-and-graph thread")).sum()
+    });
+    done
+}
+
 fn main() {
     let mib = option("--mib", 512);
     let rounds = option("--rounds", 5);
@@ -174,8 +236,11 @@ fn main() {
         let two = roofline(2, ring_mib, millis, false, false);
         let lagged = roofline(2, ring_mib, millis, true, false);
         let streamed = roofline(2, ring_mib, millis, true, true);
+        // Two buffers of `batch` frames fill the same ring: the pipeline at that batch on 2 partitions.
+        let batch = (ring_mib / 4).max(1);
+        let pipeline_code = source_and_graph(2, batch, millis);
         println!(
-            "  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}   2 threads, ROI read half a ring later {lagged:>8.0}   same, streaming stores + prefetch {streamed:>8.0}"
+            "  ring of {ring_mib:>3} MiB per thread: 1 thread {one:>8.0}   2 threads {two:>8.0}   2 threads, ROI read half a ring later {lagged:>8.0}   same, streaming stores + prefetch {streamed:>8.0}   synthetic source + ROI graph, 2 threads, batches of {batch:>2} in 2 buffers {pipeline_code:>8.0}"
         );
     }
 }

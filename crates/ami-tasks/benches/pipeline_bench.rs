@@ -19,6 +19,9 @@ use legion_bridge::harness::{option, option_text};
 use legion_bridge::{runtime, TaskContext};
 use serde_json::json;
 
+mod common;
+use common::roi_graph;
+
 fn scalar_graph() -> GraphSpec {
     GraphSpec {
         nodes: vec![
@@ -32,23 +35,6 @@ fn scalar_graph() -> GraphSpec {
             ),
         ],
         results: vec!["energy_chart".into(), "energy_hist".into()],
-    }
-}
-
-fn roi_graph() -> GraphSpec {
-    GraphSpec {
-        nodes: vec![
-            NodeSpec::new(
-                "img",
-                "select",
-                &[],
-                json!({"field": "cspad", "kind": "image", "width": 512, "height": 512}),
-            ),
-            NodeSpec::new("roi", "roi", &["img"], json!({"x0": 128, "y0": 128, "x1": 384, "y1": 384})),
-            NodeSpec::new("roi_mean", "mean", &["roi"], json!({})),
-            NodeSpec::new("roi_chart", "strip_chart", &["roi_mean"], json!({})),
-        ],
-        results: vec!["roi_chart".into()],
     }
 }
 
@@ -148,6 +134,7 @@ fn throughput(
     };
     let mut timing = Timing::new(None);
     let started = Instant::now();
+    let process_cpu = cpu_time::ProcessTime::try_now().ok();
     let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
     let rate = summary.events as f64 / started.elapsed().as_secs_f64();
     Ok(Throughput {
@@ -155,6 +142,7 @@ fn throughput(
         steady: timing.steady_rate().unwrap_or(rate),
         events: summary.events,
         final_batch: summary.batch_size,
+        cpu: CpuPerEvent::of(&summary, process_cpu.and_then(|t| t.try_elapsed().ok())),
     })
 }
 
@@ -172,6 +160,37 @@ struct Throughput {
     events: u64,
     /// The batch size in use at the end.
     final_batch: usize,
+    cpu: CpuPerEvent,
+}
+
+/// Where an event's CPU went: the sources' and workers' own work, and the whole process's (the
+/// rest is the runtime's, the reducers' and the driver's).
+struct CpuPerEvent(Option<(f64, f64, f64)>);
+
+impl CpuPerEvent {
+    fn of(summary: &ami_tasks::RunSummary, process: Option<Duration>) -> Self {
+        CpuPerEvent(
+            summary
+                .task_cpu
+                .per_event_us(summary.events)
+                .zip(process)
+                .map(|((source, worker), process)| (source, worker, process.as_secs_f64() * 1e6 / summary.events as f64)),
+        )
+    }
+}
+
+impl std::fmt::Display for CpuPerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((source, worker, all)) => {
+                write!(
+                    f,
+                    "; CPU per event: sources {source:.2} µs + workers {worker:.2} µs of {all:.2} µs in all"
+                )
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// `--window N`, `--buffers N`, `--max-rounds-per-reduction N`, `--reduction-interval-us N` and
@@ -282,14 +301,14 @@ fn main() {
         println!("(a) scalar events ({scalar_events} per point), events/s:");
         for batch in batches("--scalar-batches", &[1_000, 10_000, 50_000]) {
             let source = SyntheticConfig { frames: Some(scalar_events), rate_hz: None, ..SyntheticConfig::scalars_only() };
-            let Throughput { rate, steady, events, .. } = throughput(ctx, source, scalar_graph(), partitions, Batch::Fixed(batch))?;
-            println!("  batch {batch:>6}: {rate:>12.0} events/s ({events} events; {steady:.0}/s after start-up)");
+            let Throughput { rate, steady, events, cpu, .. } = throughput(ctx, source, scalar_graph(), partitions, Batch::Fixed(batch))?;
+            println!("  batch {batch:>6}: {rate:>12.0} events/s ({events} events; {steady:.0}/s after start-up{cpu})");
         }
         println!("(b) 512x512 f64 images, 256x256 ROI mean ({images} per point), frames/s:");
         for batch in batches("--image-batches", &[1, 2, 4, 16, 64]) {
             let source = SyntheticConfig { frames: Some(images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
-            let Throughput { rate, steady, events, .. } = throughput(ctx, source, roi_graph(), partitions, Batch::Fixed(batch))?;
-            println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames; {steady:.0}/s after start-up)");
+            let Throughput { rate, steady, events, cpu, .. } = throughput(ctx, source, roi_graph(), partitions, Batch::Fixed(batch))?;
+            println!("  batch {batch:>6}: {rate:>12.0} frames/s ({events} frames; {steady:.0}/s after start-up{cpu})");
         }
         // The service's own choice: the automatic batch, tuned while the sources are behind.
         let tuned_images = option("--tuned-images", 5 * images as usize) as u64;
@@ -297,10 +316,10 @@ fn main() {
             let source = SyntheticConfig { frames: Some(tuned_images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
             let (start, largest) =
                 automatic_tuned_batch(ami_tasks::source::max_frame_bytes(&SourceConfig::Synthetic(source.clone()))? as usize);
-            let Throughput { rate, steady, events, final_batch } =
+            let Throughput { rate, steady, events, final_batch, cpu } =
                 throughput(ctx, source, roi_graph(), partitions, Batch::Tuned { start, largest })?;
             println!(
-                "  tuned from {start}: {rate:>9.0} frames/s ({events} frames; {steady:.0}/s after start-up; batches of up to {largest}, {final_batch} at the end)"
+                "  tuned from {start}: {rate:>9.0} frames/s ({events} frames; {steady:.0}/s after start-up; batches of up to {largest}, {final_batch} at the end{cpu})"
             );
         }
         // Latency: a live source (2 kHz scalars, 20 bins/s) whose time stamps are Unix times and

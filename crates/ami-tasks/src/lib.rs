@@ -14,7 +14,8 @@
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests; [`incident_log`]: incidents kept in Control.
 //! - `rate_limited`: counts of repeated conditions, logged once per interval.
-//! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary.
+//! - [`metrics`]: the service's metrics (updated by the pipeline's driver) and their summary;
+//!   [`task_cpu`]: the CPU time of the sources' and workers' own work.
 //! - [`placement`]: the ami-mapper placement policy plugged into the bridge's mapper.
 //!
 //! Call [`register_tasks`] before starting the runtime.
@@ -35,6 +36,7 @@ pub mod retention;
 pub mod robust;
 pub mod source;
 pub mod stores;
+pub mod task_cpu;
 pub mod tasks;
 
 pub use graph_manager::{GraphManagerReport, GraphRequests, PendingRequest};

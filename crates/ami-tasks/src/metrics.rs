@@ -33,12 +33,14 @@
 //! | `ami2_graph_version` | gauge | | the graph version of the last published bin |
 //! | `ami2_last_published_bin` | gauge | | number of the newest published bin |
 //! | `ami2_pipeline_running` | gauge | | 1 while the pipeline runs, 0 once it has finished |
+//! | `ami2_task_cpu_nanoseconds_total` | counter | `task` | CPU time of the data sources' (`source`) and the workers' (`worker`) own work ([`crate::task_cpu`]); divided by the events, what an event costs to bring in and to analyse |
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::task_cpu::TaskCpu;
 use crate::tasks::GlobalReport;
 
 pub const EVENTS_IN: &str = "ami2_events_in_total";
@@ -61,6 +63,7 @@ pub const PENDING_BINS: &str = "ami2_pending_bins";
 pub const GRAPH_VERSION: &str = "ami2_graph_version";
 pub const LAST_PUBLISHED_BIN: &str = "ami2_last_published_bin";
 pub const PIPELINE_RUNNING: &str = "ami2_pipeline_running";
+pub const TASK_CPU: &str = "ami2_task_cpu_nanoseconds_total";
 
 /// Registers the help text of every metric with the installed recorder (call once after
 /// installing it; shown as `# HELP` lines).
@@ -95,6 +98,10 @@ pub fn describe() {
     describe_gauge!(GRAPH_VERSION, "Graph version of the last published bin");
     describe_gauge!(LAST_PUBLISHED_BIN, "Number of the newest published bin");
     describe_gauge!(PIPELINE_RUNNING, "1 while the pipeline runs, 0 once it has finished");
+    describe_counter!(
+        TASK_CPU,
+        "CPU time of the data sources' and the workers' own work (nanoseconds), by task"
+    );
 }
 
 /// Counts `n` messages dropped for slow subscribers (called by the results server).
@@ -171,6 +178,9 @@ impl ReportMetrics {
             state.bins_dropped_early,
         );
         metrics::gauge!(PENDING_BINS).set(state.pending_bins() as f64);
+        // Per reduction already, not cumulative: nothing to subtract.
+        metrics::counter!(TASK_CPU, "task" => "source").increment(report.cpu.source_ns);
+        metrics::counter!(TASK_CPU, "task" => "worker").increment(report.cpu.worker_ns);
         if let Some(last) = report.emitted.last() {
             metrics::gauge!(LAST_PUBLISHED_BIN).set(last.bin as f64);
             metrics::gauge!(GRAPH_VERSION).set(last.graph_version as f64);
@@ -302,6 +312,8 @@ pub struct MetricsSummary {
     pub graph_version: u64,
     pub last_published_bin: Option<u64>,
     pub running: bool,
+    /// CPU time of the data sources' and the workers' own work.
+    pub task_cpu: TaskCpu,
 }
 
 impl MetricsSummary {
@@ -340,6 +352,11 @@ impl MetricsSummary {
                 GRAPH_VERSION => summary.graph_version = value,
                 LAST_PUBLISHED_BIN => summary.last_published_bin = Some(value),
                 PIPELINE_RUNNING => summary.running = sample.value > 0.0,
+                TASK_CPU => match label("task").as_str() {
+                    "source" => summary.task_cpu.source_ns = value,
+                    "worker" => summary.task_cpu.worker_ns = value,
+                    _ => {}
+                },
                 _ => {}
             }
         }
@@ -367,6 +384,12 @@ impl fmt::Display for MetricsSummary {
         )?;
         if let Some(behind) = self.source_behind_seconds {
             writeln!(f, "sources       {behind:.3} s behind their streams (the most of any partition)")?;
+        }
+        if let Some((source, worker)) = self.task_cpu.per_event_us(self.events_processed) {
+            writeln!(
+                f,
+                "cpu           {source:.1} µs per event in the data sources, {worker:.1} µs in the workers (their task bodies only)"
+            )?;
         }
         writeln!(
             f,
@@ -447,6 +470,27 @@ ami2_batch_size_changes_total 4
         assert!(
             tuned.to_string().contains("batches of up to 32 frames (4 changes of size)"),
             "{tuned}"
+        );
+        // What an event costs the sources and the workers, said once there are events.
+        assert!(!summary.to_string().contains("per event"));
+        let costs = MetricsSummary::from_prometheus_text(
+            "ami2_events_processed_total 4000
+ami2_task_cpu_nanoseconds_total{task=\"source\"} 200000000
+ami2_task_cpu_nanoseconds_total{task=\"worker\"} 60000000
+",
+        );
+        assert_eq!(
+            costs.task_cpu,
+            TaskCpu {
+                source_ns: 200_000_000,
+                worker_ns: 60_000_000
+            }
+        );
+        assert!(
+            costs
+                .to_string()
+                .contains("50.0 µs per event in the data sources, 15.0 µs in the workers"),
+            "{costs}"
         );
     }
 }

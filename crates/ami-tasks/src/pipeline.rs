@@ -34,6 +34,7 @@ use crate::retention::WrittenBins;
 use crate::robust::{Incident, IncidentKind, RetryPolicy};
 use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, BUILTIN_GRAPH_KEY, GRAPH_VERSION_KEY};
+use crate::task_cpu::TaskCpu;
 use crate::tasks::{
     merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
 };
@@ -366,6 +367,8 @@ pub struct RunSummary {
     pub ran_on: RanOn,
     /// On which kinds of processor (task kind → processor kinds), over the whole run.
     pub processors: ProcessorsUsed,
+    /// CPU time of the sources' and workers' own work over the run (the runtime's is not in it).
+    pub task_cpu: TaskCpu,
 }
 
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
@@ -707,6 +710,7 @@ pub fn run(
         warn_if_behind(&report.sources, &behind_warnings);
         merge_by_task(&mut summary.ran_on, report.ran_on.clone());
         merge_by_task(&mut summary.processors, report.processors.clone());
+        summary.task_cpu.add(report.cpu);
         if data_dir.is_some()
             && config.snapshot_interval_ms > 0
             && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms

@@ -30,6 +30,7 @@ use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
 use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats, Written};
 use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
+use crate::task_cpu::{CpuStopwatch, TaskCpu};
 use crate::PipelineError;
 
 /// First task id of the pipeline (ids `PIPELINE_TASK_BASE..PIPELINE_TASK_BASE + 6`: data source,
@@ -74,6 +75,8 @@ pub struct SourceReport {
     pub address_space: u32,
     /// The kind of processor it ran on.
     pub processor: ProcessorKind,
+    /// CPU time of the task's body (this attempt's).
+    pub cpu_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +114,8 @@ pub struct PartialReport {
     /// And on which kinds of processor: task kind (`source`, `worker`, `local_reducer`,
     /// `global_reducer`) → processor kinds.
     pub processors: ProcessorsUsed,
+    /// CPU time of the sources' and workers' bodies behind this report.
+    pub cpu: TaskCpu,
 }
 
 /// Task label → the address spaces it ran in (one, when placement holds).
@@ -152,6 +157,7 @@ impl PartialReport {
         self.incidents.extend(other.incidents);
         merge_by_task(&mut self.ran_on, other.ran_on);
         merge_by_task(&mut self.processors, other.processors);
+        self.cpu.add(other.cpu);
         Ok(())
     }
 }
@@ -244,6 +250,8 @@ pub struct GlobalReport {
     pub ran_on: RanOn,
     /// On which kinds of processor.
     pub processors: ProcessorsUsed,
+    /// CPU time of the sources' and workers' bodies of the rounds this reduction merged.
+    pub cpu: TaskCpu,
 }
 
 pub struct PipelineTasks {
@@ -395,6 +403,7 @@ fn source_task(ctx: &TaskContext, args: SourceArgs) -> Result<SourceReport, Task
 }
 
 fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, TaskError> {
+    let cpu = CpuStopwatch::start();
     let buffer = ctx.region(0)?;
     let state = ctx.region(1)?;
     let saved: Option<SourcePosition> = with_reader(&state, args.control_field, |view| {
@@ -461,6 +470,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
         incidents: Vec::new(),
         address_space: ctx.address_space(),
         processor: ctx.executing_processor().kind,
+        cpu_ns: cpu.elapsed_ns(),
     })
 }
 
@@ -763,6 +773,7 @@ fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, ar
 }
 
 fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
+    let cpu = CpuStopwatch::start();
     let report: SourceReport = ctx.input_future(0)?;
     let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
         current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
@@ -786,6 +797,10 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
         .insert(format!("worker/{}", args.partition), [ctx.address_space()].into());
     note_processor(&mut out.processors, "source", report.processor);
     note_processor(&mut out.processors, "worker", ctx.executing_processor().kind);
+    out.cpu = TaskCpu {
+        source_ns: report.cpu_ns,
+        worker_ns: cpu.elapsed_ns(),
+    };
     Ok(out)
 }
 
@@ -885,6 +900,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
         report.incidents.extend(local.incidents);
         merge_by_task(&mut report.ran_on, local.ran_on);
         merge_by_task(&mut report.processors, local.processors);
+        report.cpu.add(local.cpu);
         for (p, (ts, ended)) in local.progress {
             let mark = state.watermarks.entry(p).or_insert((None, false));
             mark.0 = mark.0.max(ts);

@@ -348,6 +348,72 @@ fn main() -> ExitCode {
             let four = run_collect(ctx, &config(synthetic(3000), 4, energy_graph()), Collect::default())?;
             same_bins(&one.bins, &four.bins, 3000)
         }),
+        case("the_cpu_of_sources_and_workers_is_counted_by_kind", |ctx| {
+            // The same 256×256 image stream analysed by a scalar strip chart, then by the
+            // standard deviation of every pixel: the workers' CPU per event follows the graph.
+            let images = SourceConfig::Synthetic(SyntheticConfig {
+                frames: Some(600),
+                rate_hz: None,
+                ..SyntheticConfig::images(256, 256)
+            });
+            let light = GraphSpec {
+                nodes: vec![
+                    NodeSpec::new("energy", "select", &[], json!({"field": "energy", "kind": "scalar"})),
+                    NodeSpec::new("energy_chart", "strip_chart", &["energy"], json!({})),
+                ],
+                results: vec!["energy_chart".into()],
+            };
+            let heavy = GraphSpec {
+                nodes: vec![
+                    NodeSpec::new("img", "select", &[], json!({"field": "cspad", "kind": "image"})),
+                    NodeSpec::new("spread", "std", &["img"], json!({})),
+                    NodeSpec::new("spread_chart", "strip_chart", &["spread"], json!({})),
+                ],
+                results: vec!["spread_chart".into()],
+            };
+            let mut per_event = Vec::new();
+            for graph in [light, heavy] {
+                let process = cpu_time::ProcessTime::now();
+                let summary = ami_tasks::run(ctx, &config(images.clone(), 2, graph), None, &mut Collect::default())?;
+                let process_ns = process.elapsed().as_nanos() as u64;
+                let cpu = summary.task_cpu;
+                check(
+                    summary.events == 600 && cpu.source_ns > 0 && cpu.worker_ns > 0,
+                    format!("{} events, {cpu:?}", summary.events),
+                )?;
+                // Their own work is part of what the process spent.
+                check(
+                    cpu.source_ns + cpu.worker_ns <= process_ns,
+                    format!("{cpu:?} against {process_ns} ns for the process"),
+                )?;
+                per_event.push(cpu.per_event_us(summary.events).unwrap_or_default());
+            }
+            // 65,536 pixels read per event against one scalar.
+            check(
+                per_event[1].1 > 5.0 * per_event[0].1,
+                format!(
+                    "workers' µs per event: strip chart {:.2}, std of the image {:.2}",
+                    per_event[0].1, per_event[1].1
+                ),
+            )?;
+            // A paced source waits for its frames: waiting is not counted.
+            let paced = SourceConfig::Synthetic(SyntheticConfig {
+                frames: Some(100),
+                rate_hz: Some(200.0),
+                ..SyntheticConfig::scalars_only()
+            });
+            let started = std::time::Instant::now();
+            let summary = ami_tasks::run(ctx, &config(paced, 1, energy_graph()), None, &mut Collect::default())?;
+            let wall_ns = started.elapsed().as_nanos() as u64;
+            check(
+                summary.events == 100 && summary.task_cpu.source_ns < wall_ns / 4,
+                format!(
+                    "a 0.5 s stream: {} events, sources {} ns of CPU in {wall_ns} ns",
+                    summary.events, summary.task_cpu.source_ns
+                ),
+            )?;
+            Ok(())
+        }),
         case("a_tuned_batch_size_gives_the_same_results", |ctx| {
             // As fast as the sources go, the tuner measures batches of 16 for 0.4 s, then probes
             // 32 or 8: rounds of several sizes, whichever it keeps.

@@ -94,6 +94,18 @@ pub trait FrameSink {
     }
 }
 
+/// A chunk being written is a sink on its own (no store around it): what benchmarks and tests use
+/// to run a source's code without the runtime.
+impl FrameSink for frame_chunk::ChunkWriter<'_> {
+    fn frame(&mut self, seq: u64, timestamp_ns: u64, fields: &[FieldSpec<'_>]) -> Result<FrameMut<'_>, SourceError> {
+        let (need, room) = (frame_chunk::frame_bytes(fields), self.remaining());
+        self.push(seq, timestamp_ns, fields).ok_or_else(|| SourceError::Sink {
+            seq,
+            reason: format!("a frame of {need} bytes does not fit the {room} bytes left in its chunk"),
+        })
+    }
+}
+
 /// Appends a copy of an owned frame to `sink`.
 pub fn copy_frame(sink: &mut dyn FrameSink, frame: &Frame) -> Result<(), SourceError> {
     let specs = FieldSpec::list(frame);
@@ -315,6 +327,30 @@ mod tests {
         assert_eq!(peek_seq_timestamp(&bytes), Some((123_456_789, 42)));
         assert_eq!(decode_frame(&bytes).unwrap(), frame);
         assert!(decode_frame(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_chunk_writer_takes_frames_until_it_is_full() {
+        let generator = SyntheticGenerator::new(&SyntheticConfig::default()).unwrap();
+        let one = frame_chunk::frame_bytes(&FieldSpec::list(&generator.frame(0)));
+        // Room for two frames and a half.
+        let mut bytes = vec![0u8; frame_chunk::CHUNK_OVERHEAD + one * 5 / 2];
+        let mut writer = frame_chunk::ChunkWriter::new(&mut bytes).unwrap();
+        generator.write_frame(7, &mut writer).unwrap();
+        generator.write_frame(8, &mut writer).unwrap();
+        let err = generator.write_frame(9, &mut writer).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::Sink { seq: 9, reason } if reason.contains("does not fit")),
+            "{err}"
+        );
+        // The refused frame left the two before it whole.
+        let len = writer.len();
+        let frames: Vec<Frame> = frame_chunk::ChunkReader::new(&bytes[..len])
+            .unwrap()
+            .frames()
+            .map(|f| f.unwrap().to_frame())
+            .collect();
+        assert_eq!(frames, vec![generator.frame(7), generator.frame(8)]);
     }
 
     #[test]
