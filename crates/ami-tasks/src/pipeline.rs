@@ -873,6 +873,8 @@ pub fn run(
     if data_dir.is_some() {
         snapshot(ctx, &stores)?;
     }
+    // The stores are this run's: their memory goes back to Realm for the next run of the process.
+    stores.destroy(ctx);
     crate::tasks::reset_process_state();
     tracing::info!(
         component = "driver",

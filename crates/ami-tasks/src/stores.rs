@@ -127,4 +127,11 @@ impl Stores {
             stats,
         ))
     }
+
+    /// Gives the three stores' memory back to the runtime (see [`KeyValueStore::destroy`]).
+    pub fn destroy(self, ctx: &TaskContext) {
+        for store in [self.telemetry, self.control, self.results] {
+            store.destroy(ctx);
+        }
+    }
 }

@@ -374,7 +374,12 @@ fn main() -> ExitCode {
             let mut per_event = Vec::new();
             for graph in [light, heavy] {
                 let process = cpu_time::ProcessTime::now();
-                let summary = ami_tasks::run(ctx, &config(images.clone(), 2, graph), None, &mut Collect::default())?;
+                // Batches of 10 frames of 512 KiB: buffers the tests' Realm memory holds.
+                let config = PipelineConfig {
+                    batch_size: 10,
+                    ..config(images.clone(), 2, graph)
+                };
+                let summary = ami_tasks::run(ctx, &config, None, &mut Collect::default())?;
                 let process_ns = process.elapsed().as_nanos() as u64;
                 let cpu = summary.task_cpu;
                 check(
@@ -412,6 +417,25 @@ fn main() -> ExitCode {
                     summary.events, summary.task_cpu.source_ns
                 ),
             )?;
+            Ok(())
+        }),
+        case("repeated_runs_give_their_stores_memory_back", |ctx| {
+            // Each run's telemetry buffers take about 200 MiB (2 partitions × 2 buffers × 24
+            // frames of 2 MiB); six runs need more than the process's 1 GiB of Realm memory unless
+            // each run's stores are freed when it ends.
+            for run in 0..6 {
+                let source = SourceConfig::Synthetic(SyntheticConfig {
+                    frames: Some(48),
+                    rate_hz: None,
+                    ..SyntheticConfig::images(512, 512)
+                });
+                let config = PipelineConfig {
+                    batch_size: 24,
+                    ..config(source, 2, energy_graph())
+                };
+                let summary = ami_tasks::run(ctx, &config, None, &mut Collect::default())?;
+                check(summary.events == 48, format!("run {run}: {} events", summary.events))?;
+            }
             Ok(())
         }),
         case("a_tuned_batch_size_gives_the_same_results", |ctx| {

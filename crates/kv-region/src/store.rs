@@ -142,7 +142,8 @@ pub struct KeyValueStore {
 impl KeyValueStore {
     /// Creates the store's region, formats every segment, and, given a data directory, rebuilds
     /// the contents from it (snapshots, then logs) before returning. Call from an inner task
-    /// (typically the top-level one); the region lives until the runtime shuts down.
+    /// (typically the top-level one); the region lives until [`destroy`](Self::destroy) or the
+    /// runtime's shutdown.
     pub fn create(ctx: &TaskContext, config: &StoreConfig, data_dir: Option<&Path>) -> KvResult<(Self, Vec<LoadStats>)> {
         config.validate()?;
         let tasks = tasks()?;
@@ -200,6 +201,13 @@ impl KeyValueStore {
             store_dir: dir.to_path_buf(),
             logged: self.logged,
         }
+    }
+
+    /// Gives the store's region and its instances back to the runtime, from the task that created
+    /// it, once nothing will use the store again (the tasks already launched on it finish first).
+    /// The contents on disk, if any, stay.
+    pub fn destroy(self, ctx: &TaskContext) {
+        ctx.destroy_region_tree(self.region);
     }
 
     /// The store's name.

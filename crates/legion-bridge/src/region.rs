@@ -482,6 +482,16 @@ impl TaskContext {
         Owned::new(self, LogicalRegion::from_raw(handle))
     }
 
+    /// Destroys a region made with [`create_region`](Self::create_region) and [`kept`](Owned::keep),
+    /// with its index space (and that space's partitions) and its field space: Legion frees them,
+    /// and the instances in memory, once the operations using them are done. The handles must not
+    /// be used afterwards.
+    pub fn destroy_region_tree(&self, region: LogicalRegion) {
+        region.destroy(self);
+        region.index_space().destroy(self);
+        region.field_space().destroy(self);
+    }
+
     /// Splits `space` into `parts` subspaces of (nearly) equal size, colors `0..parts`.
     pub fn partition_equal(&self, space: IndexSpace, parts: usize) -> Result<Owned<'_, IndexPartition>> {
         if parts == 0 {
