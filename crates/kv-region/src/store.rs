@@ -207,6 +207,8 @@ impl KeyValueStore {
     /// it, once nothing will use the store again (the tasks already launched on it finish first).
     /// The contents on disk, if any, stay.
     pub fn destroy(self, ctx: &TaskContext) {
+        // The segments' partition first: its color space is not part of the region's tree.
+        ctx.destroy_partition(self.partition.index_partition());
         ctx.destroy_region_tree(self.region);
     }
 

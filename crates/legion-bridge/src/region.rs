@@ -492,6 +492,13 @@ impl TaskContext {
         region.field_space().destroy(self);
     }
 
+    /// Destroys a partition made with [`partition_equal`](Self::partition_equal) or
+    /// [`partition_by_ranges`](Self::partition_by_ranges) and kept, with its color space (which
+    /// destroying the partitioned index space alone would leave).
+    pub fn destroy_partition(&self, partition: IndexPartition) {
+        partition.destroy(self);
+    }
+
     /// Splits `space` into `parts` subspaces of (nearly) equal size, colors `0..parts`.
     pub fn partition_equal(&self, space: IndexSpace, parts: usize) -> Result<Owned<'_, IndexPartition>> {
         if parts == 0 {
