@@ -432,10 +432,8 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             format!(", {} graph failures (reverted)", summary.graph_failures.len())
         }
     );
-    if let Some((source, worker)) = summary.task_cpu.per_event_us(summary.events) {
-        eprintln!(
-            "ami2: CPU per event: {source:.1} µs in the data sources, {worker:.1} µs in the workers (their task bodies; the reducers' and the runtime's work is not in it)"
-        );
+    if let Some(costs) = summary.task_cpu.per_event_text(summary.events) {
+        eprintln!("ami2: CPU: {costs} (their task bodies; the reducers' and the runtime's work is not in it)");
     }
     // The sources' state at their last batch: how far behind their stream they ended.
     if let Some((_, ms)) =

@@ -385,11 +385,8 @@ impl fmt::Display for MetricsSummary {
         if let Some(behind) = self.source_behind_seconds {
             writeln!(f, "sources       {behind:.3} s behind their streams (the most of any partition)")?;
         }
-        if let Some((source, worker)) = self.task_cpu.per_event_us(self.events_processed) {
-            writeln!(
-                f,
-                "cpu           {source:.1} µs per event in the data sources, {worker:.1} µs in the workers (their task bodies only)"
-            )?;
+        if let Some(costs) = self.task_cpu.per_event_text(self.events_processed) {
+            writeln!(f, "cpu           {costs} (their task bodies only)")?;
         }
         writeln!(
             f,

@@ -29,6 +29,13 @@ impl TaskCpu {
             (per(self.source_ns), per(self.worker_ns))
         })
     }
+
+    /// The costs per event in words, as `ami2 run` and the metrics summary say them; `None`
+    /// before any event.
+    pub fn per_event_text(&self, events: u64) -> Option<String> {
+        self.per_event_us(events)
+            .map(|(source, worker)| format!("{source:.1} µs per event in the data sources, {worker:.1} µs in the workers"))
+    }
 }
 
 /// The CPU time of the calling thread from [`start`](Self::start) on. Read it on the thread that
@@ -95,6 +102,11 @@ mod tests {
         );
         assert_eq!(cpu.per_event_us(2), Some((2.0, 5.0)));
         assert_eq!(cpu.per_event_us(0), None);
+        assert_eq!(
+            cpu.per_event_text(2).as_deref(),
+            Some("2.0 µs per event in the data sources, 5.0 µs in the workers")
+        );
+        assert_eq!(cpu.per_event_text(0), None);
         cpu.add(TaskCpu {
             source_ns: u64::MAX,
             worker_ns: 0,
