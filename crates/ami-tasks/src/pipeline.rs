@@ -622,7 +622,8 @@ pub fn run(
     observer: &mut dyn Observer,
 ) -> Result<RunSummary, PipelineError> {
     config.validate()?;
-    let tasks = tasks()?;
+    // Unregistered tasks fail the run before anything is made.
+    tasks()?;
     crate::tasks::reset_process_state();
     let sizes = StoreSizes {
         partitions: config.partitions,
@@ -633,18 +634,42 @@ pub fn run(
         result_keys: config.retained_bins as usize * MAX_RESULTS,
     };
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
-    for stats in &loaded {
+    let result = run_on_stores(ctx, config, data_dir, observer, &stores, &loaded);
+    // A run that failed part-way leaves rounds in flight, and they use this process's open
+    // sources and graph cache: they finish before those are forgotten, or they would carry into
+    // the next run of the process.
+    if let Err(error) = ctx.wait_for_launched() {
+        tracing::warn!(component = "driver", "waiting for the run's tasks: {error}");
+    }
+    // The stores are this run's: their memory goes back to Realm for the next run of the process,
+    // whether the run ended well or not.
+    stores.destroy(ctx);
+    crate::tasks::reset_process_state();
+    result
+}
+
+/// [`run`]'s body, on the stores it made (`loaded`: what they reloaded from `data_dir`).
+fn run_on_stores(
+    ctx: &TaskContext,
+    config: &PipelineConfig,
+    data_dir: Option<&Path>,
+    observer: &mut dyn Observer,
+    stores: &Stores,
+    loaded: &[kv_region::LoadStats],
+) -> Result<RunSummary, PipelineError> {
+    let tasks = tasks()?;
+    for stats in loaded {
         for warning in &stats.warnings {
             tracing::warn!(component = "stores", segment = %stats.prefix, "{warning}");
             crate::metrics::incident("store_warning");
         }
     }
     let mut summary = RunSummary {
-        graph_version: install_initial_graph(ctx, &stores, config)?,
+        graph_version: install_initial_graph(ctx, stores, config)?,
         ..RunSummary::default()
     };
-    let mut incident_log = IncidentLog::open(ctx, &stores)?;
-    import_earlier_incidents(ctx, &stores, config, data_dir, &mut summary, &mut incident_log)?;
+    let mut incident_log = IncidentLog::open(ctx, stores)?;
+    import_earlier_incidents(ctx, stores, config, data_dir, &mut summary, &mut incident_log)?;
     let run = health::reset();
     let mut monitors = Monitors::start(
         ctx,
@@ -692,13 +717,13 @@ pub fn run(
     let mut last_snapshot = std::time::Instant::now();
     let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
-        incident_log.record(ctx, &stores, report.incidents.clone(), summary)?;
+        incident_log.record(ctx, stores, report.incidents.clone(), summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
-        incident_log.record(ctx, &stores, monitor_incidents, summary)?;
+        incident_log.record(ctx, stores, monitor_incidents, summary)?;
         metrics.record(&report);
         if !report.failures.is_empty() {
-            let incidents = mark_failed_graphs(ctx, &stores, &report.failures)?;
-            incident_log.record(ctx, &stores, incidents, summary)?;
+            let incidents = mark_failed_graphs(ctx, stores, &report.failures)?;
+            incident_log.record(ctx, stores, incidents, summary)?;
             crate::incident_log::keep_newest(&mut summary.graph_failures, report.failures.iter().cloned());
         }
         summary.events = report.state.events;
@@ -715,14 +740,14 @@ pub fn run(
             && config.snapshot_interval_ms > 0
             && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms
         {
-            snapshot(ctx, &stores)?;
+            snapshot(ctx, stores)?;
             last_snapshot = std::time::Instant::now();
         }
-        let flow = observer.on_report(ctx, &stores, &report)?;
+        let flow = observer.on_report(ctx, stores, &report)?;
         if let Some(requests) = observer.graph_requests() {
-            graph_manager.poll(ctx, &stores, requests)?;
+            graph_manager.poll(ctx, stores, requests)?;
             let incidents = std::mem::take(&mut graph_manager.incidents);
-            incident_log.record(ctx, &stores, incidents, summary)?;
+            incident_log.record(ctx, stores, incidents, summary)?;
         }
         Ok(report.all_ended || flow == Flow::Stop)
     };
@@ -863,19 +888,16 @@ pub fn run(
     }
     handle(ctx.execute(&flush)?.get()?, &mut summary)?;
     if let Some(requests) = observer.graph_requests() {
-        graph_manager.finish(ctx, &stores, requests)?;
+        graph_manager.finish(ctx, stores, requests)?;
         let incidents = std::mem::take(&mut graph_manager.incidents);
-        incident_log.record(ctx, &stores, incidents, &mut summary)?;
+        incident_log.record(ctx, stores, incidents, &mut summary)?;
     }
     monitors.finish();
-    summary.graph_version = current_graph_version(ctx, &stores)?;
+    summary.graph_version = current_graph_version(ctx, stores)?;
     summary.batch_size = tuner.current();
     if data_dir.is_some() {
-        snapshot(ctx, &stores)?;
+        snapshot(ctx, stores)?;
     }
-    // The stores are this run's: their memory goes back to Realm for the next run of the process.
-    stores.destroy(ctx);
-    crate::tasks::reset_process_state();
     tracing::info!(
         component = "driver",
         rounds = summary.rounds,

@@ -438,6 +438,35 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        case("a_run_that_fails_part_way_gives_its_stores_memory_back_too", |ctx| {
+            // As above, but each run ends with an error at its first report, rounds still in
+            // flight: six of them would exhaust the 1 GiB unless the stores are freed then too.
+            struct GiveUp;
+            impl Observer for GiveUp {
+                fn on_report(&mut self, _: &TaskContext, _: &Stores, _: &GlobalReport) -> Result<Flow, PipelineError> {
+                    Err(PipelineError::Config("the observer gives up".into()))
+                }
+            }
+            let source = || {
+                SourceConfig::Synthetic(SyntheticConfig {
+                    frames: Some(240),
+                    rate_hz: None,
+                    ..SyntheticConfig::images(512, 512)
+                })
+            };
+            let sized = |source| PipelineConfig {
+                batch_size: 24,
+                ..config(source, 2, energy_graph())
+            };
+            for run in 0..6 {
+                match ami_tasks::run(ctx, &sized(source()), None, &mut GiveUp) {
+                    Err(PipelineError::Config(message)) if message.contains("gives up") => {}
+                    other => return Err(TaskError::msg(format!("run {run}: {other:?}"))),
+                }
+            }
+            let summary = ami_tasks::run(ctx, &sized(source()), None, &mut Collect::default())?;
+            check(summary.events == 240, format!("after the failed runs: {} events", summary.events))
+        }),
         case("a_tuned_batch_size_gives_the_same_results", |ctx| {
             // As fast as the sources go, the tuner measures batches of 16 for 0.4 s, then probes
             // 32 or 8: rounds of several sizes, whichever it keeps.

@@ -157,6 +157,20 @@ impl TaskContext {
         }
     }
 
+    /// Waits until every operation this task launched so far has finished (an execution fence):
+    /// for a task that stops using its launches' results part-way, before it frees what they use.
+    pub fn wait_for_launched(&self) -> Result<()> {
+        self.check_can_launch()?;
+        // SAFETY: runtime and context are the running task's; the fence's future is waited on
+        // and released here.
+        unsafe {
+            let fence = raw::legion_runtime_issue_execution_fence(self.runtime, self.context);
+            raw::legion_future_get_void_result(fence);
+            raw::legion_future_destroy(fence);
+        }
+        Ok(())
+    }
+
     /// Launches one task per point; results arrive in the returned future map.
     pub fn execute_index<A, R>(&self, launcher: &IndexLauncher<'_, A, R>) -> Result<FutureMap<R>> {
         self.check_can_launch()?;
