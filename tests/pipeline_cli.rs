@@ -249,6 +249,13 @@ fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_
         used.contains(&31) && used.iter().all(|s| ladder.contains(s)),
         "rounds of {used:?} frames"
     );
+    // Where the tuner spent the run: every round, at one of those sizes.
+    let by_size = summary["rounds_by_batch_size"].as_object().unwrap();
+    let mut sizes: Vec<u64> = by_size.keys().map(|s| s.parse().unwrap()).collect();
+    sizes.sort_unstable();
+    let rounds: u64 = by_size.values().map(|r| r.as_u64().unwrap()).sum();
+    assert_eq!(sizes, used, "{summary}");
+    assert_eq!(rounds, summary["rounds"].as_u64().unwrap(), "{summary}");
     for taken in stderr.lines().filter_map(|l| l.split("batch size ").nth(1)) {
         let to: u64 = taken
             .split(" -> ")

@@ -142,6 +142,7 @@ fn throughput(
         steady: timing.steady_rate().unwrap_or(rate),
         events: summary.events,
         final_batch: summary.batch_size,
+        rounds_by_batch: rounds_by_batch(&summary.rounds_by_batch_size),
         cpu: CpuPerEvent::of(&summary, process_cpu.and_then(|t| t.try_elapsed().ok())),
     })
 }
@@ -160,7 +161,21 @@ struct Throughput {
     events: u64,
     /// The batch size in use at the end.
     final_batch: usize,
+    /// The share of the rounds at each batch size, e.g. `2: 91%, 1: 3%, 4: 3%, 16: 3%`.
+    rounds_by_batch: String,
     cpu: CpuPerEvent,
+}
+
+/// Shares of the rounds by batch size, the most used first.
+fn rounds_by_batch(rounds: &std::collections::BTreeMap<usize, u64>) -> String {
+    let total = rounds.values().sum::<u64>().max(1) as f64;
+    let mut shares: Vec<(usize, u64)> = rounds.iter().map(|(&size, &n)| (size, n)).collect();
+    shares.sort_by_key(|&(size, n)| (std::cmp::Reverse(n), size));
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|&(size, n)| format!("{size}: {:.0}%", 100.0 * n as f64 / total))
+        .collect();
+    shares.join(", ")
 }
 
 /// Where an event's CPU went: the sources' and workers' own work, and the whole process's (the
@@ -316,10 +331,10 @@ fn main() {
             let source = SyntheticConfig { frames: Some(tuned_images), rate_hz: None, ..SyntheticConfig::images(512, 512) };
             let (start, largest) =
                 automatic_tuned_batch(ami_tasks::source::max_frame_bytes(&SourceConfig::Synthetic(source.clone()))? as usize);
-            let Throughput { rate, steady, events, final_batch, cpu } =
+            let Throughput { rate, steady, events, final_batch, rounds_by_batch, cpu } =
                 throughput(ctx, source, roi_graph(), partitions, Batch::Tuned { start, largest })?;
             println!(
-                "  tuned from {start}: {rate:>9.0} frames/s ({events} frames; {steady:.0}/s after start-up; batches of up to {largest}, {final_batch} at the end{cpu})"
+                "  tuned from {start}: {rate:>9.0} frames/s ({events} frames; {steady:.0}/s after start-up; batches of up to {largest}, {final_batch} at the end; rounds by batch {rounds_by_batch}{cpu})"
             );
         }
         // Latency: a live source (2 kHz scalars, 20 bins/s) whose time stamps are Unix times and

@@ -10,7 +10,7 @@
 //! once per several rounds; while they keep up with a live stream, every round is reduced and
 //! bins are published without delay.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
@@ -359,10 +359,11 @@ pub struct RunSummary {
     pub incidents_total: u64,
     pub sources: BTreeMap<usize, (SourcePosition, SourceStats)>,
     pub graph_version: u64,
-    /// The batch size in use at the end (the tuner's choice, when it tunes), and every size rounds
-    /// were launched with (probes included).
+    /// The batch size in use at the end (the tuner's choice, when it tunes).
     pub batch_size: usize,
-    pub batch_sizes: BTreeSet<usize>,
+    /// How many rounds were launched at each batch size (the tuner's probes included): where the
+    /// tuner spent the run.
+    pub rounds_by_batch_size: BTreeMap<usize, u64>,
     /// Where the pipeline's tasks ran (task → address spaces), over the whole run.
     pub ran_on: RanOn,
     /// On which kinds of processor (task kind → processor kinds), over the whole run.
@@ -773,7 +774,7 @@ fn run_on_stores(
         }
         let buffer = (round % config.buffers as u64) as usize;
         let batch_size = tuner.size();
-        summary.batch_sizes.insert(batch_size);
+        *summary.rounds_by_batch_size.entry(batch_size).or_default() += 1;
         tuner.launched(round);
         pace.launched(round, (config.partitions * batch_size) as u64);
         for (p, unreduced) in unreduced.iter_mut().enumerate() {

@@ -480,8 +480,10 @@ fn main() -> ExitCode {
             let summary = ami_tasks::run(ctx, &tuned_config, None, &mut tuned)?;
             let ladder = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
             check(
-                summary.batch_sizes.len() > 1 && summary.batch_sizes.iter().all(|s| ladder.contains(s)),
-                format!("rounds of {:?} frames", summary.batch_sizes),
+                summary.rounds_by_batch_size.len() > 1
+                    && summary.rounds_by_batch_size.keys().all(|s| ladder.contains(s))
+                    && summary.rounds_by_batch_size.values().sum::<u64>() == summary.rounds,
+                format!("rounds by batch size: {:?}", summary.rounds_by_batch_size),
             )?;
             same_bins(&fixed.bins, &tuned.bins, 4_000)
         }),
