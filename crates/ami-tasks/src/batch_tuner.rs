@@ -389,6 +389,22 @@ mod tests {
         per_second
     }
 
+    /// Drives a tuner for `seconds` as [`drive`] does; returns, per round reported, whether it
+    /// ran at another size than `kept`.
+    fn probing(tuner: &mut BatchTuner, seconds: u64, kept: usize, rate: impl Fn(usize) -> f64) -> Vec<bool> {
+        let mut probing = Vec::new();
+        drive(tuner, seconds, |s, _| {
+            probing.push(s != kept);
+            rate(s)
+        });
+        probing
+    }
+
+    /// The share of `true` in `part`.
+    fn share(part: &[bool]) -> f64 {
+        part.iter().filter(|&&p| p).count() as f64 / part.len() as f64
+    }
+
     #[test]
     fn the_ladder_doubles_from_an_eighth_of_the_initial_size_to_the_largest() {
         assert_eq!(BatchTuner::new(2, 32).ladder, vec![1, 2, 4, 8, 16, 32]);
@@ -420,17 +436,7 @@ mod tests {
     #[test]
     fn probes_grow_rarer_while_the_size_in_use_stays_best() {
         let mut tuner = BatchTuner::new(2, 64);
-        let mut probing = Vec::new();
-        // Rates are computed per round reported; count those of rounds at another size.
-        drive(&mut tuner, 120, |s, _| {
-            probing.push(s != 2);
-            if s == 2 {
-                17_400.0
-            } else {
-                15_600.0
-            }
-        });
-        let share = |part: &[bool]| part.iter().filter(|&&p| p).count() as f64 / part.len() as f64;
+        let probing = probing(&mut tuner, 120, 2, |s| if s == 2 { 17_400.0 } else { 15_600.0 });
         let (first, last) = (share(&probing[..2_000]), share(&probing[probing.len() - 6_000..]));
         assert!(
             last < 0.08 && last < first,
@@ -519,14 +525,11 @@ mod tests {
     #[test]
     fn probes_of_the_initial_size_cost_little_while_another_size_is_best() {
         let mut tuner = BatchTuner::new(2, 32);
-        let mut probing = Vec::new();
-        drive(&mut tuner, 120, |s, _| {
-            probing.push(s != 32);
+        let probing = probing(&mut tuner, 120, 32, |s| {
             [8_600.0, 9_300.0, 12_000.0, 14_800.0, 17_200.0, 20_500.0][s.trailing_zeros() as usize]
         });
-        let last_minute = &probing[probing.len() - 6_000..];
-        let share = last_minute.iter().filter(|&&p| p).count() as f64 / last_minute.len() as f64;
-        assert!(share < 0.08, "probing {share:.3} of the last 60 s");
+        let last = share(&probing[probing.len() - 6_000..]);
+        assert!(last < 0.08, "probing {last:.3} of the last 60 s");
     }
 
     #[test]
