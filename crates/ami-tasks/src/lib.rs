@@ -27,6 +27,7 @@ pub mod graph;
 pub mod graph_manager;
 pub mod health;
 pub mod incident_log;
+mod json_values;
 pub mod metrics;
 pub mod monitor;
 pub mod pipeline;

@@ -185,29 +185,8 @@ pub struct EmittedBin {
     pub bin: u64,
     pub graph_version: u64,
     pub events: u64,
-    #[serde(with = "json_text")]
+    #[serde(with = "crate::json_values")]
     pub values: BTreeMap<String, Value>,
-}
-
-/// Task results travel as bincode, which cannot carry self-describing JSON values: they travel
-/// as JSON text instead.
-mod json_text {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(values: &BTreeMap<String, Value>, serializer: S) -> Result<S::Ok, S::Error> {
-        let text: BTreeMap<&String, String> = values.iter().map(|(k, v)| (k, v.to_string())).collect();
-        text.serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, Value>, D::Error> {
-        let text = BTreeMap::<String, String>::deserialize(deserializer)?;
-        text.into_iter()
-            .map(|(k, v)| serde_json::from_str(&v).map(|v| (k, v)).map_err(serde::de::Error::custom))
-            .collect()
-    }
 }
 
 /// The global reducer's state, carried from one invocation to the next through its future.
