@@ -295,10 +295,8 @@ impl BatchTuner {
         let reach = if self.cycles % 3 == 0 { FAR } else { 1 };
         // Alternate which side is probed first, so that neither is favoured.
         let up_first = self.cycles % 2 == 0;
-        // The initial size was probed already when the cycle started away from it.
-        let probed = |rung: &usize| *rung != self.home;
-        let first = self.rung_towards(up_first, reach, now).filter(probed);
-        match first.or_else(|| self.rung_towards(!up_first, reach, now).filter(probed)) {
+        let first = self.cycle_rung(up_first, reach, now);
+        match first.or_else(|| self.cycle_rung(!up_first, reach, now)) {
             Some(rung) => self.probe(rung, reference, Otherwise::OtherSide),
             None => self.end_cycle(now),
         }
@@ -312,7 +310,7 @@ impl BatchTuner {
             Otherwise::OtherSide => {
                 let up = rung > self.current;
                 let reach = rung.abs_diff(self.current);
-                match self.rung_towards(!up, reach, now).filter(|&other| other != self.home) {
+                match self.cycle_rung(!up, reach, now) {
                     Some(other) => self.probe(other, reference, Otherwise::EndCycle),
                     None => self.end_cycle(now),
                 }
@@ -332,6 +330,12 @@ impl BatchTuner {
         };
         let shunned = self.shunned_until[rung].is_some_and(|until| now < until);
         (rung != self.current && !shunned).then_some(rung)
+    }
+
+    /// [`rung_towards`](Self::rung_towards) for the cycle's own probes, which leave out the initial
+    /// size: a cycle probed it already when it started away from it.
+    fn cycle_rung(&self, up: bool, reach: usize, now: Instant) -> Option<usize> {
+        self.rung_towards(up, reach, now).filter(|&rung| rung != self.home)
     }
 
     fn probe(&mut self, rung: usize, reference: f64, otherwise: Otherwise) {

@@ -36,7 +36,8 @@ use crate::source::{SourceConfig, SourcePosition, SourceStats, SyntheticConfig};
 use crate::stores::{bad_graph_key, buffer_prefix, graph_key, source_prefix, StoreSizes, Stores, BUILTIN_GRAPH_KEY, GRAPH_VERSION_KEY};
 use crate::task_cpu::TaskCpu;
 use crate::tasks::{
-    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, ProcessorsUsed, RanOn, SourceArgs, WorkerArgs,
+    merge_by_task, tasks, GlobalArgs, GlobalReport, GraphFailure, PartialReport, PipelineTasks, ProcessorsUsed, RanOn, SourceArgs,
+    WorkerArgs,
 };
 use crate::PipelineError;
 
@@ -624,7 +625,7 @@ pub fn run(
 ) -> Result<RunSummary, PipelineError> {
     config.validate()?;
     // Unregistered tasks fail the run before anything is made.
-    tasks()?;
+    let tasks = tasks()?;
     crate::tasks::reset_process_state();
     let sizes = StoreSizes {
         partitions: config.partitions,
@@ -635,7 +636,7 @@ pub fn run(
         result_keys: config.retained_bins as usize * MAX_RESULTS,
     };
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
-    let result = run_on_stores(ctx, config, data_dir, observer, &stores, &loaded);
+    let result = run_on_stores(ctx, config, data_dir, observer, tasks, &stores, &loaded);
     // A run that failed part-way leaves rounds in flight, and they use this process's open
     // sources and graph cache: they finish before those are forgotten, or they would carry into
     // the next run of the process.
@@ -655,10 +656,10 @@ fn run_on_stores(
     config: &PipelineConfig,
     data_dir: Option<&Path>,
     observer: &mut dyn Observer,
+    tasks: &PipelineTasks,
     stores: &Stores,
     loaded: &[kv_region::LoadStats],
 ) -> Result<RunSummary, PipelineError> {
-    let tasks = tasks()?;
     for stats in loaded {
         for warning in &stats.warnings {
             tracing::warn!(component = "stores", segment = %stats.prefix, "{warning}");
