@@ -260,6 +260,7 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "ran_on": summary.ran_on,
         "processors": summary.processors,
         "task_cpu_ns": { "source": summary.task_cpu.source_ns, "worker": summary.task_cpu.worker_ns },
+        "process_cpu_ns": summary.process_cpu_ns,
         "placement_installed": legion_bridge::mapper::is_installed(),
         "mapper": {
             "placed_tasks": mapper.placed_tasks,

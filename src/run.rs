@@ -432,8 +432,8 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             format!(", {} graph failures (reverted)", summary.graph_failures.len())
         }
     );
-    if let Some(costs) = summary.task_cpu.per_event_text(summary.events) {
-        eprintln!("ami2: CPU: {costs} (their task bodies; the reducers' and the runtime's work is not in it)");
+    if let Some(costs) = summary.cpu_per_event_text() {
+        eprintln!("ami2: CPU: {costs}");
     }
     // The sources' state at their last batch: how far behind their stream they ended.
     if let Some((_, ms)) =

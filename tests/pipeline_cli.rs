@@ -24,16 +24,38 @@ fn total_events(bins: &[Value]) -> u64 {
 }
 
 #[test]
-fn run_synthetic_publishes_every_event_in_consecutive_bins() {
-    let out = ami2(&with_legion(&["run", "--frames", "2000", "--partitions", "2", "--json"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn run_synthetic_publishes_every_event_in_consecutive_bins_and_says_where_the_cpu_went() {
+    let summary = scratch("run-synthetic").join("summary.json");
+    let out = ami2(&with_legion(&[
+        "run",
+        "--frames",
+        "2000",
+        "--partitions",
+        "2",
+        "--json",
+        "--summary",
+        summary.to_str().unwrap(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     let bins = bins(&out);
     assert_eq!(total_events(&bins), 2000);
     let numbers: Vec<u64> = bins.iter().map(|b| b["bin"].as_u64().unwrap()).collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "bins not consecutive: {numbers:?}");
     // The default graph's results are in every bin.
     assert!(bins.iter().all(|b| b["values"].get("energy_hist").is_some()), "{:?}", bins[0]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("2000 events"));
+    assert!(stderr.contains("2000 events"), "{stderr}");
+    // Where the CPU went: the sources' and workers' bodies are part of the process's time, and
+    // both are said.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let ns = |v: &Value| v.as_u64().unwrap_or(0);
+    let bodies = ns(&summary["task_cpu_ns"]["source"]) + ns(&summary["task_cpu_ns"]["worker"]);
+    assert!(bodies > 0 && bodies <= ns(&summary["process_cpu_ns"]), "{summary}");
+    let cpu_line = stderr.lines().find(|l| l.starts_with("ami2: CPU: ")).unwrap_or_default();
+    assert!(
+        cpu_line.contains(" µs in the workers ") && cpu_line.contains(" µs in all "),
+        "{stderr}"
+    );
 }
 
 #[test]

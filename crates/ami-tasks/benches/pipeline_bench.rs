@@ -134,7 +134,6 @@ fn throughput(
     };
     let mut timing = Timing::new(None);
     let started = Instant::now();
-    let process_cpu = cpu_time::ProcessTime::try_now().ok();
     let summary = ami_tasks::run(ctx, &config, None, &mut timing)?;
     let rate = summary.events as f64 / started.elapsed().as_secs_f64();
     Ok(Throughput {
@@ -143,7 +142,7 @@ fn throughput(
         events: summary.events,
         final_batch: summary.batch_size,
         rounds_by_batch: rounds_by_batch(&summary.rounds_by_batch_size),
-        cpu: CpuPerEvent::of(&summary, process_cpu.and_then(|t| t.try_elapsed().ok())),
+        cpu: CpuPerEvent::of(&summary),
     })
 }
 
@@ -183,13 +182,13 @@ fn rounds_by_batch(rounds: &std::collections::BTreeMap<usize, u64>) -> String {
 struct CpuPerEvent(Option<(f64, f64, f64)>);
 
 impl CpuPerEvent {
-    fn of(summary: &ami_tasks::RunSummary, process: Option<Duration>) -> Self {
+    fn of(summary: &ami_tasks::RunSummary) -> Self {
         CpuPerEvent(
             summary
                 .task_cpu
                 .per_event_us(summary.events)
-                .zip(process)
-                .map(|((source, worker), process)| (source, worker, process.as_secs_f64() * 1e6 / summary.events as f64)),
+                .filter(|_| summary.process_cpu_ns > 0)
+                .map(|(source, worker)| (source, worker, summary.process_cpu_ns as f64 / 1e3 / summary.events as f64)),
         )
     }
 }

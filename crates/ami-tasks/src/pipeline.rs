@@ -371,6 +371,26 @@ pub struct RunSummary {
     pub processors: ProcessorsUsed,
     /// CPU time of the sources' and workers' own work over the run (the runtime's is not in it).
     pub task_cpu: TaskCpu,
+    /// CPU time of the driver's whole process over the run, every thread: the tasks, the
+    /// reducers, the driver and the runtime (of a run of several processes, the driver's only;
+    /// 0 where the platform has no process clock). What exceeds `task_cpu` is the runtime's and
+    /// the reducers' share.
+    pub process_cpu_ns: u64,
+}
+
+impl RunSummary {
+    /// Microseconds of CPU per event in the sources, the workers and the driver's whole process,
+    /// in words (`ami2 run` prints it); `None` before any event.
+    pub fn cpu_per_event_text(&self) -> Option<String> {
+        let tasks = self.task_cpu.per_event_text(self.events)?;
+        Some(match self.process_cpu_ns {
+            0 => format!("{tasks} (their task bodies)"),
+            all => format!(
+                "{tasks} (their task bodies), {:.1} µs in all (the whole process: the reducers, the driver and the runtime too)",
+                all as f64 / 1e3 / self.events as f64
+            ),
+        })
+    }
 }
 
 /// Checks `spec` and installs it as the next graph version (graph document and current version in
@@ -635,6 +655,7 @@ pub fn run(
         chunk_bytes: config.chunk_bytes,
         result_keys: config.retained_bins as usize * MAX_RESULTS,
     };
+    let process_cpu = crate::task_cpu::ProcessCpuStopwatch::start();
     let (stores, loaded) = Stores::create(ctx, &sizes, data_dir)?;
     let result = run_on_stores(ctx, config, data_dir, observer, tasks, &stores, &loaded);
     // A run that failed part-way leaves rounds in flight, and they use this process's open
@@ -647,7 +668,10 @@ pub fn run(
     // whether the run ended well or not.
     stores.destroy(ctx);
     crate::tasks::reset_process_state();
-    result
+    result.map(|summary| RunSummary {
+        process_cpu_ns: process_cpu.elapsed_ns(),
+        ..summary
+    })
 }
 
 /// [`run`]'s body, on the stores it made (`loaded`: what they reloaded from `data_dir`).
@@ -1067,5 +1091,32 @@ mod tests {
             ..PipelineConfig::default()
         };
         assert!(matches!(config.validate(), Err(PipelineError::Config(m)) if m.contains("at least 1 round")));
+    }
+
+    #[test]
+    fn the_cpu_per_event_names_the_task_bodies_and_the_whole_process() {
+        let summary = RunSummary {
+            events: 4,
+            task_cpu: TaskCpu {
+                source_ns: 4_000,
+                worker_ns: 10_000,
+            },
+            process_cpu_ns: 30_000,
+            ..RunSummary::default()
+        };
+        assert_eq!(
+            summary.cpu_per_event_text().as_deref(),
+            Some(
+                "1.0 µs per event in the data sources, 2.5 µs in the workers (their task bodies), 7.5 µs in all \
+                 (the whole process: the reducers, the driver and the runtime too)"
+            )
+        );
+        // Without a process clock, the bodies alone; before any event, nothing.
+        let no_clock = RunSummary {
+            process_cpu_ns: 0,
+            ..summary.clone()
+        };
+        assert!(no_clock.cpu_per_event_text().is_some_and(|t| t.ends_with("(their task bodies)")));
+        assert_eq!(RunSummary { events: 0, ..summary }.cpu_per_event_text(), None);
     }
 }

@@ -2,8 +2,10 @@
 //! analysing them (the workers). Each task measures the CPU time of the thread that runs its
 //! body, so a source waiting for data costs nothing, and the runtime's work around the tasks
 //! (mapping, dependence analysis, moving futures) is left out: what the process spends beyond
-//! these two is the reducers', the driver's and the runtime's. The totals travel with the reports to the driver, which sums them
-//! into [`crate::RunSummary::task_cpu`] and the `ami2_task_cpu_nanoseconds_total` metric.
+//! these two is the reducers', the driver's and the runtime's. The totals travel with the reports
+//! to the driver, which sums them into [`crate::RunSummary::task_cpu`] and the
+//! `ami2_task_cpu_nanoseconds_total` metric; the run measures its whole process too
+//! ([`ProcessCpuStopwatch`], [`crate::RunSummary::process_cpu_ns`]), for the runtime's share.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,11 +54,29 @@ impl CpuStopwatch {
 
     /// Nanoseconds of this thread's CPU time since the start.
     pub fn elapsed_ns(&self) -> u64 {
-        self.0
-            .as_ref()
-            .and_then(|start| start.try_elapsed().ok())
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        nanos(self.0.as_ref().and_then(|start| start.try_elapsed().ok()))
     }
+}
+
+/// The CPU time of the whole process (every thread) from [`start`](Self::start) on.
+#[derive(Debug)]
+pub struct ProcessCpuStopwatch(Option<cpu_time::ProcessTime>);
+
+impl ProcessCpuStopwatch {
+    pub fn start() -> Self {
+        // Without a process clock the cost reads zero: it is a report, not a reason to fail a run.
+        ProcessCpuStopwatch(cpu_time::ProcessTime::try_now().ok())
+    }
+
+    /// Nanoseconds of the process's CPU time since the start.
+    pub fn elapsed_ns(&self) -> u64 {
+        nanos(self.0.as_ref().and_then(|start| start.try_elapsed().ok()))
+    }
+}
+
+/// `elapsed` in nanoseconds; 0 when there is no clock.
+fn nanos(elapsed: Option<std::time::Duration>) -> u64 {
+    elapsed.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
