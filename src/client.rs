@@ -152,7 +152,7 @@ pub fn graph(command: GraphCommand) -> Result<()> {
                 Some(version) => (version, graph_versions::kept_graph_or_why(&client, version)?),
             };
             eprintln!("graph version {version}");
-            println!("{}", serde_json::to_string_pretty(&graph)?);
+            outln!("{}", serde_json::to_string_pretty(&graph)?);
             Ok(())
         }
         GraphCommand::Edit(args) => edit(args),
@@ -186,7 +186,7 @@ fn retried_on_conflict(mut attempt: impl FnMut() -> Result<Answer>) -> Result<()
 fn report(answer: Answer) -> Result<()> {
     match answer {
         Answer::Accepted(a) => {
-            println!("accepted, version {}", a.version);
+            outln!("accepted, version {}", a.version);
             Ok(())
         }
         Answer::Rejected(r) => {
@@ -271,16 +271,18 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
 /// reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
     let mut client = args.connect.client(Role::Subscriber)?;
-    // With no names, follow the graph: its results now, and those of each new version.
+    // With no names, follow the graph the workers run: its results now, and those of each new
+    // version (or of the version they revert to when one fails at run time).
     let mut followed = None;
     let names = if args.results.is_empty() {
-        let (version, names) = graph_results(&client)?;
-        if names.is_empty() {
-            bail!("graph version {version} publishes no results: name the results to follow");
+        let graph = GraphInEffect::ask(&client)?;
+        if graph.running == Some(graph.current) && graph.names.is_empty() {
+            bail!("graph version {} publishes no results: name the results to follow", graph.current);
         }
-        eprintln!("ami2 watch: the results of graph version {version}: {}", names.join(", "));
+        eprintln!("ami2 watch: {}", graph.describe());
+        let names = graph.names.clone();
         followed = Some(FollowedGraph {
-            version,
+            graph,
             checked: Instant::now(),
         });
         names
@@ -291,12 +293,15 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     let mut rows = args.table.then(|| TableRows::new(&names));
     let mut seen = 0;
     while args.count.is_none_or(|n| seen < n) {
-        if let Some((version, names)) = followed.as_mut().and_then(|graph| graph.changed(&client)) {
-            eprintln!("ami2 watch: graph version {version}: {}", names.join(", "));
+        if let Some(graph) = followed.as_mut().and_then(|graph| graph.changed(&client)) {
+            eprintln!("ami2 watch: {}", graph.describe());
+            let names = graph.names;
             client.unsubscribe(None)?;
             subscribe(&client, &names)?;
             if let Some(rows) = &mut rows {
-                rows.follow(&names).iter().for_each(|line| println!("{line}"));
+                for line in rows.follow(&names) {
+                    outln!("{line}");
+                }
             }
         }
         match client.next_event(GRAPH_CHECK_INTERVAL) {
@@ -306,12 +311,12 @@ pub fn watch(args: WatchArgs) -> Result<()> {
                         if args.count.is_some_and(|n| seen >= n) {
                             break;
                         }
-                        println!("{line}");
+                        outln!("{line}");
                         seen += u64::from(!line.starts_with('\n'));
                     }
                 }
                 None => {
-                    println!("{}", serde_json::to_string(&bin)?);
+                    outln!("{}", serde_json::to_string(&bin)?);
                     seen += 1;
                 }
             },
@@ -326,42 +331,90 @@ pub fn watch(args: WatchArgs) -> Result<()> {
 }
 
 fn subscribe(client: &BlockingClient, names: &[String]) -> Result<()> {
-    client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    if !names.is_empty() {
+        client.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
     Ok(())
 }
 
 /// How often `ami2 watch` without names asks whether the graph changed.
 const GRAPH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The graph `ami2 watch` without names follows: the version it knows, and when it last asked.
+/// The graph `ami2 watch` without names follows: the graph it knows, and when it last asked.
 struct FollowedGraph {
-    version: u64,
+    graph: GraphInEffect,
     checked: Instant,
 }
 
 impl FollowedGraph {
-    /// The new version and its results, when the graph changed since it was last asked (at most
-    /// once per [`GRAPH_CHECK_INTERVAL`]).
-    fn changed(&mut self, client: &BlockingClient) -> Option<(u64, Vec<String>)> {
+    /// The graph in effect now, when it changed since it was last asked (at most once per
+    /// [`GRAPH_CHECK_INTERVAL`]).
+    fn changed(&mut self, client: &BlockingClient) -> Option<GraphInEffect> {
         if self.checked.elapsed() < GRAPH_CHECK_INTERVAL {
             return None;
         }
         self.checked = Instant::now();
         // While the service restarts the question may fail: the next check asks again.
-        let (version, names) = graph_results(client)
+        let graph = GraphInEffect::ask(client)
             .map_err(|err| tracing::debug!("asking for the graph: {err:#}"))
             .ok()?;
-        (version != self.version).then(|| {
-            self.version = version;
-            (version, names)
+        let changed = (graph.current, graph.running) != (self.graph.current, self.graph.running);
+        changed.then(|| {
+            self.graph = graph.clone();
+            graph
         })
     }
 }
 
-/// The current graph's version and the names of its results.
-fn graph_results(client: &BlockingClient) -> Result<(u64, Vec<String>)> {
-    let (version, graph) = client.graph()?;
-    Ok((version, graph_versions::result_names(&graph)))
+/// The graph whose results are published: the current version, unless it failed at run time,
+/// then the version the workers reverted to (its own failure followed in turn), or none.
+#[derive(Clone, Debug)]
+struct GraphInEffect {
+    current: u64,
+    /// `None` when no graph works on the events (none is published).
+    running: Option<u64>,
+    /// The results of `running`.
+    names: Vec<String>,
+}
+
+impl GraphInEffect {
+    fn ask(client: &BlockingClient) -> Result<GraphInEffect> {
+        let (current, graph) = client.graph()?;
+        let mut running = Some(current);
+        // A failed version names the one the workers ran instead (`reverted_to`); the chain is
+        // short, but is cut at the versions the service keeps.
+        for _ in 0..ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS {
+            let Some(version) = running else { break };
+            match client.get_key(&ami_tasks::stores::bad_graph_key(version))? {
+                Some(failure) => running = failure["reverted_to"].as_u64(),
+                None => break,
+            }
+        }
+        let names = match running {
+            Some(version) if version == current => graph_versions::result_names(&graph),
+            Some(version) => graph_versions::result_names(&graph_versions::kept_graph_or_why(client, version)?),
+            None => Vec::new(),
+        };
+        Ok(GraphInEffect { current, running, names })
+    }
+
+    /// What `ami2 watch` says when it starts following this graph.
+    fn describe(&self) -> String {
+        match self.running {
+            Some(version) if version == self.current => {
+                format!("the results of graph version {version}: {}", self.names.join(", "))
+            }
+            Some(version) => format!(
+                "graph version {} failed at run time (`ami2 graph history`); the workers run version {version}: {}",
+                self.current,
+                self.names.join(", ")
+            ),
+            None => format!(
+                "graph version {} failed at run time and no earlier graph works: nothing is published until a graph that works is sent",
+                self.current
+            ),
+        }
+    }
 }
 
 /// Bins a live table has not printed yet, by bin: the results of one bin arrive one by one.
@@ -437,7 +490,7 @@ impl TableRows {
 pub fn get(args: GetArgs) -> Result<()> {
     match args.connect.client(Role::Subscriber)?.get_key(&args.key)? {
         Some(value) => {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
         None => bail!("no key {}", args.key),
@@ -447,14 +500,14 @@ pub fn get(args: GetArgs) -> Result<()> {
 pub fn status(args: StatusArgs) -> Result<()> {
     let status = args.connect.client(Role::Subscriber)?.status()?;
     let Some(max_quiet) = args.check else {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     };
     let health: ami_tasks::health::HealthSnapshot =
         serde_json::from_value(status["health"].clone()).context("the status answer has no heartbeats")?;
     match health.quiet_ms() {
         Some(quiet) if quiet as f64 <= max_quiet * 1000.0 => {
-            println!(
+            outln!(
                 "healthy: last pipeline report {quiet} ms ago, graph version {}",
                 status["graph_version"]
             );

@@ -63,7 +63,7 @@ pub fn print_history(count: u64, client: &BlockingClient) -> Result<()> {
             let message = failure["message"].as_str().unwrap_or("(no message)");
             line += &format!("; failed at run time, reverted by the workers: {message}");
         }
-        println!("{line}");
+        outln!("{line}");
     }
     if listed.len() < count as usize && listed.len() < current as usize {
         eprintln!(

@@ -256,6 +256,8 @@ pub fn write_summary(path: &Path, summary: &ami_tasks::RunSummary, seconds: f64)
         "late_partials": summary.late_partials,
         "bins_dropped_early": summary.bins_dropped_early,
         "graph_version": summary.graph_version,
+        "graph_failures": summary.graph_failures,
+        "incidents_total": summary.incidents_total,
         "seconds": seconds,
         "ran_on": summary.ran_on,
         "processors": summary.processors,

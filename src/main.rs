@@ -3,6 +3,14 @@
 //! Subcommands start the service or talk to it; `ami2 doctor` checks that the Legion runtime
 //! works on this machine.
 
+/// `println!` that returns the error instead of panicking when stdout is closed, so that a
+/// client command piped into `head` ends quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod client;
 mod cron;
 mod doctor;
@@ -86,7 +94,7 @@ fn main() -> Result<()> {
         // Under `ami2 launch`, a process that starts Legion tells the launcher it joined the run.
         launch::signal_readiness()?;
     }
-    match cli.command {
+    let done = match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::Run(args) if args.supervise => supervise::supervise(std::env::args().skip(1).filter(|a| a != "--supervise").collect()),
         Command::Run(args) => run::run(args, false),
@@ -102,5 +110,16 @@ fn main() -> Result<()> {
         Command::Status(args) => client::status(args),
         Command::Cron(command) => cron::cron(command),
         Command::Launch(args) => launch::launch(args, &cli.log),
+    };
+    // A reader that stopped reading (`ami2 watch | head`) ends the command, quietly.
+    match done {
+        Err(err) if is_broken_pipe(&err) => Ok(()),
+        done => done,
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -429,7 +429,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         if summary.graph_failures.is_empty() {
             String::new()
         } else {
-            format!(", {} graph failures (reverted)", summary.graph_failures.len())
+            format!(
+                ", {} graph versions failed at run time (`ami2 graph history`)",
+                summary.graph_failures.len()
+            )
         }
     );
     if let Some(costs) = summary.cpu_per_event_text() {

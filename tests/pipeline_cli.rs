@@ -232,6 +232,95 @@ fn a_built_in_graph_stays_when_a_restart_sees_no_frame() {
     assert!(stderr.contains("is not fitted again"), "{stderr}");
 }
 
+/// `ami2 daq-sim` filling ring `name` with `size`x`size` images at 500 frames/s, in the background.
+fn paced_daq_sim(name: &str, size: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args([
+            "daq-sim",
+            "--name",
+            name,
+            "--frames",
+            "1000000",
+            "--rate",
+            "500",
+            "--image-size",
+            size,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daq-sim starts")
+}
+
+#[test]
+fn the_built_in_graph_is_fitted_again_when_the_frames_change_shape() {
+    // The detector is reconfigured while the service runs: its producer restarts with 32x32
+    // images instead of 64x64. The built-in graph fails on the new frames once, is fitted again
+    // to them, and the analysis goes on, rather than failing again on every batch.
+    let name = format!("ami2-cli-reshape-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let dir = scratch("reshape");
+    let summary = dir.join("summary.json");
+    let mut producer = paced_daq_sim(&name, "64");
+    let started = Instant::now();
+    while !ring.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source = format!("shm:{name}");
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--json",
+        "--seconds",
+        "8",
+        "--summary",
+        summary.to_str().unwrap(),
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&args))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ami2 run starts");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = producer.kill();
+    let _ = producer.wait();
+    let mut producer = paced_daq_sim(&name, "32");
+    let out = run.wait_with_output().unwrap();
+    let _ = producer.kill();
+    let _ = producer.wait();
+    let _ = std::fs::remove_file(&ring);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let bins = bins(&out);
+    let columns = |b: &Value| result(b, "cspad_columns")["mean"].as_array().unwrap().len();
+    let first = bins.first().unwrap_or_else(|| panic!("no bins: {stderr}"));
+    assert_eq!(
+        (first["graph_version"].as_u64(), columns(first)),
+        (Some(1), 64),
+        "bin {}",
+        first["bin"]
+    );
+    let last = bins.last().unwrap();
+    assert_eq!(
+        (last["graph_version"].as_u64(), columns(last)),
+        (Some(2), 32),
+        "bin {}\n{stderr}",
+        last["bin"]
+    );
+    let refitted = bins.iter().filter(|b| b["graph_version"] == 2).count();
+    assert!(refitted >= 20, "only {refitted} bins of the fitted graph\n{stderr}");
+    // One failure of version 1, one incident for it and one for the new fit: not one per batch.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let failures = summary["graph_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["version"], 1, "{failures:?}");
+    assert!(summary["incidents_total"].as_u64().unwrap() <= 3, "{summary}");
+    assert!(stderr.contains("fitted again to the source's frames, it is version 2"), "{stderr}");
+}
+
 #[test]
 fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_behind() {
     // The default stream's frames take about 130 KiB: an automatic batch starts at 31 of them,

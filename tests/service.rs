@@ -590,6 +590,92 @@ fn watch_without_names_follows_the_graph_as_it_changes() {
     let _ = watch.wait();
 }
 
+#[test]
+fn watch_ends_quietly_when_its_reader_stops_reading() {
+    // `ami2 watch energy_hist | head -1`: once `head` has gone, the next write fails.
+    use std::io::BufRead;
+    let dir = scratch("watch-broken-pipe");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let service = Service::start(&dir, &listen, &[]);
+    for table in [false, true] {
+        let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(["watch", "energy_hist"])
+            .args(table.then_some("--table"))
+            .env("AMI2_ADDR", &service.addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(watch.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(!first.is_empty(), "table {table}: {:?}", watch.wait_with_output().unwrap());
+        // The reader is gone: the pipe is closed.
+        let out = watch.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "table {table}: {} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "table {table}: {stderr}");
+    }
+}
+
+#[test]
+fn watch_without_names_follows_the_graph_the_workers_run_when_one_fails() {
+    use std::io::BufRead;
+    let dir = scratch("watch-failed-graph");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let service = Service::start(&dir, &listen, &[]);
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["watch", "--table"])
+        .env("AMI2_ADDR", &service.addr)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    for stream in [
+        Box::new(watch.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(watch.stderr.take().unwrap()),
+    ] {
+        let lines_tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+    }
+    let wait_for = |wanted: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if wanted(&line) {
+                return line;
+            }
+        }
+        panic!("no such line within 30 s");
+    };
+    let is_row = |l: &str| l.trim_start().starts_with(|c: char| c.is_ascii_digit());
+    let bin_of = |row: &str| row.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    let version_of = |row: &str| row.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap();
+    let before = wait_for(&is_row);
+    let good = version_of(&before);
+    // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
+    let broken = json!({"nodes": [{"id": "img", "op": "select", "params": {"field": "energy", "kind": "image"}},
+                                  {"id": "ghost", "op": "sum", "inputs": ["img"]}],
+                        "results": ["ghost"]});
+    let editor = client(&service.addr);
+    let failed = accepted(editor.submit_graph(&broken).unwrap());
+    // The table says what happened and goes on with the graph the workers went back to.
+    let notice = wait_for(&|l| l.contains("failed at run time"));
+    assert!(
+        notice.contains(&format!("graph version {failed} failed")) && notice.contains(&format!("run version {good}")),
+        "{notice}"
+    );
+    let later = wait_for(&|l| is_row(l) && bin_of(l) > bin_of(&before) + 40);
+    assert_eq!(version_of(&later), good, "{later}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
 /// Control keeps the last 64 graph versions: older documents are deleted, and a request based on
 /// a version no longer kept is a conflict (its changes since cannot be known).
 #[test]

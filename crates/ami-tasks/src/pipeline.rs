@@ -10,7 +10,7 @@
 //! once per several rounds; while they keep up with a live stream, every round is reduced and
 //! bins are published without delay.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
@@ -498,26 +498,66 @@ fn mark_failed_graphs(ctx: &TaskContext, stores: &Stores, failures: &[GraphFailu
             component = "driver",
             graph_version = failure.version,
             partition = failure.partition,
-            "graph failed at run time, reverting: {}",
+            reverted_to = failure.reverted_to,
+            "graph failed at run time: {}",
             failure.message
         );
         docs.push((
             bad_graph_key(failure.version),
-            json!({"graph_version": failure.version, "partition": failure.partition, "message": failure.message}),
+            json!({
+                "graph_version": failure.version,
+                "partition": failure.partition,
+                "message": failure.message,
+                "reverted_to": failure.reverted_to,
+            }),
         ));
+        let outcome = match failure.reverted_to {
+            Some(good) => format!("reverted to version {good}"),
+            None => "no earlier graph works on these events, which are not analysed until one that does is \
+                     installed (`ami2 graph submit FILE`, `ami2 graph revert N`)"
+                .to_string(),
+        };
         incidents.push(Incident::new(
             &format!("worker/{}", failure.partition),
             IncidentKind::GraphFailure,
             0,
-            format!(
-                "graph version {} failed, reverted to the last good graph: {}",
-                failure.version, failure.message
-            ),
+            format!("graph version {} failed: {}; {outcome}", failure.version, failure.message),
         ));
     }
     let refs: Vec<(&str, &Value)> = docs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     stores.control.put_many(ctx, &refs)?;
     Ok(incidents)
+}
+
+/// When the current graph is the service's built-in one and it failed at run time — frames of
+/// another shape: a detector reconfigured, a producer restarted with other images — fits it
+/// again to the frames the source gives now and installs that as a new version, as a restart
+/// would. Returns the incident that says so, or why not.
+fn refit_failed_builtin_graph(
+    ctx: &TaskContext,
+    stores: &Stores,
+    source: &SourceConfig,
+    failed: &[GraphFailure],
+) -> Result<Option<Incident>, PipelineError> {
+    let current = current_graph_version(ctx, stores)?;
+    let builtin = stores.control.get(ctx, BUILTIN_GRAPH_KEY)?.and_then(|v| v.as_u64());
+    if builtin != Some(current) || !failed.iter().any(|f| f.version == current) {
+        return Ok(None);
+    }
+    let message = match fitted_builtin_graph(source) {
+        Ok(spec) if stores.control.get(ctx, &graph_key(current))? == Some(serde_json::to_value(&spec).expect("a graph serializes")) => {
+            format!("the built-in graph (version {current}) failed; fitted again to the source's frames it is the same graph, so it stays failed")
+        }
+        Ok(spec) => {
+            let by = format!("the service (the built-in graph, fitted again to the source's frames after version {current} failed)");
+            let marked = |version| vec![Op::put_json(BUILTIN_GRAPH_KEY, &version)];
+            let version = install_graph_with(ctx, stores, &spec, &by, marked)?;
+            tracing::warn!(component = "driver", graph_version = version, "{by}");
+            format!("the built-in graph (version {current}) failed; fitted again to the source's frames, it is version {version}")
+        }
+        Err(why) => format!("the built-in graph (version {current}) failed and cannot be fitted again to the source's frames: {why}"),
+    };
+    Ok(Some(Incident::new("driver", IncidentKind::GraphFailure, 0, message)))
 }
 
 /// Snapshots Control and Results in the data directory; Control's logs keep only what the
@@ -741,16 +781,21 @@ fn run_on_stores(
     let groups = partition_groups(config.partitions);
 
     let mut last_snapshot = std::time::Instant::now();
+    let mut marked_bad: HashSet<u64> = HashSet::new();
     let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         incident_log.record(ctx, stores, report.incidents.clone(), summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
         incident_log.record(ctx, stores, monitor_incidents, summary)?;
         metrics.record(&report);
-        if !report.failures.is_empty() {
-            let incidents = mark_failed_graphs(ctx, stores, &report.failures)?;
+        // A version is marked and reported once per run: the workers of the rounds in flight
+        // may fail on it too.
+        let failures: Vec<GraphFailure> = report.failures.iter().filter(|f| marked_bad.insert(f.version)).cloned().collect();
+        if !failures.is_empty() {
+            let mut incidents = mark_failed_graphs(ctx, stores, &failures)?;
+            incidents.extend(refit_failed_builtin_graph(ctx, stores, &config.source, &failures)?);
             incident_log.record(ctx, stores, incidents, summary)?;
-            crate::incident_log::keep_newest(&mut summary.graph_failures, report.failures.iter().cloned());
+            crate::incident_log::keep_newest(&mut summary.graph_failures, failures);
         }
         summary.events = report.state.events;
         summary.bins_emitted = report.state.bins_emitted;

@@ -95,6 +95,8 @@ pub struct GraphFailure {
     pub version: u64,
     pub partition: usize,
     pub message: String,
+    /// The version the worker ran instead; `None` when no graph it had run worked on the batch.
+    pub reverted_to: Option<u64>,
 }
 
 /// Partial results of a worker (or a merge of several).
@@ -577,6 +579,20 @@ struct GraphCache {
     last_good: Option<(u64, Arc<CompiledGraph>)>,
 }
 
+impl GraphCache {
+    /// The last graph that worked, unless it failed since (frames of another shape can make any
+    /// graph fail: then none is left, rather than the failed one run again on every batch).
+    fn last_good(&self) -> Option<(u64, Arc<CompiledGraph>)> {
+        self.last_good.clone().filter(|(v, _)| !self.failed.contains(v))
+    }
+
+    /// Remembers that `version` failed at run time; returns the graph to run instead, if any.
+    fn fail(&mut self, version: u64) -> Option<(u64, Arc<CompiledGraph>)> {
+        self.failed.insert(version);
+        self.last_good()
+    }
+}
+
 static GRAPHS: OnceLock<Mutex<GraphCache>> = OnceLock::new();
 
 fn graph_cache() -> std::sync::MutexGuard<'static, GraphCache> {
@@ -606,7 +622,7 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
         cache.failed.insert(version);
     }
     if version == 0 || cache.failed.contains(&version) {
-        return Ok(cache.last_good.clone());
+        return Ok(cache.last_good());
     }
     if let Some(graph) = cache.compiled.get(&version) {
         return Ok(Some((version, graph.clone())));
@@ -635,7 +651,7 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
                 errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
             );
             cache.failed.insert(version);
-            Ok(cache.last_good.clone())
+            Ok(cache.last_good())
         }
     }
 }
@@ -687,68 +703,68 @@ fn stored_frames<'v>(view: &'v kv_region::view::View<&[u8]>) -> kv_region::KvRes
     Ok(frames)
 }
 
-/// What a worker made of a batch: events, partials, the failure of the current graph if any.
-type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Option<GraphFailure>);
+/// What a worker made of a batch: events, partials, and the graphs that failed on it (the
+/// current one, and the one it fell back to when that failed too).
+type Analysis = (u64, BTreeMap<(u64, u64), Partials>, Vec<GraphFailure>);
 
 /// Batches left unanalysed for want of a good graph: one warning per interval, not one per batch
 /// (thousands a second).
 static UNANALYSED: RateLimitedCount = RateLimitedCount::new(Duration::from_secs(10));
 
 /// Runs the graph over the buffer's frames; when it fails on an event, records the failure and
-/// runs the last good graph instead.
+/// runs the last good graph instead, and when that fails too, records it and analyses nothing.
 fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, args: &WorkerArgs) -> Analysis {
     let events = frames.len() as u64;
-    let Some((version, graph)) = graph else {
+    let mut failures: Vec<GraphFailure> = Vec::new();
+    let mut next = graph;
+    while let Some((version, graph)) = next.take() {
+        match run_graph(&graph, version, frames, args.bin_width_ns) {
+            Ok(bins) => {
+                if let Some(failure) = failures.last_mut() {
+                    failure.reverted_to = Some(version);
+                }
+                graph_cache().last_good = Some((version, graph));
+                for (&(bin, graph_version), partials) in &bins {
+                    tracing::debug!(
+                        component = "worker",
+                        partition = args.partition,
+                        bin,
+                        graph_version,
+                        events = partials.events(),
+                        "partial"
+                    );
+                }
+                return (events, bins, failures);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    component = "worker",
+                    partition = args.partition,
+                    graph_version = version,
+                    "graph failed on an event, falling back to the last good graph: {error}"
+                );
+                failures.push(GraphFailure {
+                    version,
+                    partition: args.partition,
+                    message: error.to_string(),
+                    reverted_to: None,
+                });
+                // Each failed version is remembered, so this ends.
+                next = graph_cache().fail(version);
+            }
+        }
+    }
+    if failures.is_empty() {
         if let Some(batches) = UNANALYSED.note() {
             tracing::warn!(
                 component = "worker",
                 partition = args.partition,
                 batches,
-                "no good graph installed; events not analysed (send one: `ami2 graph submit FILE`)"
+                "no good graph; events not analysed (send one: `ami2 graph submit FILE`, or `ami2 graph revert N`)"
             );
-        }
-        return (events, BTreeMap::new(), None);
-    };
-    match run_graph(&graph, version, frames, args.bin_width_ns) {
-        Ok(bins) => {
-            graph_cache().last_good = Some((version, graph));
-            for (&(bin, graph_version), partials) in &bins {
-                tracing::debug!(
-                    component = "worker",
-                    partition = args.partition,
-                    bin,
-                    graph_version,
-                    events = partials.events(),
-                    "partial"
-                );
-            }
-            (events, bins, None)
-        }
-        Err(error) => {
-            tracing::warn!(
-                component = "worker",
-                partition = args.partition,
-                graph_version = version,
-                "graph failed on an event, falling back to the last good graph: {error}"
-            );
-            // Record the failure, and fall back to the last good graph for this batch.
-            let failure = GraphFailure {
-                version,
-                partition: args.partition,
-                message: error.to_string(),
-            };
-            let fallback = {
-                let mut cache = graph_cache();
-                cache.failed.insert(version);
-                cache.last_good.clone()
-            };
-            let bins = match fallback.filter(|(v, _)| *v != version) {
-                Some((good_version, good)) => run_graph(&good, good_version, frames, args.bin_width_ns).unwrap_or_default(),
-                None => BTreeMap::new(),
-            };
-            (events, bins, Some(failure))
         }
     }
+    (events, BTreeMap::new(), failures)
 }
 
 fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
@@ -758,7 +774,7 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
         current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
     })?;
     // The graph reads the pixels where the source wrote them.
-    let (events, bins, failure) = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
+    let (events, bins, failures) = with_reader(&ctx.region(0)?, args.telemetry_field, |view| {
         Ok(analyse(&stored_frames(view)?, graph, args))
     })?;
     let mut out = PartialReport {
@@ -766,7 +782,7 @@ fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport,
         bins,
         ..PartialReport::default()
     };
-    out.failures.extend(failure);
+    out.failures.extend(failures);
     out.progress.insert(args.partition, (report.max_timestamp_ns, report.ended));
     out.sources.insert(args.partition, (report.position.clone(), report.stats.clone()));
     out.incidents = report.incidents;
