@@ -111,11 +111,37 @@ fn main() -> Result<()> {
         Command::Cron(command) => cron::cron(command),
         Command::Launch(args) => launch::launch(args, &cli.log),
     };
-    // A reader that stopped reading (`ami2 watch | head`) ends the command, quietly.
     match done {
+        // A reader that stopped reading (`ami2 watch | head`) ends the command, quietly.
         Err(err) if is_broken_pipe(&err) => Ok(()),
+        Err(err) if err.downcast_ref::<Refused>().is_some() => {
+            eprintln!("Error: {err}");
+            std::process::exit(USAGE_EXIT_CODE)
+        }
         done => done,
     }
+}
+
+/// Exit code of a command that refused its arguments: clap's usage code, which `--supervise`
+/// does not restart (the same arguments would be refused again).
+const USAGE_EXIT_CODE: i32 = 2;
+
+/// An argument the command refuses (a value out of range, a graph file that is not a valid
+/// graph), found before it starts: `ami2` exits with [`USAGE_EXIT_CODE`], as for a usage error.
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Marks `err` as a refused argument ([`Refused`]), keeping its whole message.
+pub fn refused(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    Refused(format!("{:#}", err.into())).into()
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

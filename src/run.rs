@@ -12,6 +12,7 @@ use ami_tasks::source::{RecordingSummary, SourceConfig, SyntheticConfig};
 use ami_tasks::stores::Stores;
 use ami_tasks::{GlobalReport, PipelineError};
 
+use crate::refused;
 use crate::table::LiveTable;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -165,29 +166,38 @@ impl RunArgs {
                 realtime: self.realtime,
             },
             Some(("shm", name)) => SourceConfig::SharedMemory { name: name.to_string() },
-            _ => bail!("--source must be `synthetic`, `file:PATH` or `shm:NAME`, not {:?}", self.source),
+            _ => {
+                return Err(refused(anyhow::anyhow!(
+                    "--source must be `synthetic`, `file:PATH` or `shm:NAME`, not {:?}",
+                    self.source
+                )))
+            }
         };
         let graph = match &self.graph {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading graph {}", path.display()))?;
-                let spec: GraphSpec = serde_json::from_str(&text).with_context(|| format!("{} is not a graph document", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading graph {}", path.display()))
+                    .map_err(refused)?;
+                let spec: GraphSpec = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a graph document", path.display()))
+                    .map_err(refused)?;
                 ami_tasks::graph::compile(&spec).map_err(|errors| {
-                    anyhow::anyhow!(
+                    refused(anyhow::anyhow!(
                         "{} is not a valid graph:\n  {}",
                         path.display(),
                         errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
-                    )
+                    ))
                 })?;
                 Some(spec)
             }
             None => None,
         };
         if self.stall_timeout.is_nan() || self.stall_timeout <= 0.0 {
-            bail!("--stall-timeout must be positive");
+            return Err(refused(anyhow::anyhow!("--stall-timeout must be positive")));
         }
         let attempt_ms = (self.stall_timeout * 1000.0) as u64;
         if self.snapshot_interval.is_nan() || self.snapshot_interval < 0.0 {
-            bail!("--snapshot-interval must be 0 or more seconds");
+            return Err(refused(anyhow::anyhow!("--snapshot-interval must be 0 or more seconds")));
         }
         let recording = match &source {
             SourceConfig::File { path, .. } => {
@@ -199,7 +209,7 @@ impl RunArgs {
             Some(info) => info.max_stored_frame_bytes as usize,
             None => ami_tasks::source::max_frame_bytes(&source)? as usize,
         };
-        let (batch_size, max_batch_size) = self.batch_sizes(max_frame_bytes)?;
+        let (batch_size, max_batch_size) = self.batch_sizes(max_frame_bytes).map_err(refused)?;
         let config = PipelineConfig {
             source,
             partitions: self.partitions,
@@ -323,11 +333,13 @@ fn bin_json(bin: &ami_tasks::EmittedBin) -> Value {
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
-    let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref())?;
+    let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref()).map_err(refused)?;
     if !(0.0..=86_400.0).contains(&args.metrics_linger) {
-        bail!("--metrics-linger must be between 0 and 86400 seconds");
+        return Err(refused(anyhow::anyhow!("--metrics-linger must be between 0 and 86400 seconds")));
     }
+    // Arguments are checked before the runtime starts; a refused one is not worth a restart.
     let (mut config, recording) = args.pipeline_config(demo)?;
+    config.validate().map_err(refused)?;
     match config.max_batch_size {
         Some(largest) => tracing::info!(
             "batch size: from {} frames, tuned up to {largest} while the sources are behind",

@@ -16,9 +16,6 @@ use nix::unistd::Pid;
 /// Environment variable telling a restarted child why it was restarted (recorded as an incident).
 pub const RESTART_REASON_VAR: &str = "AMI2_RESTART_REASON";
 
-/// Exit code of a child that should not be restarted (bad command line: clap's usage code).
-const USAGE_EXIT_CODE: i32 = 2;
-
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -50,7 +47,7 @@ pub fn supervise(child_args: Vec<String>) -> Result<()> {
         }
         match status.code() {
             Some(0) => return Ok(()),
-            Some(USAGE_EXIT_CODE) => anyhow::bail!("the service refused its arguments; not restarting"),
+            Some(crate::USAGE_EXIT_CODE) => anyhow::bail!("the service refused its arguments; not restarting"),
             _ => {}
         }
         let why = describe(&status);

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ami2, scratch, with_legion};
+use common::{ami2, ami2_within, scratch, with_legion};
 use serde_json::Value;
 
 mod common;
@@ -506,6 +506,33 @@ fn invalid_graph_is_refused_with_every_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     for reason in ["frobnicate", "`c`", "zzz"] {
         assert!(stderr.contains(reason), "no {reason:?} in: {stderr}");
+    }
+    // A refused argument exits with the usage code, 2, as a typo in an option does.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
+    let dir = scratch("refused-arguments");
+    let empty = dir.join("empty.json");
+    std::fs::write(&empty, r#"{"nodes": [], "results": []}"#).unwrap();
+    let missing = dir.join("missing.json");
+    let data = dir.join("data");
+    let cases: [&[&str]; 5] = [
+        &["--graph", empty.to_str().unwrap()],
+        &["--graph", missing.to_str().unwrap()],
+        &["--partitions", "0"],
+        &["--attempts", "0"],
+        &["--source", "foo"],
+    ];
+    for case in cases {
+        let mut args = vec!["run", "--supervise", "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(case);
+        let out = ami2_within(&with_legion(&args), Duration::from_secs(20)).unwrap_or_else(|| panic!("{case:?}: still running after 20 s"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case:?}: {stderr}");
+        assert!(stderr.contains("not restarting"), "{case:?}: {stderr}");
+        assert!(!stderr.contains("restart 1"), "{case:?}: {stderr}");
     }
 }
 

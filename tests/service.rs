@@ -6,8 +6,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use client_lib::{Answer, BlockingClient, ClientOptions, Event};
-use common::scratch;
 use common::service::{client, free_port, graph_node, subscriber, Service};
+use common::{scratch, KillOnDrop};
 use protocol1::{ClientMessage, Edit, ErrorCode, Hello, NodeDoc, Role, ServerMessage};
 use serde_json::{json, Value};
 
@@ -624,18 +624,21 @@ fn watch_without_names_follows_the_graph_the_workers_run_when_one_fails() {
     let dir = scratch("watch-failed-graph");
     let listen = format!("127.0.0.1:{}", free_port());
     let service = Service::start(&dir, &listen, &[]);
-    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
-        .args(["watch", "--table"])
-        .env("AMI2_ADDR", &service.addr)
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed also when the test fails: it would reconnect for ever.
+    let mut watch = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(["watch", "--table"])
+            .env("AMI2_ADDR", &service.addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     for stream in [
-        Box::new(watch.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(watch.stderr.take().unwrap()),
+        Box::new(watch.0.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(watch.0.stderr.take().unwrap()),
     ] {
         let lines_tx = lines_tx.clone();
         std::thread::spawn(move || {
@@ -672,8 +675,6 @@ fn watch_without_names_follows_the_graph_the_workers_run_when_one_fails() {
     );
     let later = wait_for(&|l| is_row(l) && bin_of(l) > bin_of(&before) + 40);
     assert_eq!(version_of(&later), good, "{later}");
-    let _ = watch.kill();
-    let _ = watch.wait();
 }
 
 /// Control keeps the last 64 graph versions: older documents are deleted, and a request based on

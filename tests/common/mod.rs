@@ -7,7 +7,8 @@
 pub mod service;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// Legion flags for a small run on any machine, after the `--` that ends ami2's own options.
 pub const LEGION: [&str; 5] = ["--", "-ll:cpu", "1", "-ll:util", "1"];
@@ -34,4 +35,39 @@ pub fn ami2(args: &[&str]) -> Output {
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("ami2 runs")
+}
+
+/// Runs `ami2 ARGS` to completion, or kills it after `limit` (then `None`): for commands that
+/// must end by themselves, where a failure would otherwise hang the test.
+pub fn ami2_within(args: &[&str], limit: Duration) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ami2 runs");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("waiting for ami2").is_none() {
+        if Instant::now() > deadline {
+            // SIGINT, so that a supervisor stops its child too; then SIGKILL.
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("ami2's output"))
+}
+
+/// A child process killed (SIGKILL) when the test ends, also when it fails.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -144,7 +144,8 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
-    fn validate(&self) -> Result<(), PipelineError> {
+    /// Checks the configuration's values (`run` does, before anything starts).
+    pub fn validate(&self) -> Result<(), PipelineError> {
         let bad = |what: &str| Err(PipelineError::Config(what.to_string()));
         if self.partitions == 0 {
             return bad("partitions must be at least 1");
