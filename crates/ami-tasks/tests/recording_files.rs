@@ -330,11 +330,54 @@ fn reopening_from_a_position_continues_without_gaps_or_repeats() {
         },
         0,
         1,
-        Some(&SourcePosition { next_seq: 0, offset: 3 }),
+        Some(&SourcePosition {
+            next_seq: 0,
+            offset: 3,
+            stream: None,
+        }),
     )
     .err()
     .unwrap();
     assert!(matches!(error, SourceError::BadPosition { offset: 3, .. }), "{error}");
+}
+
+#[test]
+fn a_position_in_an_earlier_recording_of_the_same_name_is_not_used() {
+    let dir = Dir::new("recorded-again");
+    let path = dir.path("run.rec");
+    let header = |created_unix_ns| RecordingHeader {
+        created_unix_ns,
+        producer: "test".into(),
+        note: String::new(),
+    };
+    write_recording_with(&path, &header(1), frames(40).into_iter(), |_| {}).unwrap();
+    let mut source = file_source(&path, 0, 1, None);
+    assert_eq!(source.next_batch(30, Duration::from_secs(1)).unwrap().frames.len(), 30);
+    let position = source.position();
+    assert_eq!((position.next_seq, position.stream), (30, Some(1)));
+    // The same recording continues where it was.
+    let mut again = file_source(&path, 0, 1, Some(&position));
+    let rest: Vec<u64> = again
+        .next_batch(100, Duration::from_secs(1))
+        .unwrap()
+        .frames
+        .iter()
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(rest, (30..40).collect::<Vec<_>>());
+    // Recorded again under the same name, shorter: its every frame, from the start, rather
+    // than its second half (or an error past its end).
+    write_recording_with(&path, &header(2), frames(20).into_iter(), |_| {}).unwrap();
+    let mut other = file_source(&path, 0, 1, Some(&position));
+    let all: Vec<u64> = other
+        .next_batch(100, Duration::from_secs(1))
+        .unwrap()
+        .frames
+        .iter()
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(all, (0..20).collect::<Vec<_>>());
+    assert_eq!(other.position().stream, Some(2));
 }
 
 #[test]

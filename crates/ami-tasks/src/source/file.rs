@@ -64,6 +64,23 @@ impl FileDataSource {
     ) -> Result<Self, SourceError> {
         check_partition(partition, partitions)?;
         let mut reader = RecordingReader::open(path)?;
+        let created = reader.header().created_unix_ns;
+        // A position saved in another recording of the same name (a file recorded again) means
+        // nothing in this one: it is replayed from its start.
+        let from = from.filter(|from| match from.stream {
+            Some(stream) if stream != created => {
+                tracing::warn!(
+                    component = "source",
+                    partition,
+                    path = %path.display(),
+                    "this recording is not the one the saved position is in (made at {}, not {}): replaying it from its start",
+                    unix_ns_text(created),
+                    unix_ns_text(stream)
+                );
+                false
+            }
+            _ => true,
+        });
         if let Some(from) = from {
             reader.seek(from.offset)?;
         }
@@ -189,6 +206,7 @@ impl DataSource for FileDataSource {
         SourcePosition {
             next_seq: self.next_seq,
             offset,
+            stream: Some(self.reader.header().created_unix_ns),
         }
     }
 
@@ -200,4 +218,9 @@ impl DataSource for FileDataSource {
             ..SourceStats::default()
         }
     }
+}
+
+/// A Unix time in nanoseconds as an RFC 3339 date, for messages.
+fn unix_ns_text(ns: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
 }

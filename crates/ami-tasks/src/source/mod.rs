@@ -140,6 +140,12 @@ pub struct SourcePosition {
     /// Byte offset of the next record in a recording, index of the next slot in a shared-memory
     /// ring, unused (0) for the synthetic source.
     pub offset: u64,
+    /// Which stream the position is in, where the same name can hold another one: a recording's
+    /// creation time (`RecordingHeader::created_unix_ns`). A source does not continue from a
+    /// position in another stream. `None` for the other sources, and in positions saved before
+    /// it existed.
+    #[serde(default)]
+    pub stream: Option<u64>,
 }
 
 /// Counters of a source, for operators.

@@ -751,6 +751,7 @@ impl DataSource for SharedMemoryDataSource {
         SourcePosition {
             next_seq: self.next_seq,
             offset: self.read_index,
+            stream: None,
         }
     }
 
@@ -895,7 +896,14 @@ mod tests {
         let batch = all.next_batch(100, Duration::from_millis(300)).unwrap();
         assert_eq!(batch.frames, (0..20).map(frame).collect::<Vec<_>>());
         assert_eq!(seqs(odd.as_mut(), 100), (1..20).step_by(2).collect::<Vec<_>>());
-        assert_eq!(all.position(), SourcePosition { next_seq: 20, offset: 20 });
+        assert_eq!(
+            all.position(),
+            SourcePosition {
+                next_seq: 20,
+                offset: 20,
+                stream: None
+            }
+        );
         assert_eq!(
             all.stats(),
             SourceStats {

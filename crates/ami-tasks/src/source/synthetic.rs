@@ -693,6 +693,7 @@ impl DataSource for SyntheticDataSource {
         SourcePosition {
             next_seq: self.next_seq,
             offset: 0,
+            stream: None,
         }
     }
 
@@ -852,7 +853,17 @@ mod tests {
         }
         assert_eq!(got, expected);
         // A position saved with another partition count continues at this partition's next frame.
-        let source = SyntheticDataSource::open(&config, 1, 3, Some(&SourcePosition { next_seq: 11, offset: 0 })).unwrap();
+        let source = SyntheticDataSource::open(
+            &config,
+            1,
+            3,
+            Some(&SourcePosition {
+                next_seq: 11,
+                offset: 0,
+                stream: None,
+            }),
+        )
+        .unwrap();
         assert_eq!(source.position().next_seq, 13);
     }
 
