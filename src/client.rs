@@ -292,6 +292,8 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     subscribe(&client, &names)?;
     let mut rows = args.table.then(|| TableRows::new(&names));
     let mut seen = 0;
+    // Bins said to be too large, not yet matched with the `dropped` count that includes them.
+    let mut too_large = 0;
     while args.count.is_none_or(|n| seen < n) {
         if let Some(graph) = followed.as_mut().and_then(|graph| graph.changed(&client)) {
             eprintln!("ami2 watch: {}", graph.describe());
@@ -320,7 +322,21 @@ pub fn watch(args: WatchArgs) -> Result<()> {
                     seen += 1;
                 }
             },
-            Ok(Some(Event::Dropped(n))) => eprintln!("ami2 watch: {n} bins dropped (too slow)"),
+            Ok(Some(Event::TooLarge(t))) => {
+                too_large += t.count;
+                eprintln!(
+                    "ami2 watch: {} bins of `{}` not sent: a bin takes {} bytes, more than a message may ({}); \
+                     make the result smaller (fewer histogram bins, a smaller region)",
+                    t.count, t.result, t.bytes, t.max
+                );
+            }
+            Ok(Some(Event::Dropped(n))) => {
+                // Those too large were said above; the others were dropped for a slow reader.
+                let slow = n.saturating_sub(std::mem::take(&mut too_large));
+                if slow > 0 {
+                    eprintln!("ami2 watch: {slow} bins dropped (too slow)");
+                }
+            }
             Ok(Some(Event::Reconnected)) => eprintln!("ami2 watch: reconnected"),
             Ok(None) => bail!("the connection to the service was lost"),
             Err(client_lib::ClientError::Timeout(_)) => {}

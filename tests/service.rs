@@ -591,6 +591,35 @@ fn watch_without_names_follows_the_graph_as_it_changes() {
 }
 
 #[test]
+fn a_result_too_large_for_a_frame_is_reported_as_such_to_its_subscribers() {
+    // The mean image of 256x256 frames: about 1.2 MB of JSON a bin, over the 1 MiB frame cap.
+    let dir = scratch("too-large");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let service = Service::start(&dir, &listen, &["--image-size", "256"]);
+    let graph = json!({"nodes": [{"id": "image", "op": "select", "params": {"field": "cspad", "kind": "image"}}],
+                       "results": ["image"]});
+    accepted(client(&service.addr).submit_graph(&graph).unwrap());
+    let mut subscriber = subscriber(&service.addr, &["image"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let too_large = loop {
+        assert!(Instant::now() < deadline, "no too-large notice within 30 s");
+        match subscriber.next_event(Duration::from_secs(1)) {
+            Ok(Some(Event::TooLarge(too_large))) => break too_large,
+            Ok(Some(Event::Bin(bin))) => panic!("a bin of {} came", bin.result),
+            _ => {}
+        }
+    };
+    assert_eq!(too_large.result, "image");
+    assert_eq!(too_large.max, protocol1::MAX_FRAME_BYTES as u64);
+    assert!(too_large.bytes > too_large.max && too_large.count >= 1, "{too_large:?}");
+    // The `dropped` count that follows includes them.
+    match subscriber.next_event(Duration::from_secs(5)) {
+        Ok(Some(Event::Dropped(n))) => assert!(n >= too_large.count, "{n} < {}", too_large.count),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn watch_ends_quietly_when_its_reader_stops_reading() {
     // `ami2 watch energy_hist | head -1`: once `head` has gone, the next write fails.
     use std::io::BufRead;

@@ -53,9 +53,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Counts a bin that could not be sent (too large for a frame).
-    pub fn note_dropped(&self) {
-        self.lock().0.note_dropped(1);
+    /// Counts a bin of `result` that could not be sent: `bytes` as a message, over the frame
+    /// cap `max`. The subscriber is told so in its next `dropped` notice.
+    pub fn note_too_large(&self, result: &str, bytes: u64, max: u64) {
+        self.lock().0.note_too_large(result, bytes, max);
         ami_tasks::metrics::subscriber_messages_dropped(1);
     }
 

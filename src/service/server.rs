@@ -3,6 +3,7 @@
 //! [`Outbox`]). Layers as in tokio's mini-redis: frames (protocol1) → connection → message →
 //! server; a semaphore caps connections; accept errors back off.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,12 +108,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config:
     let id = hub.connect(outbox.clone());
     let writer_outbox = outbox.clone();
     let mut writer = tokio::spawn(async move {
+        // Results whose bins were too large to send, logged once per connection each.
+        let mut too_large = BTreeSet::new();
         while let Some(msg) = writer_outbox.next().await {
             match send.send(&msg).await {
                 Ok(()) => {}
                 Err(ProtocolError::FrameTooLarge { len, max }) if msg.is_push() => {
-                    tracing::warn!("a bin of {len} bytes exceeds the frame cap of {max}: dropped");
-                    writer_outbox.note_dropped();
+                    let result = match &msg {
+                        ServerMessage::Bin(bin) => bin.result.clone(),
+                        _ => String::new(),
+                    };
+                    if too_large.insert(result.clone()) {
+                        tracing::warn!(%peer, result, "a bin of {len} bytes exceeds the frame cap of {max}: not sent (nor are later ones of this result that are as large)");
+                    }
+                    writer_outbox.note_too_large(&result, len, max as u64);
                 }
                 Err(ProtocolError::FrameTooLarge { len, max }) => {
                     let error = ServerMessage::error(

@@ -104,6 +104,9 @@ pub enum Event {
     Bin(Bin),
     /// Bins dropped (by the service for this slow client, or by this client's event queue).
     Dropped(u64),
+    /// Bins the service could not send because they are too large for a frame (a result whose
+    /// value is bigger than the protocol allows); they are counted in the `Dropped` that follows.
+    TooLarge(protocol1::TooLarge),
     /// The connection broke and was established again; subscriptions were renewed. Bins
     /// published in between are missing.
     Reconnected,
@@ -419,7 +422,12 @@ impl Driver {
                     };
                     match msg {
                         ServerMessage::Bin(bin) => self.push(Event::Bin(bin)),
-                        ServerMessage::Dropped(d) => self.push(Event::Dropped(d.count)),
+                        ServerMessage::Dropped(d) => {
+                            if let Some(too_large) = d.too_large {
+                                self.push(Event::TooLarge(too_large));
+                            }
+                            self.push(Event::Dropped(d.count));
+                        }
                         answer => {
                             if let ServerMessage::Subscribed { results } = &answer {
                                 self.subscriptions = results.iter().cloned().collect();

@@ -32,11 +32,30 @@ pub struct Bin {
 
 /// Tells a slow subscriber that `count` bins were dropped for it (the oldest first) since the
 /// previous notice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dropped {
     /// Bins dropped since the previous `dropped` notice.
     pub count: u64,
+    /// Of those, the ones too large for a frame, with the last such bin's result and size;
+    /// absent when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// Bins dropped because they were too large for a frame: a result's value is bigger than the
+/// protocol allows (a histogram of very many bins, a large image), so it can never be sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TooLarge {
+    /// How many of the notice's `count`.
+    pub count: u64,
+    /// The result of the last one.
+    pub result: String,
+    /// Its size as a message, in bytes.
+    pub bytes: u64,
+    /// The frame cap it exceeds, in bytes.
+    pub max: u64,
 }
 
 /// A connection's outgoing queue on the server: at most `bin_cap` bins, the oldest dropped
@@ -53,6 +72,7 @@ pub struct SubscriberQueue {
     items: VecDeque<ServerMessage>,
     bins: usize,
     dropped: u64,
+    too_large: Option<TooLarge>,
     dropped_total: u64,
 }
 
@@ -65,6 +85,7 @@ impl SubscriberQueue {
             items: VecDeque::new(),
             bins: 0,
             dropped: 0,
+            too_large: None,
             dropped_total: 0,
         }
     }
@@ -94,7 +115,8 @@ impl SubscriberQueue {
     pub fn pop(&mut self) -> Option<ServerMessage> {
         if self.dropped > 0 {
             let count = std::mem::take(&mut self.dropped);
-            return Some(ServerMessage::Dropped(Dropped { count }));
+            let too_large = self.too_large.take();
+            return Some(ServerMessage::Dropped(Dropped { count, too_large }));
         }
         let msg = self.items.pop_front()?;
         if matches!(msg, ServerMessage::Bin(_)) {
@@ -103,10 +125,18 @@ impl SubscriberQueue {
         Some(msg)
     }
 
-    /// Counts `count` bins as dropped without queueing them (a bin too large for a frame).
-    pub fn note_dropped(&mut self, count: u64) {
-        self.dropped += count;
-        self.dropped_total += count;
+    /// Counts a bin of `result` as dropped without queueing it: as a message it takes `bytes`,
+    /// more than the frame cap `max`.
+    pub fn note_too_large(&mut self, result: &str, bytes: u64, max: u64) {
+        self.dropped += 1;
+        self.dropped_total += 1;
+        let count = self.too_large.as_ref().map_or(0, |t| t.count) + 1;
+        self.too_large = Some(TooLarge {
+            count,
+            result: result.to_string(),
+            bytes,
+            max,
+        });
     }
 
     /// Queued messages (not counting a pending `dropped` notice).
@@ -161,21 +191,41 @@ mod tests {
             q.push(bin(b)).unwrap();
         }
         assert_eq!(q.len(), 4);
-        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 3 })));
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 3, too_large: None })));
         assert_eq!(q.pop(), Some(ServerMessage::Pong { nonce: Some(1) }));
         assert_eq!(bin_no(&q.pop().unwrap()), 3);
         q.push(bin(6)).unwrap();
         q.push(bin(7)).unwrap();
-        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 1 })));
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 1, too_large: None })));
         let rest: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| bin_no(&m)).collect();
         assert_eq!(rest, vec![5, 6, 7]);
         assert!(q.is_empty());
         assert_eq!(q.dropped_total(), 4);
-        q.note_dropped(2);
+        // Two bins too large to send, of two results: the notice counts both, names the last.
+        q.note_too_large("hist", 2_000_000, 1 << 20);
+        q.note_too_large("image", 3_000_000, 1 << 20);
         assert!(!q.is_empty());
-        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 2 })));
+        let too_large = TooLarge {
+            count: 2,
+            result: "image".into(),
+            bytes: 3_000_000,
+            max: 1 << 20,
+        };
+        assert_eq!(
+            q.pop(),
+            Some(ServerMessage::Dropped(Dropped {
+                count: 2,
+                too_large: Some(too_large)
+            }))
+        );
         assert_eq!(q.pop(), None);
         assert_eq!(q.dropped_total(), 6);
+        // A slow reader's drops after it: no `too_large` any more.
+        q.push(bin(8)).unwrap();
+        q.push(bin(9)).unwrap();
+        q.push(bin(10)).unwrap();
+        q.push(bin(11)).unwrap();
+        assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 1, too_large: None })));
     }
 
     #[test]

@@ -553,7 +553,7 @@ async fn tcp_subscriber_role_bins_and_dropped() {
     );
     assert_eq!(
         conn.recv::<ServerMessage>().await.unwrap(),
-        Some(ServerMessage::Dropped(protocol1::Dropped { count: 1 }))
+        Some(ServerMessage::Dropped(protocol1::Dropped { count: 1, too_large: None }))
     );
     for b in 1..3 {
         match conn.recv::<ServerMessage>().await.unwrap() {

@@ -173,8 +173,23 @@ fn server_examples() -> Vec<(ServerMessage, Value)> {
             json!({"type": "bin", "result": "r", "bin": 42, "t_ns": 2_100_000_000u64, "graph_version": 5, "events": 50, "value": {"mean": 1.25, "count": 50}}),
         ),
         (
-            ServerMessage::Dropped(Dropped { count: 17 }),
+            ServerMessage::Dropped(Dropped {
+                count: 17,
+                too_large: None,
+            }),
             json!({"type": "dropped", "count": 17}),
+        ),
+        (
+            ServerMessage::Dropped(Dropped {
+                count: 3,
+                too_large: Some(protocol1::TooLarge {
+                    count: 2,
+                    result: "image".into(),
+                    bytes: 1_236_954,
+                    max: 1_048_576,
+                }),
+            }),
+            json!({"type": "dropped", "count": 3, "too_large": {"count": 2, "result": "image", "bytes": 1_236_954, "max": 1_048_576}}),
         ),
         (
             ServerMessage::error(ErrorCode::BadJson, "oops"),

@@ -131,7 +131,16 @@ pub fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
         vec(arb_name(), 0..4).prop_map(|results| ServerMessage::Subscribed { results }),
         option::of(any::<u64>()).prop_map(|nonce| ServerMessage::Pong { nonce }),
         arb_bin().prop_map(ServerMessage::Bin),
-        any::<u64>().prop_map(|count| ServerMessage::Dropped(Dropped { count })),
+        (
+            any::<u64>(),
+            proptest::option::of((any::<u64>(), "[a-z_]{1,12}", any::<u64>(), any::<u64>()))
+        )
+            .prop_map(|(count, too_large)| {
+                ServerMessage::Dropped(Dropped {
+                    count,
+                    too_large: too_large.map(|(count, result, bytes, max)| protocol1::TooLarge { count, result, bytes, max }),
+                })
+            }),
         (arb_code(), ".{0,16}").prop_map(|(code, message)| ServerMessage::Error { code, message }),
     ]
 }
