@@ -42,7 +42,14 @@ impl ConnectArgs {
             reconnect: role == Role::Subscriber,
             ..ClientOptions::default()
         };
-        BlockingClient::connect(&self.connect, options).with_context(|| "is the service running (`ami2 run`)?".to_string())
+        BlockingClient::connect(&self.connect, options).map_err(|err| match err {
+            // The service answered, and refused: its reason is the whole story.
+            client_lib::ClientError::Connect {
+                source: protocol1::ProtocolError::Handshake { .. },
+                ..
+            } => anyhow::Error::new(err),
+            err => anyhow::Error::new(err).context("is the service running (`ami2 run`)?"),
+        })
     }
 }
 
@@ -287,6 +294,24 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         });
         names
     } else {
+        // Names the graph does not publish are followed all the same (a graph that will), but
+        // said, so that a typo does not look like a service that publishes nothing.
+        if let Ok(graph) = GraphInEffect::ask(&client) {
+            let unknown: Vec<&str> = args
+                .results
+                .iter()
+                .filter(|n| !graph.names.contains(n))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                eprintln!(
+                    "ami2 watch: not results of the graph in effect (version {}: {}): {}; waiting for them",
+                    graph.running.unwrap_or(graph.current),
+                    graph.names.join(", "),
+                    unknown.join(", ")
+                );
+            }
+        }
         args.results.clone()
     };
     subscribe(&client, &names)?;

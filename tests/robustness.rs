@@ -189,6 +189,16 @@ fn the_graph_manager_retries_and_the_incident_shows_in_status() {
         assert!(Instant::now() < deadline, "no graph manager incident in status: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // After a crash, the restarted service still shows it: status reads them from Control.
+    let mut service = service;
+    service.kill();
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let status = client(&service.addr).status().unwrap();
+    let incidents = status["health"]["recent_incidents"].as_array().cloned().unwrap_or_default();
+    assert!(
+        incidents.iter().any(|i| i["component"] == "graph_manager" && i["kind"] == "panic"),
+        "{status}"
+    );
 }
 
 /// The saved position of data source 0 (frames delivered so far).

@@ -165,6 +165,21 @@ fn misbehaving_clients_are_refused_while_others_carry_on() {
     good.subscribe(&["energy_hist"]).unwrap();
     next_bin(&mut good);
 
+    // The command line says why it was refused, first.
+    std::fs::write(dir.join("wrong-token"), "wrong").unwrap();
+    let wrong = ["--token-file", dir.join("wrong-token").to_str().unwrap()].map(str::to_string);
+    for token_args in [&wrong[..], &[]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .arg("status")
+            .args(token_args)
+            .env("AMI2_ADDR", addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let headline = stderr.lines().next().unwrap_or_default();
+        assert!(!out.status.success() && headline.contains("unauthorized"), "{stderr}");
+    }
     // Wrong or missing token: refused at the handshake.
     for token in [Some("wrong"), None] {
         match with_token(addr, token, Role::Editor) {
@@ -420,6 +435,16 @@ fn cli_commands() {
                                      {"id": "energy_sum", "op": "strip_chart", "inputs": ["energy"]}],
                            "results": ["energy_sum"]});
     assert_eq!(submit(&new_graph), "accepted, version 3");
+    // JSON that is not a graph document: refused before anything is sent, and saying why.
+    for (doc, why) in [
+        ("[]", "not an array"),
+        ("null", "not null"),
+        (r#"{"nodes": [], "results": [], "extra": 1}"#, "unknown key `extra`"),
+    ] {
+        std::fs::write(&file, doc).unwrap();
+        let (ok, _, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
+        assert!(!ok && err.contains("not a graph document") && err.contains(why), "{doc}: {err}");
+    }
     let (ok, out, _) = cli(&["get", "/control/graph/version"]);
     assert!(ok);
     assert_eq!(out.trim(), "3");

@@ -183,6 +183,13 @@ pub struct HealthSnapshot {
 /// Incidents a status page shows.
 pub const RECENT_INCIDENTS: usize = 20;
 
+/// Shows `incidents` (oldest first) as the recent ones, in place of those noted so far: what
+/// Control holds when a run opens it.
+pub fn show_incidents(incidents: &[crate::robust::Incident]) {
+    board().recent_incidents.clear();
+    note_incidents(incidents);
+}
+
 /// Notes incidents the driver recorded, for [`snapshot`].
 pub fn note_incidents(incidents: &[crate::robust::Incident]) {
     let mut board = board();

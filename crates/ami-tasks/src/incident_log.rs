@@ -29,6 +29,15 @@ impl IncidentLog {
     pub fn open(ctx: &TaskContext, stores: &Stores) -> Result<Self, PipelineError> {
         let mut keys = stores.control.list(ctx, INCIDENT_PREFIX)?;
         keys.sort();
+        // `ami2 status` shows the newest incidents of Control, also those of earlier processes
+        // (the crashes a restarted service came back from).
+        let mut newest = Vec::new();
+        for key in keys.iter().rev().take(crate::health::RECENT_INCIDENTS).rev() {
+            if let Some(incident) = stores.control.get(ctx, key)?.and_then(|doc| serde_json::from_value(doc).ok()) {
+                newest.push(incident);
+            }
+        }
+        crate::health::show_incidents(&newest);
         Ok(IncidentLog {
             keys: keys.into(),
             sequence: 0,

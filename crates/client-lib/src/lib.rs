@@ -58,6 +58,9 @@ pub enum ClientError {
     /// The server answered with something else than the expected answer.
     #[error("unexpected answer `{0}`")]
     Unexpected(String),
+    /// A document given as a graph is not one (nothing was sent).
+    #[error("not a graph document: {0}")]
+    NotAGraph(String),
     /// A message could not be sent (e.g. larger than the frame cap).
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -204,8 +207,9 @@ impl Client {
     /// Replaces the whole graph by `graph` (`{"nodes": [...], "results": [...]}`): edits from
     /// the current graph (fetched first) to the new one, based on the current version.
     pub async fn submit_graph(&self, graph: &Value) -> Result<Answer, ClientError> {
+        check_graph_document(graph).map_err(ClientError::NotAGraph)?;
         let (version, current) = self.graph().await?;
-        let (edits, results) = edits_between(&current, graph).map_err(|e| ClientError::Unexpected(format!("not a graph: {e}")))?;
+        let (edits, results) = edits_between(&current, graph).map_err(|e| ClientError::NotAGraph(e.to_string()))?;
         self.request(version, edits, Some(results)).await
     }
 
@@ -272,6 +276,39 @@ impl Client {
         tokio::time::timeout(timeout, self.events.recv())
             .await
             .map_err(|_| ClientError::Timeout(timeout))
+    }
+}
+
+/// Checks that `graph` has the shape of a graph document: an object with a `nodes` array and
+/// a `results` array, and nothing else (a misspelt key would otherwise be ignored).
+pub fn check_graph_document(graph: &Value) -> Result<(), String> {
+    let Some(doc) = graph.as_object() else {
+        return Err(format!(
+            r#"a graph is a JSON object {{"nodes": [...], "results": [...]}}, not {}"#,
+            json_kind(graph)
+        ));
+    };
+    if let Some(key) = doc.keys().find(|k| *k != "nodes" && *k != "results") {
+        return Err(format!("unknown key `{key}` (a graph has `nodes` and `results`)"));
+    }
+    for key in ["nodes", "results"] {
+        match doc.get(key) {
+            Some(Value::Array(_)) => {}
+            Some(other) => return Err(format!("`{key}` must be an array, not {}", json_kind(other))),
+            None => return Err(format!("`{key}` is missing")),
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -560,6 +597,22 @@ impl BlockingClient {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_graph_documents_are_submitted() {
+        assert_eq!(check_graph_document(&json!({"nodes": [], "results": []})), Ok(()));
+        for (doc, why) in [
+            (json!([]), "not an array"),
+            (json!(null), "not null"),
+            (json!("s"), "not a string"),
+            (json!({"nodes": [], "results": [], "extra": 1}), "unknown key `extra`"),
+            (json!({"nodes": {}, "results": []}), "`nodes` must be an array, not an object"),
+            (json!({"nodes": []}), "`results` is missing"),
+        ] {
+            let error = check_graph_document(&doc).unwrap_err();
+            assert!(error.contains(why), "{doc}: {error}");
+        }
+    }
 
     #[test]
     fn edits_between_graphs() {
