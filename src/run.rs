@@ -399,7 +399,12 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         // Memory given: the tuner's batches stay within it, unless its ceiling was given too.
         Some(mb) if args.max_batch_size.is_none() => fit_batches_in(&mut config, mb),
         Some(_) => {}
-        None => legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]),
+        None => {
+            if args.max_batch_size.is_none() {
+                fit_batches_in(&mut config, automatic_memory_mb(total_memory_mb()));
+            }
+            legion_args.extend(["-ll:csize".to_string(), config.system_memory_mb().to_string()]);
+        }
     }
     let ranks = runtime::expected_processes().unwrap_or(1) as usize;
     if let Some(cpus) = cpu_processors_for(config.partitions, ranks, &legion_args) {
@@ -490,10 +495,26 @@ fn fit_batches_in(config: &mut PipelineConfig, mb: u64) {
     }
     if config.max_batch_size != wanted {
         tracing::info!(
-            "batch size: tuned up to {} frames, what -ll:csize {mb} holds",
+            "batch size: tuned up to {} frames, what {mb} MiB of system memory holds",
             config.largest_batch()
         );
     }
+}
+
+/// System memory (MiB) `run` gives Realm at most when `-ll:csize` is not given, on a machine of
+/// `total_mb`: an eighth of it, at least 1 GiB. The batch tuner's ceiling is fitted into it:
+/// every partition has buffers for the largest batch, all resident from the start, so 32
+/// partitions at the full ceiling took 5.5 GB and 6 s of page faults to start on 2 cores.
+fn automatic_memory_mb(total_mb: Option<u64>) -> u64 {
+    (total_mb.unwrap_or(8192) / 8).max(1024)
+}
+
+/// The machine's memory in MiB (`MemTotal` of `/proc/meminfo`).
+fn total_memory_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn config_rate(config: &PipelineConfig) -> String {
@@ -506,6 +527,32 @@ fn config_rate(config: &PipelineConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_memory_size_many_partitions_get_a_lower_batch_ceiling() {
+        // Frames of the default stream (about 130 KiB), batches from 31, tuned up to 496.
+        let config = |partitions| PipelineConfig {
+            partitions,
+            batch_size: 31,
+            max_batch_size: Some(496),
+            max_frame_bytes: Some(130 << 10),
+            ..PipelineConfig::default()
+        };
+        let budget = automatic_memory_mb(Some(24 * 1024));
+        assert_eq!(budget, 3072);
+        assert_eq!(automatic_memory_mb(Some(2048)), 1024);
+        // 2 partitions fit at the full ceiling: nothing changes.
+        let mut two = config(2);
+        fit_batches_in(&mut two, budget);
+        assert_eq!(two.max_batch_size, Some(496));
+        // 32 would take gigabytes: the ceiling comes down until they fit.
+        let mut many = config(32);
+        assert!(many.system_memory_mb() > 5000, "{}", many.system_memory_mb());
+        fit_batches_in(&mut many, budget);
+        assert!(many.largest_batch() < 496 && many.largest_batch() >= 31, "{}", many.largest_batch());
+        assert!(many.system_memory_mb() <= budget, "{}", many.system_memory_mb());
+        assert!(total_memory_mb().is_some_and(|mb| mb > 0));
+    }
 
     #[test]
     fn io_processors_follow_the_partitions_of_the_busiest_data_node() {
