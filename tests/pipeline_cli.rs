@@ -399,7 +399,7 @@ fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_
     let fitted: u64 = stderr
         .split("batch size: tuned up to ")
         .nth(1)
-        .and_then(|rest| rest.split(" frames, what -ll:csize 400 holds").next())
+        .and_then(|rest| rest.split(" frames, what 400 MiB of system memory holds").next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(ladder.contains(&fitted) && fitted < 496, "{fitted}");
