@@ -555,38 +555,67 @@ fn cli_commands() {
 
 /// `ami2 watch --table` without names follows the graph: a new version's results get a header of
 /// their own and rows; and it goes on across a restart of the service.
-#[test]
-fn watch_without_names_follows_the_graph_as_it_changes() {
-    use std::io::BufRead;
-    let dir = scratch("watch-follows");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut service = Service::start(&dir, &listen, &[]);
-    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
-        .args(["watch", "--table"])
-        .env("AMI2_ADDR", &service.addr)
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
+/// `ami2 watch --table` of the service at `addr`: its stdout and stderr lines as they come. Killed
+/// at the end, also when a test fails (it would reconnect for ever).
+struct WatchTable {
+    _child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl WatchTable {
+    fn start(addr: &str) -> WatchTable {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(["watch", "--table"])
+            .env("AMI2_ADDR", addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        let streams = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let lines_tx = lines_tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = lines_tx.send(line);
+                }
+            });
         }
-    });
-    // Waits for a line that `wanted` accepts, for at most 30 s.
-    let wait_for = |wanted: &dyn Fn(&str) -> bool| {
+        WatchTable {
+            _child: KillOnDrop(child),
+            lines,
+        }
+    }
+
+    /// The next line that `wanted` accepts, within 30 s.
+    fn wait_for(&self, wanted: &dyn Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             if wanted(&line) {
                 return line;
             }
         }
         panic!("no such line within 30 s");
-    };
-    let is_row = |l: &str| l.trim_start().starts_with(|c: char| c.is_ascii_digit());
+    }
+}
+
+/// A row of a live table (it starts with its bin number), not a header or a notice.
+fn is_row(line: &str) -> bool {
+    line.trim_start().starts_with(|c: char| c.is_ascii_digit())
+}
+
+#[test]
+fn watch_without_names_follows_the_graph_as_it_changes() {
+    let dir = scratch("watch-follows");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut service = Service::start(&dir, &listen, &[]);
+    let watch = WatchTable::start(&service.addr);
+    let wait_for = |wanted: &dyn Fn(&str) -> bool| watch.wait_for(wanted);
     let header = wait_for(&|l| l.contains("events"));
     assert!(header.contains("energy_hist"), "{header}");
     wait_for(&is_row);
@@ -603,7 +632,8 @@ fn watch_without_names_follows_the_graph_as_it_changes() {
     // A restart of the service: the table goes on with later bins.
     let bin_of = |row: &str| row.split_whitespace().next().unwrap().parse::<u64>().unwrap();
     service.kill();
-    let last = lines
+    let last = watch
+        .lines
         .try_iter()
         .filter(|l| is_row(l))
         .map(|l| bin_of(&l))
@@ -611,8 +641,6 @@ fn watch_without_names_follows_the_graph_as_it_changes() {
     let _service = Service::start(&dir, &listen, &[]);
     let later = wait_for(&|l| is_row(l) && bin_of(l) > last);
     assert_eq!(later.split_whitespace().nth(3), Some(version.to_string().as_str()), "{later}");
-    let _ = watch.kill();
-    let _ = watch.wait();
 }
 
 #[test]
@@ -674,43 +702,11 @@ fn watch_ends_quietly_when_its_reader_stops_reading() {
 
 #[test]
 fn watch_without_names_follows_the_graph_the_workers_run_when_one_fails() {
-    use std::io::BufRead;
     let dir = scratch("watch-failed-graph");
     let listen = format!("127.0.0.1:{}", free_port());
     let service = Service::start(&dir, &listen, &[]);
-    // Killed also when the test fails: it would reconnect for ever.
-    let mut watch = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
-            .args(["watch", "--table"])
-            .env("AMI2_ADDR", &service.addr)
-            .env_remove("LD_LIBRARY_PATH")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    for stream in [
-        Box::new(watch.0.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(watch.0.stderr.take().unwrap()),
-    ] {
-        let lines_tx = lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-    }
-    let wait_for = |wanted: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if wanted(&line) {
-                return line;
-            }
-        }
-        panic!("no such line within 30 s");
-    };
-    let is_row = |l: &str| l.trim_start().starts_with(|c: char| c.is_ascii_digit());
+    let watch = WatchTable::start(&service.addr);
+    let wait_for = |wanted: &dyn Fn(&str) -> bool| watch.wait_for(wanted);
     let bin_of = |row: &str| row.split_whitespace().next().unwrap().parse::<u64>().unwrap();
     let version_of = |row: &str| row.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap();
     let before = wait_for(&is_row);
