@@ -201,6 +201,45 @@ fn the_graph_manager_retries_and_the_incident_shows_in_status() {
     );
 }
 
+#[test]
+fn a_restarted_service_runs_the_graph_the_workers_reverted_to() {
+    // A graph that fails at run time, then a crash: the new process has run no graph yet, and
+    // must take the one the workers had reverted to (recorded with the failure), not none.
+    let dir = scratch("revert-after-restart");
+    let mut service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let editor = client(&service.addr);
+    let (good, _) = editor.graph().unwrap();
+    // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
+    let broken = json!({"nodes": [{"id": "img", "op": "select", "params": {"field": "energy", "kind": "image"}},
+                                  {"id": "ghost", "op": "sum", "inputs": ["img"]}],
+                        "results": ["ghost"]});
+    let failed = match editor.submit_graph(&broken).unwrap() {
+        Answer::Accepted(a) => a.version,
+        Answer::Rejected(r) => panic!("rejected: {r:?}"),
+    };
+    let mark_key = ami_tasks::stores::bad_graph_key(failed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mark = loop {
+        if let Some(mark) = editor.get_key(&mark_key).unwrap() {
+            break mark;
+        }
+        assert!(Instant::now() < deadline, "graph {failed} was never marked failed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(mark["reverted_to"], good, "{mark}");
+    service.kill();
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let mut watcher = subscriber(&service.addr, &["energy_hist"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no bin of graph {good} after the restart");
+        if let Ok(Some(Event::Bin(bin))) = watcher.next_event(Duration::from_millis(500)) {
+            assert_eq!(bin.graph_version, good, "{bin:?}");
+            break;
+        }
+    }
+}
+
 /// The saved position of data source 0 (frames delivered so far).
 fn source_position(client: &BlockingClient) -> u64 {
     let state = client.get_key("/component/source/0/state").unwrap().expect("a saved source state");

@@ -608,40 +608,76 @@ fn graph_cache() -> std::sync::MutexGuard<'static, GraphCache> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// The graph to run: the current version unless it failed (then the last good one).
+/// The graph to run: the current version unless it failed, then the last good one. A process
+/// that has run none yet (a restarted service) takes the version the failure's mark in Control
+/// says the workers reverted to (`reverted_to`), and that one's own mark if it failed too.
 fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Option<(u64, Arc<CompiledGraph>)>, TaskError> {
     let version = match view.get(GRAPH_VERSION_KEY)? {
         Some((Codec::Json, bytes)) => serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v.as_u64()).unwrap_or(0),
         _ => 0,
     };
-    // Only the current version's mark matters (a bad one means: the last good graph). One
-    // lookup, not a listing of Control's directory, which every worker would scan every round.
-    let marked_bad = version > 0 && view.get(&bad_graph_key(version))?.is_some();
     let mut cache = graph_cache();
-    if marked_bad {
-        cache.failed.insert(version);
-    }
-    if version == 0 || cache.failed.contains(&version) {
+    if version == 0 {
         return Ok(cache.last_good());
     }
-    if let Some(graph) = cache.compiled.get(&version) {
-        return Ok(Some((version, graph.clone())));
+    let mut candidate = version;
+    // The chain of marks is short; its bound only guards against a loop in damaged marks.
+    for _ in 0..crate::graph_manager::RETAINED_GRAPH_VERSIONS {
+        // Only the candidate's mark is looked up: one lookup per round for the current
+        // version, not a listing of Control's directory, which every worker would scan.
+        let mark = match view.get(&bad_graph_key(candidate))? {
+            Some((Codec::Json, bytes)) => Some(serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null)),
+            Some(_) => Some(Value::Null),
+            None => None,
+        };
+        if mark.is_some() {
+            cache.failed.insert(candidate);
+        }
+        if !cache.failed.contains(&candidate) {
+            match compiled(view, candidate, &mut cache) {
+                Ok(Some(graph)) => return Ok(Some((candidate, graph))),
+                Ok(None) => {}
+                Err(why) if candidate == version => return Err(TaskError::msg(why)),
+                Err(why) => {
+                    tracing::warn!(
+                        component = "worker",
+                        graph_version = candidate,
+                        "cannot revert to this graph: {why}"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        if let Some(good) = cache.last_good() {
+            return Ok(Some(good));
+        }
+        match mark.and_then(|m| m["reverted_to"].as_u64()) {
+            Some(earlier) => candidate = earlier,
+            None => return Ok(None),
+        }
     }
-    let spec: GraphSpec = match view.get(&graph_key(version))? {
-        Some((Codec::Json, bytes)) => {
-            serde_json::from_slice(bytes).map_err(|e| TaskError::msg(format!("graph {version} is not a graph: {e}")))?
-        }
-        _ => {
-            return Err(TaskError::msg(format!(
-                "graph version {version} is current but its document is missing"
-            )))
-        }
+    Ok(None)
+}
+
+/// Graph `version` compiled (once per process); `Ok(None)` when it does not compile (it is then
+/// remembered as failed), `Err` when Control has no graph document for it.
+fn compiled<B: AsRef<[u8]>>(
+    view: &kv_region::view::View<B>,
+    version: u64,
+    cache: &mut GraphCache,
+) -> Result<Option<Arc<CompiledGraph>>, String> {
+    if let Some(graph) = cache.compiled.get(&version) {
+        return Ok(Some(graph.clone()));
+    }
+    let spec: GraphSpec = match view.get(&graph_key(version)).map_err(|e| e.to_string())? {
+        Some((Codec::Json, bytes)) => serde_json::from_slice(bytes).map_err(|e| format!("graph {version} is not a graph: {e}"))?,
+        _ => return Err(format!("the document of graph version {version} is missing")),
     };
     match compile(&spec) {
         Ok(graph) => {
             let graph = Arc::new(graph);
             cache.compiled.insert(version, graph.clone());
-            Ok(Some((version, graph)))
+            Ok(Some(graph))
         }
         Err(errors) => {
             tracing::error!(
@@ -651,7 +687,7 @@ fn current_graph<B: AsRef<[u8]>>(view: &kv_region::view::View<B>) -> Result<Opti
                 errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
             );
             cache.failed.insert(version);
-            Ok(cache.last_good())
+            Ok(None)
         }
     }
 }
