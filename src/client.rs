@@ -548,10 +548,15 @@ pub fn status(args: StatusArgs) -> Result<()> {
         serde_json::from_value(status["health"].clone()).context("the status answer has no heartbeats")?;
     match health.quiet_ms() {
         Some(quiet) if quiet as f64 <= max_quiet * 1000.0 => {
-            outln!(
-                "healthy: last pipeline report {quiet} ms ago, graph version {}",
-                status["graph_version"]
-            );
+            // A failed graph is not a reason to restart (a restart would fail the same way),
+            // but it is said.
+            let current = &status["graph_version"];
+            let graph = match &status["graph_running"] {
+                running if running == current => format!("graph version {current}"),
+                Value::Null => format!("graph version {current} failed at run time and no graph works: events are not analysed"),
+                running => format!("graph version {current} failed at run time; the workers run version {running}"),
+            };
+            outln!("healthy: last pipeline report {quiet} ms ago, {graph}");
             Ok(())
         }
         Some(quiet) => bail!("unhealthy: the pipeline has been quiet for {quiet} ms"),

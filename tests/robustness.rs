@@ -227,8 +227,36 @@ fn a_restarted_service_runs_the_graph_the_workers_reverted_to() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(mark["reverted_to"], good, "{mark}");
+    // `ami2 status` says which graph runs.
+    let running = |addr: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client(addr).status().unwrap();
+            if status["graph_running"] == good {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(running(&service.addr)["graph_version"], failed);
     service.kill();
     let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    assert_eq!(running(&service.addr)["graph_version"], failed);
+    let check = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["status", "--check", "60"])
+        .env("AMI2_ADDR", &service.addr)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success()
+            && said.contains(&format!(
+                "graph version {failed} failed at run time; the workers run version {good}"
+            )),
+        "{said}"
+    );
     let mut watcher = subscriber(&service.addr, &["energy_hist"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

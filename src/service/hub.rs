@@ -100,6 +100,9 @@ struct State {
     key_reads: Vec<(String, oneshot::Sender<ServerMessage>)>,
     graph_version: u64,
     graph: Value,
+    /// The version the workers run: `graph_version` unless it failed at run time (then the one
+    /// they reverted to, or none).
+    graph_running: Option<u64>,
     pipeline: Value,
     sources: Value,
     connections: BTreeMap<u64, Subscriber>,
@@ -194,6 +197,7 @@ impl Hub {
         let dropped: u64 = state.bins_dropped_closed + state.connections.values().map(|c| c.outbox.dropped_total()).sum::<u64>();
         json!({
             "graph_version": state.graph_version,
+            "graph_running": state.graph_running,
             "pipeline": state.pipeline,
             "sources": state.sources,
             "server": {
@@ -286,8 +290,14 @@ impl Hub {
         let mut state = self.state();
         state.graph_version = version;
         state.graph = graph;
+        state.graph_running = Some(version);
         drop(state);
         self.ready.send_replace(true);
+    }
+
+    /// The version the workers run, after a graph failed at run time.
+    pub fn set_graph_running(&self, running: Option<u64>) {
+        self.state().graph_running = running;
     }
 
     pub fn take_requests(&self) -> Vec<PendingRequest> {

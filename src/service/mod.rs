@@ -211,13 +211,18 @@ impl<O: Observer> Observer for ServiceObserver<O> {
     fn on_report(&mut self, ctx: &TaskContext, stores: &Stores, report: &GlobalReport) -> Result<Flow, PipelineError> {
         let flow = self.inner.on_report(ctx, stores, report)?;
         let Some(hub) = &self.hub else { return Ok(flow) };
-        if !self.started {
+        // At start, and when a graph failed at run time: then the driver may have installed
+        // the built-in graph fitted again, and the workers run an earlier version.
+        if !self.started || !report.failures.is_empty() {
             let version = current_graph_version(ctx, stores)?;
-            let doc = match stores.control.get(ctx, &edited_graph_key(version))? {
-                Some(doc) => doc,
-                None => stores.control.get(ctx, &graph_key(version))?.unwrap_or(Value::Null),
-            };
-            hub.set_graph(version, doc);
+            if !self.started || version != hub.graph_version() {
+                let doc = match stores.control.get(ctx, &edited_graph_key(version))? {
+                    Some(doc) => doc,
+                    None => stores.control.get(ctx, &graph_key(version))?.unwrap_or(Value::Null),
+                };
+                hub.set_graph(version, doc);
+            }
+            hub.set_graph_running(graph_running(ctx, stores, version)?);
             self.started = true;
         }
         hub.publish(report);
@@ -246,4 +251,20 @@ impl<O> GraphRequests for ServiceObserver<O> {
             hub.answer(report);
         }
     }
+}
+
+/// The version the workers run when `current` is the current one: `current` unless it is
+/// marked failed, then the version its mark says they reverted to, followed the same way.
+fn graph_running(ctx: &TaskContext, stores: &Stores, current: u64) -> Result<Option<u64>, PipelineError> {
+    let mut version = current;
+    for _ in 0..ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS {
+        match stores.control.get(ctx, &ami_tasks::stores::bad_graph_key(version))? {
+            Some(mark) => match mark["reverted_to"].as_u64() {
+                Some(earlier) => version = earlier,
+                None => return Ok(None),
+            },
+            None => return Ok(Some(version)),
+        }
+    }
+    Ok(None)
 }
