@@ -43,7 +43,9 @@ pub fn legion_flags(profile: Option<&Path>, spy: Option<&Path>, ranks: usize, us
     }
     if let Some(dir) = spy {
         if user_args.iter().any(|a| a == "-logfile") {
-            bail!("--spy writes Legion Spy's log through -logfile; remove -logfile from the Legion arguments");
+            return Err(crate::refused(anyhow::anyhow!(
+                "--spy writes Legion Spy's log through -logfile; remove -logfile from the Legion arguments"
+            )));
         }
         let dir = prepare(dir)?;
         flags.extend([

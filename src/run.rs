@@ -165,7 +165,10 @@ impl RunArgs {
                 path: PathBuf::from(path),
                 realtime: self.realtime,
             },
-            Some(("shm", name)) => SourceConfig::SharedMemory { name: name.to_string() },
+            Some(("shm", name)) => {
+                ami_tasks::source::shm::shm_path(name).map_err(refused)?;
+                SourceConfig::SharedMemory { name: name.to_string() }
+            }
             _ => {
                 return Err(refused(anyhow::anyhow!(
                     "--source must be `synthetic`, `file:PATH` or `shm:NAME`, not {:?}",

@@ -518,12 +518,15 @@ fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
     std::fs::write(&empty, r#"{"nodes": [], "results": []}"#).unwrap();
     let missing = dir.join("missing.json");
     let data = dir.join("data");
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 8] = [
         &["--graph", empty.to_str().unwrap()],
         &["--graph", missing.to_str().unwrap()],
         &["--partitions", "0"],
         &["--attempts", "0"],
         &["--source", "foo"],
+        &["--source", "shm:a/b"],
+        &["--listen", "garbage"],
+        &["--token-file", missing.to_str().unwrap()],
     ];
     for case in cases {
         let mut args = vec!["run", "--supervise", "--data-dir", data.to_str().unwrap()];

@@ -70,16 +70,20 @@ impl Service {
         if args.no_listen {
             return Ok(None);
         }
+        // What is wrong here is the command line: refused, not worth a restart.
         let addr: SocketAddr = args
             .listen
             .parse()
-            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7820", args.listen))?;
+            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7820", args.listen))
+            .map_err(crate::refused)?;
         let token = match &args.token_file {
-            Some(path) => Some(read_token(path)?),
+            Some(path) => Some(read_token(path).map_err(crate::refused)?),
             None => None,
         };
         let policy = HandshakePolicy::for_listen_addr(addr, token).map_err(|_| {
-            anyhow::anyhow!("listening on {addr} (not loopback) needs --token-file: clients off this machine must present a token")
+            crate::refused(anyhow::anyhow!(
+                "listening on {addr} (not loopback) needs --token-file: clients off this machine must present a token"
+            ))
         })?;
         let listener = match std::net::TcpListener::bind(addr) {
             Ok(listener) => listener,
