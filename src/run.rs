@@ -423,6 +423,12 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let summary = runtime::start_rank(&legion_args, move |ctx| {
         // The driver's process is the one whose metrics count: serve them from here.
         crate::metrics::install(metrics_endpoint).map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
+        // Held until the run ends (and released by the kernel if the process dies).
+        let _lock = data_dir
+            .as_deref()
+            .map(lock_data_dir)
+            .transpose()
+            .map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
         let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer)?;
         Ok(summary)
     })
@@ -502,6 +508,36 @@ fn fit_batches_in(config: &mut PipelineConfig, mb: u64) {
             config.largest_batch()
         );
     }
+}
+
+/// Locks data directory `dir` for this service: two services writing the same stores would
+/// analyse the same frames twice and overwrite each other's snapshots and logs. The lock file
+/// holds the owner's process id, for the message the second one gets.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let path = dir.join("service.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "the data directory {} is in use by another ami2 service (process {}): a data directory serves one service",
+                dir.display(),
+                owner.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(err).with_context(|| format!("locking {}", path.display())),
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// System memory (MiB) `run` gives Realm at most when `-ll:csize` is not given, on a machine of

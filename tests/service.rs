@@ -727,6 +727,34 @@ fn watch_without_names_follows_the_graph_the_workers_run_when_one_fails() {
     assert_eq!(version_of(&later), good, "{later}");
 }
 
+#[test]
+fn a_data_directory_serves_one_service_at_a_time() {
+    let dir = scratch("data-dir-lock");
+    let mut service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let data = dir.join("data");
+    let second = || {
+        common::ami2(&common::with_legion(&[
+            "run",
+            "--no-listen",
+            "--metrics",
+            "0",
+            "--frames",
+            "100",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]))
+    };
+    let out = second();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let owner = format!("in use by another ami2 service (process {})", service.child.id());
+    assert!(stderr.contains(&owner), "{stderr}");
+    // Once the first is gone (even killed), the directory is free.
+    service.kill();
+    let out = second();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Control keeps the last 64 graph versions: older documents are deleted, and a request based on
 /// a version no longer kept is a conflict (its changes since cannot be known).
 #[test]
