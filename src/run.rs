@@ -513,19 +513,20 @@ fn fit_batches_in(config: &mut PipelineConfig, mb: u64) {
 /// Locks data directory `dir` for this service: two services writing the same stores would
 /// analyse the same frames twice and overwrite each other's snapshots and logs. The lock file
 /// holds the owner's process id, for the message the second one gets.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
     std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
     let path = dir.join("service.lock");
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let owner = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(
                 "the data directory {} is in use by another ami2 service (process {}): a data directory serves one service",
@@ -533,11 +534,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
                 owner.trim()
             );
         }
-        Err(std::fs::TryLockError::Error(err)) => return Err(err).with_context(|| format!("locking {}", path.display())),
-    }
-    file.set_len(0)?;
-    writeln!(file, "{}", std::process::id())?;
-    Ok(file)
+        Err((_, errno)) => return Err(errno).with_context(|| format!("locking {}", path.display())),
+    };
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+    Ok(lock)
 }
 
 /// System memory (MiB) `run` gives Realm at most when `-ll:csize` is not given, on a machine of
