@@ -141,9 +141,9 @@ pub struct SourcePosition {
     /// ring, unused (0) for the synthetic source.
     pub offset: u64,
     /// Which stream the position is in, where the same name can hold another one: a recording's
-    /// creation time (`RecordingHeader::created_unix_ns`). A source does not continue from a
-    /// position in another stream. `None` for the other sources, and in positions saved before
-    /// it existed.
+    /// creation time (`RecordingHeader::created_unix_ns`), a shared-memory ring's producer
+    /// epoch. A source does not continue from a position in another stream. `None` for the
+    /// synthetic source, and in positions saved before it existed.
     #[serde(default)]
     pub stream: Option<u64>,
 }

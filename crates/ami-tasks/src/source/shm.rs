@@ -507,7 +507,23 @@ impl SharedMemoryDataSource {
                 supported: VERSION,
             });
         }
-        let read_index = from.map_or(header.oldest_valid(), |f| f.offset);
+        // A position saved under another producer (a new ring of the same name, or the same
+        // ring recreated since) says nothing about this one: start at its oldest frame, as a
+        // consumer that sees the producer restart does.
+        let read_index = match from {
+            Some(f) if f.stream.is_some_and(|epoch| epoch != header.epoch) => {
+                tracing::warn!(
+                    component = "data_source",
+                    partition,
+                    "shared-memory ring {name:?}: the saved position is from another producer (epoch {:#x}, now {:#x}); partition {partition} starts at its oldest frame",
+                    f.stream.unwrap_or_default(),
+                    header.epoch
+                );
+                header.oldest_valid()
+            }
+            Some(f) => f.offset,
+            None => header.oldest_valid(),
+        };
         Ok(SharedMemoryDataSource {
             name: name.to_string(),
             path,
@@ -751,7 +767,7 @@ impl DataSource for SharedMemoryDataSource {
         SourcePosition {
             next_seq: self.next_seq,
             offset: self.read_index,
-            stream: None,
+            stream: Some(self.header.epoch),
         }
     }
 
@@ -901,7 +917,7 @@ mod tests {
             SourcePosition {
                 next_seq: 20,
                 offset: 20,
-                stream: None
+                stream: Some(producer.epoch())
             }
         );
         assert_eq!(
@@ -927,6 +943,28 @@ mod tests {
         let mut second = SharedMemoryDataSource::open(&ring.0, 0, 1, Some(&position)).unwrap();
         assert_eq!(seqs(&mut second, 100), (4..10).collect::<Vec<_>>());
         assert_eq!(second.stats().overruns, 0);
+    }
+
+    #[test]
+    fn a_position_under_another_producer_starts_at_the_oldest_frame() {
+        let ring = Ring::new("other-producer");
+        let mut producer = ShmProducer::create(&ring.0, 64, 4096).unwrap();
+        for seq in 0..30 {
+            producer.push(&frame(seq)).unwrap();
+        }
+        let mut first = SharedMemoryDataSource::open(&ring.0, 0, 1, None).unwrap();
+        assert_eq!(seqs(&mut first, 100), (0..30).collect::<Vec<_>>());
+        let position = first.position();
+        drop(first);
+        // The ring made again (a new producer) and filled further than the old one was read.
+        drop(producer);
+        let mut producer = ShmProducer::create(&ring.0, 64, 4096).unwrap();
+        assert_ne!(Some(producer.epoch()), position.stream);
+        for seq in 0..50 {
+            producer.push(&frame(seq)).unwrap();
+        }
+        let mut second = SharedMemoryDataSource::open(&ring.0, 0, 1, Some(&position)).unwrap();
+        assert_eq!(seqs(&mut second, 100), (0..50).collect::<Vec<_>>());
     }
 
     #[test]
