@@ -336,6 +336,11 @@ fn bin_json(bin: &ami_tasks::EmittedBin) -> Value {
 }
 
 pub fn run(args: RunArgs, demo: bool) -> Result<()> {
+    // First of all: a Ctrl-C or SIGTERM during start-up (a terminal's Ctrl-C reaches a
+    // supervised service and its supervisor at once) must stop the run cleanly, not kill it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref()).map_err(refused)?;
     if !(0.0..=86_400.0).contains(&args.metrics_linger) {
         return Err(refused(anyhow::anyhow!("--metrics-linger must be between 0 and 86400 seconds")));
@@ -357,9 +362,6 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             service_nodes: args.service_nodes,
         },
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     // Under a multi-process launch, process 0 speaks for the run.
     let quiet = runtime::launch_rank().is_some_and(|rank| rank > 0);
     if demo && !args.json && !quiet {
