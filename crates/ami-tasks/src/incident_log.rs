@@ -57,7 +57,6 @@ impl IncidentLog {
         if incidents.is_empty() {
             return Ok(());
         }
-        crate::health::note_incidents(&incidents);
         for incident in &incidents {
             crate::metrics::incident(incident.kind.as_str());
             if incident.kind == IncidentKind::Restart {
@@ -83,6 +82,9 @@ impl IncidentLog {
             ops.push(Op::put_json(key, incident));
         }
         stores.control.apply_all(ctx, ops)?;
+        // Shown by `ami2 status` once they are in Control: what an operator saw there is
+        // still there after a crash.
+        crate::health::note_incidents(&incidents);
         summary.incidents_total += incidents.len() as u64;
         keep_newest(&mut summary.incidents, incidents);
         Ok(())
