@@ -421,16 +421,14 @@ struct GraphInEffect {
 impl GraphInEffect {
     fn ask(client: &BlockingClient) -> Result<GraphInEffect> {
         let (current, graph) = client.graph()?;
-        let mut running = Some(current);
-        // A failed version names the one the workers ran instead (`reverted_to`); the chain is
-        // short, but is cut at the versions the service keeps.
-        for _ in 0..ami_tasks::graph_manager::RETAINED_GRAPH_VERSIONS {
-            let Some(version) = running else { break };
-            match client.get_key(&ami_tasks::stores::bad_graph_key(version))? {
-                Some(failure) => running = failure["reverted_to"].as_u64(),
-                None => break,
-            }
-        }
+        // The service follows the failure marks (`graph_running` of its status). A version
+        // newer than the status it came with has not failed yet.
+        let status = client.status()?;
+        let running = if status["graph_version"] == current {
+            status["graph_running"].as_u64()
+        } else {
+            Some(current)
+        };
         let names = match running {
             Some(version) if version == current => graph_versions::result_names(&graph),
             Some(version) => graph_versions::result_names(&graph_versions::kept_graph_or_why(client, version)?),
