@@ -5,10 +5,19 @@
 //! callback ran, so the network is up) within `--start-timeout`; a process that fails, or does not
 //! start in time, stops the launch with an error naming it, and the others are ended. Once started,
 //! the run lasts as long as its command does; the launch succeeds when every process exits 0.
+//!
+//! Stopping: the processes run in a process group of their own, so a terminal's Ctrl-C (or a
+//! SIGTERM) reaches the launcher alone, which asks the process of address space 0, the driver's,
+//! to stop; the run then ends cleanly, as a one-process run does on Ctrl-C. A second signal
+//! kills every process. Each process watches the launcher, and stops the same way when the
+//! launcher is gone (`kill -9`).
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +25,10 @@ use clap::{Args, ValueEnum};
 
 /// Environment variable naming the folder where each process of a launch marks that it started.
 const READY_DIR_VAR: &str = "AMI2_LAUNCH_READY_DIR";
+/// Environment variable holding the launcher's process id, which every process watches.
+const LAUNCHER_PID_VAR: &str = "AMI2_LAUNCHER_PID";
+/// How often a launched process checks that its launcher is still there.
+const LAUNCHER_WATCH_PERIOD: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Bootstrap {
@@ -58,25 +71,60 @@ pub fn mark_ready(address_space: u32) {
     }
 }
 
-/// Installs [`mark_ready`] as a registration callback; call before the runtime starts.
+/// Installs [`mark_ready`] as a registration callback; call before the runtime starts. Under
+/// `ami2 launch`, also starts [`watch_launcher`].
 pub fn signal_readiness() -> Result<()> {
     legion_bridge::runtime::add_registration_callback(|registration| {
         if let Some(p) = registration.local_processors().first() {
             mark_ready(p.address_space);
         }
     })?;
+    if let Some(pid) = std::env::var(LAUNCHER_PID_VAR).ok().and_then(|v| v.parse().ok()) {
+        watch_launcher(nix::unistd::Pid::from_raw(pid));
+    }
     Ok(())
+}
+
+/// Stops this process (a SIGTERM to itself: `run` then ends cleanly) when the launcher `pid` is
+/// gone. The processes of a launch run in a process group of their own, so nothing else would
+/// stop them after a `kill -9` of the launcher.
+fn watch_launcher(launcher: nix::unistd::Pid) {
+    let watch = move || loop {
+        std::thread::sleep(LAUNCHER_WATCH_PERIOD);
+        if nix::sys::signal::kill(launcher, None) == Err(nix::errno::Errno::ESRCH) {
+            tracing::warn!("the launcher (process {launcher}) is gone: stopping");
+            if let Err(errno) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM) {
+                tracing::error!("cannot stop after the launcher ended: {errno}");
+            }
+            return;
+        }
+    };
+    if let Err(error) = std::thread::Builder::new().name("ami2-launcher-watch".into()).spawn(watch) {
+        tracing::warn!("cannot watch the launcher: {error}");
+    }
 }
 
 /// Runs the launch; every process gets the launcher's log filter (`log`).
 pub fn launch(args: LaunchArgs, log: &str) -> Result<()> {
+    // The others do not start Legion: N copies would only do the same thing N times.
+    if !matches!(args.command.first().map(String::as_str), Some("run" | "demo" | "doctor")) {
+        return Err(crate::refused(anyhow::anyhow!(
+            "launch runs commands that start Legion: run, demo or doctor, not {:?}",
+            args.command.join(" ")
+        )));
+    }
     let exe = std::env::current_exe().context("finding the ami2 executable")?;
     let ready_dir = tempfile::Builder::new()
         .prefix("ami2-launch-")
         .tempdir()
         .context("creating the launch folder")?;
-    // Ctrl-C reaches every process of the terminal's group; the launcher waits for them to stop.
-    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    // Signals reach the launcher alone (its processes have a group of their own): it forwards them.
+    let signals = Arc::new(AtomicUsize::new(0));
+    let counted = signals.clone();
+    ctrlc::set_handler(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    })
+    .context("installing the Ctrl-C handler")?;
     let mut children = match args.bootstrap {
         Bootstrap::P2p => spawn_p2p(&args, &exe, ready_dir.path(), log)?,
         Bootstrap::Mpi => vec![spawn_mpi(&args, &exe, ready_dir.path(), log)?],
@@ -86,11 +134,10 @@ pub fn launch(args: LaunchArgs, log: &str) -> Result<()> {
         args.np,
         ready_dir.path(),
         Duration::from_secs_f64(args.start_timeout),
+        &signals,
     );
     if outcome.is_err() {
-        for (_, child) in &mut children {
-            let _ = child.kill();
-        }
+        kill_all(&mut children, args.np, ready_dir.path());
     }
     for (_, child) in &mut children {
         let _ = child.wait();
@@ -119,7 +166,10 @@ fn spawn_p2p(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Resu
             .env("WORKER_PEERS_INFO", &peers)
             .env("WORKER_SELF_INFO", format!("127.0.0.1:{port}"))
             .env(READY_DIR_VAR, ready_dir)
+            .env(LAUNCHER_PID_VAR, std::process::id().to_string())
             .env("AMI2_LOG", log)
+            .stdin(Stdio::null())
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting process {rank} ({})", exe.display()));
         match child {
@@ -159,9 +209,14 @@ fn spawn_mpi(args: &LaunchArgs, exe: &Path, ready_dir: &Path, log: &str) -> Resu
         .arg("-x")
         .arg(format!("{READY_DIR_VAR}={}", ready_dir.display()))
         .arg("-x")
+        .arg(format!("{LAUNCHER_PID_VAR}={}", std::process::id()))
+        .arg("-x")
         .arg(format!("AMI2_LOG={log}"))
         .arg(exe)
-        .args(&args.command);
+        .args(&args.command)
+        // mpirun forwards its stdin to rank 0; in a group of its own it must not read the terminal.
+        .stdin(Stdio::null())
+        .process_group(0);
     let child = command.spawn().with_context(|| format!("starting {}", mpirun.display()))?;
     Ok(("mpirun".to_string(), child))
 }
@@ -193,12 +248,27 @@ fn free_ports(count: usize) -> Result<Vec<u16>> {
 }
 
 /// Waits for every process to start (within `timeout`) and then to end; the first failure is
-/// the error.
-fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duration) -> Result<()> {
+/// the error. The first signal the launcher gets (counted in `signals`) asks the driver's process
+/// to stop the run, or ends a launch still starting; the second kills every process.
+fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duration, signals: &AtomicUsize) -> Result<()> {
     let started = Instant::now();
     let mut all_ready = false;
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    let mut signals_handled = 0;
     loop {
+        let received = signals.load(Ordering::SeqCst);
+        if received > signals_handled {
+            signals_handled = received;
+            match (received, rank_pid(ready_dir, 0)) {
+                (1, Some(driver)) if all_ready => {
+                    eprintln!("ami2 launch: stopping the run (again to kill every process)");
+                    if let Err(errno) = nix::sys::signal::kill(driver, nix::sys::signal::Signal::SIGTERM) {
+                        tracing::warn!("cannot ask the driver's process {driver} to stop: {errno}");
+                    }
+                }
+                _ => bail!("stopped by a signal; every process was killed"),
+            }
+        }
         if !all_ready {
             let missing = not_ready(np, ready_dir);
             all_ready = missing.is_empty();
@@ -240,6 +310,25 @@ fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duratio
 /// The processes (address spaces) that have not marked themselves started yet.
 fn not_ready(np: u32, ready_dir: &Path) -> Vec<u32> {
     (0..np).filter(|i| !ready_dir.join(format!("ready-{i}")).exists()).collect()
+}
+
+/// The process id that address space `rank` wrote when it started ([`mark_ready`]).
+fn rank_pid(ready_dir: &Path, rank: u32) -> Option<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(ready_dir.join(format!("ready-{rank}"))).ok()?;
+    text.trim().parse().ok().map(nix::unistd::Pid::from_raw)
+}
+
+/// Kills the launched processes: the children, and the ranks `mpirun` started (their process
+/// ids are in the ready files), which would outlive a killed `mpirun`.
+fn kill_all(children: &mut [Named], np: u32, ready_dir: &Path) {
+    for rank in 0..np {
+        if let Some(pid) = rank_pid(ready_dir, rank) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for (_, child) in children {
+        let _ = child.kill();
+    }
 }
 
 /// Writes `ami2 run --summary`: the run's totals, where its tasks ran (processes, and kinds of

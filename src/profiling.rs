@@ -26,14 +26,16 @@ pub struct ToolArgs {
 /// The Legion flags that write profiling logs to `profile` and Legion Spy logs to `spy` for a job
 /// of `ranks` processes, one file per rank (Legion replaces `%` in a log file name by the rank).
 /// Creates the folders; the paths are absolute so that every rank writes to the same place
-/// whatever its working folder. `ami2 launch` passes the same flags to every rank.
+/// whatever its working folder. `ami2 launch` passes the same flags to every rank. Logs an
+/// earlier run left for ranks this run does not have are removed (Legion overwrites the others),
+/// so that `ami2 prof DIR` and `ami2 spy DIR` read this run's logs only.
 ///
 /// Legion Spy's log goes through Realm's `-logfile`, so Realm's own messages land in the spy log
 /// too; `user_args` (the Legion arguments the user gave) must not set `-logfile` then.
 pub fn legion_flags(profile: Option<&Path>, spy: Option<&Path>, ranks: usize, user_args: &[String]) -> Result<Vec<String>> {
     let mut flags = Vec::new();
     if let Some(dir) = profile {
-        let dir = prepare(dir)?;
+        let dir = prepare(dir, "prof_", ".gz", ranks)?;
         flags.extend([
             "-lg:prof".to_string(),
             ranks.max(1).to_string(),
@@ -47,7 +49,7 @@ pub fn legion_flags(profile: Option<&Path>, spy: Option<&Path>, ranks: usize, us
                 "--spy writes Legion Spy's log through -logfile; remove -logfile from the Legion arguments"
             )));
         }
-        let dir = prepare(dir)?;
+        let dir = prepare(dir, "spy_", ".log", ranks)?;
         flags.extend([
             "-lg:spy".to_string(),
             "-logfile".to_string(),
@@ -57,9 +59,24 @@ pub fn legion_flags(profile: Option<&Path>, spy: Option<&Path>, ranks: usize, us
     Ok(flags)
 }
 
-/// Creates `dir` and returns it as an absolute path.
-fn prepare(dir: &Path) -> Result<PathBuf> {
+/// Creates `dir`, removes the logs `prefix<rank>suffix` in it of ranks `ranks` and above (an
+/// earlier run's, with more processes), and returns it as an absolute path.
+fn prepare(dir: &Path, prefix: &str, suffix: &str, ranks: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for stale in files(dir, prefix, suffix)? {
+        let rank = stale
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<usize>().ok());
+        if rank.is_some_and(|rank| rank >= ranks.max(1)) {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => tracing::info!("removed {}, an earlier run's log", stale.display()),
+                // Every rank of a launch does this: another may have removed it first.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error).with_context(|| format!("removing the earlier run's {}", stale.display())),
+            }
+        }
+    }
     std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))
 }
 
@@ -266,5 +283,26 @@ mod tests {
         let taken = legion_flags(None, Some(&spy), 1, &["-logfile".into(), "x".into()]);
         assert!(taken.unwrap_err().to_string().contains("-logfile"));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn logs_of_ranks_an_earlier_run_had_and_this_one_has_not_are_removed() {
+        let dir = std::env::temp_dir().join(format!("ami2-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = ["prof_0.gz", "prof_1.gz", "prof_12.gz", "prof_x.gz", "spy_1.log", "stats.txt"];
+        for name in names {
+            std::fs::write(dir.join(name), b"earlier").unwrap();
+        }
+        legion_flags(Some(&dir), None, 1, &[]).unwrap();
+        let left = |name: &str| dir.join(name).exists();
+        // Rank 0's log is overwritten by the run; what is not a profile log stays.
+        assert!(left("prof_0.gz") && left("prof_x.gz") && left("spy_1.log") && left("stats.txt"));
+        assert!(
+            !left("prof_1.gz") && !left("prof_12.gz"),
+            "an earlier run's logs of ranks 1 and 12 are left"
+        );
+        legion_flags(None, Some(&dir), 2, &[]).unwrap();
+        assert!(left("spy_1.log"), "a 2-process run writes spy_1.log itself");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -390,11 +390,16 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         bin_seconds: 1.0 / config.display_rate_hz,
         progress,
     };
-    // Clients talk to the process that runs the driver (rank 0); the other ranks only run tasks.
-    let service = if runtime::launch_rank().unwrap_or(0) == 0 {
-        crate::service::Service::start(&args.service, ami_tasks::event::bin_width_ns(config.display_rate_hz))?
+    // Clients talk to the process that runs the driver; the others only run tasks. Alone, this
+    // process is the driver's: it listens now, so that a taken port is reported before Legion
+    // starts. In a multi-process run, Realm decides which process runs the driver (the p2p
+    // bootstrap numbers them in the order they connect), so that one listens when it starts it.
+    let bin_width_ns = ami_tasks::event::bin_width_ns(config.display_rate_hz);
+    let (service, service_args) = if runtime::launch_rank().is_none() {
+        (crate::service::Service::start(&args.service, bin_width_ns)?, None)
     } else {
-        None
+        crate::service::Service::check(&args.service)?;
+        (None, Some(args.service.clone()))
     };
     let mut observer = crate::service::ServiceObserver::new(printer, service.as_ref().map(|s| s.hub()));
     let data_dir = args.data_dir.clone();
@@ -424,15 +429,19 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     // In a multi-process run, only the process of address space 0 runs the driver.
     let summary = runtime::start_rank(&legion_args, move |ctx| {
         // The driver's process is the one whose metrics count: serve them from here.
-        crate::metrics::install(metrics_endpoint).map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
+        crate::metrics::install(metrics_endpoint).map_err(task_error)?;
         // Held until the run ends (and released by the kernel if the process dies).
-        let _lock = data_dir
-            .as_deref()
-            .map(lock_data_dir)
-            .transpose()
-            .map_err(|e| legion_bridge::TaskError::msg(format!("{e:#}")))?;
-        let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer)?;
-        Ok(summary)
+        let _lock = data_dir.as_deref().map(lock_data_dir).transpose().map_err(task_error)?;
+        let service = match &service_args {
+            Some(args) => crate::service::Service::start(args, bin_width_ns).map_err(task_error)?,
+            None => None,
+        };
+        observer.hub = service.as_ref().map(|s| s.hub()).or(observer.hub.take());
+        let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer);
+        if let Some(service) = service {
+            service.stop();
+        }
+        Ok(summary?)
     })
     .context("running the pipeline");
     if let Some(service) = service {
@@ -495,6 +504,11 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// An error of the driver's set-up, as its task reports it.
+fn task_error(err: anyhow::Error) -> legion_bridge::TaskError {
+    legion_bridge::TaskError::msg(format!("{err:#}"))
 }
 
 /// Lowers the batch tuner's ceiling, a rung at a time, until the stores fit in `mb` MiB of system

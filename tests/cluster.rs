@@ -293,3 +293,136 @@ fn a_three_process_run_persists_its_stores_and_the_next_one_resumes() {
     assert_eq!(second["events"], 0);
     assert_eq!(second["graph_version"], 1, "the graph was installed again");
 }
+
+/// The processes whose command line holds `marker` (a test's scratch folder).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker)))
+        .collect()
+}
+
+/// `ami2 launch --np 2 --bootstrap BOOTSTRAP run` serving clients in scratch folder `dir`,
+/// once it serves them (its port file is written): the launcher and the clients' address.
+fn launch_service(dir: &Path, bootstrap: &str) -> (common::KillOnDrop, String) {
+    let port_file = dir.join("port");
+    let child = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["launch", "--np", "2", "--bootstrap", bootstrap, "--start-timeout", "60", "run"])
+        .args(["--seconds", "300", "--rate", "2000", "--image-size", "0", "--listen", "127.0.0.1:0"])
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--summary")
+        .arg(dir.join("summary.json"))
+        .args(LEGION_PER_PROCESS)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
+        .spawn()
+        .expect("ami2 launch starts");
+    let launcher = common::KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !port_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the launch did not serve clients within 90 s:\n{}",
+            std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addr = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
+    (launcher, addr)
+}
+
+/// Waits up to `limit` for `launcher` to end; its exit status.
+fn wait_for_exit(launcher: &mut common::KillOnDrop, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = launcher.0.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Clients reach the process that runs the driver (which one that is, Realm decides), and a
+/// signal to the launcher alone (not to its process group) stops the run cleanly.
+fn serve_clients_then_stop_on_a_signal_to_the_launcher(name: &str, bootstrap: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch(name);
+    let (mut launcher, addr) = launch_service(&dir, bootstrap);
+    let status = common::ami2(&["status", "--connect", &addr]);
+    assert!(
+        status.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["graph_running"], 1, "{status}");
+
+    let signal = Command::new("kill").args(["-TERM", &launcher.0.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let stderr = || std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+    let exit = wait_for_exit(&mut launcher, Duration::from_secs(60));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "the launch did not end cleanly ({exit:?}):\n{}",
+        stderr()
+    );
+    // The driver ended the run as on Ctrl-C: it wrote its summary.
+    let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("a summary")).unwrap();
+    assert!(summary["events"].as_u64().is_some_and(|n| n > 0), "{summary}");
+    let left = processes_with(dir.to_str().unwrap());
+    assert!(left.is_empty(), "processes {left:?} outlived the launch");
+}
+
+#[test]
+fn a_p2p_launch_serves_clients_and_stops_on_a_signal_to_the_launcher() {
+    serve_clients_then_stop_on_a_signal_to_the_launcher("signal-p2p", "p2p");
+}
+
+#[test]
+fn an_mpi_launch_serves_clients_and_stops_on_a_signal_to_the_launcher() {
+    serve_clients_then_stop_on_a_signal_to_the_launcher("signal-mpi", "mpi");
+}
+
+#[test]
+fn the_processes_of_a_launch_stop_when_the_launcher_is_killed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("launcher-killed");
+    let (mut launcher, _) = launch_service(&dir, "p2p");
+    let marker = dir.to_str().unwrap();
+    assert_eq!(processes_with(marker).len(), 3, "the launcher and its 2 processes");
+    launcher.0.kill().unwrap();
+    launcher.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !processes_with(marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes {:?} still run 60 s after the launcher was killed",
+            processes_with(marker)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // They stopped as on Ctrl-C, not killed: the driver wrote its summary.
+    assert!(dir.join("summary.json").exists(), "the driver did not end the run cleanly");
+}
+
+#[test]
+fn launch_refuses_commands_that_do_not_start_legion() {
+    let dir = scratch("refused");
+    let recording = dir.join("r.ami2");
+    let output = common::ami2(&["launch", "--np", "2", "record", "--frames", "10", recording.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("run, demo or doctor"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!recording.exists(), "the recording was written anyway");
+}

@@ -67,24 +67,9 @@ impl Service {
     /// serving once the driver published the first graph. `None` with `--no-listen`, or when
     /// the default address is taken (another ami2 runs: a warning, not an error).
     pub fn start(args: &ServiceArgs, bin_width_ns: u64) -> Result<Option<Service>> {
-        if args.no_listen {
+        let Some((addr, policy)) = Self::check(args)? else {
             return Ok(None);
-        }
-        // What is wrong here is the command line: refused, not worth a restart.
-        let addr: SocketAddr = args
-            .listen
-            .parse()
-            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7820", args.listen))
-            .map_err(crate::refused)?;
-        let token = match &args.token_file {
-            Some(path) => Some(read_token(path).map_err(crate::refused)?),
-            None => None,
         };
-        let policy = HandshakePolicy::for_listen_addr(addr, token).map_err(|_| {
-            crate::refused(anyhow::anyhow!(
-                "listening on {addr} (not loopback) needs --token-file: clients off this machine must present a token"
-            ))
-        })?;
         let listener = match std::net::TcpListener::bind(addr) {
             Ok(listener) => listener,
             Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && args.listen == protocol1::DEFAULT_ADDR => {
@@ -138,6 +123,29 @@ impl Service {
             }
         });
         Ok(Some(Service { hub, runtime }))
+    }
+
+    /// Checks the options without binding: the address to listen on and the clients' handshake,
+    /// `None` with `--no-listen`. An error is a refused command line, not worth a restart.
+    pub fn check(args: &ServiceArgs) -> Result<Option<(SocketAddr, HandshakePolicy)>> {
+        if args.no_listen {
+            return Ok(None);
+        }
+        let addr: SocketAddr = args
+            .listen
+            .parse()
+            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7820", args.listen))
+            .map_err(crate::refused)?;
+        let token = match &args.token_file {
+            Some(path) => Some(read_token(path).map_err(crate::refused)?),
+            None => None,
+        };
+        let policy = HandshakePolicy::for_listen_addr(addr, token).map_err(|_| {
+            crate::refused(anyhow::anyhow!(
+                "listening on {addr} (not loopback) needs --token-file: clients off this machine must present a token"
+            ))
+        })?;
+        Ok(Some((addr, policy)))
     }
 
     pub fn hub(&self) -> Arc<Hub> {
