@@ -1,8 +1,8 @@
 //! `ami2 cron install | uninstall | line`: sets up the watchdog a system cron job runs every
 //! minute (`scripts/cron/ami2-watchdog`, embedded in the binary). `install` writes, into the data
 //! directory, the watchdog script and its configuration (this executable, the data directory, the
-//! address and the `ami2 run` arguments), then the cron entry: a file in `/etc/cron.d` (or
-//! `--cron-dir`) when that folder is writable, else a line in the user's crontab.
+//! address and the `ami2 run` arguments), then the cron entry: a file in `--cron-dir`, or in
+//! `/etc/cron.d` when it exists, else a line in the user's crontab.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -30,9 +30,25 @@ pub struct TargetArgs {
     /// The service's data directory.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Folder of system cron entries (cron.d format).
-    #[arg(long, default_value = "/etc/cron.d")]
-    cron_dir: PathBuf,
+    /// Folder of system cron entries (cron.d format); default: /etc/cron.d when it exists, else
+    /// the user's crontab.
+    #[arg(long)]
+    cron_dir: Option<PathBuf>,
+}
+
+/// The system cron folder used when `--cron-dir` is not given and it exists.
+const SYSTEM_CRON_DIR: &str = "/etc/cron.d";
+
+impl TargetArgs {
+    /// The cron.d folder to use, `None` for the user's crontab. A `--cron-dir` that is not a
+    /// folder is refused: falling back to the crontab would put the entry where nobody looks.
+    fn cron_d(&self) -> Result<Option<PathBuf>> {
+        match &self.cron_dir {
+            Some(dir) if dir.is_dir() => Ok(Some(dir.clone())),
+            Some(dir) => Err(crate::refused(anyhow::anyhow!("--cron-dir {} is not a folder", dir.display()))),
+            None => Ok(Some(PathBuf::from(SYSTEM_CRON_DIR)).filter(|d| d.is_dir())),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -90,16 +106,17 @@ fn crontab_line(data_dir: &Path) -> String {
 }
 
 /// Name of the cron.d file for a data directory (cron.d names allow letters, digits, - and _).
-fn cron_file(target: &TargetArgs, data_dir: &Path) -> PathBuf {
+fn cron_file(cron_d: &Path, data_dir: &Path) -> PathBuf {
     let name: String = data_dir
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    target.cron_dir.join(format!("ami2{name}"))
+    cron_d.join(format!("ami2{name}"))
 }
 
 fn install(args: InstallArgs) -> Result<()> {
+    let cron_d = args.target.cron_d()?;
     let data_dir = absolute(&args.target.data_dir)?;
     let exe = std::env::current_exe().context("finding the ami2 executable")?;
     let script = data_dir.join("ami2-watchdog");
@@ -124,8 +141,8 @@ fn install(args: InstallArgs) -> Result<()> {
     println!("wrote {} and {}", script.display(), config.display());
 
     let line = crontab_line(&data_dir);
-    if args.target.cron_dir.is_dir() {
-        let file = cron_file(&args.target, &data_dir);
+    if let Some(cron_d) = cron_d {
+        let file = cron_file(&cron_d, &data_dir);
         let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         let (schedule, command) = line.split_at(10);
         let entry = format!("# ami2 watchdog for {}\n{schedule}{user} {command}\n", data_dir.display());
@@ -145,8 +162,8 @@ fn install(args: InstallArgs) -> Result<()> {
 
 fn uninstall(target: &TargetArgs) -> Result<()> {
     let data_dir = absolute(&target.data_dir)?;
-    let file = cron_file(target, &data_dir);
-    if file.exists() {
+    let cron_d = target.cron_d()?;
+    if let Some(file) = cron_d.as_deref().map(|dir| cron_file(dir, &data_dir)).filter(|f| f.exists()) {
         std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
         println!("removed {}", file.display());
         return Ok(());
@@ -154,11 +171,11 @@ fn uninstall(target: &TargetArgs) -> Result<()> {
     let line = crontab_line(&data_dir);
     let current = read_crontab()?;
     if !current.lines().any(|l| l == line) {
-        bail!(
-            "no watchdog entry for {} in {} or the crontab",
-            data_dir.display(),
-            target.cron_dir.display()
-        );
+        let places = match &cron_d {
+            Some(dir) => format!("{} or the crontab", dir.display()),
+            None => "the crontab".to_string(),
+        };
+        bail!("no watchdog entry for {} in {places}", data_dir.display());
     }
     let kept: String = current.lines().filter(|l| *l != line).map(|l| format!("{l}\n")).collect();
     write_crontab(&kept)?;

@@ -93,6 +93,10 @@ fn watch_launcher(launcher: nix::unistd::Pid) {
         std::thread::sleep(LAUNCHER_WATCH_PERIOD);
         if nix::sys::signal::kill(launcher, None) == Err(nix::errno::Errno::ESRCH) {
             tracing::warn!("the launcher (process {launcher}) is gone: stopping");
+            // Its folder of ready marks is not removed by anyone else now.
+            if let Some(dir) = std::env::var_os(READY_DIR_VAR) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             if let Err(errno) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM) {
                 tracing::error!("cannot stop after the launcher ended: {errno}");
             }

@@ -28,8 +28,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn parse(option: Option<&str>) -> Result<Self> {
-        let Some(text) = option else {
+    /// Parses the value of `option` (named in the error), `None` when it was not given.
+    pub fn parse(option: &str, value: Option<&str>) -> Result<Self> {
+        let Some(text) = value else {
             return Ok(Self::Default);
         };
         if let Ok(port) = text.parse::<u16>() {
@@ -40,7 +41,7 @@ impl Endpoint {
         }
         let addr: SocketAddr = text
             .parse()
-            .with_context(|| format!("--metrics takes 0 (off), a port or HOST:PORT, not {text:?}"))?;
+            .with_context(|| format!("{option} takes 0 (off), a port or HOST:PORT, not {text:?}"))?;
         if !addr.ip().is_loopback() {
             tracing::warn!(component = "metrics", %addr, "the metrics endpoint is reachable from other hosts");
         }
@@ -140,8 +141,8 @@ pub struct MetricsArgs {
 
 /// `ami2 metrics`: the summary (or the text) of a running service's metrics.
 pub fn print(args: MetricsArgs) -> Result<()> {
-    let Endpoint::At(addr) = Endpoint::parse(Some(&args.addr))? else {
-        anyhow::bail!("--addr needs a port or HOST:PORT");
+    let Endpoint::At(addr) = Endpoint::parse("--addr", Some(&args.addr)).map_err(crate::refused)? else {
+        return Err(crate::refused(anyhow::anyhow!("--addr needs a port or HOST:PORT")));
     };
     let text = scrape_text(addr)?;
     if args.raw {
@@ -180,17 +181,19 @@ mod tests {
 
     #[test]
     fn endpoint_option() {
-        assert_eq!(Endpoint::parse(None).unwrap(), Endpoint::Default);
-        assert_eq!(Endpoint::parse(Some("0")).unwrap(), Endpoint::Off);
+        assert_eq!(Endpoint::parse("--metrics", None).unwrap(), Endpoint::Default);
+        assert_eq!(Endpoint::parse("--metrics", Some("0")).unwrap(), Endpoint::Off);
         assert_eq!(
-            Endpoint::parse(Some("9999")).unwrap(),
+            Endpoint::parse("--metrics", Some("9999")).unwrap(),
             Endpoint::At("127.0.0.1:9999".parse().unwrap())
         );
         assert_eq!(
-            Endpoint::parse(Some("[::1]:80")).unwrap(),
+            Endpoint::parse("--metrics", Some("[::1]:80")).unwrap(),
             Endpoint::At("[::1]:80".parse().unwrap())
         );
-        assert!(Endpoint::parse(Some("localhost")).is_err());
+        assert!(Endpoint::parse("--metrics", Some("localhost")).is_err());
+        let named = Endpoint::parse("--addr", Some("garbage")).unwrap_err().to_string();
+        assert!(named.starts_with("--addr takes"), "{named}");
     }
 
     /// Cumulative reports become counters the Prometheus exporter renders and the summary reads

@@ -239,6 +239,20 @@ pub fn spy(args: SpyArgs) -> Result<()> {
         .into_iter()
         .filter(|p| std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t >= started))
         .collect();
+    if drawn.is_empty() && args.options.is_empty() {
+        // Its own options may ask for checks only; the default ones must draw.
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARNING") || l.contains("No matches")).collect();
+        bail!(
+            "legion_spy.py drew no graphs from the logs in {} (are they Legion Spy logs of a finished run?): {}; its output is in {}",
+            args.dir.display(),
+            if warnings.is_empty() {
+                "no warning".to_string()
+            } else {
+                warnings.join("; ")
+            },
+            log_file.display()
+        );
+    }
     println!("legion_spy.py output: {}", log_file.display());
     if drawn.is_empty() {
         println!("legion_spy.py drew no graphs (see its output)");

@@ -341,7 +341,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let metrics_endpoint = crate::metrics::Endpoint::parse(args.metrics.as_deref()).map_err(refused)?;
+    let metrics_endpoint = crate::metrics::Endpoint::parse("--metrics", args.metrics.as_deref()).map_err(refused)?;
     if !(0.0..=86_400.0).contains(&args.metrics_linger) {
         return Err(refused(anyhow::anyhow!("--metrics-linger must be between 0 and 86400 seconds")));
     }

@@ -93,6 +93,67 @@ fn a_spied_run_is_drawn_by_legion_spy() {
     }
 }
 
+#[test]
+fn legion_spy_over_logs_it_cannot_read_is_an_error() {
+    let dir = scratch("spy-garbage");
+    std::fs::write(dir.join("spy_0.log"), "not a Legion Spy log\n").unwrap();
+    let out = ami2(&["spy", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Without legion_spy.py or graphviz it fails earlier, saying so.
+    assert!(
+        !out.status.success(),
+        "ami2 spy succeeded on garbage: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("drew no graphs") || stderr.contains("not found") || stderr.contains("not installed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn metrics_names_its_own_option_when_refusing_an_address() {
+    let out = ami2(&["metrics", "--addr", "garbage"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--addr takes 0 (off), a port or HOST:PORT"), "{stderr}");
+}
+
+#[test]
+fn cron_install_writes_an_entry_in_the_cron_folder_and_uninstall_removes_it() {
+    let dir = scratch("cron");
+    let (data, cron_d) = (dir.join("data"), dir.join("cron.d"));
+    std::fs::create_dir_all(&cron_d).unwrap();
+    let target = ["--data-dir", data.to_str().unwrap(), "--cron-dir", cron_d.to_str().unwrap()];
+    let out = ami2(&[&["cron", "install"][..], &target].concat());
+    assert!(succeeded(&out));
+    let entries: Vec<_> = std::fs::read_dir(&cron_d).unwrap().filter_map(|e| e.ok()).collect();
+    assert_eq!(entries.len(), 1, "one cron.d file");
+    let entry = std::fs::read_to_string(entries[0].path()).unwrap();
+    let script = data.join("ami2-watchdog");
+    assert!(entry.contains("* * * * * ") && entry.contains(script.to_str().unwrap()), "{entry}");
+    assert!(script.is_file() && data.join("watchdog.conf").is_file());
+
+    let out = ami2(&[&["cron", "uninstall"][..], &target].concat());
+    assert!(succeeded(&out));
+    assert_eq!(std::fs::read_dir(&cron_d).unwrap().count(), 0, "the entry is left");
+
+    // A cron folder that is not there is refused, not replaced by the user's crontab.
+    let elsewhere = dir.join("data2");
+    let missing = dir.join("no-such-cron.d");
+    let out = ami2(&[
+        "cron",
+        "install",
+        "--data-dir",
+        elsewhere.to_str().unwrap(),
+        "--cron-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a folder"));
+    assert!(!elsewhere.exists(), "the refused install wrote its files");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
