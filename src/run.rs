@@ -362,23 +362,16 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
             service_nodes: args.service_nodes,
         },
     )?;
-    // Under a multi-process launch, process 0 speaks for the run.
-    let quiet = runtime::launch_rank().is_some_and(|rank| rank > 0);
-    if demo && !args.json && !quiet {
-        println!(
+    // The banner and the replay's progress bar come from the driver's process, which speaks
+    // for the run (in a multi-process run Realm decides which one that is).
+    let banner = (demo && !args.json).then(|| {
+        format!(
             "ami2 demo: synthetic events at {} Hz, built-in graph; Ctrl-C to stop",
             config_rate(&config)
-        );
-    }
-    let progress = match (&config.source, &recording) {
-        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json && !quiet => {
-            let bar = indicatif::ProgressBar::new(info.frames);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            Some(bar)
-        }
+        )
+    });
+    let replay_frames = match (&config.source, &recording) {
+        (SourceConfig::File { realtime: false, .. }, Some(info)) if !args.json => Some(info.frames),
         _ => None,
     };
     let printer = Printer {
@@ -388,7 +381,7 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         stop: stop.clone(),
         table: LiveTable::for_stdout(),
         bin_seconds: 1.0 / config.display_rate_hz,
-        progress,
+        progress: None,
     };
     // Clients talk to the process that runs the driver; the others only run tasks. Alone, this
     // process is the driver's: it listens now, so that a taken port is reported before Legion
@@ -432,6 +425,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         crate::metrics::install(metrics_endpoint).map_err(task_error)?;
         // Held until the run ends (and released by the kernel if the process dies).
         let _lock = data_dir.as_deref().map(lock_data_dir).transpose().map_err(task_error)?;
+        if let Some(banner) = &banner {
+            println!("{banner}");
+        }
+        observer.inner.progress = replay_frames.map(replay_progress_bar);
         let service = match &service_args {
             Some(args) => crate::service::Service::start(args, bin_width_ns).map_err(task_error)?,
             None => None,
@@ -504,6 +501,16 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The progress bar of a recording of `frames` frames replayed faster than real time.
+fn replay_progress_bar(frames: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(frames);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} frames ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// An error of the driver's set-up, as its task reports it.
