@@ -1,7 +1,9 @@
 //! The pipeline through the `ami2` binary: `run` on each source kind (synthetic, a recording made by
 //! `ami2 record`, a shared-memory ring filled by `ami2 daq-sim` in another process), `demo`'s live
-//! table, and refusal of an invalid graph. Real processes, real files, the real runtime.
+//! table, refusal of an invalid graph, and a data directory continued with other partition counts.
+//! Real processes, real files, the real runtime.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -654,4 +656,129 @@ fn a_service_slower_than_its_stream_says_how_far_behind_it_is() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("behind"), "{stderr}");
+}
+
+/// A graph of one result, the `scan` scalar, which is `(seq % 1000) / 1000`: a bin's count and
+/// sum of it tell which frames the bin got.
+const SCAN_GRAPH: &str = r#"{"nodes":[{"id":"scan","op":"select","params":{"field":"scan","kind":"scalar"}}],"results":["scan"]}"#;
+
+/// Each bin's events and sum of `scan`, over the bins of several runs (a bin that a stop cut in
+/// two is published by both runs, each with its part).
+fn scan_per_bin<'a>(bins: impl IntoIterator<Item = &'a Value>) -> BTreeMap<u64, (u64, f64)> {
+    let mut per_bin: BTreeMap<u64, (u64, f64)> = BTreeMap::new();
+    for bin in bins {
+        let entry = per_bin.entry(bin["bin"].as_u64().unwrap()).or_default();
+        entry.0 += bin["events"].as_u64().unwrap();
+        entry.1 += result(bin, "scan")["sum"].as_f64().unwrap();
+    }
+    per_bin
+}
+
+/// The runs of `runs` analysed between them exactly the frames of `reference` (one run over the
+/// whole stream): bin by bin, as many and the same ones.
+fn assert_same_frames(runs: &[Vec<Value>], reference: &[Value]) {
+    let got = scan_per_bin(runs.iter().flatten());
+    let expected = scan_per_bin(reference);
+    assert_eq!(
+        got.iter().map(|(bin, (events, _))| (*bin, *events)).collect::<Vec<_>>(),
+        expected.iter().map(|(bin, (events, _))| (*bin, *events)).collect::<Vec<_>>(),
+        "events per bin"
+    );
+    for (bin, (_, sum)) in &got {
+        let want = expected[bin].1;
+        assert!(
+            (sum - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "bin {bin}: scan sums to {sum}, not {want}"
+        );
+    }
+}
+
+/// `ami2 run` with the scan graph and `args` (its files in `dir`), on `data` when given: the bins,
+/// the events it analysed (from its summary) and its stderr.
+fn scan_run(dir: &Path, data: Option<&Path>, args: &[&str]) -> (Vec<Value>, u64, String) {
+    let graph = dir.join("scan.json");
+    std::fs::write(&graph, SCAN_GRAPH).unwrap();
+    let summary = dir.join("summary.json");
+    let mut all = vec![
+        "run",
+        "--json",
+        "--graph",
+        graph.to_str().unwrap(),
+        "--summary",
+        summary.to_str().unwrap(),
+    ];
+    if let Some(data) = data {
+        all.extend(["--data-dir", data.to_str().unwrap()]);
+    }
+    all.extend_from_slice(args);
+    let out = ami2(&with_legion(&all));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    (bins(&out), summary["events"].as_u64().unwrap(), stderr)
+}
+
+#[test]
+fn another_partition_count_on_a_data_directory_analyses_every_frame_once() {
+    let dir = scratch("repartition-synthetic");
+    let data = dir.join("data");
+    let stream = ["--frames", "6000", "--image-size", "0"];
+    let (reference, events, _) = scan_run(&dir, None, &[&stream[..], &["--rate", "0"]].concat());
+    assert_eq!(events, 6000);
+    // 2 partitions, stopped part-way; 4 (more), stopped part-way; 3 (fewer), to the end.
+    let paced = [&stream[..], &["--rate", "1000", "--seconds", "2"]].concat();
+    let mut runs = Vec::new();
+    let mut said = Vec::new();
+    let mut total = 0;
+    for (partitions, args) in [("2", &paced), ("4", &paced), ("3", &[&stream[..], &["--rate", "0"]].concat())] {
+        let (bins, events, stderr) = scan_run(&dir, Some(&data), &[&args[..], &["--partitions", partitions]].concat());
+        assert!(events > 0 && total + events <= 6000, "{events} events after {total}: {stderr}");
+        assert_eq!(total_events(&bins), events);
+        total += events;
+        runs.push(bins);
+        said.push(stderr);
+    }
+    assert_eq!(total, 6000, "every frame analysed once over the three runs");
+    assert_same_frames(&runs, &reference);
+    // Said in the log, and as an incident for operators.
+    for (stderr, change) in said[1..]
+        .iter()
+        .zip(["partitions changed from 2 to 4", "partitions changed from 4 to 3"])
+    {
+        assert!(stderr.contains(change) && stderr.contains("PartitionsChanged"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_once() {
+    let dir = scratch("repartition-file");
+    let file = dir.join("run.rec");
+    let out = ami2(&[
+        "record",
+        file.to_str().unwrap(),
+        "--frames",
+        "4000",
+        "--image-size",
+        "0",
+        "--waveform-length",
+        "16",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let source = format!("file:{}", file.display());
+    let (reference, events, _) = scan_run(&dir, None, &["--source", &source]);
+    assert_eq!(events, 4000);
+    // Replayed at the recorded pace (1,000 frames a second): 4 partitions stopped part-way, then
+    // 2, then 3 as fast as possible to the end of the recording.
+    let data = dir.join("data");
+    let paced = ["--source", &source, "--realtime", "--seconds", "2"];
+    let mut runs = Vec::new();
+    let mut total = 0;
+    for (partitions, args) in [("4", &paced[..]), ("2", &paced[..]), ("3", &["--source", &source][..])] {
+        let (bins, events, stderr) = scan_run(&dir, Some(&data), &[args, &["--partitions", partitions]].concat());
+        assert!(events > 0 && total + events <= 4000, "{events} events after {total}: {stderr}");
+        total += events;
+        runs.push(bins);
+    }
+    assert_eq!(total, 4000, "every frame analysed once over the three runs");
+    assert_same_frames(&runs, &reference);
 }

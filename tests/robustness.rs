@@ -100,6 +100,46 @@ fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
 }
 
 #[test]
+fn a_crash_while_positions_are_converted_to_another_partition_count_loses_and_repeats_nothing() {
+    let data = scratch("partition-change-crash").join("data");
+    let run = |fault: &str, partitions: &str, more: &[&str]| {
+        let args = [
+            &[
+                "--frames",
+                "4000",
+                "--image-size",
+                "0",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--partitions",
+                partitions,
+            ][..],
+            more,
+        ]
+        .concat();
+        let out = run_with_fault(fault, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out, stderr)
+    };
+    // 4 partitions, stopped part-way.
+    let (first, stderr) = run("", "4", &["--rate", "1000", "--seconds", "2"]);
+    assert!(first.status.success(), "{stderr}");
+    let before = events_in(&bins(&first));
+    assert!(before > 0 && before < 4000, "{before} events: {stderr}");
+    // 2: the process dies once sources 0 and 1 have their new positions, before the states of 2
+    // and 3 are removed.
+    let (crashed, stderr) = run("partition_change:exit@1", "2", &[]);
+    assert_eq!(crashed.status.code(), Some(86), "{stderr}");
+    assert!(stderr.contains("injected fault: partition_change"), "{stderr}");
+    assert_eq!(events_in(&bins(&crashed)), 0, "{stderr}");
+    // 3 (yet another count), to the end: the interrupted conversion is finished, then converted.
+    let (last, stderr) = run("", "3", &["--rate", "0"]);
+    assert!(last.status.success(), "{stderr}");
+    assert!(stderr.contains("partitions changed from 4 to 3"), "{stderr}");
+    assert_eq!(before + events_in(&bins(&last)), 4000, "every frame analysed once: {stderr}");
+}
+
+#[test]
 fn a_stuck_monitor_watcher_is_replaced_without_stopping_results() {
     let out = run_with_fault("monitor-watcher:hang@1s", &["--frames", "5000", "--rate", "1000"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

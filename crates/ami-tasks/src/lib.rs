@@ -10,7 +10,9 @@
 //! - [`retention`]: which bins Results holds, kept small enough to travel in a future.
 //! - [`graph_manager`]: clients' graph edits: decided, optimised, written durably to Control.
 //! - [`pipeline`]: running it: graph installation, rounds of launches, observers;
-//!   [`batch_tuner`]: the batch size, tuned while the sources are behind.
+//!   [`batch_tuner`]: the batch size, tuned while the sources are behind;
+//!   [`partition_change`]: the sources' saved positions converted at a start with another
+//!   partition count.
 //! - [`robust`], [`health`], [`monitor`], [`fault`]: retries and incidents, heartbeats, the
 //!   robustness monitor, fault injection for tests; [`incident_log`]: incidents kept in Control.
 //! - `rate_limited`: counts of repeated conditions, logged once per interval.
@@ -30,6 +32,7 @@ pub mod incident_log;
 mod json_values;
 pub mod metrics;
 pub mod monitor;
+pub mod partition_change;
 pub mod pipeline;
 pub mod placement;
 mod rate_limited;

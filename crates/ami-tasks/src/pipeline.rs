@@ -737,6 +737,11 @@ fn run_on_stores(
     };
     let mut incident_log = IncidentLog::open(ctx, stores)?;
     import_earlier_incidents(ctx, stores, config, data_dir, &mut summary, &mut incident_log)?;
+    // Before the first round: the sources open from the positions of this partition count.
+    if data_dir.is_some() {
+        let changed = crate::partition_change::convert_saved_positions(ctx, stores, config.partitions)?;
+        incident_log.record(ctx, stores, changed.into_iter().collect(), &mut summary)?;
+    }
     let run = health::reset();
     let mut monitors = Monitors::start(
         ctx,

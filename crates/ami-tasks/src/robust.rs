@@ -55,6 +55,9 @@ pub enum IncidentKind {
     GraphFailure,
     /// Results was too small for the graph's values: the oldest bins were dropped early.
     ResultsFull,
+    /// The service started with another partition count than its data sources' saved positions
+    /// had; they were converted (a notice, not a failure).
+    PartitionsChanged,
 }
 
 impl IncidentKind {
@@ -66,6 +69,7 @@ impl IncidentKind {
             Self::Restart => "restart",
             Self::GraphFailure => "graph_failure",
             Self::ResultsFull => "results_full",
+            Self::PartitionsChanged => "partitions_changed",
         }
     }
 }

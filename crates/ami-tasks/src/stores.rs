@@ -1,6 +1,7 @@
 //! The three stores as the pipeline lays them out: telemetry buffers per partition, the control
 //! segments (with one segment per data source for its volatile state), and the results.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use kv_region::{KeyValueStore, LoadStats, StoreConfig};
@@ -32,6 +33,48 @@ pub fn source_prefix(partition: usize) -> String {
 /// Key of data source `partition`'s saved position.
 pub fn source_state_key(partition: usize) -> String {
     format!("{}state", source_prefix(partition))
+}
+
+/// The partition of a key made by [`source_state_key`]; `None` for any other key.
+pub fn parse_source_state_key(key: &str) -> Option<usize> {
+    let partition = key.strip_prefix("/component/source/")?.strip_suffix("/state")?;
+    partition.parse().ok().filter(|&p| source_state_key(p) == key)
+}
+
+/// Name of the Control store, and of its folder in a data directory.
+const CONTROL: &str = "control";
+
+/// The partitions whose data source segment of Control has files in `data_dir` (a run with more
+/// partitions left some behind), so that Control gets their segments too and the driver finds
+/// their positions.
+pub fn saved_source_partitions(data_dir: &Path) -> Result<BTreeSet<usize>, PipelineError> {
+    let folder = data_dir.join(CONTROL);
+    let io = |source| kv_region::KvError::Io {
+        path: folder.clone(),
+        source,
+    };
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(error) => return Err(io(error).into()),
+    };
+    let mut partitions = BTreeSet::new();
+    for entry in entries {
+        let name = entry.map_err(io)?.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|name| [".snap.prev", ".snap", ".log"].iter().find_map(|ext| name.strip_suffix(ext)))
+        else {
+            continue;
+        };
+        // Stems are `component_source_<p>-<hash>` (kv_region::persist::file_stem).
+        let partition = stem
+            .strip_prefix("component_source_")
+            .and_then(|rest| rest.split('-').next()?.parse().ok())
+            .filter(|&p| kv_region::persist::file_stem(&source_prefix(p)) == stem);
+        partitions.extend(partition);
+    }
+    Ok(partitions)
 }
 
 /// Key of graph document `version`.
@@ -90,7 +133,9 @@ pub struct Stores {
 
 impl Stores {
     /// Creates the three stores; with a data directory, Control and Results are rebuilt from it
-    /// (telemetry buffers are transient and start empty).
+    /// (telemetry buffers are transient and start empty). Control has a data source segment for
+    /// each partition, and for each partition beyond whose segment the data directory holds
+    /// ([`saved_source_partitions`]).
     pub fn create(ctx: &TaskContext, sizes: &StoreSizes, data_dir: Option<&Path>) -> Result<(Self, Vec<LoadStats>), PipelineError> {
         let buffer_bytes = sizes.frames_per_buffer * (sizes.max_frame_bytes + 64) + sizes.chunk_bytes + 4096;
         let mut telemetry = StoreConfig::new("telemetry").max_value_bytes(sizes.chunk_bytes.max(sizes.max_frame_bytes + 1024));
@@ -99,12 +144,16 @@ impl Stores {
                 telemetry = telemetry.segment(&buffer_prefix(p, b), sizes.frames_per_buffer + 4, buffer_bytes);
             }
         }
-        let mut control = StoreConfig::new("control")
+        let mut control = StoreConfig::new(CONTROL)
             .segment("/control/", 4096, 8 << 20)
             .segment("/component/", 1024, 1 << 20)
             .segment("/incident/", 4096, 4 << 20)
             .logged();
-        for p in 0..sizes.partitions {
+        let saved = match data_dir {
+            Some(dir) => saved_source_partitions(dir)?,
+            None => BTreeSet::new(),
+        };
+        for p in (0..sizes.partitions).chain(saved.into_iter().filter(|&p| p >= sizes.partitions)) {
             control = control.segment(&source_prefix(p), 16, 64 * 1024);
         }
         let results = StoreConfig::new("results")
@@ -133,5 +182,41 @@ impl Stores {
         for store in [self.telemetry, self.control, self.results] {
             store.destroy(ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_state_keys_name_their_partition() {
+        assert_eq!(parse_source_state_key(&source_state_key(12)), Some(12));
+        for other in [
+            "/component/source/12/",
+            "/component/source/x/state",
+            "/component/source/012/state",
+            "/control/graph/version",
+        ] {
+            assert_eq!(parse_source_state_key(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_source_segments_a_data_directory_holds_are_found_by_their_files() {
+        let dir = std::env::temp_dir().join(format!("ami2-stores-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(saved_source_partitions(&dir).unwrap().is_empty(), "no data directory yet");
+        let control = dir.join(CONTROL);
+        std::fs::create_dir_all(&control).unwrap();
+        let files = |prefix: &str| kv_region::persist::SegmentFiles::new(&control, prefix);
+        std::fs::write(files(&source_prefix(0)).log, b"").unwrap();
+        std::fs::write(files(&source_prefix(3)).snapshot, b"").unwrap();
+        std::fs::write(files(&source_prefix(11)).previous, b"").unwrap();
+        // Neither another segment's files nor a name that only looks like a source segment's.
+        std::fs::write(files("/component/").log, b"").unwrap();
+        std::fs::write(control.join("component_source_5-00000000.log"), b"").unwrap();
+        assert_eq!(saved_source_partitions(&dir).unwrap(), BTreeSet::from([0, 3, 11]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,6 +25,7 @@ use crate::event::{bin_of, Event};
 use crate::frame_chunk::{self, ChunkReader, ChunkWriter, FieldSpec, FrameMut, FrameRef};
 use crate::graph::{compile, CompiledGraph, GraphSpec, Partials};
 use crate::monitor::{monitor_task, MonitorArgs, MonitorReport};
+use crate::partition_change::source_state_doc;
 use crate::rate_limited::RateLimitedCount;
 use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
@@ -435,7 +436,7 @@ fn source_attempt(ctx: &TaskContext, args: &SourceArgs) -> Result<SourceReport, 
         next_seq = position.next_seq,
         "batch stored"
     );
-    let saved_state = json!({"position": position, "stats": stats, "ended": batch.ended});
+    let saved_state = source_state_doc(&position, &stats, batch.ended, args.partitions);
     with_writer(&state, args.control_field, |view| {
         let op = Op::put_json(source_state_key(args.partition), &saved_state);
         apply_ops(view, vec![op], args.state_log.as_deref())?.pop().expect("one result")?;

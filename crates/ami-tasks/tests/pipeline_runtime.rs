@@ -1,6 +1,7 @@
 //! The event pipeline end to end on the real runtime: golden results through the whole flow
 //! (scalars from a recording; images and waveforms read in place from the telemetry store),
-//! 1 vs 4 partitions, a graph change mid-stream, a graph failing at run time.
+//! 1 vs 4 partitions, a graph change mid-stream, a graph failing at run time, a data directory
+//! continued with another partition count.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -170,6 +171,53 @@ impl Observer for Breaker {
         self.incidents = stores.control.list(ctx, "/incident/")?.len();
         Ok(Flow::Continue)
     }
+}
+
+/// Stops the run after `0` reports.
+struct StopAfter(usize);
+
+impl Observer for StopAfter {
+    fn on_report(&mut self, _: &TaskContext, _: &Stores, _: &GlobalReport) -> Result<Flow, PipelineError> {
+        self.0 = self.0.saturating_sub(1);
+        Ok(if self.0 == 0 { Flow::Stop } else { Flow::Continue })
+    }
+}
+
+/// A conversion of the saved positions of `dir` to `partitions` partitions as a crash in its
+/// middle leaves it: the conversion written, and the states of the first `written` partitions
+/// only.
+fn interrupted_conversion(ctx: &TaskContext, dir: &std::path::Path, partitions: usize, written: usize) -> Result<(), TaskError> {
+    use ami_tasks::partition_change::{source_state_doc, Conversion, CONVERSION_KEY};
+    use ami_tasks::source::{resume::convert_positions, SourceStats};
+    use ami_tasks::stores::{source_state_key, StoreSizes};
+    let sizes = StoreSizes {
+        partitions,
+        buffers: 2,
+        frames_per_buffer: 1,
+        max_frame_bytes: 1024,
+        chunk_bytes: 4096,
+        result_keys: 64,
+    };
+    let (stores, _) = Stores::create(ctx, &sizes, Some(dir))?;
+    let mut old = Vec::new();
+    let mut from = 0;
+    while let Some(state) = stores.control.get(ctx, &source_state_key(from))? {
+        old.push(Some(serde_json::from_value(state["position"].clone())?));
+        from += 1;
+    }
+    let positions = convert_positions(&old, partitions);
+    let conversion = Conversion {
+        from,
+        partitions,
+        positions: positions.clone(),
+    };
+    stores.control.put(ctx, CONVERSION_KEY, &serde_json::to_value(&conversion)?)?;
+    for (p, position) in positions.iter().enumerate().take(written) {
+        let doc = source_state_doc(position, &SourceStats::default(), false, partitions);
+        stores.control.put(ctx, &source_state_key(p), &doc)?;
+    }
+    stores.destroy(ctx);
+    Ok(())
 }
 
 /// Synthetic frames with a 40×30 image and a 100-sample waveform, 1 ms apart.
@@ -730,6 +778,48 @@ fn main() -> ExitCode {
             let total: u64 = breaker.inner.bins.iter().map(|b| b.events).sum();
             check(total == 6000, format!("{total} events in bins: events lost in the revert"))
         }),
+        case(
+            "another_partition_count_continues_where_the_sources_stopped_even_after_a_crash_in_the_conversion",
+            |ctx| {
+                let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-partition-change");
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)?;
+                // 3 partitions, stopped after a few reports.
+                let first = ami_tasks::run(ctx, &config(synthetic(6000), 3, energy_graph()), Some(&dir), &mut StopAfter(3))?;
+                check(
+                    first.events > 0 && first.events < 6000,
+                    format!("{} events before the stop", first.events),
+                )?;
+                // The conversion to 4 was written, and the new states of partitions 0 and 1 only:
+                // 2 and 3 have none, and the states that are there are all of 4 partitions.
+                interrupted_conversion(ctx, &dir, 4, 2)?;
+                let mut rest = Collect::default();
+                let second = ami_tasks::run(ctx, &config(synthetic(6000), 4, energy_graph()), Some(&dir), &mut rest)?;
+                check(
+                    first.events + second.events == 6000,
+                    format!("{} + {} events: frames lost or analysed twice", first.events, second.events),
+                )?;
+                let announced = second
+                    .incidents
+                    .iter()
+                    .find(|i| i.kind == ami_tasks::robust::IncidentKind::PartitionsChanged);
+                check(
+                    announced.is_some_and(|i| i.message.starts_with("partitions changed from 3 to 4")),
+                    format!("{:?}", second.incidents),
+                )?;
+                // Again with as many partitions: nothing to convert, nothing announced.
+                let third = ami_tasks::run(
+                    ctx,
+                    &config(synthetic(6000), 4, energy_graph()),
+                    Some(&dir),
+                    &mut Collect::default(),
+                )?;
+                check(
+                    third.events == 0 && third.incidents.is_empty(),
+                    format!("{} events, {:?}", third.events, third.incidents),
+                )
+            },
+        ),
     ];
     run(&[], cases)
 }

@@ -333,7 +333,7 @@ fn reopening_from_a_position_continues_without_gaps_or_repeats() {
         Some(&SourcePosition {
             next_seq: 0,
             offset: 3,
-            stream: None,
+            ..SourcePosition::default()
         }),
     )
     .err()

@@ -207,6 +207,7 @@ impl DataSource for FileDataSource {
             next_seq: self.next_seq,
             offset,
             stream: Some(self.reader.header().created_unix_ns),
+            delivered_before: Vec::new(),
         }
     }
 

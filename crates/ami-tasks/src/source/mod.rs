@@ -10,6 +10,11 @@
 //! Sequence numbers are global: with `P` partitions, partition `p` delivers exactly the frames
 //! with `seq % P == p`, so the same input gives the same events whatever the partition count.
 //!
+//! A service started with another partition count than the one its positions were saved with
+//! continues without losing or repeating a frame: the driver converts the saved positions
+//! ([`resume::convert_positions`]) and each new partition skips the frames the old ones had
+//! already delivered ([`SkipDelivered`], see [`resume`]).
+//!
 //! Three sources are built in, chosen by [`SourceConfig`]:
 //!
 //! | source | config | what it reads | [`SourcePosition::offset`] |
@@ -25,6 +30,16 @@
 //! timeout you are given, report a [`SourcePosition`] from which a reopened source continues
 //! without gaps or repeats, and signal the end with an empty batch whose `ended` is true.
 //!
+//! For a change of the partition count to lose and repeat nothing, positions must mean what the
+//! built-in sources' do: every frame of the partition below `next_seq` has been delivered, and so
+//! has every frame of the partition before `offset`; and a source opened at an `offset` no
+//! further on in the same `stream`, for any partition, delivers that partition's frames from there
+//! in sequence order. The driver gives each new partition the smallest offset of the old ones
+//! ([`resume`]). Open your source from that position without its
+//! [`delivered_before`](SourcePosition::delivered_before) and put [`SkipDelivered::wrap`] around
+//! it, as [`open`] does for the built-in ones: the frames delivered under the earlier count are
+//! dropped there, and your source needs to know nothing of them.
+//!
 //! # Batches and the end of a source
 //!
 //! [`DataSource::next_batch`] waits until at least one frame is ready, the source has ended, or
@@ -34,6 +49,7 @@
 
 pub mod file;
 pub mod recording;
+pub mod resume;
 pub mod shm;
 pub mod synthetic;
 
@@ -47,6 +63,7 @@ use crate::frame_chunk::{self, FieldSpec, FrameMut};
 
 pub use file::FileDataSource;
 pub use recording::{recording_info, write_recording, write_recording_with, RecordingHeader, RecordingReader, RecordingSummary};
+pub use resume::{EarlierLayout, SkipDelivered};
 pub use shm::{SharedMemoryDataSource, ShmProducer};
 pub use synthetic::{Dtype, ImageSpec, SyntheticConfig, SyntheticDataSource, SyntheticGenerator, WaveformSpec};
 
@@ -68,14 +85,7 @@ pub trait DataSource: Send {
     /// writes their values in place instead, with no intermediate frame.
     fn write_batch(&mut self, max: usize, timeout: Duration, sink: &mut dyn FrameSink) -> Result<Written, SourceError> {
         let batch = self.next_batch(max, timeout)?;
-        for frame in &batch.frames {
-            copy_frame(sink, frame)?;
-        }
-        Ok(Written {
-            frames: batch.frames.len(),
-            max_timestamp_ns: batch.frames.iter().map(|f| f.timestamp_ns).max(),
-            ended: batch.ended,
-        })
+        copy_batch(sink, &batch)
     }
 }
 
@@ -113,6 +123,18 @@ pub fn copy_frame(sink: &mut dyn FrameSink, frame: &Frame) -> Result<(), SourceE
     Ok(())
 }
 
+/// Appends copies of a batch's frames to `sink` (what [`DataSource::write_batch`] does by default).
+pub fn copy_batch(sink: &mut dyn FrameSink, batch: &Batch) -> Result<Written, SourceError> {
+    for frame in &batch.frames {
+        copy_frame(sink, frame)?;
+    }
+    Ok(Written {
+        frames: batch.frames.len(),
+        max_timestamp_ns: batch.frames.iter().map(|f| f.timestamp_ns).max(),
+        ended: batch.ended,
+    })
+}
+
 /// What [`DataSource::write_batch`] wrote.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Written {
@@ -146,6 +168,24 @@ pub struct SourcePosition {
     /// synthetic source, and in positions saved before it existed.
     #[serde(default)]
     pub stream: Option<u64>,
+    /// Frames the partitions of an earlier count delivered already, which this partition may come
+    /// across again (set by [`resume::convert_positions`] when the partition count changed):
+    /// skipped by [`SkipDelivered`], and gone from the position once the partition's frames have
+    /// passed them. Empty otherwise, and in positions saved before it existed. (Always written:
+    /// positions also travel in bincode, which cannot skip a field.)
+    #[serde(default)]
+    pub delivered_before: Vec<EarlierLayout>,
+}
+
+impl SourcePosition {
+    /// The position as the source itself continues from it: without
+    /// [`delivered_before`](Self::delivered_before), which [`SkipDelivered`] takes care of.
+    pub fn without_delivered_before(&self) -> SourcePosition {
+        SourcePosition {
+            delivered_before: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Counters of a source, for operators.
@@ -222,7 +262,10 @@ pub enum SourceError {
     FrameTooLarge { seq: u64, bytes: usize, slot_bytes: usize },
 }
 
-/// Opens the source for `partition` of `partitions`, continuing from `from` when given.
+/// Opens the source for `partition` of `partitions`, continuing from `from` when given. A
+/// position converted to a new partition count is opened without its
+/// [`delivered_before`](SourcePosition::delivered_before), and the source put in a
+/// [`SkipDelivered`] that drops those frames.
 pub fn open(
     config: &SourceConfig,
     partition: usize,
@@ -230,11 +273,14 @@ pub fn open(
     from: Option<&SourcePosition>,
 ) -> Result<Box<dyn DataSource>, SourceError> {
     check_partition(partition, partitions)?;
-    Ok(match config {
-        SourceConfig::Synthetic(synthetic) => Box::new(SyntheticDataSource::open(synthetic, partition, partitions, from)?),
-        SourceConfig::File { path, realtime } => Box::new(FileDataSource::open(path, *realtime, partition, partitions, from)?),
-        SourceConfig::SharedMemory { name } => Box::new(SharedMemoryDataSource::open(name, partition, partitions, from)?),
-    })
+    let base = from.map(SourcePosition::without_delivered_before);
+    let base = base.as_ref();
+    let source: Box<dyn DataSource> = match config {
+        SourceConfig::Synthetic(synthetic) => Box::new(SyntheticDataSource::open(synthetic, partition, partitions, base)?),
+        SourceConfig::File { path, realtime } => Box::new(FileDataSource::open(path, *realtime, partition, partitions, base)?),
+        SourceConfig::SharedMemory { name } => Box::new(SharedMemoryDataSource::open(name, partition, partitions, base)?),
+    };
+    Ok(SkipDelivered::wrap(source, from))
 }
 
 /// A frame of the stream as a fresh reader of the whole stream gets it first, within `wait`: to
@@ -286,16 +332,23 @@ pub(crate) fn is_mine(seq: u64, partition: usize, partitions: usize) -> bool {
     seq % partitions as u64 == partition as u64
 }
 
-/// Sequence number and time stamp of an encoded frame, without decoding its values: bincode
-/// writes a struct's fields in order, so they are the first two varints of the payload. Sources
-/// that share their input between partitions use it to skip other partitions' frames cheaply.
-/// Sequence number, time stamp and field count of an encoded frame, without decoding its values.
+/// The first sequence number at or after `seq` that belongs to `partition` of `partitions`.
+pub(crate) fn first_of_partition(seq: u64, partition: u64, partitions: u64) -> u64 {
+    seq.saturating_add((partition + partitions - seq % partitions) % partitions)
+}
+
+/// Sequence number, time stamp and field count of an encoded frame, without decoding its values:
+/// bincode writes a struct's fields in order, so they are the first three varints of the payload
+/// (the field list starts with its length).
 pub(crate) fn peek_header(payload: &[u8]) -> Option<(u64, u64, u64)> {
     bincode::serde::decode_from_slice::<(u64, u64, u64), _>(payload, bincode::config::standard())
         .ok()
         .map(|(v, _)| v)
 }
 
+/// Sequence number and time stamp of an encoded frame (the first two varints, see
+/// [`peek_header`]). Sources that share their input between partitions use it to skip other
+/// partitions' frames cheaply.
 pub(crate) fn peek_seq_timestamp(payload: &[u8]) -> Option<(u64, u64)> {
     bincode::serde::decode_from_slice::<(u64, u64), _>(payload, bincode::config::standard())
         .ok()

@@ -768,6 +768,7 @@ impl DataSource for SharedMemoryDataSource {
             next_seq: self.next_seq,
             offset: self.read_index,
             stream: Some(self.header.epoch),
+            delivered_before: Vec::new(),
         }
     }
 
@@ -917,7 +918,8 @@ mod tests {
             SourcePosition {
                 next_seq: 20,
                 offset: 20,
-                stream: Some(producer.epoch())
+                stream: Some(producer.epoch()),
+                delivered_before: Vec::new(),
             }
         );
         assert_eq!(

@@ -45,13 +45,14 @@
 //!
 //! [`SourcePosition::next_seq`] is the next global sequence number this partition will produce
 //! (`offset` is unused). Reopening from a position continues exactly there; a position saved with
-//! another partition count continues at the first frame of this partition at or after `next_seq`.
+//! another partition count continues at the first frame of this partition at or after `next_seq`
+//! (the driver converts the positions of another count first, see [`resume`](super::resume)).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_partition, Batch, DataSource, FrameSink, SourceError, SourcePosition, SourceStats, Written};
+use super::{check_partition, first_of_partition, Batch, DataSource, FrameSink, SourceError, SourcePosition, SourceStats, Written};
 use crate::event::{FieldValue, Frame};
 use crate::frame_chunk::{FieldShape, FieldSpec};
 
@@ -551,11 +552,6 @@ fn gaussian(x: f64, sigma: f64) -> f64 {
     (-x * x / (2.0 * sigma * sigma)).exp()
 }
 
-/// The first sequence number at or after `seq` that belongs to `partition` of `partitions`.
-fn first_of_partition(seq: u64, partition: u64, partitions: u64) -> u64 {
-    seq.saturating_add((partition + partitions - seq % partitions) % partitions)
-}
-
 /// How many frames a source makes between two looks at the clock for its timeout: it may overrun
 /// the timeout by the time of that many frames less one (under 1 ms for 512×512 images).
 const CLOCK_EVERY: usize = 16;
@@ -692,8 +688,7 @@ impl DataSource for SyntheticDataSource {
     fn position(&self) -> SourcePosition {
         SourcePosition {
             next_seq: self.next_seq,
-            offset: 0,
-            stream: None,
+            ..SourcePosition::default()
         }
     }
 
@@ -859,8 +854,7 @@ mod tests {
             3,
             Some(&SourcePosition {
                 next_seq: 11,
-                offset: 0,
-                stream: None,
+                ..SourcePosition::default()
             }),
         )
         .unwrap();
