@@ -285,12 +285,18 @@ impl Hub {
 
     // ---- driver side ----
 
-    /// The graph (as edited) and version at start, or after the graph manager changed them.
+    /// The graph (as edited) and version at start, or after the graph manager changed them. The
+    /// graph manager's answer can come after the report of the new version's failure at run
+    /// time: the version the workers run is then kept, and an older version changes nothing.
     pub fn set_graph(&self, version: u64, graph: Value) {
         let mut state = self.state();
-        state.graph_version = version;
-        state.graph = graph;
-        state.graph_running = Some(version);
+        if version > state.graph_version || state.graph.is_null() {
+            state.graph_version = version;
+            state.graph = graph;
+            state.graph_running = Some(version);
+        } else if version == state.graph_version {
+            state.graph = graph;
+        }
         drop(state);
         self.ready.send_replace(true);
     }
@@ -374,4 +380,36 @@ fn shutting_down(request: &Request, version: u64) -> ServerMessage {
         version,
         reasons: vec![Reason::new(ErrorCode::ShuttingDown, None, "the service is stopping")],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(hub: &Hub) -> (Value, Value) {
+        let status = hub.status();
+        (status["graph_version"].clone(), status["graph_running"].clone())
+    }
+
+    #[test]
+    fn the_graph_managers_late_answer_keeps_a_failure_reported_before_it() {
+        let hub = Hub::new(50_000_000);
+        hub.set_graph(1, json!({"results": ["a"]}));
+        assert_eq!(running(&hub), (json!(1), json!(1)));
+        // Version 2's failure at run time is reported first (the driver learns the version then)...
+        hub.set_graph(2, json!({"results": ["b"]}));
+        hub.set_graph_running(Some(1));
+        // ...and the graph manager's answer that installed it comes after.
+        hub.set_graph(2, json!({"results": ["b"]}));
+        assert_eq!(running(&hub), (json!(2), json!(1)));
+        // A newer version runs until it fails; an older one changes nothing.
+        hub.set_graph(3, json!({"results": ["c"]}));
+        assert_eq!(running(&hub), (json!(3), json!(3)));
+        hub.set_graph(2, json!({"results": ["b"]}));
+        assert_eq!(running(&hub), (json!(3), json!(3)));
+        let ServerMessage::Graph { version, graph } = hub.graph() else {
+            panic!("not a graph")
+        };
+        assert_eq!((version, graph), (3, json!({"results": ["c"]})));
+    }
 }
