@@ -23,6 +23,7 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Runs the supervisor with the child's arguments (`run ...` without `--supervise`).
 pub fn supervise(child_args: Vec<String>) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ami2 executable")?;
+    let child_args = with_fixed_port(child_args)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let flag = stopping.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
@@ -82,6 +83,36 @@ fn wait_forwarding_stop(child: &mut Child, stopping: &AtomicBool) -> Result<Exit
     }
 }
 
+/// `args` with a `--listen` address on port 0 (any free port) replaced by one free port, chosen
+/// once: every child then listens where the first one did, so clients reconnect after a restart.
+fn with_fixed_port(mut args: Vec<String>) -> Result<Vec<String>> {
+    let options = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let value_at = (0..options).find_map(|i| match args[i].as_str() {
+        "--listen" => Some(i + 1).filter(|&v| v < options),
+        a if a.starts_with("--listen=") => Some(i),
+        _ => None,
+    });
+    let Some(at) = value_at else { return Ok(args) };
+    let given = args[at].trim_start_matches("--listen=");
+    // An address that does not parse is the child's to refuse.
+    let Ok(addr) = given.parse::<std::net::SocketAddr>() else {
+        return Ok(args);
+    };
+    if addr.port() != 0 {
+        return Ok(args);
+    }
+    let chosen = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .with_context(|| format!("finding a free port on {}", addr.ip()))?;
+    tracing::info!("--listen {addr}: the service listens on {chosen} across restarts");
+    args[at] = if args[at].starts_with("--listen=") {
+        format!("--listen={chosen}")
+    } else {
+        chosen.to_string()
+    };
+    Ok(args)
+}
+
 fn describe(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -89,5 +120,38 @@ fn describe(status: &ExitStatus) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => format!("ended ({status})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn port_of(addr: &str) -> u16 {
+        addr.trim_start_matches("--listen=").parse::<std::net::SocketAddr>().unwrap().port()
+    }
+
+    #[test]
+    fn port_0_becomes_one_free_port_for_every_restart() {
+        let fixed = with_fixed_port(args(&["run", "--listen", "127.0.0.1:0", "--", "-ll:cpu", "1"])).unwrap();
+        assert_eq!(fixed.len(), 6);
+        assert_ne!(port_of(&fixed[2]), 0);
+        assert_eq!(fixed[3..], args(&["--", "-ll:cpu", "1"]));
+        let fixed = with_fixed_port(args(&["run", "--listen=127.0.0.1:0"])).unwrap();
+        assert!(fixed[1].starts_with("--listen=127.0.0.1:") && port_of(&fixed[1]) != 0, "{fixed:?}");
+        // A given port, no --listen, garbage (the child refuses it) and Legion's arguments stay.
+        for kept in [
+            args(&["run", "--listen", "127.0.0.1:7999"]),
+            args(&["run", "--frames", "10"]),
+            args(&["run", "--listen", "garbage"]),
+            args(&["run", "--", "--listen", "127.0.0.1:0"]),
+            args(&["run", "--listen"]),
+        ] {
+            assert_eq!(with_fixed_port(kept.clone()).unwrap(), kept);
+        }
     }
 }

@@ -792,3 +792,52 @@ fn old_graph_versions_are_dropped_and_too_old_bases_conflict() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The process ids of the children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_supervised_service_on_port_0_comes_back_where_its_clients_reconnect() {
+    let dir = scratch("supervised-port-0");
+    let mut supervisor = Service::start(&dir, "127.0.0.1:0", &["--supervise"]);
+    // Also when the test fails: a supervisor killed with SIGKILL would leave its service running.
+    struct StopOnDrop(u32);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    let _stop = StopOnDrop(supervisor.child.id());
+    let addr = supervisor.addr.clone();
+    assert!(!addr.ends_with(":0"), "{addr}");
+    let watch = WatchTable::start(&addr);
+    watch.wait_for(&is_row);
+    let [service] = children_of(supervisor.child.id())[..] else {
+        panic!("the supervisor has not one child: {:?}", children_of(supervisor.child.id()))
+    };
+    std::fs::remove_file(dir.join("port")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &service.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The restarted service listens where the first one did, so the client comes back by itself.
+    watch.wait_for(&|line| line.contains("reconnected"));
+    watch.wait_for(&is_row);
+    let again = std::fs::read_to_string(dir.join("port")).expect("the restarted service wrote its address");
+    assert_eq!(again.trim(), addr);
+    assert!(!children_of(supervisor.child.id()).contains(&service));
+    // SIGTERM: the supervisor stops its service too, and ends well.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &supervisor.child.id().to_string()])
+        .status();
+    assert!(stopped.unwrap().success());
+    assert!(supervisor.child.wait().unwrap().success());
+}
