@@ -57,6 +57,7 @@ impl ConnectArgs {
 pub enum GraphCommand {
     /// Replace the graph by the one in FILE (JSON, docs/graph.md).
     Submit {
+        /// The graph document (JSON).
         file: PathBuf,
         #[command(flatten)]
         connect: ConnectArgs,
@@ -84,6 +85,7 @@ pub enum GraphCommand {
     /// Make the graph of an earlier VERSION current again (as a new version). Retried on a
     /// conflict (up to 3 times).
     Revert {
+        /// The version to make current again (`ami2 graph history` lists those kept).
         version: u64,
         #[command(flatten)]
         connect: ConnectArgs,
@@ -527,12 +529,25 @@ impl TableRows {
 }
 
 pub fn get(args: GetArgs) -> Result<()> {
-    match args.connect.client(Role::Subscriber)?.get_key(&args.key)? {
+    let key = padded_result_key(&args.key);
+    match args.connect.client(Role::Subscriber)?.get_key(&key)? {
         Some(value) => {
             outln!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
-        None => bail!("no key {}", args.key),
+        None => bail!("no key {key}"),
+    }
+}
+
+/// `/results/NAME/BIN` with the bin number as the store writes it (12 digits), so that
+/// `/results/energy_hist/186` finds bin 186; any other key as it is.
+fn padded_result_key(key: &str) -> String {
+    let bin = key.strip_prefix("/results/").and_then(|rest| rest.rsplit_once('/'));
+    match bin {
+        Some((name, bin)) if !name.is_empty() && !bin.is_empty() && bin.len() < 12 && bin.bytes().all(|b| b.is_ascii_digit()) => bin
+            .parse()
+            .map_or_else(|_| key.to_string(), |bin| ami_tasks::stores::result_key(name, bin)),
+        _ => key.to_string(),
     }
 }
 
@@ -565,6 +580,21 @@ pub fn status(args: StatusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_key_gets_its_bin_number_padded() {
+        assert_eq!(padded_result_key("/results/energy_hist/186"), "/results/energy_hist/000000000186");
+        assert_eq!(padded_result_key("/results/a/b/7"), "/results/a/b/000000000007");
+        for kept in [
+            "/results/energy_hist/000000000186",
+            "/results/energy_hist/x1",
+            "/results/7",
+            "/control/graph/7",
+            "/results//7",
+        ] {
+            assert_eq!(padded_result_key(kept), kept);
+        }
+    }
 
     fn bin(result: &str, bin: u64) -> protocol1::Bin {
         protocol1::Bin {

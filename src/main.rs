@@ -118,8 +118,27 @@ fn main() -> Result<()> {
             eprintln!("Error: {err}");
             std::process::exit(USAGE_EXIT_CODE)
         }
-        done => done,
+        Err(err) => {
+            eprintln!("{}", error_text(&err));
+            std::process::exit(1)
+        }
+        Ok(()) => Ok(()),
     }
+}
+
+/// What a failed command prints: the error and its causes, without the backtrace anyhow would
+/// add whenever `RUST_BACKTRACE` is set (a user's error is not a program's crash; `--log debug`
+/// says more).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = format!("Error: {err}");
+    let causes: Vec<String> = err.chain().skip(1).map(|cause| cause.to_string()).collect();
+    if !causes.is_empty() {
+        text.push_str("\n\nCaused by:");
+        for cause in causes {
+            text.push_str(&format!("\n    {cause}"));
+        }
+    }
+    text
 }
 
 /// Exit code of a command that refused its arguments: clap's usage code, which `--supervise`

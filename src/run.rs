@@ -176,6 +176,11 @@ impl RunArgs {
                 )))
             }
         };
+        if self.realtime && !matches!(source, SourceConfig::File { .. }) {
+            return Err(refused(anyhow::anyhow!(
+                "--realtime replays a recording at its pace: it needs --source file:PATH (a synthetic source is paced with --rate)"
+            )));
+        }
         let graph = match &self.graph {
             Some(path) => {
                 let text = std::fs::read_to_string(path)

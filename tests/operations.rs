@@ -154,6 +154,29 @@ fn cron_install_writes_an_entry_in_the_cron_folder_and_uninstall_removes_it() {
     assert!(!elsewhere.exists(), "the refused install wrote its files");
 }
 
+#[test]
+fn a_failed_command_prints_its_error_and_causes_without_a_backtrace() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["status", "--connect", "127.0.0.1:1"])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("Error: is the service running"), "{stderr}");
+    assert!(stderr.contains("Caused by:") && stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn zero_client_limits_are_refused() {
+    for option in ["--max-connections", "--idle-timeout", "--subscriber-queue"] {
+        let out = ami2(&["run", option, "0"]);
+        assert_eq!(out.status.code(), Some(2), "{option} 0 was accepted");
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -521,7 +521,7 @@ fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
     std::fs::write(&empty, r#"{"nodes": [], "results": []}"#).unwrap();
     let missing = dir.join("missing.json");
     let data = dir.join("data");
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 9] = [
         &["--graph", empty.to_str().unwrap()],
         &["--graph", missing.to_str().unwrap()],
         &["--partitions", "0"],
@@ -530,6 +530,7 @@ fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
         &["--source", "shm:a/b"],
         &["--listen", "garbage"],
         &["--token-file", missing.to_str().unwrap()],
+        &["--realtime"],
     ];
     for case in cases {
         let mut args = vec!["run", "--supervise", "--data-dir", data.to_str().unwrap()];

@@ -235,10 +235,14 @@ fn the_graph_manager_retries_and_the_incident_shows_in_status() {
     let service = Service::start(&dir, "127.0.0.1:0", &[]);
     let status = client(&service.addr).status().unwrap();
     let incidents = status["health"]["recent_incidents"].as_array().cloned().unwrap_or_default();
-    assert!(
-        incidents.iter().any(|i| i["component"] == "graph_manager" && i["kind"] == "panic"),
-        "{status}"
-    );
+    let shown = incidents
+        .iter()
+        .find(|i| i["component"] == "graph_manager" && i["kind"] == "panic")
+        .unwrap_or_else(|| panic!("{status}"));
+    // With its key, by which a client reads the whole record.
+    let key = shown["key"].as_str().unwrap_or_else(|| panic!("no key: {shown}"));
+    let stored = client(&service.addr).get_key(key).unwrap().unwrap_or_else(|| panic!("no {key}"));
+    assert_eq!(stored["message"], shown["message"]);
 }
 
 #[test]

@@ -244,6 +244,8 @@ fn misbehaving_clients_are_refused_while_others_carry_on() {
     assert!(next_bin(&mut good).bin > before);
     let status = good.status().unwrap();
     assert_eq!(status["server"]["connections"], json!(1), "{status}");
+    // The subscriber's edit is counted with the other rejections.
+    assert_eq!(status["server"]["requests_rejected"], json!(1), "{status}");
 }
 
 #[test]

@@ -336,6 +336,22 @@ impl Hub {
         }
     }
 
+    /// The answer to an edit from a connection that may not edit (a subscriber's), counted with
+    /// the other rejections.
+    pub fn reject_forbidden(&self, id: u64) -> ServerMessage {
+        let mut state = self.state();
+        state.rejected += 1;
+        ServerMessage::Rejected(Rejected {
+            id,
+            version: state.graph_version,
+            reasons: vec![Reason::new(
+                ErrorCode::Forbidden,
+                None,
+                "a subscriber connection cannot edit the graph",
+            )],
+        })
+    }
+
     /// Pushes a report's finished bins to their subscribers and updates the status snapshot.
     pub fn publish(&self, report: &GlobalReport) {
         let mut state = self.state();

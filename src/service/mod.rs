@@ -46,13 +46,13 @@ pub struct ServiceArgs {
     #[arg(long)]
     port_file: Option<PathBuf>,
     /// Most client connections at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
     /// Close a client connection silent for this many seconds.
-    #[arg(long, default_value_t = protocol1::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = protocol1::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
     /// Bins queued per client before the oldest are dropped.
-    #[arg(long, default_value_t = protocol1::DEFAULT_SUBSCRIBER_QUEUE)]
+    #[arg(long, default_value_t = protocol1::DEFAULT_SUBSCRIBER_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     subscriber_queue: usize,
 }
 
@@ -91,9 +91,9 @@ impl Service {
         hub.set_listen(local.to_string());
         let config = ServerConfig {
             policy,
-            max_connections: args.max_connections.max(1),
-            idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
-            queue_bins: args.subscriber_queue.max(1),
+            max_connections: args.max_connections,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            queue_bins: args.subscriber_queue,
             ..ServerConfig::default()
         };
         let listener = {

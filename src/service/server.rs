@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol1::{ClientMessage, Connection, ErrorCode, HandshakePolicy, ProtocolError, Reason, Refused, Rejected, Role, ServerMessage};
+use protocol1::{ClientMessage, Connection, ErrorCode, HandshakePolicy, ProtocolError, Refused, Role, ServerMessage};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -177,15 +177,7 @@ async fn handle(msg: ClientMessage, sender: &str, role: Role, id: u64, hub: &Hub
                 true,
             )
         }
-        ClientMessage::Request(request) if role != Role::Editor => ServerMessage::Rejected(Rejected {
-            id: request.id,
-            version: hub.graph_version(),
-            reasons: vec![Reason::new(
-                ErrorCode::Forbidden,
-                None,
-                "a subscriber connection cannot edit the graph",
-            )],
-        }),
+        ClientMessage::Request(request) if role != Role::Editor => hub.reject_forbidden(request.id),
         ClientMessage::Request(request) => hub.submit(request, sender.to_string()).await.unwrap_or_else(|_| internal()),
         ClientMessage::GetGraph {} => hub.graph(),
         ClientMessage::GetStatus {} => ServerMessage::Status { status: hub.status() },

@@ -24,7 +24,7 @@ struct Board {
     /// When the current run started.
     run_started: Option<Instant>,
     /// The newest incidents the driver recorded (for status pages), oldest first.
-    recent_incidents: std::collections::VecDeque<crate::robust::Incident>,
+    recent_incidents: std::collections::VecDeque<KeyedIncident>,
     /// Last time a monitor looked.
     monitor_beat: Option<Instant>,
     /// Number of the current run in this process; monitors of older runs return.
@@ -133,6 +133,9 @@ pub struct Stall {
     pub component: String,
     pub stalled_ms: u64,
     pub what: String,
+    /// The attempt that stalled (1-based), 0 for a stall that is not one attempt's (a round).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// The stalls on this process's board now.
@@ -148,6 +151,7 @@ pub fn find_stalls(limits: &StallLimits) -> Vec<Stall> {
             component: label.clone(),
             stalled_ms: age(*started),
             what: format!("attempt {} has run for {} ms", attempt + 1, age(*started)),
+            attempt: attempt + 1,
         })
         .collect();
     if let Some((round, launched)) = board.rounds.iter().next() {
@@ -157,6 +161,7 @@ pub fn find_stalls(limits: &StallLimits) -> Vec<Stall> {
                 component: "pipeline".into(),
                 stalled_ms: quiet,
                 what: format!("round {round} in flight for {} ms with no report meanwhile", age(*launched)),
+                attempt: 0,
             });
         }
     }
@@ -177,21 +182,29 @@ pub struct HealthSnapshot {
     /// Milliseconds since the pipeline run started (none before it starts).
     pub run_age_ms: Option<u64>,
     /// The newest incidents recorded in Control (at most [`RECENT_INCIDENTS`]), oldest first.
-    pub recent_incidents: Vec<crate::robust::Incident>,
+    pub recent_incidents: Vec<KeyedIncident>,
 }
 
 /// Incidents a status page shows.
 pub const RECENT_INCIDENTS: usize = 20;
 
+/// An incident and its key in Control (`ami2 get KEY` reads it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyedIncident {
+    pub key: String,
+    #[serde(flatten)]
+    pub incident: crate::robust::Incident,
+}
+
 /// Shows `incidents` (oldest first) as the recent ones, in place of those noted so far: what
 /// Control holds when a run opens it.
-pub fn show_incidents(incidents: &[crate::robust::Incident]) {
+pub fn show_incidents(incidents: &[KeyedIncident]) {
     board().recent_incidents.clear();
     note_incidents(incidents);
 }
 
 /// Notes incidents the driver recorded, for [`snapshot`].
-pub fn note_incidents(incidents: &[crate::robust::Incident]) {
+pub fn note_incidents(incidents: &[KeyedIncident]) {
     let mut board = board();
     for incident in incidents {
         if board.recent_incidents.len() == RECENT_INCIDENTS {
@@ -230,5 +243,25 @@ pub(crate) fn sleep_unless_stopped(run: u64, total: Duration) {
     let until = Instant::now() + total;
     while !monitors_stopped(run) && Instant::now() < until {
         std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_attempt_is_named_by_its_number_from_1_in_text_and_field() {
+        // The second attempt (index 1) of a component that runs too long.
+        let _beat = Beat::start("test/stalled", 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let limits = StallLimits {
+            attempt_ms: 1,
+            round_ms: u64::MAX,
+        };
+        let stalls = find_stalls(&limits);
+        let stall = stalls.iter().find(|s| s.component == "test/stalled").expect("the stall is found");
+        assert_eq!(stall.attempt, 2);
+        assert!(stall.what.starts_with("attempt 2 has run for"), "{}", stall.what);
     }
 }

@@ -34,7 +34,10 @@ impl IncidentLog {
         let mut newest = Vec::new();
         for key in keys.iter().rev().take(crate::health::RECENT_INCIDENTS).rev() {
             if let Some(incident) = stores.control.get(ctx, key)?.and_then(|doc| serde_json::from_value(doc).ok()) {
-                newest.push(incident);
+                newest.push(crate::health::KeyedIncident {
+                    key: key.clone(),
+                    incident,
+                });
             }
         }
         crate::health::show_incidents(&newest);
@@ -72,6 +75,13 @@ impl IncidentLog {
             self.sequence += 1;
             new.push((incident.key(self.sequence), incident));
         }
+        let keyed: Vec<crate::health::KeyedIncident> = new
+            .iter()
+            .map(|(key, incident)| crate::health::KeyedIncident {
+                key: key.clone(),
+                incident: (*incident).clone(),
+            })
+            .collect();
         // The oldest beyond the bound go first (deletes before puts, so that a full segment
         // makes room); incidents of this batch already beyond it are not written.
         let excess = (self.keys.len() + new.len()).saturating_sub(KEPT_INCIDENTS);
@@ -84,7 +94,7 @@ impl IncidentLog {
         stores.control.apply_all(ctx, ops)?;
         // Shown by `ami2 status` once they are in Control: what an operator saw there is
         // still there after a crash.
-        crate::health::note_incidents(&incidents);
+        crate::health::note_incidents(&keyed);
         summary.incidents_total += incidents.len() as u64;
         keep_newest(&mut summary.incidents, incidents);
         Ok(())

@@ -146,7 +146,7 @@ fn watch(label: &str, args: &MonitorArgs) {
             let incident = Incident::new(
                 &stall.component,
                 IncidentKind::Stall,
-                0,
+                stall.attempt,
                 format!("{} (seen by {label})", stall.what),
             );
             if let Some(file) = &args.incident_file {

@@ -160,7 +160,7 @@ impl PipelineConfig {
             return bad("at least 2 telemetry buffers per partition are needed");
         }
         if !(self.display_rate_hz > 0.0 && self.display_rate_hz <= 1e6) {
-            return bad("display rate must be between 0 and 1e6 Hz");
+            return bad("the display rate must be more than 0 and at most 1e6 Hz");
         }
         if self.window == 0 {
             return bad("window must be at least 1");
