@@ -843,3 +843,32 @@ fn a_supervised_service_on_port_0_comes_back_where_its_clients_reconnect() {
     assert!(stopped.unwrap().success());
     assert!(supervisor.child.wait().unwrap().success());
 }
+
+#[test]
+fn sockets_that_never_say_hello_do_not_take_the_places_of_clients() {
+    let dir = scratch("silent-sockets");
+    let service = Service::start(&dir, "127.0.0.1:0", &["--max-connections", "2"]);
+    // More silent sockets than there are places: they wait out the handshake timeout.
+    let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&service.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let first = client(&service.addr);
+    let second = client(&service.addr);
+    assert!(first.status().is_ok() && second.status().is_ok());
+    // The places are the clients': a third one is told the service is busy.
+    let once = || ClientOptions {
+        reconnect: false,
+        timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let third = BlockingClient::connect(&service.addr, once()).and_then(|c| c.status());
+    let err = third.expect_err("a third client got a place").to_string();
+    assert!(err.contains("too many connections"), "{err}");
+    drop(first);
+    // A place freed is taken again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while BlockingClient::connect(&service.addr, once()).and_then(|c| c.status()).is_err() {
+        assert!(Instant::now() < deadline, "the freed place was not given again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(silent);
+}

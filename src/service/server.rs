@@ -1,7 +1,7 @@
 //! The TCP server: a tokio runtime on its own threads, one task per connection (a reader that
 //! handles messages one at a time, in order, and a writer that drains the connection's
 //! [`Outbox`]). Layers as in tokio's mini-redis: frames (protocol1) → connection → message →
-//! server; a semaphore caps connections; accept errors back off.
+//! server; semaphores cap the handshakes in progress and the connections; accept errors back off.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -48,11 +48,17 @@ const SERVER_NAME: &str = concat!("ami2/", env!("CARGO_PKG_VERSION"));
 /// How long a closing connection may take to write what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Connections that may be in their handshake at once, apart from `max_connections`: sockets
+/// that never say hello (probes, stuck clients) wait out the handshake timeout without taking
+/// the places of clients.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
 /// Accepts connections (once the hub is ready) until the runtime is dropped.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, config: ServerConfig) {
     hub.wait_ready().await;
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES.max(config.max_connections)));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -69,37 +75,58 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, config: ServerConfig) {
             }
         };
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let (hub, config) = (hub.clone(), config.clone());
-                tokio::spawn(async move {
-                    connection(stream, peer, &hub, &config).await;
-                    drop(permit);
-                });
+        match handshakes.clone().try_acquire_owned() {
+            Ok(handshake) => {
+                let (hub, config, slots) = (hub.clone(), config.clone(), slots.clone());
+                tokio::spawn(async move { connection(stream, peer, &hub, &config, handshake, &slots).await });
             }
             Err(_) => {
                 tokio::spawn(async move {
                     let mut conn = Connection::new(stream);
-                    let refused = Refused {
-                        code: ErrorCode::Busy,
-                        message: "too many connections".into(),
-                    };
-                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.send(&ServerMessage::Refused(refused))).await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.send(&ServerMessage::Refused(busy()))).await;
                 });
             }
         }
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, hub: &Arc<Hub>, config: &ServerConfig) {
+/// The refusal of a connection there is no room for.
+fn busy() -> Refused {
+    Refused {
+        code: ErrorCode::Busy,
+        message: "too many connections".into(),
+    }
+}
+
+/// Serves one connection: its handshake (holding `handshake`), then, with one of the `slots`
+/// of connections, its messages (without a slot its hello is refused, `busy`).
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    hub: &Arc<Hub>,
+    config: &ServerConfig,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+    slots: &Arc<Semaphore>,
+) {
     let mut conn = Connection::with_max_frame_length(stream, config.max_frame_bytes);
-    let hello = match conn.server_handshake(&config.policy, SERVER_NAME, hub.graph_version()).await {
+    // A place among the connections is taken once the client has said hello.
+    let mut slot = None;
+    let admit = |_: &protocol1::Hello| {
+        slot = Some(slots.clone().try_acquire_owned().map_err(|_| busy())?);
+        Ok(())
+    };
+    let handshake_done = conn
+        .server_handshake_admitting(&config.policy, SERVER_NAME, hub.graph_version(), admit)
+        .await;
+    drop(handshake);
+    let hello = match handshake_done {
         Ok(hello) => hello,
         Err(err) => {
             tracing::info!(%peer, "handshake refused: {err}");
             return;
         }
     };
+    let _slot = slot;
     tracing::info!(%peer, client = %hello.client, role = ?hello.role, "client connected");
     // Kept with every graph version this connection makes (`ami2 graph history`).
     let sender = format!("{} at {peer}", hello.client);

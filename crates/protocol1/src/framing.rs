@@ -337,6 +337,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// the `hello`; or answers `refused` (when the connection still allows it) and returns the
     /// error. The caller closes the connection on error.
     pub async fn server_handshake(&mut self, policy: &HandshakePolicy, server: &str, graph_version: u64) -> Result<Hello, ProtocolError> {
+        self.server_handshake_admitting(policy, server, graph_version, |_| Ok(())).await
+    }
+
+    /// [`server_handshake`](Self::server_handshake), where a `hello` the policy accepts must also
+    /// be admitted by `admit` (e.g. a free place among the server's connections); what it
+    /// refuses is answered in place of the welcome.
+    pub async fn server_handshake_admitting(
+        &mut self,
+        policy: &HandshakePolicy,
+        server: &str,
+        graph_version: u64,
+        admit: impl FnOnce(&Hello) -> Result<(), Refused>,
+    ) -> Result<Hello, ProtocolError> {
         let first = match self.recv_timeout::<ClientMessage>(policy.handshake_timeout()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Err(ProtocolError::Closed),
@@ -353,7 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         let refusal = match first {
-            ClientMessage::Hello(hello) => match policy.check(&hello) {
+            ClientMessage::Hello(hello) => match policy.check(&hello).and_then(|()| admit(&hello)) {
                 Ok(()) => {
                     let welcome = Welcome {
                         protocol: PROTOCOL_VERSION,
