@@ -184,6 +184,13 @@ fn retried_on_conflict(mut attempt: impl FnMut() -> Result<Answer>) -> Result<()
         let answer = attempt()?;
         let conflict = matches!(&answer, Answer::Rejected(r) if r.reasons.iter().all(|x| x.code == ErrorCode::Conflict));
         if conflict && tries < 3 {
+            // Said, so that an editor knows another one's change came first (and may be undone).
+            if let Answer::Rejected(r) = &answer {
+                eprintln!(
+                    "ami2 graph: another client changed the graph first (now version {}); sending again on it",
+                    r.version
+                );
+            }
             continue;
         }
         return report(answer);
