@@ -16,12 +16,17 @@ fn kept_graph(client: &BlockingClient, version: u64) -> Result<Option<Value>> {
 
 /// [`kept_graph`], or an error saying why there is none.
 pub fn kept_graph_or_why(client: &BlockingClient, version: u64) -> Result<Value> {
-    if let Some(graph) = kept_graph(client, version)? {
-        return Ok(graph);
-    }
-    let (current, _) = client.graph()?;
+    // Documents above the current version are of a version that was not accepted (its writing
+    // failed and a restart found part of it): never shown as a version.
+    let current = client
+        .get_key(ami_tasks::stores::GRAPH_VERSION_KEY)?
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     if version > current {
         bail!("graph version {version} is not made yet: the current one is {current}");
+    }
+    if let Some(graph) = kept_graph(client, version)? {
+        return Ok(graph);
     }
     bail!(
         "graph version {version} is not kept: the service keeps the last {} (`ami2 graph history`)",

@@ -189,6 +189,8 @@ impl RunArgs {
                 let spec: GraphSpec = serde_json::from_str(&text)
                     .with_context(|| format!("{} is not a graph document", path.display()))
                     .map_err(refused)?;
+                ami_tasks::graph::check_size(&spec)
+                    .map_err(|error| refused(anyhow::anyhow!("{} is not a valid graph: {error}", path.display())))?;
                 ami_tasks::graph::compile(&spec).map_err(|errors| {
                     refused(anyhow::anyhow!(
                         "{} is not a valid graph:\n  {}",

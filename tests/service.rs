@@ -872,3 +872,138 @@ fn sockets_that_never_say_hello_do_not_take_the_places_of_clients() {
     }
     drop(silent);
 }
+
+/// `n` nodes `prefix<k>`, each the mean of the trace: about 55 bytes of graph each.
+fn means(prefix: &str, n: usize) -> Vec<Edit> {
+    (0..n)
+        .map(|k| Edit::AddNode {
+            node: NodeDoc::new(&format!("{prefix}{k}"), "mean", &["trace"], Value::Null),
+        })
+        .collect()
+}
+
+/// A graph larger than the bound (`protocol1::MAX_GRAPH_BYTES`) is refused everywhere with a
+/// reason saying so, so that every answer carrying a graph fits a frame: `graph show`, `history`,
+/// `get` of a graph key keep working.
+#[test]
+fn a_graph_too_large_is_refused_and_graph_commands_keep_working() {
+    let dir = scratch("graph-size");
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(args)
+            .env("AMI2_ADDR", &service.addr)
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let editor = client(&service.addr);
+    let (first, _) = editor.graph().unwrap();
+    // Half the bound: accepted. Twice more: the graph would be over it, rejected for that alone.
+    let half = protocol1::MAX_GRAPH_BYTES / 2 / 55;
+    let version = accepted(editor.request(first, means("a", half), None).unwrap());
+    match editor.request(version, means("b", half), None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.version, version);
+            assert_eq!(r.reasons.len(), 1, "{r:?}");
+            assert_eq!((r.reasons[0].code, r.reasons[0].node.as_deref()), (ErrorCode::InvalidGraph, None));
+            assert!(r.reasons[0].message.contains("too large"), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Far over, in one frame (the tester's 10,000 nodes): the same.
+    match editor.request(version, means("c", 10_000), None).unwrap() {
+        Answer::Rejected(r) => assert!(r.reasons.len() == 1 && r.reasons[0].message.contains("too large"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let (code, out, err) = cli(&["graph", "show"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("graph version {version}")), "{err}");
+    assert_eq!(
+        node_ids(&serde_json::from_str(&out).unwrap()).len(),
+        node_ids(&editor.graph().unwrap().1).len()
+    );
+    let (code, out, err) = cli(&["graph", "history"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("version {version} (current)")), "{out}");
+    let (code, _, err) = cli(&["get", &format!("/control/graph/edited/{version:012}")]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // A file over the bound: refused by the client before sending, and by `run --graph`.
+    let mut graph = editor.graph().unwrap().1;
+    graph["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .extend((0..half).map(|k| json!({"id": format!("b{k}"), "op": "mean", "inputs": ["trace"]})));
+    let file = dir.join("large.json");
+    std::fs::write(&file, graph.to_string()).unwrap();
+    let (code, _, err) = cli(&["graph", "submit", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the graph is too large"), "{err}");
+    let out = common::ami2(&["run", "--graph", file.to_str().unwrap(), "--no-listen", "--frames", "10"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("large.json is not a valid graph: the graph is too large"), "{err}");
+    // Shrinking it back under the bound is accepted.
+    let removed = (0..half / 2).map(|k| Edit::RemoveNode { id: format!("a{k}") }).collect();
+    accepted(editor.request(version, removed, None).unwrap());
+}
+
+/// When writing a version to Control fails (here its log cannot be written: a folder in its
+/// place), the request is rejected, the failure logged, and no part of the version is readable.
+#[test]
+fn a_version_that_cannot_be_written_is_rejected_and_leaves_nothing_behind() {
+    let dir = scratch("graph-write-fails");
+    let service = Service::start(&dir, "127.0.0.1:0", &["--snapshot-interval", "0"]);
+    let editor = client(&service.addr);
+    let (version, _) = editor.graph().unwrap();
+    let log = kv_region::persist::SegmentFiles::new(&dir.join("data").join("control"), "/control/").log;
+    assert!(log.is_file(), "{}", log.display());
+    std::fs::remove_file(&log).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    match editor.request(version, vec![strip_chart("chart")], None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.version, version);
+            assert_eq!(r.reasons[0].code, ErrorCode::Internal, "{r:?}");
+            assert!(r.reasons[0].message.contains("to Control"), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let next = version + 1;
+    for key in [
+        format!("/control/graph/v/{next:012}"),
+        format!("/control/graph/edited/{next:012}"),
+        format!("/control/graph/made/{next:012}"),
+    ] {
+        assert_eq!(editor.get_key(&key).unwrap(), None, "{key}");
+    }
+    assert_eq!(editor.get_key("/control/graph/version").unwrap(), Some(json!(version)));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(["graph", "show", "--version", &next.to_string()])
+        .env("AMI2_ADDR", &service.addr)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not made yet"), "{err}");
+    // The service said why in its log (stderr).
+    let logged = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("stderr-"))
+        .any(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains(&format!("writing graph version {next} to Control"))
+        });
+    assert!(logged, "no error logged in {}", dir.display());
+    // With the log writable again, the same edit makes that version.
+    std::fs::remove_dir(&log).unwrap();
+    assert_eq!(accepted(editor.request(version, vec![strip_chart("chart")], None).unwrap()), next);
+    assert!(editor.get_key(&format!("/control/graph/made/{next:012}")).unwrap().is_some());
+}

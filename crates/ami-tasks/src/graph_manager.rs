@@ -24,16 +24,19 @@
 //!   the *current* graph (a rebase). A base version that is newer than the current one, or older
 //!   than the oldest kept ([`RETAINED_GRAPH_VERSIONS`]), is a conflict.
 //! - Every edit failure (`unknown_node`, `duplicate_node`) and every validation problem of the
-//!   resulting graph (`invalid_graph`, from [`compile`]) is reported.
+//!   resulting graph (`invalid_graph`, from [`compile`]) is reported; a resulting graph larger
+//!   than [`MAX_GRAPH_BYTES`](crate::graph::MAX_GRAPH_BYTES) is reported as such alone.
+//! - A version whose writing to Control fails is rejected (`internal`) and logged, and leaves
+//!   nothing behind ([`write_version`]).
 //! - Two documents per version: the graph *as edited* (what clients see and edit, under
 //!   [`edited_graph_key`]) and the *optimised* graph the workers run (under
 //!   [`graph_key`]): nodes no result depends on dropped, identical
 //!   sub-graphs shared ([`optimise`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use kv_region::view::{apply_ops, with_writer};
+use kv_region::view::{apply_ops, with_writer, View};
 use kv_region::{Codec, Op, Outcome, Slot};
 use legion_bridge::{Field, Future, Privilege, TaskContext, TaskError, TaskLauncher};
 use protocol1::{Accepted, Edit, ErrorCode, NodeDoc, Reason, Rejected, Request};
@@ -41,8 +44,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::graph::{compile, GraphSpec, NodeSpec};
-use crate::stores::{bad_graph_key, graph_key, Stores, GRAPH_VERSION_KEY};
+use crate::graph::{check_size, compile, GraphSpec, NodeSpec};
+use crate::stores::{bad_graph_key, graph_key, Stores, GRAPH_VERSION_KEY, MAX_MADE_BY_BYTES};
 use crate::tasks::tasks;
 use crate::PipelineError;
 
@@ -67,8 +70,18 @@ pub fn made_graph_key(version: u64) -> String {
 }
 
 /// The document under [`made_graph_key`]: `{"at_unix_ms": ..., "by": ...}`, `by` saying who
-/// (a client's name and address, or the service at start).
+/// (a client's name and address, or the service at start), cut to [`MAX_MADE_BY_BYTES`] (Control
+/// is sized for that).
 pub fn made_graph_doc(by: &str) -> Value {
+    let mut end = by.len().min(MAX_MADE_BY_BYTES);
+    while !by.is_char_boundary(end) {
+        end -= 1;
+    }
+    let by = if end < by.len() {
+        format!("{}…", &by[..end])
+    } else {
+        by.to_string()
+    };
     serde_json::json!({"at_unix_ms": crate::robust::now_ms(), "by": by})
 }
 
@@ -176,6 +189,12 @@ pub fn decide(
     if let Some(results) = &request.results {
         edited.results = results.clone();
     }
+    // Too large: that reason alone, since the problems of thousands of nodes would make an
+    // answer larger than a frame.
+    if let Err(error) = check_size(&edited) {
+        reasons.push(reason(ErrorCode::InvalidGraph, None, error.message));
+        return Err(reasons);
+    }
     if let Err(errors) = compile(&edited) {
         reasons.extend(
             errors
@@ -187,9 +206,13 @@ pub fn decide(
         return Err(reasons);
     }
     let optimised = optimise(&edited);
-    // The optimised graph computes the same results; should it ever not compile, run the graph
-    // as edited rather than refuse a valid request.
-    let optimised = if compile(&optimised).is_ok() { optimised } else { edited.clone() };
+    // The optimised graph computes the same results; should it ever not compile (or be larger, its
+    // inputs renamed to longer ids), run the graph as edited rather than refuse a valid request.
+    let optimised = if compile(&optimised).is_ok() && check_size(&optimised).is_ok() {
+        optimised
+    } else {
+        edited.clone()
+    };
     Ok(Decision { edited, optimised })
 }
 
@@ -365,6 +388,44 @@ fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()>
     outcomes.into_iter().try_for_each(|o| o.map(drop))
 }
 
+/// Writes graph version `next = current + 1` of `decision` to Control: its documents, then the
+/// version, each batch logged (fsynced) when `log` is given. On failure nothing of `next` remains
+/// (its documents deleted, the version left at `current`) and the error says why: no reader sees
+/// a version that was not accepted.
+pub fn write_version(view: &mut View<&mut [u8]>, log: Option<&Path>, current: u64, decision: &Decision, by: &str) -> Result<(), String> {
+    let next = current + 1;
+    let docs = vec![
+        Op::put_json(graph_key(next), &decision.optimised),
+        Op::put_json(edited_graph_key(next), &decision.edited),
+        Op::put_json(made_graph_key(next), &made_graph_doc(by)),
+    ];
+    // Documents first, then the version: the version never names a version without documents.
+    let failed = match apply_ops(view, docs, log).and_then(check) {
+        Err(err) => format!("writing graph version {next} to Control: {err}"),
+        Ok(()) => match apply_ops(view, vec![Op::put_json(GRAPH_VERSION_KEY, &next)], log).and_then(check) {
+            Ok(()) => return Ok(()),
+            Err(err) => format!("writing the graph version ({next}) to Control: {err}"),
+        },
+    };
+    // A batch changes the region before it is logged, and a failed put leaves the batch's other
+    // puts in place: undo them all. In memory this cannot fail; should its log record not be
+    // written either, a restart may find the documents of `next` again, above the version.
+    let mut undo: Vec<Op> = [graph_key(next), edited_graph_key(next), made_graph_key(next)]
+        .into_iter()
+        .map(|key| Op::Delete { key })
+        .collect();
+    undo.push(match current {
+        0 => Op::Delete {
+            key: GRAPH_VERSION_KEY.to_string(),
+        },
+        _ => Op::put_json(GRAPH_VERSION_KEY, &current),
+    });
+    match apply_ops(view, undo, log).and_then(check) {
+        Ok(()) => Err(failed),
+        Err(err) => Err(format!("{failed} (undone in memory; logging the undo failed too: {err})")),
+    }
+}
+
 /// Region 0: Control's `/control/` segment (read-write).
 /// A robust task: a failed attempt is retried (the requests it decided are written one by one with
 /// the log fsynced, so a retry sees what an earlier attempt already installed).
@@ -408,28 +469,33 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
                 }
             };
             let next = version + 1;
-            // Documents first, then the version: a failure leaves the current graph as it was.
             let log = args.log.as_deref();
-            let docs = vec![
-                Op::put_json(graph_key(next), &decision.optimised),
-                Op::put_json(edited_graph_key(next), &decision.edited),
-                Op::put_json(made_graph_key(next), &made_graph_doc(&sender)),
-            ];
-            if let Err(err) = apply_ops(view, docs, log).and_then(check) {
+            if let Err(why) = write_version(view, log, version, &decision, &sender) {
+                tracing::error!(
+                    component = "graph_manager",
+                    graph_version = next,
+                    "request {} from {sender} rejected: {why}",
+                    request.id
+                );
                 answers.push((
                     ticket,
                     Answer::Rejected(Rejected {
                         id: request.id,
                         version,
-                        reasons: vec![reason(ErrorCode::Internal, None, format!("writing the graph to Control: {err}"))],
+                        reasons: vec![reason(ErrorCode::Internal, None, why)],
                     }),
                 ));
                 continue;
             }
-            let mut ops = vec![Op::put_json(GRAPH_VERSION_KEY, &next)];
-            ops.extend(superseded_version_keys(next).into_iter().map(|key| Op::Delete { key }));
-            // The version is durable (log fsynced) once this returns: only then is it accepted.
-            apply_ops(view, ops, log).and_then(check)?;
+            // The new version is durable: pushing the oldest out may fail without undoing it.
+            let superseded = superseded_version_keys(next).into_iter().map(|key| Op::Delete { key }).collect();
+            if let Err(err) = apply_ops(view, superseded, log).and_then(check) {
+                tracing::error!(
+                    component = "graph_manager",
+                    graph_version = next,
+                    "deleting the graph version no longer kept from Control: {err}"
+                );
+            }
             version = next;
             current = Some(decision.edited);
             answers.push((ticket, Answer::Accepted(Accepted { id: request.id, version })));

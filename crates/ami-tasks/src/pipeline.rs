@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::batch_tuner::BatchTuner;
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
-use crate::graph::{compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
+use crate::graph::{check_size, compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
 use crate::graph_manager::{made_graph_doc, made_graph_key, superseded_version_keys, GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::incident_log::IncidentLog;
@@ -182,7 +182,7 @@ impl PipelineConfig {
         let frame = self.max_frame_bytes().unwrap_or(4 << 20);
         let telemetry = self.partitions * self.buffers * (self.largest_batch() * (frame + 320) + self.chunk_bytes);
         let results = self.retained_bins as usize * MAX_RESULTS * 4096;
-        let bytes = (telemetry + results + (32 << 20)) as f64 * 1.25;
+        let bytes = (telemetry + results + crate::stores::control_segment_bytes() + (24 << 20)) as f64 * 1.25;
         (bytes / (1 << 20) as f64) as u64 + 256
     }
 
@@ -408,6 +408,7 @@ fn install_graph_with(
     by: &str,
     more: impl FnOnce(u64) -> Vec<Op>,
 ) -> Result<u64, PipelineError> {
+    check_size(spec).map_err(|error| PipelineError::InvalidGraph(vec![error]))?;
     compile(spec).map_err(PipelineError::InvalidGraph)?;
     let version = current_graph_version(ctx, stores)? + 1;
     let mut ops: Vec<Op> = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();

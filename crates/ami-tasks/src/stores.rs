@@ -8,6 +8,8 @@ use kv_region::{KeyValueStore, LoadStats, StoreConfig};
 use legion_bridge::TaskContext;
 use serde::{Deserialize, Serialize};
 
+use crate::graph::MAX_GRAPH_BYTES;
+use crate::graph_manager::RETAINED_GRAPH_VERSIONS;
 use crate::placement;
 use crate::PipelineError;
 use ami_mapper::StoreKind;
@@ -107,6 +109,28 @@ pub fn parse_result_key(key: &str) -> Option<(&str, u64)> {
     Some((name, bin))
 }
 
+/// Most keys of Control's `/control/` segment (the kept versions take 4 each).
+pub const CONTROL_SEGMENT_KEYS: usize = 4096;
+
+/// Most bytes of the `by` of a version's when-and-by-whom document (a client names itself freely
+/// in its `hello`): longer ones are cut, so that the documents of the kept versions fit
+/// [`control_segment_bytes`].
+pub const MAX_MADE_BY_BYTES: usize = 256;
+
+/// Data bytes of Control's `/control/` segment. It holds the graph versions the graph manager keeps
+/// ([`RETAINED_GRAPH_VERSIONS`], plus the one written before the oldest is deleted), each as two
+/// graph documents of at most [`MAX_GRAPH_BYTES`] and a when-and-by-whom document; twice that,
+/// since a value needs consecutive points and versions of different sizes leave gaps; and 1 MiB
+/// for the other keys (the version, failure marks, a partition change). About 34 MiB.
+pub fn control_segment_bytes() -> usize {
+    let slots = |bytes: usize| bytes.div_ceil(kv_region::SLOT_BYTES) * kv_region::SLOT_BYTES;
+    // Keys are about 35 bytes; a `by` of MAX_MADE_BY_BYTES is at most 6 times longer escaped.
+    let graph = slots(64 + MAX_GRAPH_BYTES);
+    let made = slots(64 + 64 + 6 * MAX_MADE_BY_BYTES);
+    let versions = RETAINED_GRAPH_VERSIONS as usize + 1;
+    2 * versions * (2 * graph + made) + (1 << 20)
+}
+
 /// How big the stores are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoreSizes {
@@ -145,7 +169,7 @@ impl Stores {
             }
         }
         let mut control = StoreConfig::new(CONTROL)
-            .segment("/control/", 4096, 8 << 20)
+            .segment("/control/", CONTROL_SEGMENT_KEYS, control_segment_bytes())
             .segment("/component/", 1024, 1 << 20)
             .segment("/incident/", 4096, 4 << 20)
             .logged();

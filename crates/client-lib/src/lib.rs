@@ -280,7 +280,9 @@ impl Client {
 }
 
 /// Checks that `graph` has the shape of a graph document: an object with a `nodes` array and
-/// a `results` array, and nothing else (a misspelt key would otherwise be ignored).
+/// a `results` array, and nothing else (a misspelt key would otherwise be ignored); and, when its
+/// nodes and results are well formed, that it is within the size the service accepts
+/// ([`protocol1::MAX_GRAPH_BYTES`], measured as the service does).
 pub fn check_graph_document(graph: &Value) -> Result<(), String> {
     let Some(doc) = graph.as_object() else {
         return Err(format!(
@@ -296,6 +298,14 @@ pub fn check_graph_document(graph: &Value) -> Result<(), String> {
             Some(Value::Array(_)) => {}
             Some(other) => return Err(format!("`{key}` must be an array, not {}", json_kind(other))),
             None => return Err(format!("`{key}` is missing")),
+        }
+    }
+    // Ill-formed nodes are the service's to report, with every other problem.
+    let nodes = serde_json::from_value::<Vec<NodeDoc>>(doc["nodes"].clone());
+    let results = serde_json::from_value::<Vec<String>>(doc["results"].clone());
+    if let (Ok(nodes), Ok(results)) = (nodes, results) {
+        if let Some(why) = protocol1::graph_too_large(protocol1::graph_json_bytes(&nodes, &results)) {
+            return Err(why);
         }
     }
     Ok(())
@@ -601,6 +611,15 @@ mod tests {
     #[test]
     fn only_graph_documents_are_submitted() {
         assert_eq!(check_graph_document(&json!({"nodes": [], "results": []})), Ok(()));
+        // Nodes as short as they come (`inputs` and `params` left out) count as the service
+        // stores them, with `"inputs":[]` and `"params":null`.
+        let nodes = |n: usize| (0..n).map(|k| json!({"id": format!("n{k:05}"), "op": "sum"})).collect::<Vec<_>>();
+        let empty = r#"{"nodes":[],"results":[]}"#.len();
+        let one = protocol1::graph_json_bytes(&[NodeDoc::new("n00001", "sum", &[], Value::Null)], &[]) - empty;
+        // `n` nodes and the commas between them: the most within the bound, then one more.
+        let within = (protocol1::MAX_GRAPH_BYTES - empty + 1) / (one + 1);
+        assert_eq!(check_graph_document(&json!({"nodes": nodes(within), "results": []})), Ok(()));
+        let too_large = json!({"nodes": nodes(within + 1), "results": []});
         for (doc, why) in [
             (json!([]), "not an array"),
             (json!(null), "not null"),
@@ -608,6 +627,7 @@ mod tests {
             (json!({"nodes": [], "results": [], "extra": 1}), "unknown key `extra`"),
             (json!({"nodes": {}, "results": []}), "`nodes` must be an array, not an object"),
             (json!({"nodes": []}), "`results` is missing"),
+            (too_large, "the graph is too large"),
         ] {
             let error = check_graph_document(&doc).unwrap_err();
             assert!(error.contains(why), "{doc}: {error}");

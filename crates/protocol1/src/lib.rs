@@ -45,7 +45,9 @@ pub use framing::{
 };
 pub use handshake::{HandshakePolicy, Hello, Refused, Role, Welcome, DEFAULT_HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 pub use message::{ClientMessage, ServerMessage};
-pub use requests::{check_base_version, Accepted, Edit, NodeDoc, Reason, Rejected, Request};
+pub use requests::{
+    check_base_version, graph_json_bytes, graph_too_large, Accepted, Edit, NodeDoc, Reason, Rejected, Request, MAX_GRAPH_BYTES,
+};
 pub use results::{Bin, Dropped, SubscriberQueue, TooLarge, DEFAULT_SUBSCRIBER_QUEUE};
 
 /// The address the service listens on by default (loopback only; any other address needs an

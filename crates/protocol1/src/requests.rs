@@ -38,6 +38,52 @@ impl NodeDoc {
     }
 }
 
+/// The largest graph the ami2 service accepts: at most this many bytes of compact JSON
+/// (`{"nodes":[...],"results":[...]}`, every node with its `id`, `op`, `inputs` and `params`, as
+/// [`graph_json_bytes`] counts them), about 1,000 nodes of 130 bytes. An eighth of the frame cap
+/// ([`MAX_FRAME_BYTES`](crate::MAX_FRAME_BYTES)): every answer carrying a graph (`graph`, the
+/// `value` of a graph key) fits a frame with room to spare, and so does a request replacing such a
+/// graph by another. The service sizes its Control store for the versions it keeps at this size.
+pub const MAX_GRAPH_BYTES: usize = 128 * 1024;
+
+// A graph answer (a graph and a few dozen bytes) must always fit a frame.
+const _: () = assert!(MAX_GRAPH_BYTES * 8 <= crate::framing::MAX_FRAME_BYTES);
+
+/// Bytes of the compact JSON of the graph `{"nodes": nodes, "results": results}`: the form the
+/// service stores and sends (a node's `inputs` and `params` written even when empty or `null`).
+pub fn graph_json_bytes(nodes: &[NodeDoc], results: &[String]) -> usize {
+    #[derive(Serialize)]
+    struct Graph<'a> {
+        nodes: &'a [NodeDoc],
+        results: &'a [String],
+    }
+    /// Counts what is written instead of keeping it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, &Graph { nodes, results }).expect("a graph serializes");
+    count.0
+}
+
+/// Why a graph of `bytes` bytes of JSON ([`graph_json_bytes`]) is refused, `None` when it is
+/// within [`MAX_GRAPH_BYTES`]: the message of the service's `invalid_graph` reason.
+pub fn graph_too_large(bytes: usize) -> Option<String> {
+    (bytes > MAX_GRAPH_BYTES).then(|| {
+        format!(
+            "the graph is too large: {bytes} bytes of JSON, at most {MAX_GRAPH_BYTES} (about 1,000 nodes); \
+             split the analysis or remove nodes no result uses"
+        )
+    })
+}
+
 /// One modification of the graph. Edits of a request are applied in order to a copy of the
 /// current graph; the request is accepted only if every edit applies and the result validates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -347,5 +393,72 @@ mod tests {
             serde_json::from_value(json!({"id": "r", "op": "roi", "inputs": ["img"], "params": {"start": 0, "end": 4}})).unwrap();
         assert_eq!(node.inputs, vec!["img".to_string()]);
         assert!(serde_json::from_value::<NodeDoc>(json!({"id": "m", "op": "mean", "param": {}})).is_err());
+    }
+
+    #[test]
+    fn a_graph_is_measured_as_the_service_sends_it() {
+        let nodes = vec![
+            NodeDoc::new("e", "select", &[], json!({"field": "energy", "kind": "scalar"})),
+            NodeDoc::new("c", "strip_chart", &["e"], Value::Null),
+        ];
+        let results = vec!["c".to_string()];
+        let text = serde_json::to_string(&json!({"nodes": nodes, "results": results})).unwrap();
+        assert_eq!(graph_json_bytes(&nodes, &results), text.len(), "{text}");
+        assert_eq!(graph_too_large(text.len()), None);
+        assert_eq!(graph_too_large(MAX_GRAPH_BYTES), None);
+        let why = graph_too_large(MAX_GRAPH_BYTES + 1).expect("one byte over");
+        assert!(
+            why.contains(&format!("{} bytes", MAX_GRAPH_BYTES + 1)) && why.contains("131072"),
+            "{why}"
+        );
+    }
+
+    /// The bound keeps every message carrying a graph under the frame cap: the answers with one
+    /// graph, and a request replacing the largest graph of tiny nodes (the most edits per byte)
+    /// by another.
+    #[test]
+    fn messages_carrying_the_largest_graph_fit_a_frame() {
+        use crate::{encode_frame, ClientMessage, ServerMessage, MAX_FRAME_BYTES};
+        let graph = |prefix: &str| {
+            let mut nodes = Vec::new();
+            let results = vec![format!("{prefix}0")];
+            while graph_json_bytes(&nodes, &results) < MAX_GRAPH_BYTES {
+                for _ in 0..64 {
+                    nodes.push(NodeDoc::new(&format!("{prefix}{}", nodes.len()), "sum", &[], Value::Null));
+                }
+            }
+            while graph_json_bytes(&nodes, &results) > MAX_GRAPH_BYTES {
+                nodes.pop();
+            }
+            assert!(graph_too_large(graph_json_bytes(&nodes, &results)).is_none());
+            (nodes, results)
+        };
+        let (old, _) = graph("a");
+        let (new, results) = graph("b");
+        let doc = json!({"nodes": new, "results": results});
+        let answers = [
+            ServerMessage::Graph {
+                version: u64::MAX,
+                graph: doc.clone(),
+            },
+            ServerMessage::Value {
+                key: "/control/graph/edited/000000000001".into(),
+                value: Some(doc),
+            },
+        ];
+        for answer in &answers {
+            let frame = encode_frame(answer, MAX_FRAME_BYTES).unwrap();
+            assert!(frame.len() < MAX_FRAME_BYTES / 4, "{} bytes", frame.len());
+        }
+        let mut edits: Vec<Edit> = old.iter().map(|n| Edit::RemoveNode { id: n.id.clone() }).collect();
+        edits.extend(new.into_iter().map(|node| Edit::AddNode { node }));
+        let request = ClientMessage::Request(Request {
+            id: u64::MAX,
+            base_version: u64::MAX,
+            edits,
+            results: Some(results),
+        });
+        let frame = encode_frame(&request, MAX_FRAME_BYTES).unwrap();
+        assert!(frame.len() < MAX_FRAME_BYTES / 2, "{} bytes", frame.len());
     }
 }

@@ -84,3 +84,11 @@ fn documented_defaults() {
     assert!(SPEC.contains("within 10 seconds") && protocol1::DEFAULT_HANDSHAKE_TIMEOUT.as_secs() == 10);
     assert!(SPEC.contains("every\n30 seconds") && protocol1::PING_INTERVAL.as_secs() == 30);
 }
+
+/// The example of a graph too large has the message the service sends.
+#[test]
+fn the_graph_size_example_is_the_service_s_message() {
+    let why = protocol1::graph_too_large(140_000).unwrap();
+    assert!(SPEC.contains(&format!(r#""message": "{why}""#)), "{why}");
+    assert!(SPEC.contains(&format!("{} bytes", "131,072")) && protocol1::MAX_GRAPH_BYTES == 131_072);
+}

@@ -13,7 +13,8 @@
 //! # Format
 //!
 //! A graph ([`GraphSpec`]) is a JSON object with `nodes` (in any order) and `results`, the ids of
-//! the nodes whose values are published. Each node ([`NodeSpec`]) has a unique non-empty `id`, an
+//! the nodes whose values are published (at least 1, at most 64: the Results store is sized for 64
+//! results per retained bin, and a graph that publishes more is refused). Each node ([`NodeSpec`]) has a unique non-empty `id`, an
 //! `op`, the ids of its `inputs` (in the op's order; may be omitted when empty) and the op's
 //! `params` (a JSON object; may be omitted or `null` when the op takes none). Unknown parameter
 //! names are errors (so that typos are caught). Integer parameters also accept integral floats
@@ -139,6 +140,16 @@
 //! are empty, name unknown nodes, or list a node twice. Problems in a node's params or inputs
 //! suppress the type checks of the nodes downstream of it, to avoid cascades of errors.
 //!
+//! **Size.** A graph is at most [`MAX_GRAPH_BYTES`] = 131,072 bytes of compact JSON, counted as the
+//! service stores and sends it (every node with its `id`, `op`, `inputs` and `params`, `"inputs":[]`
+//! and `"params":null` included): about 1,000 nodes of 130 bytes. [`check_size`] checks it (not
+//! [`compile`]) wherever a graph is accepted: the graph manager's edits and submits (a reason
+//! `invalid_graph` without a node), `install_graph` and `ami2 run --graph FILE` (a refused argument).
+//! The bound keeps every answer carrying a graph within one protocol frame (1 MiB) with room to
+//! spare, and the versions the service keeps within Control's `/control/` segment, which is sized
+//! for them ([`crate::stores::control_segment_bytes`]). An edit that makes a graph smaller is
+//! accepted as soon as the result fits.
+//!
 //! # Evaluation
 //!
 //! A compiled graph is a vector of the nodes the results need, in topological order, with inputs
@@ -180,6 +191,23 @@ pub use accum::Partials;
 
 /// Most results a graph may publish: the Results store is sized for this many per bin.
 pub const MAX_RESULTS: usize = 64;
+
+/// Most bytes of a graph's compact JSON ([`json_bytes`], [`check_size`]).
+pub use protocol1::MAX_GRAPH_BYTES;
+
+/// Bytes of `spec`'s compact JSON: what Control stores and clients receive.
+pub fn json_bytes(spec: &GraphSpec) -> usize {
+    serde_json::to_vec(spec).map_or(usize::MAX, |text| text.len())
+}
+
+/// Checks the bound on a graph's size ([`MAX_GRAPH_BYTES`], module docs): an error without a node
+/// when `spec` is larger.
+pub fn check_size(spec: &GraphSpec) -> Result<(), GraphError> {
+    match protocol1::graph_too_large(json_bytes(spec)) {
+        Some(why) => Err(GraphError::graph(why)),
+        None => Ok(()),
+    }
+}
 pub use compiled::{compile, CompiledGraph};
 pub use ops::MAX_BINS;
 pub use spec::{default_graph, default_graph_for, EvalError, GraphError, GraphSpec, NodeSpec};

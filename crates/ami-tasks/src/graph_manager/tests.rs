@@ -202,3 +202,194 @@ fn json_wrapper_travels_as_text_through_bincode() {
     let (back, _): (Json<GraphManagerReport>, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
     assert_eq!(back.0, report);
 }
+
+/// The default graph with `n` more nodes `m<k>`, each the mean of the trace (valid, unused).
+fn with_means(n: usize) -> GraphSpec {
+    let mut graph = default_graph();
+    graph
+        .nodes
+        .extend((0..n).map(|k| NodeSpec::new(&format!("m{k}"), "mean", &["trace"], Value::Null)));
+    graph
+}
+
+/// The most `m<k>` nodes [`with_means`] can add within the size bound (counted node by node:
+/// measuring the whole graph each time would be quadratic).
+fn most_means_within_the_bound() -> usize {
+    let mut bytes = crate::graph::json_bytes(&default_graph());
+    let mut n = 0;
+    loop {
+        let node = NodeSpec::new(&format!("m{n}"), "mean", &["trace"], Value::Null);
+        bytes += serde_json::to_vec(&node).unwrap().len() + 1;
+        if bytes > crate::graph::MAX_GRAPH_BYTES {
+            return n;
+        }
+        n += 1;
+    }
+}
+
+#[test]
+fn a_graph_over_the_size_bound_is_rejected_for_that_alone_and_may_shrink() {
+    let n = most_means_within_the_bound();
+    assert!(n > 1000, "room for about a thousand nodes: {n}");
+    let adding =
+        |from: usize, to: usize| -> Vec<Edit> { (from..to).map(|k| add(&format!("m{k}"), "mean", &["trace"], Value::Null)).collect() };
+    let at_the_bound = decide(&request(1, adding(0, n), None), 1, &default_graph(), no_history).unwrap();
+    assert_eq!(
+        crate::graph::json_bytes(&at_the_bound.edited),
+        crate::graph::json_bytes(&with_means(n))
+    );
+    assert!(crate::graph::json_bytes(&at_the_bound.edited) <= crate::graph::MAX_GRAPH_BYTES);
+    // The optimised graph drops the unused nodes.
+    assert_eq!(at_the_bound.optimised.nodes.len(), default_graph().nodes.len());
+
+    // One node more, and a node that would not compile: the size is the only reason.
+    let mut over = adding(n, n + 1);
+    over.push(add("bad", "mean", &["missing"], Value::Null));
+    let reasons = decide(&request(2, over, None), 2, &at_the_bound.edited, no_history).unwrap_err();
+    assert_eq!(codes(&reasons), vec![(ErrorCode::InvalidGraph, None)], "{reasons:#?}");
+    assert!(reasons[0].message.contains("too large"), "{}", reasons[0].message);
+
+    // A graph over the bound (made before there was one) is left by any edit that shrinks it
+    // enough: removing one node.
+    let before = with_means(n + 1);
+    assert!(crate::graph::check_size(&before).is_err());
+    let shrunk = decide(
+        &request(3, vec![Edit::RemoveNode { id: "m0".into() }], None),
+        3,
+        &before,
+        no_history,
+    )
+    .unwrap();
+    assert!(crate::graph::check_size(&shrunk.edited).is_ok());
+}
+
+#[test]
+fn who_made_a_version_is_cut_to_its_bound() {
+    let long = "é".repeat(crate::stores::MAX_MADE_BY_BYTES);
+    let by = made_graph_doc(&long)["by"].as_str().unwrap().to_string();
+    assert!(by.len() <= crate::stores::MAX_MADE_BY_BYTES + "…".len(), "{}", by.len());
+    assert!(by.ends_with('…') && by.starts_with("éé"));
+    assert_eq!(made_graph_doc("ami2-cli at 127.0.0.1:4000")["by"], "ami2-cli at 127.0.0.1:4000");
+}
+
+mod control {
+    use std::collections::BTreeSet;
+
+    use kv_region::persist::{read_log, Change};
+    use kv_region::segment::Segment;
+    use kv_region::{SegmentSpec, SLOT_BYTES};
+
+    use super::*;
+
+    /// The bytes of an empty `/control/` segment of `data_bytes`.
+    fn segment(max_keys: usize, data_bytes: usize) -> Vec<u8> {
+        let spec = SegmentSpec {
+            prefix: "/control/".into(),
+            max_keys,
+            data_bytes,
+        };
+        let mut bytes = vec![0u8; spec.points() * SLOT_BYTES];
+        Segment::format(&mut bytes[..], &spec).unwrap();
+        bytes
+    }
+
+    fn same(graph: GraphSpec) -> Decision {
+        Decision {
+            edited: graph.clone(),
+            optimised: graph,
+        }
+    }
+
+    fn version(view: &View<&mut [u8]>) -> Option<u64> {
+        read_json(view, GRAPH_VERSION_KEY).unwrap().and_then(|v| v.as_u64())
+    }
+
+    fn keys_of(version: u64) -> [String; 3] {
+        [graph_key(version), edited_graph_key(version), made_graph_key(version)]
+    }
+
+    /// The keys a restart finds: the log's changes replayed.
+    fn replayed(log: &Path) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for (_, change) in read_log(log).unwrap().changes {
+            match change {
+                Change::Put(record) => keys.insert(record.key),
+                Change::Delete(key) => keys.remove(&key),
+            };
+        }
+        keys
+    }
+
+    #[test]
+    fn a_version_whose_writing_fails_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("ami2-graph-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("control.log");
+        let mut bytes = segment(64, 64 << 10);
+        let mut view = View::write(&mut bytes).unwrap();
+        write_version(&mut view, Some(&log), 2, &same(default_graph()), "first").unwrap();
+        assert_eq!(version(&view), Some(3));
+
+        // The segment is full: the small optimised graph fits, the edited one does not.
+        let large = Decision {
+            edited: with_means(1500),
+            optimised: default_graph(),
+        };
+        let why = write_version(&mut view, Some(&log), 3, &large, "second").unwrap_err();
+        assert!(why.contains("writing graph version 4 to Control") && why.contains("full"), "{why}");
+        for key in keys_of(4) {
+            assert_eq!(view.get(&key).unwrap(), None, "{key} in memory");
+        }
+        assert_eq!(version(&view), Some(3));
+        assert_eq!(edited_graph(&view, 3).unwrap(), Some(default_graph()));
+        let on_disk = replayed(&log);
+        assert!(keys_of(4).iter().all(|key| !on_disk.contains(key)), "{on_disk:?}");
+        assert!(keys_of(3).iter().all(|key| on_disk.contains(key)), "{on_disk:?}");
+
+        // The log cannot be written (a folder in its place): nothing in memory either.
+        let mut small = default_graph();
+        small.results.pop();
+        let why = write_version(&mut view, Some(&dir), 3, &same(small.clone()), "third").unwrap_err();
+        assert!(why.contains("to Control") && why.contains("logging the undo failed too"), "{why}");
+        for key in keys_of(4) {
+            assert_eq!(view.get(&key).unwrap(), None, "{key} in memory");
+        }
+        assert_eq!(version(&view), Some(3));
+
+        // With the log back, the same version is written whole.
+        write_version(&mut view, Some(&log), 3, &same(small.clone()), "third").unwrap();
+        assert_eq!(version(&view), Some(4));
+        assert_eq!(edited_graph(&view, 4).unwrap(), Some(small));
+        assert_eq!(read_json(&view, &made_graph_key(4)).unwrap().unwrap()["by"], "third");
+        assert!(keys_of(4).iter().all(|key| replayed(&log).contains(key)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Control's `/control/` segment, as the service sizes it, holds the kept versions at any
+    /// mix of sizes up to the bound, through several rounds of the versions it keeps (a value
+    /// needs consecutive points: versions of different sizes leave gaps).
+    #[test]
+    fn control_holds_the_kept_versions_at_the_largest_size() {
+        let n = most_means_within_the_bound();
+        let graphs: Vec<GraphSpec> = [n, n / 3, n, 7, n * 2 / 3, n].into_iter().map(with_means).collect();
+        assert!(crate::graph::check_size(&graphs[0]).is_ok());
+        let mut bytes = segment(crate::stores::CONTROL_SEGMENT_KEYS, crate::stores::control_segment_bytes());
+        let mut view = View::write(&mut bytes).unwrap();
+        // A client name at its longest, in characters JSON escapes (6 bytes each).
+        let by = "\u{1}".repeat(2 * crate::stores::MAX_MADE_BY_BYTES);
+        let mut step = 0usize;
+        for current in 0..3 * RETAINED_GRAPH_VERSIONS {
+            // Sizes in an irregular order.
+            step = (step + 5) % graphs.len() + usize::from(current % 7 == 0);
+            let graph = graphs[step % graphs.len()].clone();
+            write_version(&mut view, None, current, &same(graph), &by).unwrap_or_else(|why| panic!("version {}: {why}", current + 1));
+            let superseded = superseded_version_keys(current + 1)
+                .into_iter()
+                .map(|key| Op::Delete { key })
+                .collect();
+            apply_ops(&mut view, superseded, None).and_then(check).unwrap();
+        }
+        assert_eq!(view.list("/control/graph/edited/").len() as u64, RETAINED_GRAPH_VERSIONS);
+    }
+}
