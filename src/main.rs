@@ -118,6 +118,10 @@ fn main() -> Result<()> {
             eprintln!("Error: {err}");
             std::process::exit(USAGE_EXIT_CODE)
         }
+        Err(err) if err.downcast_ref::<Unloadable>().is_some() => {
+            eprintln!("{}", error_text(&err));
+            std::process::exit(STORE_EXIT_CODE)
+        }
         Err(err) => {
             eprintln!("{}", error_text(&err));
             std::process::exit(1)
@@ -161,6 +165,30 @@ impl std::error::Error for Refused {}
 /// Marks `err` as a refused argument ([`Refused`]), keeping its whole message.
 pub fn refused(err: impl Into<anyhow::Error>) -> anyhow::Error {
     Refused(format!("{:#}", err.into())).into()
+}
+
+/// Exit code of a service whose data directory cannot be loaded (sysexits' EX_DATAERR): a
+/// damaged snapshot with no good previous one, a log that continues a missing snapshot, a store
+/// too small for what it holds. `--supervise` does not restart it: the same files would fail the
+/// same way.
+const STORE_EXIT_CODE: i32 = 65;
+
+/// A data directory the service cannot load ([`STORE_EXIT_CODE`]); the message says how to
+/// recover.
+#[derive(Debug)]
+pub struct Unloadable(String);
+
+impl std::fmt::Display for Unloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unloadable {}
+
+/// Marks `err` as a data directory that cannot be loaded ([`Unloadable`]).
+pub fn unloadable(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    Unloadable(format!("{:#}", err.into())).into()
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

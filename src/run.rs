@@ -426,6 +426,9 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     // Every process of a multi-process run (`ami2 launch`, mpirun) writes its own profile.
     let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), ranks, &legion_args)?;
     legion_args.extend(tool_flags);
+    // Set when the data directory cannot be loaded: the run ends with its own exit code.
+    let unloadable = Arc::new(AtomicBool::new(false));
+    let unloadable_seen = unloadable.clone();
     // In a multi-process run, only the process of address space 0 runs the driver.
     let summary = runtime::start_rank(&legion_args, move |ctx| {
         // The driver's process is the one whose metrics count: serve them from here.
@@ -442,6 +445,9 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
         };
         observer.hub = service.as_ref().map(|s| s.hub()).or(observer.hub.take());
         let summary = ami_tasks::run(ctx, &config, data_dir.as_deref(), &mut observer);
+        if let Err(ami_tasks::PipelineError::Store(error)) = &summary {
+            unloadable_seen.store(error.is_load_failure(), Ordering::SeqCst);
+        }
         if let Some(service) = service {
             service.stop();
         }
@@ -451,6 +457,10 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if let Some(service) = service {
         service.stop();
     }
+    let summary = match summary {
+        Err(err) if unloadable.load(Ordering::SeqCst) => return Err(crate::unloadable(err)),
+        summary => summary,
+    };
     let Some(summary) = summary? else {
         tracing::info!(mapper = ?legion_bridge::mapper::stats(), "this process served the run");
         return Ok(());

@@ -2,7 +2,9 @@
 //! arguments, without `--supervise`) as a child process and starts it again whenever it ends
 //! abnormally: killed, crashed, or ended by a robustness monitor that found a stalled component
 //! (exit code 75). The child resumes from the data directory. Restarts back off from 250 ms to
-//! 10 s while the child keeps dying young; a child that ran for a minute resets the backoff.
+//! 10 s while the child keeps dying young; a child that ran for a minute resets the backoff. A
+//! child that refused its arguments (exit code 2) or cannot load its data directory (65) is not
+//! restarted: it would fail the same way again.
 
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +51,9 @@ pub fn supervise(child_args: Vec<String>) -> Result<()> {
         match status.code() {
             Some(0) => return Ok(()),
             Some(crate::USAGE_EXIT_CODE) => anyhow::bail!("the service refused its arguments; not restarting"),
+            Some(crate::STORE_EXIT_CODE) => {
+                anyhow::bail!("the service cannot load its data directory (see its error for how to recover); not restarting")
+            }
             _ => {}
         }
         let why = describe(&status);

@@ -139,6 +139,113 @@ fn a_crash_while_positions_are_converted_to_another_partition_count_loses_and_re
     assert_eq!(before + events_in(&bins(&last)), 4000, "every frame analysed once: {stderr}");
 }
 
+/// The snapshot files (`*.snap`) in a data directory's store folders.
+fn snapshot_files(data: &Path) -> Vec<PathBuf> {
+    ["control", "results"]
+        .iter()
+        .flat_map(|store| std::fs::read_dir(data.join(store)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "snap"))
+        .collect()
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_written_does_not_stop_the_service() {
+    let data = scratch("snapshot-fails").join("data");
+    let data_arg = data.to_str().unwrap();
+    let first = run_with_fault("", &["--frames", "1000", "--rate", "0", "--data-dir", data_arg]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // A folder where each snapshot's temporary file would be written: the writes fail, also as
+    // root (for whom a read-only folder would not).
+    let snapshots = snapshot_files(&data);
+    assert!(snapshots.len() >= 4, "{snapshots:?}");
+    let blockers: Vec<PathBuf> = snapshots.iter().map(|s| s.with_extension("snap.tmp")).collect();
+    for blocker in &blockers {
+        std::fs::create_dir(blocker).unwrap();
+    }
+    let out = run_with_fault(
+        "",
+        &[
+            "--frames",
+            "3000",
+            "--rate",
+            "1500",
+            "--snapshot-interval",
+            "0.2",
+            "--data-dir",
+            data_arg,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a failed snapshot stopped the service:\n{stderr}");
+    assert!(events_in(&bins(&out)) > 0, "{stderr}");
+    // Said once when it starts failing, and again at the stop, not at each of the ~10 tries.
+    let warnings = stderr.lines().filter(|l| l.contains("the service goes on and tries again")).count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{stderr}");
+    assert!(stderr.contains(".snap.tmp") && stderr.contains("snapshot of store"), "{stderr}");
+    // Once the folder can be written again, a half-written snapshot left behind is removed at
+    // the next start, and snapshots work.
+    for blocker in &blockers {
+        std::fs::remove_dir(blocker).unwrap();
+    }
+    std::fs::write(&blockers[0], b"half a snapshot").unwrap();
+    let last = run_with_fault("", &["--frames", "500", "--rate", "0", "--data-dir", data_arg]);
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success(), "{stderr}");
+    assert!(!blockers[0].exists(), "the half-written snapshot is still there\n{stderr}");
+    assert!(!stderr.contains("tries again"), "{stderr}");
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_loaded_ends_the_supervised_service_without_restarts() {
+    let data = scratch("unloadable").join("data");
+    let data_arg = data.to_str().unwrap();
+    let first = run_with_fault("", &["--frames", "1000", "--rate", "0", "--data-dir", data_arg]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // Results' snapshots damaged, with no good one left (Results has no log).
+    let results: Vec<PathBuf> = std::fs::read_dir(data.join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".snap"))
+        .collect();
+    assert!(!results.is_empty());
+    for file in &results {
+        std::fs::write(file, b"AMI2SNAP damaged").unwrap();
+    }
+    let args = [
+        "run",
+        "--supervise",
+        "--frames",
+        "1000",
+        "--json",
+        "--metrics",
+        "0",
+        "--no-listen",
+        "--data-dir",
+        data_arg,
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+    ];
+    let out = common::ami2_within(&args, Duration::from_secs(60)).expect("the supervisor restarts the service again and again");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("restart 1"), "restarted:\n{stderr}");
+    assert!(stderr.contains("cannot load its data directory"), "{stderr}");
+    // The error says what is wrong and how to recover.
+    assert!(
+        stderr.contains("cannot be loaded")
+            && stderr.contains("no snapshot verifies")
+            && stderr.contains("To recover: put back good copies"),
+        "{stderr}"
+    );
+    // Alone, the service ends with the code the supervisor does not restart.
+    let alone = run_with_fault("", &["--frames", "1000", "--data-dir", data_arg]);
+    assert_eq!(alone.status.code(), Some(65), "{}", String::from_utf8_lossy(&alone.stderr));
+}
+
 #[test]
 fn a_stuck_monitor_watcher_is_replaced_without_stopping_results() {
     let out = run_with_fault("monitor-watcher:hang@1s", &["--frames", "5000", "--rate", "1000"]);

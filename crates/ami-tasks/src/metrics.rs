@@ -21,7 +21,7 @@
 //! | `ami2_superseded_partials_total` | counter | | partials of an older graph version dropped when a bin held two |
 //! | `ami2_bins_dropped_early_total` | counter | | bins deleted from Results before `retained_bins` newer ones, to make room |
 //! | `ami2_subscriber_messages_dropped_total` | counter | | messages a slow subscriber lost ([`subscriber_messages_dropped`]) |
-//! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, `store_warning` when a persisted store loads damaged, or [`incident`]) |
+//! | `ami2_incidents_total` | counter | `kind` | incidents (`graph_failure`, `store_warning` when a persisted store loads damaged or a snapshot fails, or [`incident`]) |
 //! | `ami2_restarts_total` | counter | `component` | restarts (`shm_producer` seen by a source, or [`restart`]) |
 //! | `ami2_source_overruns_total` | counter | `partition` | times a shared-memory producer lapped its consumer (frames lost) |
 //! | `ami2_source_behind_seconds` | gauge | `partition` | how late the newest frame a source handed over was on its stream's clock (streams with a clock only) |

@@ -562,18 +562,67 @@ fn refit_failed_builtin_graph(
     Ok(Some(Incident::new("driver", IncidentKind::GraphFailure, 0, message)))
 }
 
+/// A failing snapshot is reported at most this often (it is tried again at every interval).
+const SNAPSHOT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Snapshots that failed since the last one that worked, and when that was last said.
+#[derive(Debug, Default)]
+struct SnapshotFailures {
+    in_a_row: u64,
+    unreported: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
 /// Snapshots Control and Results in the data directory; Control's logs keep only what the
-/// newest two snapshots lack.
-fn snapshot(ctx: &TaskContext, stores: &Stores) -> Result<(), PipelineError> {
+/// newest two snapshots lack. A snapshot that cannot be written (a full disk, a folder that
+/// cannot be written) does not stop the analysis: Control's logs still hold every change, and
+/// each store keeps its previous snapshot. It is a `store_warning` incident in the metrics, a
+/// warning (at most every [`SNAPSHOT_WARNING_EVERY`]), and tried again at the next interval.
+fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures) -> Result<(), PipelineError> {
     let started = std::time::Instant::now();
-    let control = stores.control.snapshot(ctx)?;
-    let results = stores.results.snapshot(ctx)?;
-    tracing::debug!(
-        component = "driver",
-        bytes = control.iter().chain(&results).map(|s| s.bytes).sum::<u64>(),
-        millis = started.elapsed().as_millis() as u64,
-        "stores snapshotted"
-    );
+    let mut bytes = 0;
+    let mut failed = Vec::new();
+    for store in [&stores.control, &stores.results] {
+        match store.snapshot(ctx) {
+            Ok(stats) => bytes += stats.iter().map(|s| s.bytes).sum::<u64>(),
+            Err(error @ kv_region::KvError::SnapshotFailed { .. }) => failed.push(error.to_string()),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    if failed.is_empty() {
+        if failures.in_a_row > 0 {
+            tracing::info!(
+                component = "stores",
+                "stores snapshotted again, after {} failed snapshots",
+                failures.in_a_row
+            );
+        }
+        *failures = SnapshotFailures::default();
+        tracing::debug!(
+            component = "driver",
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "stores snapshotted"
+        );
+        return Ok(());
+    }
+    crate::metrics::incident("store_warning");
+    failures.in_a_row += 1;
+    failures.unreported += 1;
+    if failures.warned_at.is_none_or(|at| at.elapsed() >= SNAPSHOT_WARNING_EVERY) {
+        let repeated = match failures.unreported {
+            1 => String::new(),
+            n => format!(" ({n} failed snapshots since the last warning)"),
+        };
+        tracing::warn!(
+            component = "stores",
+            failed_in_a_row = failures.in_a_row,
+            "{}{repeated}; the service goes on and tries again at the next interval (Control's logs hold every change; Results bins published since its last snapshot would be lost at a restart)",
+            failed.join("; ")
+        );
+        failures.unreported = 0;
+        failures.warned_at = Some(std::time::Instant::now());
+    }
     Ok(())
 }
 
@@ -788,6 +837,7 @@ fn run_on_stores(
     let groups = partition_groups(config.partitions);
 
     let mut last_snapshot = std::time::Instant::now();
+    let mut snapshot_failures = SnapshotFailures::default();
     let mut marked_bad: HashSet<u64> = HashSet::new();
     let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
@@ -818,7 +868,7 @@ fn run_on_stores(
             && config.snapshot_interval_ms > 0
             && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms
         {
-            snapshot(ctx, stores)?;
+            snapshot(ctx, stores, &mut snapshot_failures)?;
             last_snapshot = std::time::Instant::now();
         }
         let flow = observer.on_report(ctx, stores, &report)?;
@@ -974,7 +1024,9 @@ fn run_on_stores(
     summary.graph_version = current_graph_version(ctx, stores)?;
     summary.batch_size = tuner.current();
     if data_dir.is_some() {
-        snapshot(ctx, stores)?;
+        // The last chance before the process ends: a failure is said, however recent the last.
+        snapshot_failures.warned_at = None;
+        snapshot(ctx, stores, &mut snapshot_failures)?;
     }
     tracing::info!(
         component = "driver",

@@ -37,10 +37,30 @@ pub enum KvError {
     Corrupt { path: PathBuf, what: &'static str, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A segment's files cannot be loaded without losing data silently (no snapshot verifies,
+    /// or the log continues a snapshot that is not there). Loading again fails the same way.
+    #[error("segment {prefix:?} cannot be loaded: {reason}. To recover: {recovery}")]
+    CannotLoad { prefix: String, reason: String, recovery: String },
+    /// Loading a store from its data directory failed ([`KvError::CannotLoad`], an unreadable
+    /// file, too little capacity for what it holds): starting again fails the same way until
+    /// the files or the configuration are changed.
+    #[error("store {store:?} cannot be loaded from {dir}: {message}")]
+    LoadFailed { store: String, dir: PathBuf, message: String },
+    /// A snapshot could not be written (the logs, if any, still hold every change).
+    #[error("snapshot of store {store:?} failed: {reason}")]
+    SnapshotFailed { store: String, reason: String },
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
     #[error(transparent)]
     Legion(#[from] legion_bridge::Error),
+}
+
+impl KvError {
+    /// True for a store that could not be loaded from its data directory: trying again without
+    /// changing the files (or the store's capacity) fails the same way.
+    pub fn is_load_failure(&self) -> bool {
+        matches!(self, Self::LoadFailed { .. } | Self::CannotLoad { .. })
+    }
 }
 
 /// Result type of the store.

@@ -9,8 +9,11 @@
 //!
 //! Log (`<stem>.log`): records `[length u32][crc32 u32][seq u64, op, codec, key, value]`, appended
 //! and fsynced before a change is reported done. Replay stops at the first incomplete or damaged
-//! record (a crash in the middle of an append) and says where. After a snapshot, records already
-//! in the *previous* snapshot are dropped, so either snapshot plus the log rebuilds the segment.
+//! record (a crash in the middle of an append) and says where; the loader then cuts the log there
+//! ([`cut_log`]), so that new records are never appended after damage replay cannot pass. After
+//! a snapshot, records already in the *previous* snapshot are dropped, and the rewritten log
+//! starts with a base record naming the snapshot it continues (`seq`: the last change that
+//! snapshot holds), so that a load can tell when that snapshot is missing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -26,6 +29,8 @@ const SNAP_END: &[u8; 8] = b"SNAPEND!";
 const SNAP_VERSION: u32 = 1;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
+/// The log's first record after a compaction: the changes up to its `seq` are in a snapshot.
+const OP_BASE: u8 = 3;
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KvError + '_ {
     move |source| KvError::Io {
@@ -51,6 +56,8 @@ pub struct SegmentFiles {
     pub snapshot: PathBuf,
     pub previous: PathBuf,
     pub log: PathBuf,
+    /// Where a snapshot is written before it is renamed into place.
+    pub temporary: PathBuf,
 }
 
 impl SegmentFiles {
@@ -60,6 +67,7 @@ impl SegmentFiles {
             snapshot: store_dir.join(format!("{stem}.snap")),
             previous: store_dir.join(format!("{stem}.snap.prev")),
             log: store_dir.join(format!("{stem}.log")),
+            temporary: store_dir.join(format!("{stem}.snap.tmp")),
         }
     }
 }
@@ -104,7 +112,7 @@ impl<'a> Reader<'a> {
             .at
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| format!("ends early at byte {}", self.at))?;
+            .ok_or_else(|| format!("a field runs past the end, at byte {}", self.at))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -141,7 +149,27 @@ where
 {
     let dir = files.snapshot.parent().expect("snapshot files live in a folder");
     fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let tmp = files.snapshot.with_extension("snap.tmp");
+    let tmp = &files.temporary;
+    let written = write_snapshot_file(tmp, prefix, seq, entries).inspect_err(|_| {
+        // Gives back the space of a partial file (a full disk); the next load would remove it.
+        if tmp.is_file() {
+            let _ = fs::remove_file(tmp);
+        }
+    })?;
+    if files.snapshot.exists() {
+        fs::rename(&files.snapshot, &files.previous).map_err(io_error(&files.previous))?;
+    }
+    fs::rename(tmp, &files.snapshot).map_err(io_error(&files.snapshot))?;
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// Writes and fsyncs the snapshot file at `tmp`; returns its size.
+fn write_snapshot_file<'a, I>(tmp: &Path, prefix: &str, seq: u64, entries: impl Fn() -> I) -> KvResult<u64>
+where
+    I: Iterator<Item = (&'a str, Codec, &'a [u8])>,
+{
+    let tmp = tmp.to_path_buf();
     let written = {
         let file = File::create(&tmp).map_err(io_error(&tmp))?;
         let mut out = ChecksummedWriter::new(BufWriter::with_capacity(1 << 16, file));
@@ -173,12 +201,17 @@ where
         file.sync_all().map_err(io_error(&tmp))?;
         written
     };
-    if files.snapshot.exists() {
-        fs::rename(&files.snapshot, &files.previous).map_err(io_error(&files.previous))?;
-    }
-    fs::rename(&tmp, &files.snapshot).map_err(io_error(&files.snapshot))?;
-    sync_dir(dir)?;
     Ok(written)
+}
+
+/// Removes a snapshot left half-written by a crash or a failed write (`<stem>.snap.tmp`); true if
+/// there was one. It is never loaded: the rename into place is what completes a snapshot.
+pub fn remove_stale_snapshot(files: &SegmentFiles) -> KvResult<bool> {
+    match fs::remove_file(&files.temporary) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(&files.temporary)(e)),
+    }
 }
 
 /// A writer that keeps the CRC-32 and length of what went through it.
@@ -279,6 +312,13 @@ pub enum Change {
     Delete(String),
 }
 
+/// One record as stored: `[length u32][crc32 u32][payload]`.
+fn encode_record(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// Encodes logged changes as appendable records.
 pub fn encode_log_records(changes: &[(u64, Change)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -299,10 +339,20 @@ pub fn encode_log_records(changes: &[(u64, Change)]) -> Vec<u8> {
                 put_bytes(&mut payload, &[]);
             }
         }
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        encode_record(&mut out, &payload);
     }
+    out
+}
+
+/// The base record a compacted log starts with: the changes up to `seq` are in a snapshot.
+fn encode_base_record(seq: u64) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(18);
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload.extend_from_slice(&[OP_BASE, 0]);
+    put_bytes(&mut payload, &[]);
+    put_bytes(&mut payload, &[]);
+    let mut out = Vec::with_capacity(26);
+    encode_record(&mut out, &payload);
     out
 }
 
@@ -316,35 +366,108 @@ pub fn append_log(path: &Path, records: &[u8]) -> KvResult<()> {
     file.sync_data().map_err(io_error(path))
 }
 
-/// The intact records of a log, and where (and why) reading stopped early, if it did.
+/// Where reading a log stopped before its end: at a damaged record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Damage {
+    /// Where the damaged record starts (the log's intact part ends there).
+    pub offset: u64,
+    /// The log's length: `len - offset` bytes were not read.
+    pub len: u64,
+    /// What is wrong with the record.
+    pub reason: String,
+}
+
+/// The intact records of a log, the snapshot it continues, and where (and why) reading stopped
+/// early, if it did.
+#[derive(Debug, Default)]
 pub struct LogContents {
     pub changes: Vec<(u64, Change)>,
-    pub stopped: Option<(u64, String)>,
+    /// The base record's `seq`, when the log starts with one (written by [`compact_log`]).
+    pub base: Option<u64>,
+    pub stopped: Option<Damage>,
+}
+
+impl LogContents {
+    /// The last change the log does not hold, which a snapshot must hold: the base record's, or
+    /// for a log without one (written before base records existed, or never compacted), the change
+    /// before its first record (sequence numbers are consecutive in a log). 0: the log holds every
+    /// change since the segment was new.
+    pub fn continues_from(&self) -> u64 {
+        match (self.base, self.changes.first()) {
+            (Some(base), _) => base,
+            (None, Some((first, _))) => first.saturating_sub(1),
+            (None, None) => 0,
+        }
+    }
 }
 
 /// Reads a log; a missing file is an empty log.
 pub fn read_log(path: &Path) -> KvResult<LogContents> {
-    let mut contents = LogContents {
-        changes: Vec::new(),
-        stopped: None,
-    };
+    let mut contents = LogContents::default();
     let Some(mut records) = LogRecords::open(path)? else {
         return Ok(contents);
     };
+    let mut first = true;
     while let Some(record) = records.next().map_err(io_error(path))? {
         match record {
-            Ok(change) => contents.changes.push(change),
+            Ok(LogEntry::Base(seq)) if first => contents.base = Some(seq),
+            // A base record anywhere else is not something this format writes.
+            Ok(LogEntry::Base(_)) => {
+                contents.stopped = Some(records.damage("a base record after the first".into()));
+                break;
+            }
+            Ok(LogEntry::Change(seq, change)) => contents.changes.push((seq, change)),
             Err(reason) => {
-                contents.stopped = Some((records.offset, reason));
+                contents.stopped = Some(records.damage(reason));
                 break;
             }
         }
+        first = false;
     }
     Ok(contents)
 }
 
-/// One log record's payload: its sequence number and change.
-fn decode_record(payload: &[u8]) -> Result<(u64, Change), String> {
+/// Cuts a log at `offset`, the start of a damaged record, so that new records follow the last
+/// intact one (after damage, a later replay would never reach them). The bytes cut off are kept
+/// next to the log in `<log>.damaged-<unix time>`, whose path is returned.
+pub fn cut_log(path: &Path, offset: u64) -> KvResult<PathBuf> {
+    let mut input = File::open(path).map_err(io_error(path))?;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Two cuts in the same second (another damage at once) keep both.
+    let kept = (0..)
+        .map(|n| {
+            let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+            path.with_file_name(format!("{name}.damaged-{since_epoch}{suffix}"))
+        })
+        .find(|p| !p.exists())
+        .expect("a free name");
+    {
+        let mut out = File::create(&kept).map_err(io_error(&kept))?;
+        std::io::Seek::seek(&mut input, std::io::SeekFrom::Start(offset)).map_err(io_error(path))?;
+        std::io::copy(&mut input, &mut out).map_err(io_error(&kept))?;
+        out.sync_all().map_err(io_error(&kept))?;
+    }
+    let log = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    log.set_len(offset).map_err(io_error(path))?;
+    log.sync_all().map_err(io_error(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(kept)
+}
+
+/// A record of a log.
+enum LogEntry {
+    Change(u64, Change),
+    Base(u64),
+}
+
+/// One log record's payload: its sequence number and change (or base).
+fn decode_record(payload: &[u8]) -> Result<LogEntry, String> {
     let mut p = Reader { bytes: payload, at: 0 };
     let seq = p.u64()?;
     let op = p.u8()?;
@@ -354,9 +477,10 @@ fn decode_record(payload: &[u8]) -> Result<(u64, Change), String> {
     match op {
         OP_PUT => {
             let codec = Codec::from_byte(codec_byte).ok_or_else(|| format!("unknown codec {codec_byte}"))?;
-            Ok((seq, Change::Put(Record { key, codec, value })))
+            Ok(LogEntry::Change(seq, Change::Put(Record { key, codec, value })))
         }
-        OP_DELETE => Ok((seq, Change::Delete(key))),
+        OP_DELETE => Ok(LogEntry::Change(seq, Change::Delete(key))),
+        OP_BASE => Ok(LogEntry::Base(seq)),
         other => Err(format!("unknown operation {other}")),
     }
 }
@@ -397,21 +521,24 @@ impl LogRecords {
 
     /// The next record: `None` at the end of the log, `Some(Err(reason))` at a damaged record
     /// (torn, checksum mismatch, undecodable), after which the log is not read further.
-    fn next(&mut self) -> std::io::Result<Option<Result<(u64, Change), String>>> {
+    fn next(&mut self) -> std::io::Result<Option<Result<LogEntry, String>>> {
         self.offset = self.at;
         let left = self.len - self.at;
         if left == 0 {
             return Ok(None);
         }
         if left < 8 {
-            return Ok(Some(Err(format!("ends early at byte {}", self.at))));
+            return Ok(Some(Err(format!("torn: the file ends {left} bytes into its 8-byte header"))));
         }
         self.input.read_exact(&mut self.header)?;
         let len = u32::from_le_bytes(self.header[..4].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(self.header[4..].try_into().expect("4 bytes"));
         // A length past the end is a torn record: do not allocate for it.
         if len > left - 8 {
-            return Ok(Some(Err(format!("ends early at byte {}", self.at + 8))));
+            return Ok(Some(Err(format!(
+                "torn: its header announces {len} bytes, the file ends {} bytes after the header",
+                left - 8
+            ))));
         }
         self.payload.resize(len as usize, 0);
         self.input.read_exact(&mut self.payload)?;
@@ -421,10 +548,20 @@ impl LogRecords {
         }
         Ok(Some(decode_record(&self.payload)))
     }
+
+    /// The damage at the record [`Self::next`] last looked at.
+    fn damage(&self, reason: String) -> Damage {
+        Damage {
+            offset: self.offset,
+            len: self.len,
+            reason,
+        }
+    }
 }
 
-/// Rewrites the log without the records at or below `seq` (they are in both snapshots). Keeps
-/// what [`read_log`] would replay: intact records up to the first damaged one, copied as stored.
+/// Rewrites the log without the records at or below `seq` (they are in both snapshots), starting
+/// with a base record for `seq`. Keeps what [`read_log`] would replay: intact records up to the
+/// first damaged one, copied as stored.
 pub fn compact_log(path: &Path, seq: u64) -> KvResult<()> {
     let Some(mut records) = LogRecords::open(path)? else {
         return Ok(());
@@ -432,11 +569,20 @@ pub fn compact_log(path: &Path, seq: u64) -> KvResult<()> {
     let tmp = path.with_extension("log.tmp");
     {
         let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io_error(&tmp))?);
-        while let Some(Ok((record_seq, _))) = records.next().map_err(io_error(path))? {
-            if record_seq > seq {
-                out.write_all(&records.header).map_err(io_error(&tmp))?;
-                out.write_all(&records.payload).map_err(io_error(&tmp))?;
+        out.write_all(&encode_base_record(seq)).map_err(io_error(&tmp))?;
+        let mut first = true;
+        while let Some(Ok(entry)) = records.next().map_err(io_error(path))? {
+            match entry {
+                LogEntry::Change(record_seq, _) if record_seq > seq => {
+                    out.write_all(&records.header).map_err(io_error(&tmp))?;
+                    out.write_all(&records.payload).map_err(io_error(&tmp))?;
+                }
+                LogEntry::Change(..) => {}
+                // The old base is replaced; one elsewhere is damage to replay, so the end here.
+                LogEntry::Base(_) if first => {}
+                LogEntry::Base(_) => break,
             }
+            first = false;
         }
         let file = out.into_inner().map_err(|e| KvError::Io {
             path: tmp.clone(),
@@ -540,6 +686,52 @@ mod tests {
         let compacted = read_log(&path).unwrap();
         assert_eq!(compacted.changes, changes[2..].to_vec());
         assert!(compacted.stopped.is_none());
+        assert_eq!((compacted.base, compacted.continues_from()), (Some(2), 2));
+    }
+
+    #[test]
+    fn a_log_cut_at_its_damage_takes_new_records_and_keeps_the_cut_bytes() {
+        let dir = temp_dir("cut");
+        let path = dir.join("x.log");
+        let changes: Vec<(u64, Change)> = (1..=3).map(|seq| (seq, Change::Delete(format!("/k{seq}")))).collect();
+        append_log(&path, &encode_log_records(&changes)).unwrap();
+        let intact_len = fs::metadata(&path).unwrap().len();
+        let torn = encode_log_records(&[(4, Change::Delete("/k4".into()))]);
+        append_log(&path, &torn[..torn.len() - 3]).unwrap();
+        let damage = read_log(&path).unwrap().stopped.expect("the torn record is found");
+        assert_eq!(damage.offset, intact_len);
+        assert!(damage.reason.starts_with("torn: its header announces"), "{}", damage.reason);
+        let kept = cut_log(&path, damage.offset).unwrap();
+        assert_eq!(fs::read(&kept).unwrap(), torn[..torn.len() - 3].to_vec());
+        assert!(kept.file_name().unwrap().to_string_lossy().starts_with("x.log.damaged-"));
+        // What is appended after the cut is read back.
+        let next = vec![(4, Change::Delete("/k5".into()))];
+        append_log(&path, &encode_log_records(&next)).unwrap();
+        let contents = read_log(&path).unwrap();
+        assert!(contents.stopped.is_none());
+        assert_eq!(contents.changes, [changes, next].concat());
+    }
+
+    #[test]
+    fn a_log_says_which_snapshot_it_continues() {
+        let dir = temp_dir("base");
+        let path = dir.join("b.log");
+        let changes: Vec<(u64, Change)> = (1..=6).map(|seq| (seq, Change::Delete(format!("/k{seq}")))).collect();
+        append_log(&path, &encode_log_records(&changes)).unwrap();
+        assert_eq!(read_log(&path).unwrap().continues_from(), 0, "never compacted");
+        // Compacted to nothing: only the base record tells that a snapshot holds changes 1..=6.
+        compact_log(&path, 6).unwrap();
+        let empty = read_log(&path).unwrap();
+        assert!(empty.changes.is_empty() && empty.stopped.is_none());
+        assert_eq!(empty.continues_from(), 6);
+        let more: Vec<(u64, Change)> = (7..=9).map(|seq| (seq, Change::Delete(format!("/k{seq}")))).collect();
+        append_log(&path, &encode_log_records(&more)).unwrap();
+        compact_log(&path, 7).unwrap();
+        let compacted = read_log(&path).unwrap();
+        assert_eq!((compacted.base, compacted.changes.clone()), (Some(7), more[1..].to_vec()));
+        // A log written before base records existed: its first record tells.
+        fs::write(&path, encode_log_records(&more)).unwrap();
+        assert_eq!(read_log(&path).unwrap().continues_from(), 6);
     }
 
     #[test]

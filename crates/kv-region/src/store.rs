@@ -188,7 +188,16 @@ impl KeyValueStore {
                 let load = IndexLauncher::new(tasks.load, colors, &store.persist_args(dir))?
                     .tag(store.tags.all_segments)
                     .region(RegionRequirement::partition(partition, region, Privilege::ReadWrite).field(field));
-                ctx.execute_index(&load)?.collect()?
+                // A segment that does not load fails the store, typed as such: the files (or the
+                // configuration) have to change before another try can succeed.
+                ctx.execute_index(&load)?.collect().map_err(|error| KvError::LoadFailed {
+                    store: config.name.clone(),
+                    dir: dir.clone(),
+                    message: match error {
+                        legion_bridge::Error::TaskFailed { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                })?
             }
             None => Vec::new(),
         };
@@ -507,7 +516,10 @@ impl KeyValueStore {
     }
 
     /// Writes a snapshot of every segment to the data directory (one task per segment, on the
-    /// node holding it). Needs a store created with a data directory.
+    /// node holding it). Needs a store created with a data directory. A segment whose snapshot
+    /// cannot be written (a full disk, a folder that cannot be written) makes this a
+    /// [`KvError::SnapshotFailed`] naming every such segment; the others were written, and the
+    /// failed ones keep their previous snapshots and logs.
     pub fn snapshot(&self, ctx: &TaskContext) -> KvResult<Vec<SnapshotStats>> {
         let dir = self
             .dir
@@ -516,7 +528,15 @@ impl KeyValueStore {
         let launcher = IndexLauncher::new(tasks()?.snapshot, 0..=self.placements.len() as i64 - 1, &self.persist_args(dir))?
             .tag(self.tags.all_segments)
             .region(RegionRequirement::partition(self.partition, self.region, Privilege::ReadOnly).field(self.field));
-        Ok(ctx.execute_index(&launcher)?.collect()?)
+        let results: Vec<Result<SnapshotStats, String>> = ctx.execute_index(&launcher)?.collect()?;
+        let failures: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        if !failures.is_empty() {
+            return Err(KvError::SnapshotFailed {
+                store: self.name.clone(),
+                reason: failures.join("; "),
+            });
+        }
+        Ok(results.into_iter().filter_map(Result::ok).collect())
     }
 }
 

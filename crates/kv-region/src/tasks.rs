@@ -153,7 +153,7 @@ pub struct LoadStats {
 pub(crate) struct KvTasks {
     pub init: TaskId<InitArgs, ()>,
     pub apply: TaskId<ApplyArgs, ApplyResult>,
-    pub snapshot: TaskId<PersistArgs, SnapshotStats>,
+    pub snapshot: TaskId<PersistArgs, SnapshotResult>,
     pub load: TaskId<PersistArgs, LoadStats>,
 }
 
@@ -206,31 +206,40 @@ fn apply_task(ctx: &TaskContext, args: ApplyArgs) -> Result<ApplyResult, TaskErr
         .collect())
 }
 
-fn snapshot_task(ctx: &TaskContext, args: PersistArgs) -> Result<SnapshotStats, TaskError> {
+/// A snapshot task's answer: what it wrote, or why it could not (a full disk, a folder that
+/// cannot be written). A value rather than a task failure, so that the caller decides what a
+/// failed snapshot means, and a failure repeated at every interval is not logged each time.
+pub(crate) type SnapshotResult = Result<SnapshotStats, String>;
+
+fn snapshot_task(ctx: &TaskContext, args: PersistArgs) -> Result<SnapshotResult, TaskError> {
     let region = ctx.region(0)?;
-    let stats = with_reader(&region, args.field, |view| {
+    let result = with_reader(&region, args.field, |view| {
         let segment = view.segments().first().ok_or_else(|| KvError::Layout("no segment".into()))?;
-        let prefix = segment.prefix().to_string();
-        let files = SegmentFiles::new(&args.store_dir, &prefix);
-        // The snapshot being replaced becomes the previous one; the log must keep what it lacks.
-        let replaced_seq = if args.logged && files.snapshot.exists() {
-            persist::read_snapshot(&files.snapshot).ok().map(|s| s.seq)
-        } else {
-            None
-        };
-        let bytes = persist::write_snapshot(&files, &prefix, segment.seq(), || segment.entries())?;
-        if let Some(seq) = replaced_seq {
-            persist::compact_log(&files.log, seq)?;
-        }
-        Ok(SnapshotStats {
-            prefix,
-            path: files.snapshot,
-            keys: segment.len(),
-            bytes,
-            seq: segment.seq(),
-        })
+        Ok(snapshot_segment(segment, &args).map_err(|e| e.to_string()))
     })?;
-    Ok(stats)
+    Ok(result)
+}
+
+fn snapshot_segment<B: AsRef<[u8]>>(segment: &Segment<B>, args: &PersistArgs) -> KvResult<SnapshotStats> {
+    let prefix = segment.prefix().to_string();
+    let files = SegmentFiles::new(&args.store_dir, &prefix);
+    // The snapshot being replaced becomes the previous one; the log must keep what it lacks.
+    let replaced_seq = if args.logged && files.snapshot.exists() {
+        persist::read_snapshot(&files.snapshot).ok().map(|s| s.seq)
+    } else {
+        None
+    };
+    let bytes = persist::write_snapshot(&files, &prefix, segment.seq(), || segment.entries())?;
+    if let Some(seq) = replaced_seq {
+        persist::compact_log(&files.log, seq)?;
+    }
+    Ok(SnapshotStats {
+        prefix,
+        path: files.snapshot,
+        keys: segment.len(),
+        bytes,
+        seq: segment.seq(),
+    })
 }
 
 fn load_task(ctx: &TaskContext, args: PersistArgs) -> Result<LoadStats, TaskError> {
@@ -240,75 +249,156 @@ fn load_task(ctx: &TaskContext, args: PersistArgs) -> Result<LoadStats, TaskErro
             .segments_mut()
             .first_mut()
             .ok_or_else(|| KvError::Layout("no segment".into()))?;
-        let prefix = segment.prefix().to_string();
-        let files = SegmentFiles::new(&args.store_dir, &prefix);
-        let mut stats = LoadStats {
-            prefix: prefix.clone(),
-            snapshot: None,
-            keys: 0,
-            replayed: 0,
-            seq: 0,
-            warnings: Vec::new(),
-        };
-        let mut snapshot = None;
-        let mut damaged = None;
-        for path in [&files.snapshot, &files.previous] {
-            if !path.exists() {
-                continue;
-            }
-            match persist::read_snapshot(path) {
-                Ok(s) if s.prefix == prefix => {
-                    snapshot = Some(s);
-                    stats.snapshot = Some(path.clone());
-                    break;
-                }
-                Ok(s) => stats
-                    .warnings
-                    .push(format!("{} holds segment {:?}, not {prefix:?}; skipped", path.display(), s.prefix)),
-                Err(error) => {
-                    stats.warnings.push(format!("{error}; trying the previous snapshot"));
-                    damaged = Some(error);
-                }
-            }
-        }
-        if let (None, Some(error)) = (&snapshot, damaged) {
-            return Err(error);
-        }
-        segment.clear();
-        let mut seq = 0;
-        if let Some(snapshot) = snapshot {
-            for record in &snapshot.entries {
-                segment.put(&record.key, record.codec, &record.value)?;
-            }
-            seq = snapshot.seq;
-        }
-        let log = persist::read_log(&files.log)?;
-        if let Some((offset, reason)) = &log.stopped {
-            stats.warnings.push(format!(
-                "{}: log ends early at byte {offset} ({reason}); the records before it were replayed",
-                files.log.display()
-            ));
-        }
-        for (record_seq, change) in log.changes {
-            if record_seq <= seq {
-                continue;
-            }
-            match change {
-                Change::Put(record) => segment.put(&record.key, record.codec, &record.value)?,
-                Change::Delete(key) => {
-                    segment.delete(&key);
-                }
-            }
-            seq = record_seq;
-            stats.replayed += 1;
-        }
-        segment.set_seq(seq);
-        stats.seq = seq;
-        stats.keys = segment.len();
-        Ok(stats)
+        load_segment(segment, &args)
     })?;
     for warning in &stats.warnings {
         tracing::warn!(segment = %stats.prefix, "{warning}");
     }
+    Ok(stats)
+}
+
+/// Rebuilds a segment from its snapshot and log (see the module docs of [`persist`]).
+fn load_segment<B: AsRef<[u8]> + AsMut<[u8]>>(segment: &mut Segment<B>, args: &PersistArgs) -> KvResult<LoadStats> {
+    let prefix = segment.prefix().to_string();
+    let files = SegmentFiles::new(&args.store_dir, &prefix);
+    let mut stats = LoadStats {
+        prefix: prefix.clone(),
+        snapshot: None,
+        keys: 0,
+        replayed: 0,
+        seq: 0,
+        warnings: Vec::new(),
+    };
+    // A crash (or a failed write) in the middle of a snapshot leaves its temporary file; the
+    // snapshots and the log do without it.
+    match persist::remove_stale_snapshot(&files) {
+        Ok(true) => tracing::info!(segment = %prefix, "removed {}, a snapshot left half-written", files.temporary.display()),
+        Ok(false) => {}
+        Err(error) => stats.warnings.push(format!("cannot remove a snapshot left half-written: {error}")),
+    }
+    let mut snapshot = None;
+    let mut unusable = Vec::new();
+    for path in [&files.snapshot, &files.previous] {
+        if !path.exists() {
+            continue;
+        }
+        let checked = persist::read_snapshot(path).and_then(|s| {
+            if s.prefix == prefix {
+                Ok(s)
+            } else {
+                Err(KvError::Corrupt {
+                    path: path.clone(),
+                    what: "snapshot",
+                    reason: format!(
+                        "it holds segment {:?}, not {prefix:?} (a file of another segment or store?)",
+                        s.prefix
+                    ),
+                })
+            }
+        });
+        match checked {
+            Ok(s) => {
+                snapshot = Some(s);
+                stats.snapshot = Some(path.clone());
+                break;
+            }
+            Err(error) => unusable.push(error.to_string()),
+        }
+    }
+    let log = persist::read_log(&files.log)?;
+    let has_log = files.log.exists();
+    let continues_from = log.continues_from();
+    let names = |paths: &[&std::path::Path]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    if snapshot.is_none() && !unusable.is_empty() {
+        // Garbage is never loaded; say what the ways out cost.
+        let recovery = if has_log && continues_from == 0 && !log.changes.is_empty() {
+            format!(
+                "move {} out of the folder: the log holds every change since the segment was new, so nothing is lost",
+                names(&[&files.snapshot, &files.previous])
+            )
+        } else {
+            let mut files_of_segment = vec![files.snapshot.as_path(), files.previous.as_path()];
+            if has_log {
+                files_of_segment.push(&files.log);
+            }
+            format!(
+                "put back good copies of the snapshot files (a backup), or move {} out of the folder to start the segment empty: everything it held is lost",
+                names(&files_of_segment)
+            )
+        };
+        return Err(KvError::CannotLoad {
+            prefix,
+            reason: format!("no snapshot verifies ({})", unusable.join("; ")),
+            recovery,
+        });
+    }
+    for failure in &unusable {
+        stats.warnings.push(format!("{failure}; the previous snapshot was used instead"));
+    }
+    let from = snapshot.as_ref().map_or(0, |s| s.seq);
+    if continues_from > from {
+        let missing = match &stats.snapshot {
+            None => format!("there is no snapshot ({} are missing)", names(&[&files.snapshot, &files.previous])),
+            Some(path) => format!("{} holds only the changes up to {from}", path.display()),
+        };
+        return Err(KvError::CannotLoad {
+            prefix,
+            reason: format!(
+                "{} continues a snapshot holding the changes up to {continues_from}, but {missing}; the log without that snapshot would lose the keys only the snapshot held",
+                files.log.display()
+            ),
+            recovery: format!(
+                "put the segment's snapshot files back (from where they were moved, or a backup), or move {} out of the folder too to start the segment empty: everything it held is lost",
+                files.log.display()
+            ),
+        });
+    }
+    segment.clear();
+    let mut seq = 0;
+    if let Some(snapshot) = snapshot {
+        for record in &snapshot.entries {
+            segment.put(&record.key, record.codec, &record.value)?;
+        }
+        seq = snapshot.seq;
+    }
+    let intact = log.changes.len();
+    for (record_seq, change) in log.changes {
+        if record_seq <= seq {
+            continue;
+        }
+        match change {
+            Change::Put(record) => segment.put(&record.key, record.codec, &record.value)?,
+            Change::Delete(key) => {
+                segment.delete(&key);
+            }
+        }
+        seq = record_seq;
+        stats.replayed += 1;
+    }
+    if let Some(damage) = &log.stopped {
+        // Records appended after the damage would be out of reach of every later replay: the log
+        // goes on from its last intact record.
+        let kept = persist::cut_log(&files.log, damage.offset).map_err(|error| KvError::CannotLoad {
+            prefix: prefix.clone(),
+            reason: format!(
+                "{} is damaged at byte {} ({}) and cannot be cut there, so changes appended after it would be lost: {error}",
+                files.log.display(),
+                damage.offset,
+                damage.reason
+            ),
+            recovery: "make the store's folder writable (or free space on its disk) and start again".into(),
+        })?;
+        stats.warnings.push(format!(
+            "{}: the record at byte {} is damaged ({}), so replay stopped after {intact} intact records; the log was cut there and the {} bytes cut off are kept in {}",
+            files.log.display(),
+            damage.offset,
+            damage.reason,
+            damage.len - damage.offset,
+            kept.display()
+        ));
+    }
+    segment.set_seq(seq);
+    stats.seq = seq;
+    stats.keys = segment.len();
     Ok(stats)
 }

@@ -64,6 +64,14 @@ fn child(mode: &str, dir: PathBuf) -> ExitCode {
                 results.put(ctx, "/results/roi/999999", &json!("not snapshotted"))?;
                 println!("done");
             }
+            "append" => {
+                // New changes after a load, no snapshot: only the log keeps them.
+                for i in 0..10 {
+                    control.put(ctx, &format!("/control/after/{i}"), &json!({"after": i}))?;
+                }
+                println!("warnings: {}", json!(warnings));
+                println!("done");
+            }
             "dump" => {
                 let out = json!({"control": dump(ctx, &control)?, "results": dump(ctx, &results)?, "warnings": warnings});
                 println!("{out}");
@@ -208,7 +216,12 @@ fn main() -> ExitCode {
                 .filter_map(Result::ok)
                 .any(|e| e.path().to_string_lossy().ends_with(".snap.tmp"));
             check(half_written, "no half-written snapshot left behind")?;
-            check_acked(&dump_child(&dir)?, &acked)
+            check_acked(&dump_child(&dir)?, &acked)?;
+            // The load removed it: nothing reads it, and a full disk needs the space.
+            let left = std::fs::read_dir(dir.join("control"))?
+                .filter_map(Result::ok)
+                .any(|e| e.path().to_string_lossy().ends_with(".snap.tmp"));
+            check(!left, "the half-written snapshot is still there after a load")
         }),
         case("kill_9_at_random_points_loses_nothing_acknowledged", |_| {
             let dir = scratch("kill-9");
@@ -248,9 +261,85 @@ fn main() -> ExitCode {
             drop(log);
             let dump = dump_child(&dir)?;
             check_acked(&dump, &acked)?;
+            let warnings = dump["warnings"].to_string();
             check(
-                dump["warnings"].to_string().contains("log ends early"),
-                dump["warnings"].to_string(),
+                warnings.contains("is damaged (torn: the file ends 7 bytes into its 8-byte header)")
+                    && warnings.contains("the log was cut there and the 7 bytes cut off are kept in"),
+                warnings,
+            )
+        }),
+        case("changes_after_a_torn_log_tail_survive_the_next_restart", |_| {
+            let dir = scratch("torn-log-then-append");
+            churn_until(&dir, 12, &[]);
+            // A crash in the middle of an append (or a full disk): the log's last record is torn.
+            let files = SegmentFiles::new(&dir.join("control"), "/control/");
+            let len = std::fs::metadata(&files.log)?.len();
+            check(len > 300, format!("log of {len} bytes"))?;
+            std::fs::OpenOptions::new().write(true).open(&files.log)?.set_len(len - 100)?;
+            let out = run_child("append", &dir, &[]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            check(out.status.success() && stdout.contains("done"), format!("append failed: {stdout}"))?;
+            // The next start finds every change accepted after the damage, and no damage.
+            let dump = dump_child(&dir)?;
+            for i in 0..10 {
+                check(
+                    dump["control"][format!("/control/after/{i}")] == json!({"after": i}),
+                    format!("change {i} made after the damage was lost: {}", dump["warnings"]),
+                )?;
+            }
+            check(
+                dump["warnings"].as_array().is_some_and(|w| w.is_empty()),
+                format!("warnings: {}", dump["warnings"]),
+            )?;
+            check(
+                stdout.contains("is damaged (torn") && stdout.contains(".damaged-"),
+                format!("no warning about the cut: {stdout}"),
+            )?;
+            // The cut-off bytes are kept next to the log.
+            let kept: Vec<PathBuf> = std::fs::read_dir(dir.join("control"))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(".log.damaged-"))
+                .collect();
+            check(kept.len() == 1, format!("kept: {kept:?}"))?;
+            let kept_len = std::fs::metadata(&kept[0])?.len();
+            check(kept_len > 0 && kept_len < 300, format!("{kept_len} bytes kept"))
+        }),
+        case("snapshot_files_of_another_segment_are_refused_not_skipped", |_| {
+            let dir = scratch("foreign-snapshots");
+            churn_until(&dir, 16, &[]);
+            // A mis-restored backup: the /component/ segment's snapshots in place of /control/'s.
+            let control = SegmentFiles::new(&dir.join("control"), "/control/");
+            let component = SegmentFiles::new(&dir.join("control"), "/component/");
+            std::fs::copy(&component.snapshot, &control.snapshot)?;
+            std::fs::copy(&component.previous, &control.previous)?;
+            let out = run_child("dump", &dir, &[]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            check(!out.status.success(), format!("loaded without its snapshots: {stdout}"))?;
+            check(
+                stdout.contains("cannot be loaded")
+                    && stdout.contains("holds segment \"/component/\", not \"/control/\"")
+                    && stdout.contains("To recover"),
+                format!("error said: {stdout}"),
+            )
+        }),
+        case("a_log_continuing_a_missing_snapshot_is_refused", |_| {
+            let dir = scratch("missing-snapshots");
+            let acked = churn_until(&dir, 16, &[]);
+            check(acked.len() >= 16, format!("{} acks", acked.len()))?;
+            // Both snapshots gone, while the log was compacted by them: the log alone lacks the
+            // first edits.
+            let files = SegmentFiles::new(&dir.join("control"), "/control/");
+            std::fs::remove_file(&files.snapshot)?;
+            std::fs::remove_file(&files.previous)?;
+            let out = run_child("dump", &dir, &[]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            check(!out.status.success(), format!("loaded the log alone: {stdout}"))?;
+            check(
+                stdout.contains("continues a snapshot holding the changes up to")
+                    && stdout.contains("there is no snapshot")
+                    && stdout.contains("To recover"),
+                format!("error said: {stdout}"),
             )
         }),
         case("garbage_in_both_snapshots_is_refused_not_loaded", |_| {
