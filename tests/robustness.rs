@@ -100,6 +100,23 @@ fn a_task_failing_every_attempt_ends_the_run_with_its_reason() {
 }
 
 #[test]
+fn a_source_failing_every_attempt_is_the_one_failure_reported_and_nothing_after_it_is_retried() {
+    let out = run_with_fault("source/0:error@3x3", &["--frames", "2000", "--rate", "2000", "--image-size", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("source/0 failed 3 times; last: injected fault"), "{stderr}");
+    // The tasks that read its output fail with it at once: no attempts of their own, no
+    // "failed 3 times" of theirs around the source's reason, which shows twice: where it
+    // happened (the source task's log line) and in the run's error.
+    assert_eq!(stderr.matches("failed 3 times").count(), 2, "{stderr}");
+    assert!(
+        !stderr.contains("worker/0 failed") && !stderr.contains("reducer failed 3"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("attempt failed").count(), 3, "{stderr}");
+}
+
+#[test]
 fn a_crash_while_positions_are_converted_to_another_partition_count_loses_and_repeats_nothing() {
     let data = scratch("partition-change-crash").join("data");
     let run = |fault: &str, partitions: &str, more: &[&str]| {

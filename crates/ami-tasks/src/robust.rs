@@ -204,6 +204,15 @@ pub fn run<R>(label: &str, policy: &RetryPolicy, mut body: impl FnMut(u32) -> Re
                     incidents,
                 };
             }
+            // Another attempt would read the same failed input: that task's failure is the one
+            // to report (and it recorded its incidents), not a cascade of this one's attempts.
+            Ok(Err(error)) if error.is_input_failure() => {
+                tracing::debug!(component = label, "an input failed: {error}");
+                return Attempted {
+                    result: Err(error),
+                    incidents,
+                };
+            }
             Ok(Err(error)) => (IncidentKind::Error, error.to_string()),
             Err(panic) => (IncidentKind::Panic, format!("panicked: {panic}")),
         };
@@ -241,6 +250,25 @@ mod tests {
             first_backoff_ms: 1,
             max_backoff_ms: 2,
         }
+    }
+
+    #[test]
+    fn a_failed_input_is_not_tried_again_nor_reported_as_this_components_failure() {
+        let mut tries = 0;
+        let attempted: Attempted<()> = run("worker/0", &quick(), |_| {
+            tries += 1;
+            Err(TaskError::input_failed(
+                "task `data_source` failed: source/0 failed 3 times; last: disk full",
+            ))
+        });
+        assert_eq!(tries, 1);
+        assert!(attempted.incidents.is_empty(), "{:?}", attempted.incidents);
+        let error = attempted.result.unwrap_err();
+        assert!(error.is_input_failure());
+        assert_eq!(
+            error.to_string(),
+            "task `data_source` failed: source/0 failed 3 times; last: disk full"
+        );
     }
 
     #[test]

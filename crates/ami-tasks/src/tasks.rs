@@ -806,7 +806,7 @@ fn analyse(frames: &[FrameRef<'_>], graph: Option<(u64, Arc<CompiledGraph>)>, ar
 
 fn worker_attempt(ctx: &TaskContext, args: &WorkerArgs) -> Result<PartialReport, TaskError> {
     let cpu = CpuStopwatch::start();
-    let report: SourceReport = ctx.input_future(0)?;
+    let report: SourceReport = ctx.input(0)?;
     let graph = with_reader(&ctx.region(1)?, args.control_field, |view| {
         current_graph(view).map_err(|e| kv_region::KvError::Layout(e.to_string()))
     })?;
@@ -841,7 +841,7 @@ fn local_reduce_task(ctx: &TaskContext, (node, retry): (u32, RetryPolicy)) -> Re
     let merge = |_| {
         let mut merged = PartialReport::default();
         for i in 0..ctx.input_future_count() {
-            merged.merge(ctx.input_future(i)?)?;
+            merged.merge(ctx.input(i)?)?;
         }
         merged.ran_on.insert(format!("local_reducer/{node}"), [ctx.address_space()].into());
         note_processor(&mut merged.processors, "local_reducer", ctx.executing_processor().kind);
@@ -916,7 +916,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
     let mut first = 0;
     let mut state = if args.has_previous {
         first = 1;
-        ctx.input_future::<GlobalReport>(0)?.state
+        ctx.input::<GlobalReport>(0)?.state
     } else {
         GlobalState {
             written: args.written_before.clone().unwrap_or_default(),
@@ -925,7 +925,7 @@ fn global_reduce_attempt(ctx: &TaskContext, args: &GlobalArgs) -> Result<GlobalR
     };
     let mut report = GlobalReport::default();
     for i in first..ctx.input_future_count() {
-        let local: PartialReport = ctx.input_future(i)?;
+        let local: PartialReport = ctx.input(i)?;
         state.events += local.events;
         report.failures.extend(local.failures);
         report.sources.extend(local.sources);

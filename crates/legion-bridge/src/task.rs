@@ -138,30 +138,51 @@ impl VariantOptions {
 }
 
 /// The error a task body returns. Any `std::error::Error` converts into it with `?`.
-pub struct TaskError(String);
+pub struct TaskError {
+    message: String,
+    /// The task failed because a task it depends on did ([`TaskContext::input`]).
+    input_failed: bool,
+}
 
 impl TaskError {
     /// A failure described by `message`.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Self(message.to_string())
+        Self {
+            message: message.to_string(),
+            input_failed: false,
+        }
+    }
+
+    /// A failure because an input failed (a task this one depends on), described by `message`.
+    pub fn input_failed(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            input_failed: true,
+        }
+    }
+
+    /// Whether the failure is an input's: a task it depends on failed, so running this one again
+    /// cannot help (the failure to look at is that task's).
+    pub fn is_input_failure(&self) -> bool {
+        self.input_failed
     }
 }
 
 impl<E: std::error::Error> From<E> for TaskError {
     fn from(error: E) -> Self {
-        Self(error.to_string())
+        Self::msg(error)
     }
 }
 
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TaskError({:?})", self.0)
+        write!(f, "TaskError({:?})", self.message)
     }
 }
 
@@ -183,7 +204,26 @@ impl<R: DeserializeOwned> Outcome<R> {
     }
 }
 
-type Body = dyn Fn(&TaskContext, &[u8]) -> Result<Vec<u8>, (String, bool)> + Send + Sync;
+type Body = dyn Fn(&TaskContext, &[u8]) -> Result<Vec<u8>, (String, Ending)> + Send + Sync;
+
+/// How a task body ended without a value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Failed,
+    /// Failed because a task it depends on failed: logged quietly, that task's log says why.
+    InputFailed,
+    Panicked,
+}
+
+impl TaskError {
+    fn ending(&self) -> Ending {
+        if self.input_failed {
+            Ending::InputFailed
+        } else {
+            Ending::Failed
+        }
+    }
+}
 
 /// What the trampoline finds behind its user-data pointer. Leaked at registration: Legion may call
 /// the task until the process exits.
@@ -222,10 +262,13 @@ where
         return Err(Error::Registration(format!("task `{name}`: id {id} is the top-level task's")));
     }
     let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let erased = move |ctx: &TaskContext, bytes: &[u8]| -> Result<Vec<u8>, (String, bool)> {
-        let args: A = decode(bytes, "task arguments").map_err(|e| (e.to_string(), false))?;
-        let value = body(ctx, args).map_err(|e| (e.0, false))?;
-        encode(&Outcome::Done(value), "task result").map_err(|e| (e.to_string(), false))
+    let erased = move |ctx: &TaskContext, bytes: &[u8]| -> Result<Vec<u8>, (String, Ending)> {
+        let args: A = decode(bytes, "task arguments").map_err(|e| (e.to_string(), Ending::Failed))?;
+        let value = body(ctx, args).map_err(|e| {
+            let ending = e.ending();
+            (e.message, ending)
+        })?;
+        encode(&Outcome::Done(value), "task result").map_err(|e| (e.to_string(), Ending::Failed))
     };
     register_erased(id, name, options, Box::new(erased))?;
     Ok(TaskId {
@@ -244,9 +287,12 @@ pub(crate) fn register_unit_task(
     body: impl Fn(&TaskContext) -> Result<(), TaskError> + Send + Sync + 'static,
 ) -> Result<()> {
     let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let erased = move |ctx: &TaskContext, _bytes: &[u8]| -> Result<Vec<u8>, (String, bool)> {
-        body(ctx).map_err(|e| (e.0, false))?;
-        encode(&Outcome::Done(()), "task result").map_err(|e| (e.to_string(), false))
+    let erased = move |ctx: &TaskContext, _bytes: &[u8]| -> Result<Vec<u8>, (String, Ending)> {
+        body(ctx).map_err(|e| {
+            let ending = e.ending();
+            (e.message, ending)
+        })?;
+        encode(&Outcome::Done(()), "task result").map_err(|e| (e.to_string(), Ending::Failed))
     };
     register_erased(id, name, options, Box::new(erased))
 }
@@ -370,8 +416,8 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
     });
     let bytes = match outcome {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err((message, panicked))) => Err((message, panicked)),
-        Err(message) => Err((message, true)),
+        Ok(Err(failure)) => Err(failure),
+        Err(message) => Err((message, Ending::Panicked)),
     }
     .and_then(|bytes| match entry.options.result_limit() {
         Some(limit) if bytes.len() > limit => Err((
@@ -379,17 +425,17 @@ unsafe extern "C" fn trampoline(data: *const c_void, datalen: usize, userdata: *
                 "result of {} bytes is over the task's limit of {limit} bytes (the leaf-task limit, or its declared largest result)",
                 bytes.len()
             ),
-            false,
+            Ending::Failed,
         )),
         _ => Ok(bytes),
     })
-    .unwrap_or_else(|(message, panicked)| {
-        if panicked {
-            tracing::error!(task = entry.name, "task panicked: {message}");
-        } else {
-            tracing::warn!(task = entry.name, "task failed: {message}");
+    .unwrap_or_else(|(message, ending)| {
+        match ending {
+            Ending::Panicked => tracing::error!(task = entry.name, "task panicked: {message}"),
+            Ending::Failed => tracing::warn!(task = entry.name, "task failed: {message}"),
+            Ending::InputFailed => tracing::debug!(task = entry.name, "task failed: {message}"),
         }
-        failure_bytes(entry.name, message, panicked, entry.options.result_limit())
+        failure_bytes(entry.name, message, ending == Ending::Panicked, entry.options.result_limit())
     });
     drop(ctx);
     // SAFETY: ends the task begun by the preamble; Legion copies the result buffer.
@@ -501,6 +547,15 @@ impl TaskContext {
         // SAFETY: index checked; the future handle is owned here and destroyed by `Future`'s drop.
         let future = unsafe { raw::legion_task_get_future(self.task, index as u32) };
         crate::Future::<R>::from_raw(future).get()
+    }
+
+    /// [`input_future`](Self::input_future) as a task body uses it: a failed producer becomes an
+    /// error that says it is an input's ([`TaskError::is_input_failure`]).
+    pub fn input<R: DeserializeOwned>(&self, index: usize) -> std::result::Result<R, TaskError> {
+        self.input_future(index).map_err(|error| match error {
+            Error::TaskFailed { .. } => TaskError::input_failed(error),
+            other => TaskError::from(other),
+        })
     }
 
     /// The processor running this task.
