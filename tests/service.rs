@@ -376,23 +376,29 @@ fn listening_off_loopback_needs_a_token() {
     );
 }
 
+/// `ami2 ARGS` for the service at `addr`: exit code, stdout, stderr.
+fn cli_at(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(args)
+        .env("AMI2_ADDR", addr)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// `ami2 graph ...`, `get`, `watch`, `status` against a running service.
 #[test]
 fn cli_commands() {
     let dir = scratch("cli");
     let service = Service::start(&dir, "127.0.0.1:0", &[]);
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
-            .args(args)
-            .env("AMI2_ADDR", &service.addr)
-            .env_remove("LD_LIBRARY_PATH")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (code, stdout, stderr) = cli_at(&service.addr, args);
+        (code == Some(0), stdout, stderr)
     };
     let (ok, out, err) = cli(&[
         "graph",
@@ -889,19 +895,7 @@ fn means(prefix: &str, n: usize) -> Vec<Edit> {
 fn a_graph_too_large_is_refused_and_graph_commands_keep_working() {
     let dir = scratch("graph-size");
     let service = Service::start(&dir, "127.0.0.1:0", &[]);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
-            .args(args)
-            .env("AMI2_ADDR", &service.addr)
-            .env_remove("LD_LIBRARY_PATH")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| cli_at(&service.addr, args);
     let editor = client(&service.addr);
     let (first, _) = editor.graph().unwrap();
     // Half the bound: accepted. Twice more: the graph would be over it, rejected for that alone.
