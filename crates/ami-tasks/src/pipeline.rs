@@ -565,20 +565,28 @@ fn refit_failed_builtin_graph(
 /// A failing snapshot is reported at most this often (it is tried again at every interval).
 const SNAPSHOT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Snapshots that failed since the last one that worked, and when that was last said.
-#[derive(Debug, Default)]
+/// Snapshots that failed since the last one that worked, and those not said yet.
 struct SnapshotFailures {
     in_a_row: u64,
-    unreported: u64,
-    warned_at: Option<std::time::Instant>,
+    warnings: RateLimitedCount,
+}
+
+impl SnapshotFailures {
+    fn new() -> Self {
+        SnapshotFailures {
+            in_a_row: 0,
+            warnings: RateLimitedCount::new(SNAPSHOT_WARNING_EVERY),
+        }
+    }
 }
 
 /// Snapshots Control and Results in the data directory; Control's logs keep only what the
 /// newest two snapshots lack. A snapshot that cannot be written (a full disk, a folder that
 /// cannot be written) does not stop the analysis: Control's logs still hold every change, and
 /// each store keeps its previous snapshot. It is a `store_warning` incident in the metrics, a
-/// warning (at most every [`SNAPSHOT_WARNING_EVERY`]), and tried again at the next interval.
-fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures) -> Result<(), PipelineError> {
+/// warning (at most every [`SNAPSHOT_WARNING_EVERY`], or at once when `last` is the last chance
+/// to say it), and tried again at the next interval.
+fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures, last: bool) -> Result<(), PipelineError> {
     let started = std::time::Instant::now();
     let mut bytes = 0;
     let mut failed = Vec::new();
@@ -597,7 +605,7 @@ fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures)
                 failures.in_a_row
             );
         }
-        *failures = SnapshotFailures::default();
+        *failures = SnapshotFailures::new();
         tracing::debug!(
             component = "driver",
             bytes,
@@ -608,9 +616,13 @@ fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures)
     }
     crate::metrics::incident("store_warning");
     failures.in_a_row += 1;
-    failures.unreported += 1;
-    if failures.warned_at.is_none_or(|at| at.elapsed() >= SNAPSHOT_WARNING_EVERY) {
-        let repeated = match failures.unreported {
+    let unreported = if last {
+        Some(failures.warnings.report_now())
+    } else {
+        failures.warnings.note()
+    };
+    if let Some(unreported) = unreported {
+        let repeated = match unreported {
             1 => String::new(),
             n => format!(" ({n} failed snapshots since the last warning)"),
         };
@@ -620,8 +632,6 @@ fn snapshot(ctx: &TaskContext, stores: &Stores, failures: &mut SnapshotFailures)
             "{}{repeated}; the service goes on and tries again at the next interval (Control's logs hold every change; Results bins published since its last snapshot would be lost at a restart)",
             failed.join("; ")
         );
-        failures.unreported = 0;
-        failures.warned_at = Some(std::time::Instant::now());
     }
     Ok(())
 }
@@ -837,7 +847,7 @@ fn run_on_stores(
     let groups = partition_groups(config.partitions);
 
     let mut last_snapshot = std::time::Instant::now();
-    let mut snapshot_failures = SnapshotFailures::default();
+    let mut snapshot_failures = SnapshotFailures::new();
     let mut marked_bad: HashSet<u64> = HashSet::new();
     let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
@@ -868,7 +878,7 @@ fn run_on_stores(
             && config.snapshot_interval_ms > 0
             && last_snapshot.elapsed().as_millis() as u64 >= config.snapshot_interval_ms
         {
-            snapshot(ctx, stores, &mut snapshot_failures)?;
+            snapshot(ctx, stores, &mut snapshot_failures, false)?;
             last_snapshot = std::time::Instant::now();
         }
         let flow = observer.on_report(ctx, stores, &report)?;
@@ -1025,8 +1035,7 @@ fn run_on_stores(
     summary.batch_size = tuner.current();
     if data_dir.is_some() {
         // The last chance before the process ends: a failure is said, however recent the last.
-        snapshot_failures.warned_at = None;
-        snapshot(ctx, stores, &mut snapshot_failures)?;
+        snapshot(ctx, stores, &mut snapshot_failures, true)?;
     }
     tracing::info!(
         component = "driver",

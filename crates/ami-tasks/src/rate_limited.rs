@@ -23,6 +23,16 @@ impl RateLimitedCount {
         self.note_at(Instant::now())
     }
 
+    /// Counts one and reports it now, whenever the last report was (a last chance to say it):
+    /// the count since the last report.
+    pub(crate) fn report_now(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = &mut *state;
+        *count += 1;
+        *last = Some(Instant::now());
+        std::mem::take(count)
+    }
+
     /// [`Self::note`] at time `now`.
     fn note_at(&self, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,6 +61,11 @@ mod tests {
         assert_eq!(count.note_at(at(10)), Some(3));
         assert_eq!(count.note_at(at(15)), None);
         // On the real clock, the first counts at once.
-        assert_eq!(RateLimitedCount::new(Duration::from_secs(10)).note(), Some(1));
+        let count = RateLimitedCount::new(Duration::from_secs(10));
+        assert_eq!(count.note(), Some(1));
+        assert_eq!(count.note(), None);
+        // A report now counts the one held back, then the interval starts again.
+        assert_eq!(count.report_now(), 2);
+        assert_eq!(count.note(), None);
     }
 }
