@@ -73,15 +73,8 @@ pub fn made_graph_key(version: u64) -> String {
 /// (a client's name and address, or the service at start), cut to [`MAX_MADE_BY_BYTES`] (Control
 /// is sized for that).
 pub fn made_graph_doc(by: &str) -> Value {
-    let mut end = by.len().min(MAX_MADE_BY_BYTES);
-    while !by.is_char_boundary(end) {
-        end -= 1;
-    }
-    let by = if end < by.len() {
-        format!("{}…", &by[..end])
-    } else {
-        by.to_string()
-    };
+    let mut by = by.to_string();
+    crate::robust::cut(&mut by, MAX_MADE_BY_BYTES);
     serde_json::json!({"at_unix_ms": crate::robust::now_ms(), "by": by})
 }
 

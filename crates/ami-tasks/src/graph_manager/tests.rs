@@ -267,8 +267,8 @@ fn a_graph_over_the_size_bound_is_rejected_for_that_alone_and_may_shrink() {
 fn who_made_a_version_is_cut_to_its_bound() {
     let long = "é".repeat(crate::stores::MAX_MADE_BY_BYTES);
     let by = made_graph_doc(&long)["by"].as_str().unwrap().to_string();
-    assert!(by.len() <= crate::stores::MAX_MADE_BY_BYTES + "…".len(), "{}", by.len());
-    assert!(by.ends_with('…') && by.starts_with("éé"));
+    assert!(by.len() <= crate::stores::MAX_MADE_BY_BYTES, "{}", by.len());
+    assert!(by.ends_with("...") && by.starts_with("éé"));
     assert_eq!(made_graph_doc("ami2-cli at 127.0.0.1:4000")["by"], "ami2-cli at 127.0.0.1:4000");
 }
 
