@@ -70,26 +70,24 @@ impl IncidentLog {
                 });
             }
         }
-        let mut new = Vec::with_capacity(incidents.len());
-        for incident in &incidents {
-            self.sequence += 1;
-            new.push((incident.key(self.sequence), incident));
-        }
-        let keyed: Vec<crate::health::KeyedIncident> = new
+        let keyed: Vec<crate::health::KeyedIncident> = incidents
             .iter()
-            .map(|(key, incident)| crate::health::KeyedIncident {
-                key: key.clone(),
-                incident: (*incident).clone(),
+            .map(|incident| {
+                self.sequence += 1;
+                crate::health::KeyedIncident {
+                    key: incident.key(self.sequence),
+                    incident: incident.clone(),
+                }
             })
             .collect();
         // The oldest beyond the bound go first (deletes before puts, so that a full segment
         // makes room); incidents of this batch already beyond it are not written.
-        let excess = (self.keys.len() + new.len()).saturating_sub(KEPT_INCIDENTS);
+        let excess = (self.keys.len() + keyed.len()).saturating_sub(KEPT_INCIDENTS);
         let deleted = excess.min(self.keys.len());
         let mut ops: Vec<Op> = self.keys.drain(..deleted).map(|key| Op::Delete { key }).collect();
-        for (key, incident) in new.into_iter().skip(excess - deleted) {
-            self.keys.push_back(key.clone());
-            ops.push(Op::put_json(key, incident));
+        for new in keyed.iter().skip(excess - deleted) {
+            self.keys.push_back(new.key.clone());
+            ops.push(Op::put_json(new.key.clone(), &new.incident));
         }
         stores.control.apply_all(ctx, ops)?;
         // Shown by `ami2 status` once they are in Control: what an operator saw there is
