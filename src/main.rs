@@ -114,17 +114,9 @@ fn main() -> Result<()> {
     match done {
         // A reader that stopped reading (`ami2 watch | head`) ends the command, quietly.
         Err(err) if is_broken_pipe(&err) => Ok(()),
-        Err(err) if err.downcast_ref::<Refused>().is_some() => {
-            eprintln!("Error: {err}");
-            std::process::exit(USAGE_EXIT_CODE)
-        }
-        Err(err) if err.downcast_ref::<Unloadable>().is_some() => {
-            eprintln!("{}", error_text(&err));
-            std::process::exit(STORE_EXIT_CODE)
-        }
         Err(err) => {
             eprintln!("{}", error_text(&err));
-            std::process::exit(1)
+            std::process::exit(err.downcast_ref::<ExitWith>().map_or(1, |e| e.code))
         }
         Ok(()) => Ok(()),
     }
@@ -149,22 +141,36 @@ fn error_text(err: &anyhow::Error) -> String {
 /// does not restart (the same arguments would be refused again).
 const USAGE_EXIT_CODE: i32 = 2;
 
-/// An argument the command refuses (a value out of range, a graph file that is not a valid
-/// graph), found before it starts: `ami2` exits with [`USAGE_EXIT_CODE`], as for a usage error.
+/// An error that ends `ami2` with an exit code of its own ([`USAGE_EXIT_CODE`],
+/// [`STORE_EXIT_CODE`]), so that `--supervise` tells it from a crash. It keeps the whole message
+/// of the error it marks.
 #[derive(Debug)]
-pub struct Refused(String);
+pub struct ExitWith {
+    code: i32,
+    message: String,
+}
 
-impl std::fmt::Display for Refused {
+impl std::fmt::Display for ExitWith {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for Refused {}
+impl std::error::Error for ExitWith {}
 
-/// Marks `err` as a refused argument ([`Refused`]), keeping its whole message.
+fn exit_with(code: i32, err: impl Into<anyhow::Error>) -> anyhow::Error {
+    ExitWith {
+        code,
+        message: format!("{:#}", err.into()),
+    }
+    .into()
+}
+
+/// Marks `err` as a refused argument (a value out of range, a graph file that is not a valid
+/// graph), found before the command starts: `ami2` exits with [`USAGE_EXIT_CODE`], as for a
+/// usage error.
 pub fn refused(err: impl Into<anyhow::Error>) -> anyhow::Error {
-    Refused(format!("{:#}", err.into())).into()
+    exit_with(USAGE_EXIT_CODE, err)
 }
 
 /// Exit code of a service whose data directory cannot be loaded (sysexits' EX_DATAERR): a
@@ -173,22 +179,10 @@ pub fn refused(err: impl Into<anyhow::Error>) -> anyhow::Error {
 /// same way.
 const STORE_EXIT_CODE: i32 = 65;
 
-/// A data directory the service cannot load ([`STORE_EXIT_CODE`]); the message says how to
-/// recover.
-#[derive(Debug)]
-pub struct Unloadable(String);
-
-impl std::fmt::Display for Unloadable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unloadable {}
-
-/// Marks `err` as a data directory that cannot be loaded ([`Unloadable`]).
+/// Marks `err` as a data directory that cannot be loaded ([`STORE_EXIT_CODE`]); its message says
+/// how to recover.
 pub fn unloadable(err: impl Into<anyhow::Error>) -> anyhow::Error {
-    Unloadable(format!("{:#}", err.into())).into()
+    exit_with(STORE_EXIT_CODE, err)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
