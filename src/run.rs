@@ -60,9 +60,9 @@ pub struct RunArgs {
     /// Synthetic source: frames per second (0 = as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
-    /// Synthetic source: random seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Synthetic source: random seed [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Synthetic source: image width and height (0 = no image).
     #[arg(long)]
     image_size: Option<usize>,
@@ -142,10 +142,11 @@ impl RunArgs {
     fn pipeline_config(&self, demo: bool) -> Result<(PipelineConfig, Option<RecordingSummary>)> {
         let source = match self.source.split_once(':') {
             None if self.source == "synthetic" => {
+                let defaults = SyntheticConfig::default();
                 let mut synthetic = SyntheticConfig {
-                    seed: self.seed,
+                    seed: self.seed.unwrap_or(defaults.seed),
                     frames: self.frames,
-                    ..SyntheticConfig::default()
+                    ..defaults
                 };
                 if let Some(rate) = self.rate {
                     synthetic.rate_hz = (rate > 0.0).then_some(rate);
@@ -176,6 +177,25 @@ impl RunArgs {
                 )))
             }
         };
+        if !matches!(source, SourceConfig::Synthetic(_)) {
+            // Ignoring them would run something else than what was asked (a whole recording
+            // instead of its first frames, say).
+            let given = [
+                ("--frames", self.frames.is_some()),
+                ("--rate", self.rate.is_some()),
+                ("--seed", self.seed.is_some()),
+                ("--image-size", self.image_size.is_some()),
+            ];
+            let given: Vec<&str> = given.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
+            if !given.is_empty() {
+                return Err(refused(anyhow::anyhow!(
+                    "{} {} for the synthetic source only, not for --source {}",
+                    given.join(", "),
+                    if given.len() == 1 { "is" } else { "are" },
+                    self.source,
+                )));
+            }
+        }
         if self.realtime && !matches!(source, SourceConfig::File { .. }) {
             return Err(refused(anyhow::anyhow!(
                 "--realtime replays a recording at its pace: it needs --source file:PATH (a synthetic source is paced with --rate)"

@@ -84,6 +84,38 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
     );
 }
 
+#[test]
+fn options_of_the_synthetic_source_are_refused_with_another_source() {
+    let dir = scratch("synthetic-options");
+    let file = dir.join("run.rec");
+    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file_arg = format!("file:{}", file.display());
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--source", &file_arg, "--frames", "10"],
+            "--frames is for the synthetic source only",
+        ),
+        (
+            &["--source", &file_arg, "--image-size", "64"],
+            "--image-size is for the synthetic source only",
+        ),
+        (
+            &["--source", "shm:ami2-options-test", "--rate", "5", "--seed", "3"],
+            "--rate, --seed are for the synthetic source only",
+        ),
+    ];
+    for (case, says) in cases {
+        let mut args = vec!["run", "--json"];
+        args.extend_from_slice(case);
+        let out = ami2_within(&with_legion(&args), Duration::from_secs(20)).unwrap_or_else(|| panic!("{case:?}: still running after 20 s"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{case:?}: {stderr}");
+        assert!(stderr.contains(says), "{case:?}: {stderr}");
+        assert!(bins(&out).is_empty(), "{case:?}: analysed frames");
+    }
+}
+
 /// A bin's value of `result`.
 fn result<'b>(bin: &'b Value, name: &str) -> &'b Value {
     bin["values"]
