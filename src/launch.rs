@@ -5,6 +5,10 @@
 //! callback ran, so the network is up) within `--start-timeout`; a process that fails, or does not
 //! start in time, stops the launch with an error naming it, and the others are ended. Once started,
 //! the run lasts as long as its command does; the launch succeeds when every process exits 0.
+//! A process that ends with one of ami2's own exit codes makes the launch end with it: 65 when a
+//! process cannot load its data directory, 2 when one refused its arguments (each process leaves
+//! its code in the launch folder, so that this works under `mpirun` too); other failures end it
+//! with 1.
 //!
 //! Stopping: the processes run in a process group of their own, so a terminal's Ctrl-C (or a
 //! SIGTERM) reaches the launcher alone, which asks the process of address space 0, the driver's,
@@ -17,7 +21,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +33,12 @@ const READY_DIR_VAR: &str = "AMI2_LAUNCH_READY_DIR";
 const LAUNCHER_PID_VAR: &str = "AMI2_LAUNCHER_PID";
 /// How often a launched process checks that its launcher is still there.
 const LAUNCHER_WATCH_PERIOD: Duration = Duration::from_millis(250);
+/// How long, after a process failed, the launcher waits for the others to end by themselves
+/// before it stops them: the whole run ends with the failed process, and the one that says why
+/// (exit code 65 or 2) is not always the first to exit.
+const FAILURE_GRACE: Duration = Duration::from_secs(5);
+/// The address space of this process, once its registration callback ran.
+static ADDRESS_SPACE: OnceLock<u32> = OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Bootstrap {
@@ -63,11 +73,30 @@ pub struct LaunchArgs {
 /// Marks this process of a launch as started (called from a registration callback, when the
 /// machine is known). Does nothing outside `ami2 launch`.
 pub fn mark_ready(address_space: u32) {
+    let _ = ADDRESS_SPACE.set(address_space);
     if let Some(dir) = std::env::var_os(READY_DIR_VAR) {
         let path = Path::new(&dir).join(format!("ready-{address_space}"));
         if let Err(error) = std::fs::write(&path, std::process::id().to_string()) {
             tracing::warn!("cannot mark the process started in {}: {error}", path.display());
         }
+    }
+}
+
+/// Leaves this process's exit code (one of ami2's own, 2 or 65) in the launch folder, with its
+/// rank when known, for the launcher to end with it ([`launch_outcome`]). Does nothing outside
+/// `ami2 launch`.
+pub fn note_exit_code(code: i32) {
+    let Some(dir) = std::env::var_os(READY_DIR_VAR) else { return };
+    // Before the runtime started (refused arguments) the address space is not known yet;
+    // mpirun's rank is the same number.
+    let rank = ADDRESS_SPACE
+        .get()
+        .map(u32::to_string)
+        .or_else(|| std::env::var("OMPI_COMM_WORLD_RANK").ok())
+        .unwrap_or_default();
+    let path = Path::new(&dir).join(format!("exit-{}", std::process::id()));
+    if let Err(error) = std::fs::write(&path, format!("{code} {rank}")) {
+        tracing::warn!("cannot leave the exit code for the launcher in {}: {error}", path.display());
     }
 }
 
@@ -295,7 +324,9 @@ fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duratio
                     } else {
                         "before every process had joined the run"
                     };
-                    bail!("{name} failed ({exit}) {when}; the other processes were stopped");
+                    let failure = anyhow::anyhow!("{name} failed ({exit}) {when}; the other processes were stopped");
+                    wait_for_the_others(children, &mut done, FAILURE_GRACE);
+                    return Err(launch_outcome(failure, children, &done, ready_dir));
                 }
             }
         }
@@ -309,6 +340,108 @@ fn supervise(children: &mut [Named], np: u32, ready_dir: &Path, timeout: Duratio
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits up to `limit` for the children not `done` yet to end by themselves.
+fn wait_for_the_others(children: &mut [Named], done: &mut [Option<ExitStatus>], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for ((_, child), status) in children.iter_mut().zip(done.iter_mut()) {
+            if status.is_none() {
+                *status = child.try_wait().ok().flatten();
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The error a failed launch ends with: the processes' own exit code when one ended with one of
+/// ami2's (65, an unloadable data directory, before 2, refused arguments), naming them; otherwise
+/// `failure`, the first process that failed (exit code 1).
+fn launch_outcome(failure: anyhow::Error, children: &[Named], done: &[Option<ExitStatus>], ready_dir: &Path) -> anyhow::Error {
+    // (exit code, who): what the processes left in the launch folder, and the children's own codes
+    // (a p2p process, or mpirun passing its rank's on).
+    let mut ended: Vec<(i32, String)> = Vec::new();
+    // Named by rank (address space; Realm numbers the p2p processes its own way) when the
+    // process knew it, otherwise as the launcher started it.
+    let mut noted_by: Vec<&str> = Vec::new();
+    for (pid, code, rank) in noted_exit_codes(ready_dir) {
+        let child = children.iter().find(|(_, child)| child.id() == pid).map(|(name, _)| name.as_str());
+        noted_by.extend(child);
+        let who = match (rank, child) {
+            (Some(rank), _) => format!("rank {rank}"),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => format!("the process with pid {pid}"),
+        };
+        ended.push((code, who));
+    }
+    for ((name, _), status) in children.iter().zip(done) {
+        if let Some(code) = status.and_then(|s| s.code()) {
+            // mpirun passes on the code of a rank that already said who it is.
+            let known = noted_by.contains(&name.as_str()) || (name == "mpirun" && ended.iter().any(|(c, _)| *c == code));
+            if !known {
+                let who = if name == "mpirun" {
+                    "a process of mpirun".to_string()
+                } else {
+                    name.clone()
+                };
+                ended.push((code, who));
+            }
+        }
+    }
+    // The processes that ended with `code`, and whether there are several.
+    let named = |code: i32| {
+        let mut who: Vec<&str> = ended.iter().filter(|(c, _)| *c == code).map(|(_, who)| who.as_str()).collect();
+        who.sort_unstable();
+        who.dedup();
+        (!who.is_empty()).then(|| (who.join(", "), who.len() > 1))
+    };
+    if let Some((who, several)) = named(crate::STORE_EXIT_CODE) {
+        let error = if several {
+            "their errors above say"
+        } else {
+            "its error above says"
+        };
+        crate::unloadable(anyhow::anyhow!(
+            "{who} cannot load the data directory (exit code {}; {error} what is damaged and how to recover); the other processes were stopped",
+            crate::STORE_EXIT_CODE
+        ))
+    } else if let Some((who, several)) = named(crate::USAGE_EXIT_CODE) {
+        let error = if several {
+            "their errors above say"
+        } else {
+            "its error above says"
+        };
+        crate::refused(anyhow::anyhow!(
+            "{who} refused the arguments (exit code {}; {error} which); the other processes were stopped",
+            crate::USAGE_EXIT_CODE
+        ))
+    } else {
+        failure
+    }
+}
+
+/// The exit codes the processes of a launch left in its folder ([`note_exit_code`]): (process id,
+/// code, rank when it was known).
+fn noted_exit_codes(ready_dir: &Path) -> Vec<(u32, i32, Option<u32>)> {
+    let Ok(entries) = std::fs::read_dir(ready_dir) else {
+        return Vec::new();
+    };
+    let mut noted: Vec<_> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid = entry.file_name().to_str()?.strip_prefix("exit-")?.parse().ok()?;
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let mut fields = text.split_whitespace();
+            let code = fields.next()?.parse().ok()?;
+            Some((pid, code, fields.next().and_then(|r| r.parse().ok())))
+        })
+        .collect();
+    noted.sort_unstable();
+    noted
 }
 
 /// The processes (address spaces) that have not marked themselves started yet.

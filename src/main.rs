@@ -81,7 +81,13 @@ enum LogFormat {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        if err.exit_code() == USAGE_EXIT_CODE {
+            // Under `ami2 launch`, the launcher ends with this process's code.
+            launch::note_exit_code(USAGE_EXIT_CODE);
+        }
+        err.exit()
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr);
@@ -90,7 +96,8 @@ fn main() -> Result<()> {
         // Fields (component, partition, bin, ...) at the top level of each object.
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
-    if !matches!(cli.command, Command::Launch(_)) {
+    let is_launcher = matches!(cli.command, Command::Launch(_));
+    if !is_launcher {
         // Under `ami2 launch`, a process that starts Legion tells the launcher it joined the run.
         launch::signal_readiness()?;
     }
@@ -116,7 +123,12 @@ fn main() -> Result<()> {
         Err(err) if is_broken_pipe(&err) => Ok(()),
         Err(err) => {
             eprintln!("{}", error_text(&err));
-            std::process::exit(err.downcast_ref::<ExitWith>().map_or(1, |e| e.code))
+            let code = err.downcast_ref::<ExitWith>().map_or(1, |e| e.code);
+            // Not the launcher's own: its processes' codes are what it ends with.
+            if code != 1 && !is_launcher {
+                launch::note_exit_code(code);
+            }
+            std::process::exit(code)
         }
         Ok(()) => Ok(()),
     }

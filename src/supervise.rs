@@ -4,7 +4,7 @@
 //! (exit code 75). The child resumes from the data directory. Restarts back off from 250 ms to
 //! 10 s while the child keeps dying young; a child that ran for a minute resets the backoff. A
 //! child that refused its arguments (exit code 2) or cannot load its data directory (65) is not
-//! restarted: it would fail the same way again.
+//! restarted: it would fail the same way again; the supervisor ends with the child's code.
 
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,9 +50,15 @@ pub fn supervise(child_args: Vec<String>) -> Result<()> {
         }
         match status.code() {
             Some(0) => return Ok(()),
-            Some(crate::USAGE_EXIT_CODE) => anyhow::bail!("the service refused its arguments; not restarting"),
+            // The supervisor ends with the child's code, so that what started it (the cron
+            // watchdog) can tell these from a crash too.
+            Some(crate::USAGE_EXIT_CODE) => {
+                return Err(crate::refused(anyhow::anyhow!("the service refused its arguments; not restarting")))
+            }
             Some(crate::STORE_EXIT_CODE) => {
-                anyhow::bail!("the service cannot load its data directory (see its error for how to recover); not restarting")
+                return Err(crate::unloadable(anyhow::anyhow!(
+                    "the service cannot load its data directory (see its error for how to recover); not restarting"
+                )))
             }
             _ => {}
         }

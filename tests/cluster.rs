@@ -426,3 +426,101 @@ fn launch_refuses_commands_that_do_not_start_legion() {
     );
     assert!(!recording.exists(), "the recording was written anyway");
 }
+
+/// A data directory that a one-process run wrote, with Results' snapshots then damaged so that
+/// no good one is left: `ami2 run` cannot load it (exit code 65).
+fn unloadable_data_dir(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let first = common::ami2(&[
+        "run",
+        "--frames",
+        "200",
+        "--rate",
+        "0",
+        "--image-size",
+        "0",
+        "--metrics",
+        "0",
+        "--no-listen",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+    ]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let snapshots: Vec<PathBuf> = std::fs::read_dir(data.join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".snap"))
+        .collect();
+    assert!(!snapshots.is_empty(), "no Results snapshot in {}", data.display());
+    for file in &snapshots {
+        std::fs::write(file, b"AMI2SNAP damaged").unwrap();
+    }
+    data
+}
+
+#[test]
+fn a_launch_whose_data_directory_cannot_be_loaded_ends_with_exit_code_65_naming_the_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("unloadable");
+    let data = unloadable_data_dir(&dir);
+    for bootstrap in ["p2p", "mpi"] {
+        let args: Vec<&str> = ["launch", "--np", "2", "--bootstrap", bootstrap, "--start-timeout", "60", "run"]
+            .into_iter()
+            .chain(["--frames", "200", "--image-size", "0", "--metrics", "0", "--no-listen"])
+            .chain(["--data-dir", data.to_str().unwrap()])
+            .chain(LEGION_PER_PROCESS)
+            .collect();
+        let output = common::ami2_within(&args, Duration::from_secs(120)).expect("the launch ends by itself");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(65), "{bootstrap}: {stderr}");
+        // The driver's process says what is wrong and how to recover; the launch says which
+        // process it was and why it ends.
+        assert!(
+            stderr.contains("no snapshot verifies") && stderr.contains("To recover"),
+            "{bootstrap}: {stderr}"
+        );
+        assert!(
+            stderr.contains("rank 0 cannot load the data directory (exit code 65; its error above says"),
+            "{bootstrap}: {stderr}"
+        );
+        let left = processes_with(data.to_str().unwrap());
+        assert!(left.is_empty(), "{bootstrap}: processes {left:?} outlived the launch");
+    }
+}
+
+#[test]
+fn a_launch_whose_processes_refuse_their_arguments_ends_with_exit_code_2() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for bootstrap in ["p2p", "mpi"] {
+        let args: Vec<&str> = [
+            "launch",
+            "--np",
+            "2",
+            "--bootstrap",
+            bootstrap,
+            "run",
+            "--source",
+            "nosuch:x",
+            "--no-listen",
+        ]
+        .into_iter()
+        .chain(LEGION_PER_PROCESS)
+        .collect();
+        let output = common::ami2_within(&args, Duration::from_secs(60)).expect("the launch ends by itself");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bootstrap}: {stderr}");
+        assert!(
+            stderr.contains("--source must be"),
+            "{bootstrap}: the processes' own error is missing: {stderr}"
+        );
+        assert!(
+            stderr.contains("refused the arguments (exit code 2; their errors above say which)"),
+            "{bootstrap}: {stderr}"
+        );
+    }
+}

@@ -213,13 +213,11 @@ fn a_snapshot_that_cannot_be_written_does_not_stop_the_service() {
     assert!(!stderr.contains("tries again"), "{stderr}");
 }
 
-#[test]
-fn a_data_directory_that_cannot_be_loaded_ends_the_supervised_service_without_restarts() {
-    let data = scratch("unloadable").join("data");
-    let data_arg = data.to_str().unwrap();
-    let first = run_with_fault("", &["--frames", "1000", "--rate", "0", "--data-dir", data_arg]);
+/// Makes `data` a data directory that cannot be loaded: a run writes it, then Results' snapshots
+/// are damaged, with no good one left (Results has no log). Returns the damaged files.
+fn unloadable_data_dir(data: &Path) -> Vec<PathBuf> {
+    let first = run_with_fault("", &["--frames", "1000", "--rate", "0", "--data-dir", data.to_str().unwrap()]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    // Results' snapshots damaged, with no good one left (Results has no log).
     let results: Vec<PathBuf> = std::fs::read_dir(data.join("results"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -229,6 +227,14 @@ fn a_data_directory_that_cannot_be_loaded_ends_the_supervised_service_without_re
     for file in &results {
         std::fs::write(file, b"AMI2SNAP damaged").unwrap();
     }
+    results
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_loaded_ends_the_supervised_service_without_restarts() {
+    let data = scratch("unloadable").join("data");
+    let data_arg = data.to_str().unwrap();
+    unloadable_data_dir(&data);
     let args = [
         "run",
         "--supervise",
@@ -251,6 +257,8 @@ fn a_data_directory_that_cannot_be_loaded_ends_the_supervised_service_without_re
     assert!(!out.status.success(), "{stderr}");
     assert!(!stderr.contains("restart 1"), "restarted:\n{stderr}");
     assert!(stderr.contains("cannot load its data directory"), "{stderr}");
+    // The supervisor ends with its child's code, for what started it (the cron watchdog).
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
     // The error says what is wrong and how to recover.
     assert!(
         stderr.contains("cannot be loaded")
@@ -650,6 +658,71 @@ fn the_watchdog_restarts_a_multi_process_job_when_a_rank_dies() {
     for pid in service_processes(&data) {
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     }
+}
+
+#[test]
+fn the_watchdog_does_not_restart_a_service_that_cannot_load_its_data_directory_until_it_is_repaired() {
+    let (config, data, addr) = watchdog_config(
+        "watchdog-unloadable",
+        "AMI2_RUN_ARGS=(--rate 500 --metrics 0 -- -ll:cpu 1 -ll:util 1)",
+    );
+    let damaged = unloadable_data_dir(&data);
+    let log = data.join("watchdog.log");
+    let hold = data.join("watchdog.hold");
+
+    // The first run starts the service, which ends with exit code 65; cron's next run does not
+    // start it again. The watchdog said why and what to do, once.
+    assert!(!watchdog(&config).success(), "{}", read(&log));
+    let first = read(&log);
+    assert!(!watchdog(&config).success(), "{}", read(&log));
+    assert_eq!(read(&log).matches("started:").count(), 1, "started again:\n{}", read(&log));
+    assert!(
+        first.contains("the service exited with code 65: it cannot load its data directory")
+            && first.contains("says which files are damaged and how to recover")
+            && first.contains("Not restarting it")
+            && first.contains(hold.to_str().unwrap()),
+        "{first}"
+    );
+    assert!(read(&data.join("service.log")).contains("no snapshot verifies"));
+    assert!(hold.is_file());
+    // Nothing more is written while held.
+    assert!(!watchdog(&config).success(), "{}", read(&log));
+    assert_eq!(read(&log), first, "the watchdog acted again while held");
+    assert!(service_processes(&data).is_empty());
+
+    // The operator moves the damaged snapshots away (Results starts empty): the next run starts
+    // the service again, and it answers.
+    for file in &damaged {
+        std::fs::rename(file, file.with_extension("moved-away")).unwrap();
+    }
+    assert!(watchdog(&config).success(), "{}", read(&log));
+    assert!(status_ok(&addr), "{}", read(&log));
+    let logged = read(&log)[first.len()..].to_string();
+    assert!(logged.contains("the hold is lifted") && logged.contains("started:"), "{logged}");
+    assert!(!hold.exists());
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", read(&data.join("service.pid")).trim())])
+        .status();
+}
+
+#[test]
+fn the_watchdog_does_not_restart_a_service_that_refuses_its_arguments() {
+    let (config, data, _) = watchdog_config("watchdog-refused", "AMI2_RUN_ARGS=(--source nosuch:x -- -ll:cpu 1 -ll:util 1)");
+    let log = data.join("watchdog.log");
+    assert!(!watchdog(&config).success(), "{}", read(&log));
+    let first = read(&log);
+    assert!(!watchdog(&config).success());
+    assert_eq!(read(&log).matches("started:").count(), 1, "started again:\n{}", read(&log));
+    assert!(
+        first.contains("the service exited with code 2: it refused its arguments") && first.contains("AMI2_RUN_ARGS"),
+        "{first}"
+    );
+    assert_eq!(read(&log), first, "the watchdog acted again while held");
+    // Fixing the configuration lifts the hold: the next run starts the service again.
+    std::fs::write(&config, read(&config).replace("nosuch:x", "nosuch:y")).unwrap();
+    assert!(!watchdog(&config).success());
+    let logged = read(&log)[first.len()..].to_string();
+    assert!(logged.contains("the hold is lifted") && logged.contains("started:"), "{logged}");
 }
 
 /// The `ami2 run` processes serving `data` (found by their `--data-dir` argument), oldest first.
