@@ -25,7 +25,9 @@
 //!   than the oldest kept ([`RETAINED_GRAPH_VERSIONS`]), is a conflict.
 //! - Every edit failure (`unknown_node`, `duplicate_node`) and every validation problem of the
 //!   resulting graph (`invalid_graph`, from [`compile`]) is reported; a resulting graph larger
-//!   than [`MAX_GRAPH_BYTES`](crate::graph::MAX_GRAPH_BYTES) is reported as such alone.
+//!   than [`MAX_GRAPH_BYTES`](crate::graph::MAX_GRAPH_BYTES) is reported as such alone. The answer
+//!   lists the first [`protocol1::MAX_LISTED_REASONS`] and how many there were
+//!   ([`Rejected::new`]), so that it fits a frame however many edits fail.
 //! - A version whose writing to Control fails is rejected (`internal`) and logged, and leaves
 //!   nothing behind ([`write_version`]).
 //! - Two documents per version: the graph *as edited* (what clients see and edit, under
@@ -450,14 +452,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
             let decision = match decision {
                 Ok(decision) => decision,
                 Err(reasons) => {
-                    answers.push((
-                        ticket,
-                        Answer::Rejected(Rejected {
-                            id: request.id,
-                            version,
-                            reasons,
-                        }),
-                    ));
+                    answers.push((ticket, Answer::Rejected(Rejected::new(request.id, version, reasons))));
                     continue;
                 }
             };
@@ -472,11 +467,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
                 );
                 answers.push((
                     ticket,
-                    Answer::Rejected(Rejected {
-                        id: request.id,
-                        version,
-                        reasons: vec![reason(ErrorCode::Internal, None, why)],
-                    }),
+                    Answer::Rejected(Rejected::new(request.id, version, vec![reason(ErrorCode::Internal, None, why)])),
                 ));
                 continue;
             }
@@ -579,14 +570,7 @@ impl GraphManagerHook {
                     .into_iter()
                     .map(|(ticket, id, base)| {
                         let reasons = vec![reason(ErrorCode::Internal, None, format!("the graph manager failed: {err}"))];
-                        (
-                            ticket,
-                            Answer::Rejected(Rejected {
-                                id,
-                                version: base,
-                                reasons,
-                            }),
-                        )
+                        (ticket, Answer::Rejected(Rejected::new(id, base, reasons)))
                     })
                     .collect();
                 requests.answer(GraphManagerReport {

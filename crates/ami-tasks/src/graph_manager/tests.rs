@@ -189,11 +189,7 @@ fn json_wrapper_travels_as_text_through_bincode() {
         incidents: Vec::new(),
         answers: vec![(
             1,
-            Answer::Rejected(Rejected {
-                id: 2,
-                version: 3,
-                reasons: vec![Reason::new(ErrorCode::Conflict, Some("x".into()), "m")],
-            }),
+            Answer::Rejected(Rejected::new(2, 3, vec![Reason::new(ErrorCode::Conflict, Some("x".into()), "m")])),
         )],
         version: 3,
         graph: Some(default_graph()),
