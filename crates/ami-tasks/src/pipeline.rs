@@ -1051,9 +1051,12 @@ fn run_on_stores(
     monitors.finish();
     summary.graph_version = current_graph_version(ctx, stores)?;
     summary.batch_size = tuner.current();
-    if data_dir.is_some() {
+    if let Some(dir) = data_dir {
         // The last chance before the process ends: a failure is said, however recent the last.
         snapshot(ctx, stores, &mut snapshot_failures, true)?;
+        // The positions were converted before the first round: the segments of partitions this
+        // count does not have are empty now, and no snapshot comes after this one.
+        crate::partition_change::remove_retired_source_files(ctx, stores, dir, config.partitions)?;
     }
     tracing::info!(
         component = "driver",
