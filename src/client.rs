@@ -198,7 +198,8 @@ fn retried_on_conflict(mut attempt: impl FnMut() -> Result<Answer>) -> Result<()
     unreachable!("the loop returns")
 }
 
-/// Prints the answer; a rejection is an error (exit status 1) listing every reason.
+/// Prints the answer; a rejection is an error (exit status 1) listing every reason the answer
+/// lists, and how many more there were.
 fn report(answer: Answer) -> Result<()> {
     match answer {
         Answer::Accepted(a) => {
@@ -206,7 +207,7 @@ fn report(answer: Answer) -> Result<()> {
             Ok(())
         }
         Answer::Rejected(r) => {
-            let reasons: Vec<String> = r
+            let mut reasons: Vec<String> = r
                 .reasons
                 .iter()
                 .map(|reason| match &reason.node {
@@ -214,6 +215,10 @@ fn report(answer: Answer) -> Result<()> {
                     None => format!("  {}: {}", reason.code, reason.message),
                 })
                 .collect();
+            // The service lists at most protocol1::MAX_LISTED_REASONS.
+            if r.unlisted() > 0 {
+                reasons.push(format!("  and {} more", r.unlisted()));
+            }
             bail!("rejected (graph at version {}):\n{}", r.version, reasons.join("\n"))
         }
     }

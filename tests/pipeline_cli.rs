@@ -782,6 +782,21 @@ fn another_partition_count_on_a_data_directory_analyses_every_frame_once() {
     }
 }
 
+/// The files of the data sources' segments in Control's folder of `data`, by partition.
+fn source_files(data: &Path) -> BTreeMap<usize, Vec<String>> {
+    let mut files: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(data.join("control")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let partition = name
+            .strip_prefix("component_source_")
+            .and_then(|rest| rest.split('-').next()?.parse().ok());
+        if let Some(p) = partition.filter(|_| !name.contains(".damaged-")) {
+            files.entry(p).or_default().push(name);
+        }
+    }
+    files
+}
+
 #[test]
 fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_once() {
     let dir = scratch("repartition-file");
@@ -811,6 +826,15 @@ fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_
         assert!(events > 0 && total + events <= 4000, "{events} events after {total}: {stderr}");
         total += events;
         runs.push(bins);
+        // Once the positions are converted, the files of the partitions the run does not have are
+        // removed (they were left in Control's folder, empty, for good).
+        let count: usize = partitions.parse().unwrap();
+        assert_eq!(
+            source_files(&data).into_keys().collect::<Vec<_>>(),
+            (0..count).collect::<Vec<_>>(),
+            "after the run of {partitions} partitions: {:?}",
+            source_files(&data)
+        );
     }
     assert_eq!(total, 4000, "every frame analysed once over the three runs");
     assert_same_frames(&runs, &reference);

@@ -213,6 +213,33 @@ fn a_snapshot_that_cannot_be_written_does_not_stop_the_service() {
     assert!(!stderr.contains("tries again"), "{stderr}");
 }
 
+/// A torn tail of Control's log (a crash in the middle of an append) is cut off at the next
+/// start, and said once in the service's log, with its context: not once by the store and again
+/// by the service.
+#[test]
+fn a_torn_log_tail_is_reported_once() {
+    let data = scratch("torn-log").join("data");
+    let data_arg = data.to_str().unwrap();
+    let first = run_with_fault("", &["--frames", "500", "--rate", "0", "--data-dir", data_arg]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let log = kv_region::persist::SegmentFiles::new(&data.join("control"), "/control/").log;
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    let second = run_with_fault("", &["--frames", "500", "--rate", "0", "--data-dir", data_arg]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    let warning = "is damaged (torn: the file ends 7 bytes into its 8-byte header)";
+    let said: Vec<&str> = stderr.lines().filter(|line| line.contains(warning)).collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("stores") && said[0].contains("/control/"), "{}", said[0]);
+    assert!(
+        said[0].contains(&log.display().to_string()) && said[0].contains(".damaged-"),
+        "{}",
+        said[0]
+    );
+}
+
 /// Makes `data` a data directory that cannot be loaded: a run writes it, then Results' snapshots
 /// are damaged, with no good one left (Results has no log). Returns the damaged files.
 fn unloadable_data_dir(data: &Path) -> Vec<PathBuf> {

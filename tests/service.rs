@@ -948,6 +948,56 @@ fn a_graph_too_large_is_refused_and_graph_commands_keep_working() {
     accepted(editor.request(version, removed, None).unwrap());
 }
 
+/// Node id `k` in 3 characters of upper-case base 36: no node of the built-in graph has one, and
+/// 30,000 edits removing such nodes fit a request frame.
+fn short_id(k: usize) -> String {
+    let digit = |d: usize| char::from_digit(d as u32, 36).unwrap().to_ascii_uppercase();
+    [k / 1296 % 36, k / 36 % 36, k % 36].into_iter().map(digit).collect()
+}
+
+/// A request of 30,000 edits that all fail (as many as a request frame holds) is answered
+/// `rejected` within a frame: the first `protocol1::MAX_LISTED_REASONS` reasons and how many there
+/// were; `ami2 graph edit` prints how many it does not list; graph commands keep working.
+#[test]
+fn thousands_of_failing_edits_get_a_rejection_that_fits_a_frame() {
+    let dir = scratch("many-failing-edits");
+    let service = Service::start(&dir, "127.0.0.1:0", &[]);
+    let editor = client(&service.addr);
+    let (version, _) = editor.graph().unwrap();
+    let edits: Vec<Edit> = (0..30_000).map(|k| Edit::RemoveNode { id: short_id(k) }).collect();
+    match editor.request(version, edits, None).unwrap() {
+        Answer::Rejected(r) => {
+            assert_eq!(r.version, version);
+            assert_eq!(r.reasons.len(), protocol1::MAX_LISTED_REASONS, "{:?}", &r.reasons[..3]);
+            assert_eq!(r.total_reasons, Some(30_000));
+            assert_eq!(r.unlisted(), 30_000 - protocol1::MAX_LISTED_REASONS as u64);
+            for (k, reason) in r.reasons.iter().enumerate() {
+                assert_eq!((reason.code, reason.node.clone()), (ErrorCode::UnknownNode, Some(short_id(k))));
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same connection carries on.
+    let next = accepted(editor.request(version, vec![strip_chart("chart")], None).unwrap());
+    assert_eq!(next, version + 1);
+    // `ami2 graph edit` lists the reasons listed, then how many more there were.
+    let ids: Vec<String> = (0..150).map(short_id).collect();
+    let mut args = vec!["graph", "edit"];
+    for id in &ids {
+        args.extend(["--remove", id.as_str()]);
+    }
+    let (code, _, err) = cli_at(&service.addr, &args);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("unknown_node").count(), protocol1::MAX_LISTED_REASONS, "{err}");
+    assert!(err.trim_end().ends_with("and 50 more"), "{err}");
+    let (code, _, err) = cli_at(&service.addr, &["graph", "show"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("graph version {next}")), "{err}");
+    let (code, out, err) = cli_at(&service.addr, &["graph", "history"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("version {next} (current)")), "{out}");
+}
+
 /// When writing a version to Control fails (here its log cannot be written: a folder in its
 /// place), the request is rejected, the failure logged, and no part of the version is readable.
 #[test]

@@ -341,15 +341,15 @@ impl Hub {
     pub fn reject_forbidden(&self, id: u64) -> ServerMessage {
         let mut state = self.state();
         state.rejected += 1;
-        ServerMessage::Rejected(Rejected {
+        ServerMessage::Rejected(Rejected::new(
             id,
-            version: state.graph_version,
-            reasons: vec![Reason::new(
+            state.graph_version,
+            vec![Reason::new(
                 ErrorCode::Forbidden,
                 None,
                 "a subscriber connection cannot edit the graph",
             )],
-        })
+        ))
     }
 
     /// Pushes a report's finished bins to their subscribers and updates the status snapshot.
@@ -391,11 +391,11 @@ impl Hub {
 }
 
 fn shutting_down(request: &Request, version: u64) -> ServerMessage {
-    ServerMessage::Rejected(Rejected {
-        id: request.id,
+    ServerMessage::Rejected(Rejected::new(
+        request.id,
         version,
-        reasons: vec![Reason::new(ErrorCode::ShuttingDown, None, "the service is stopping")],
-    })
+        vec![Reason::new(ErrorCode::ShuttingDown, None, "the service is stopping")],
+    ))
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@
 //!   than the oldest kept ([`RETAINED_GRAPH_VERSIONS`]), is a conflict.
 //! - Every edit failure (`unknown_node`, `duplicate_node`) and every validation problem of the
 //!   resulting graph (`invalid_graph`, from [`compile`]) is reported; a resulting graph larger
-//!   than [`MAX_GRAPH_BYTES`](crate::graph::MAX_GRAPH_BYTES) is reported as such alone.
+//!   than [`MAX_GRAPH_BYTES`](crate::graph::MAX_GRAPH_BYTES) is reported as such alone. The answer
+//!   lists the first [`protocol1::MAX_LISTED_REASONS`] and how many there were
+//!   ([`Rejected::new`]), so that it fits a frame however many edits fail.
 //! - A version whose writing to Control fails is rejected (`internal`) and logged, and leaves
 //!   nothing behind ([`write_version`]).
 //! - Two documents per version: the graph *as edited* (what clients see and edit, under
@@ -384,7 +386,7 @@ fn check(outcomes: Vec<kv_region::KvResult<Outcome>>) -> kv_region::KvResult<()>
 /// Writes graph version `next = current + 1` of `decision` to Control: its documents, then the
 /// version, each batch logged (fsynced) when `log` is given. On failure nothing of `next` remains
 /// (its documents deleted, the version left at `current`) and the error says why: no reader sees
-/// a version that was not accepted.
+/// a version that was not accepted ([`write_version_with`]).
 pub fn write_version(view: &mut View<&mut [u8]>, log: Option<&Path>, current: u64, decision: &Decision, by: &str) -> Result<(), String> {
     let next = current + 1;
     let docs = vec![
@@ -392,10 +394,45 @@ pub fn write_version(view: &mut View<&mut [u8]>, log: Option<&Path>, current: u6
         Op::put_json(edited_graph_key(next), &decision.edited),
         Op::put_json(made_graph_key(next), &made_graph_doc(by)),
     ];
-    // Documents first, then the version: the version never names a version without documents.
-    let failed = match apply_ops(view, docs, log).and_then(check) {
+    write_version_with(
+        |ops| apply_ops(view, ops, log).and_then(check),
+        current,
+        docs,
+        Vec::new(),
+        Vec::new(),
+    )
+}
+
+/// How every graph version is written to Control, by the graph manager ([`write_version`]) and
+/// by the service itself ([`crate::pipeline::install_graph`]): through `apply`, which runs a batch
+/// on Control's `/control/` segment (logged) and fails unless all of it was done, `docs` (the
+/// version's documents, puts) first, then the version `current + 1` with `marks` (puts that go
+/// with it) in one batch: the version never names a version without documents.
+///
+/// On failure nothing of the version remains: the keys `docs` and `marks` put are deleted, the
+/// version is put back to `current`, and `restore` (the values `marks` replace, as they were) is
+/// applied; the error says why.
+pub fn write_version_with(
+    mut apply: impl FnMut(Vec<Op>) -> kv_region::KvResult<()>,
+    current: u64,
+    docs: Vec<Op>,
+    marks: Vec<Op>,
+    restore: Vec<Op>,
+) -> Result<(), String> {
+    let next = current + 1;
+    let put_keys: Vec<String> = docs
+        .iter()
+        .chain(&marks)
+        .filter_map(|op| match op {
+            Op::Put { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut with_version = vec![Op::put_json(GRAPH_VERSION_KEY, &next)];
+    with_version.extend(marks);
+    let failed = match apply(docs) {
         Err(err) => format!("writing graph version {next} to Control: {err}"),
-        Ok(()) => match apply_ops(view, vec![Op::put_json(GRAPH_VERSION_KEY, &next)], log).and_then(check) {
+        Ok(()) => match apply(with_version) {
             Ok(()) => return Ok(()),
             Err(err) => format!("writing the graph version ({next}) to Control: {err}"),
         },
@@ -403,17 +440,15 @@ pub fn write_version(view: &mut View<&mut [u8]>, log: Option<&Path>, current: u6
     // A batch changes the region before it is logged, and a failed put leaves the batch's other
     // puts in place: undo them all. In memory this cannot fail; should its log record not be
     // written either, a restart may find the documents of `next` again, above the version.
-    let mut undo: Vec<Op> = [graph_key(next), edited_graph_key(next), made_graph_key(next)]
-        .into_iter()
-        .map(|key| Op::Delete { key })
-        .collect();
+    let mut undo: Vec<Op> = put_keys.into_iter().map(|key| Op::Delete { key }).collect();
     undo.push(match current {
         0 => Op::Delete {
             key: GRAPH_VERSION_KEY.to_string(),
         },
         _ => Op::put_json(GRAPH_VERSION_KEY, &current),
     });
-    match apply_ops(view, undo, log).and_then(check) {
+    undo.extend(restore);
+    match apply(undo) {
         Ok(()) => Err(failed),
         Err(err) => Err(format!("{failed} (undone in memory; logging the undo failed too: {err})")),
     }
@@ -450,14 +485,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
             let decision = match decision {
                 Ok(decision) => decision,
                 Err(reasons) => {
-                    answers.push((
-                        ticket,
-                        Answer::Rejected(Rejected {
-                            id: request.id,
-                            version,
-                            reasons,
-                        }),
-                    ));
+                    answers.push((ticket, Answer::Rejected(Rejected::new(request.id, version, reasons))));
                     continue;
                 }
             };
@@ -472,11 +500,7 @@ fn graph_manager_attempt(ctx: &TaskContext, args: GraphManagerArgs) -> Result<Js
                 );
                 answers.push((
                     ticket,
-                    Answer::Rejected(Rejected {
-                        id: request.id,
-                        version,
-                        reasons: vec![reason(ErrorCode::Internal, None, why)],
-                    }),
+                    Answer::Rejected(Rejected::new(request.id, version, vec![reason(ErrorCode::Internal, None, why)])),
                 ));
                 continue;
             }
@@ -579,14 +603,7 @@ impl GraphManagerHook {
                     .into_iter()
                     .map(|(ticket, id, base)| {
                         let reasons = vec![reason(ErrorCode::Internal, None, format!("the graph manager failed: {err}"))];
-                        (
-                            ticket,
-                            Answer::Rejected(Rejected {
-                                id,
-                                version: base,
-                                reasons,
-                            }),
-                        )
+                        (ticket, Answer::Rejected(Rejected::new(id, base, reasons)))
                     })
                     .collect();
                 requests.answer(GraphManagerReport {

@@ -58,6 +58,9 @@ pub enum PipelineError {
     NotRegistered,
     #[error(transparent)]
     Store(#[from] kv_region::KvError),
+    /// A graph version could not be written to Control (nothing of it was kept).
+    #[error("{0}")]
+    GraphNotWritten(String),
     #[error(transparent)]
     Source(#[from] source::SourceError),
     #[error(transparent)]

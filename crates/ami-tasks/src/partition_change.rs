@@ -11,7 +11,8 @@
 //! Control has a segment for every data source whose state the data directory holds, also beyond
 //! the new count ([`crate::stores::saved_source_partitions`]), so those positions are read; once
 //! converted, those states are removed, so that a later change is computed from this count's
-//! positions only.
+//! positions only; their segments' files go at the run's normal end
+//! ([`remove_retired_source_files`]).
 //!
 //! The conversion writes several Control segments (one per data source). Against a crash in the
 //! middle, the new positions are first written under [`CONVERSION_KEY`] in one logged operation,
@@ -21,7 +22,9 @@
 //! from their stream's beginning.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use kv_region::persist::SegmentFiles;
 use kv_region::Op;
 use legion_bridge::TaskContext;
 use serde::{Deserialize, Serialize};
@@ -30,7 +33,7 @@ use serde_json::{json, Value};
 use crate::robust::{Incident, IncidentKind};
 use crate::source::resume::convert_positions;
 use crate::source::{SourcePosition, SourceStats};
-use crate::stores::{parse_source_state_key, source_state_key, Stores};
+use crate::stores::{parse_source_state_key, saved_source_partitions, source_prefix, source_state_key, Stores, CONTROL_DIR};
 use crate::PipelineError;
 
 /// Where a conversion's positions wait until every data source's segment has its own.
@@ -188,6 +191,50 @@ pub fn convert_saved_positions(ctx: &TaskContext, stores: &Stores, partitions: u
     );
     tracing::warn!(component = "driver", from = was, to = partitions, "{message}");
     Ok(Some(Incident::new("driver", IncidentKind::PartitionsChanged, 0, message)))
+}
+
+/// Removes the Control files of the data source segments beyond `partitions` that the data
+/// directory still holds (a run with more partitions left them), once those segments hold
+/// nothing: their states are removed when the positions are converted
+/// ([`convert_saved_positions`]), so only after a conversion that committed, never before (its
+/// positions are read from them). Call at the end of a run, after the last snapshot: the store
+/// has their segments for the whole run, and a snapshot would write their (empty) files again.
+/// A removal that fails is logged, not an error: the files are of empty segments, the next run
+/// tries again. Returns the partitions whose files were removed.
+pub fn remove_retired_source_files(
+    ctx: &TaskContext,
+    stores: &Stores,
+    data_dir: &Path,
+    partitions: usize,
+) -> Result<Vec<usize>, PipelineError> {
+    let mut removed = Vec::new();
+    for p in saved_source_partitions(data_dir)?.into_iter().filter(|&p| p >= partitions) {
+        let keys = stores.control.list(ctx, &source_prefix(p))?;
+        if !keys.is_empty() {
+            tracing::warn!(
+                component = "driver",
+                partition = p,
+                "the Control segment of data source {p} still holds {keys:?}: its files stay"
+            );
+            continue;
+        }
+        let files = SegmentFiles::new(&data_dir.join(CONTROL_DIR), &source_prefix(p));
+        match kv_region::persist::remove_segment_files(&files) {
+            Ok(_) => removed.push(p),
+            Err(error) => tracing::warn!(
+                component = "driver",
+                partition = p,
+                "cannot remove the files of data source {p}, which a run of {partitions} partitions does not have: {error}"
+            ),
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            component = "driver",
+            "removed the Control files of data sources {removed:?}, which a run of {partitions} partitions does not have"
+        );
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

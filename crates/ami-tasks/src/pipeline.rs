@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::batch_tuner::BatchTuner;
 use crate::event::{bin_width_ns, DEFAULT_DISPLAY_RATE_HZ};
 use crate::graph::{check_size, compile, default_graph, default_graph_for, GraphSpec, MAX_RESULTS};
-use crate::graph_manager::{made_graph_doc, made_graph_key, superseded_version_keys, GraphManagerHook, GraphRequests};
+use crate::graph_manager::{made_graph_doc, made_graph_key, superseded_version_keys, write_version_with, GraphManagerHook, GraphRequests};
 use crate::health::{self, StallLimits};
 use crate::incident_log::IncidentLog;
 use crate::metrics::ReportMetrics;
@@ -394,32 +394,50 @@ impl RunSummary {
     }
 }
 
-/// Checks `spec` and installs it as the next graph version (graph document and current version in
-/// one logged batch). Returns the new version.
+/// Checks `spec` and installs it as the next graph version: its documents, then the current
+/// version, written as the graph manager writes a version ([`write_version_with`]: a write that
+/// fails leaves nothing of the version behind). Returns the new version.
 pub fn install_graph(ctx: &TaskContext, stores: &Stores, spec: &GraphSpec) -> Result<u64, PipelineError> {
     install_graph_with(ctx, stores, spec, "the service at start (a graph it was given)", |_| Vec::new())
 }
 
-/// [`install_graph`], with the operations `more(version)` in the same logged batch.
+/// [`install_graph`], with the puts `marks(version)` in the batch that writes the version (put
+/// back as they were should it fail).
 fn install_graph_with(
     ctx: &TaskContext,
     stores: &Stores,
     spec: &GraphSpec,
     by: &str,
-    more: impl FnOnce(u64) -> Vec<Op>,
+    marks: impl FnOnce(u64) -> Vec<Op>,
 ) -> Result<u64, PipelineError> {
     check_size(spec).map_err(|error| PipelineError::InvalidGraph(vec![error]))?;
     compile(spec).map_err(PipelineError::InvalidGraph)?;
-    let version = current_graph_version(ctx, stores)? + 1;
-    let mut ops: Vec<Op> = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();
-    ops.push(Op::put_json(
-        graph_key(version),
-        &serde_json::to_value(spec).expect("a graph serializes"),
-    ));
-    ops.push(Op::put_json(made_graph_key(version), &made_graph_doc(by)));
-    ops.push(Op::put_json(GRAPH_VERSION_KEY, &version));
-    ops.extend(more(version));
-    stores.control.apply_all(ctx, ops)?;
+    let current = current_graph_version(ctx, stores)?;
+    let version = current + 1;
+    let docs = vec![
+        Op::put_json(graph_key(version), &serde_json::to_value(spec).expect("a graph serializes")),
+        Op::put_json(made_graph_key(version), &made_graph_doc(by)),
+    ];
+    let marks = marks(version);
+    let mut restore = Vec::new();
+    for op in &marks {
+        if let Op::Put { key, .. } = op {
+            restore.push(match stores.control.get(ctx, key)? {
+                Some(value) => Op::put_json(key.clone(), &value),
+                None => Op::Delete { key: key.clone() },
+            });
+        }
+    }
+    write_version_with(|ops| stores.control.apply_all(ctx, ops), current, docs, marks, restore).map_err(PipelineError::GraphNotWritten)?;
+    // The new version is durable: pushing the oldest out may fail without undoing it.
+    let superseded = superseded_version_keys(version).into_iter().map(|key| Op::Delete { key }).collect();
+    if let Err(err) = stores.control.apply_all(ctx, superseded) {
+        tracing::error!(
+            component = "driver",
+            graph_version = version,
+            "deleting the graph version no longer kept from Control: {err}"
+        );
+    }
     Ok(version)
 }
 
@@ -1033,9 +1051,12 @@ fn run_on_stores(
     monitors.finish();
     summary.graph_version = current_graph_version(ctx, stores)?;
     summary.batch_size = tuner.current();
-    if data_dir.is_some() {
+    if let Some(dir) = data_dir {
         // The last chance before the process ends: a failure is said, however recent the last.
         snapshot(ctx, stores, &mut snapshot_failures, true)?;
+        // The positions were converted before the first round: the segments of partitions this
+        // count does not have are empty now, and no snapshot comes after this one.
+        crate::partition_change::remove_retired_source_files(ctx, stores, dir, config.partitions)?;
     }
     tracing::info!(
         component = "driver",

@@ -44,6 +44,8 @@ pub fn parse_source_state_key(key: &str) -> Option<usize> {
 }
 
 /// Name of the Control store, and of its folder in a data directory.
+pub const CONTROL_DIR: &str = CONTROL;
+
 const CONTROL: &str = "control";
 
 /// The partitions whose data source segment of Control has files in `data_dir` (a run with more

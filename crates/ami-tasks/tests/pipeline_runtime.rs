@@ -740,6 +740,46 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        case("a_graph_that_cannot_be_installed_leaves_nothing_of_its_version", |ctx| {
+            // `install_graph` (what `ami2 run --graph` does at start) when Control's log cannot be
+            // written (a folder in its place): an error, and no part of the version in Control,
+            // as for a version the graph manager cannot write.
+            use ami_tasks::graph_manager::made_graph_key;
+            use ami_tasks::stores::{graph_key, StoreSizes, GRAPH_VERSION_KEY};
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("install-graph-fails");
+            let _ = std::fs::remove_dir_all(&dir);
+            let sizes = StoreSizes {
+                partitions: 1,
+                buffers: 2,
+                frames_per_buffer: 1,
+                max_frame_bytes: 1024,
+                chunk_bytes: 4096,
+                result_keys: 64,
+            };
+            let (stores, _) = Stores::create(ctx, &sizes, Some(&dir))?;
+            check(install_graph(ctx, &stores, &energy_graph())? == 1, "the first version is 1")?;
+            let log = kv_region::persist::SegmentFiles::new(&dir.join("control"), "/control/").log;
+            check(log.is_file(), format!("no log {}", log.display()))?;
+            std::fs::remove_file(&log)?;
+            std::fs::create_dir(&log)?;
+            let mut other = energy_graph();
+            other.results.truncate(1);
+            let result = install_graph(ctx, &stores, &other);
+            for key in [graph_key(2), made_graph_key(2)] {
+                check(stores.control.get(ctx, &key)?.is_none(), format!("{key} is readable"))?;
+            }
+            check(stores.control.get(ctx, GRAPH_VERSION_KEY)? == Some(json!(1)), "the version moved")?;
+            match result {
+                Err(PipelineError::GraphNotWritten(why)) => check(why.contains("writing graph version 2 to Control"), why)?,
+                other => return Err(TaskError::msg(format!("not refused as a version not written: {other:?}"))),
+            }
+            // With the log back, the same graph is installed as version 2.
+            std::fs::remove_dir(&log)?;
+            check(install_graph(ctx, &stores, &other)? == 2, "version 2 once the log is back")?;
+            check(stores.control.get(ctx, &graph_key(2))?.is_some(), "version 2 has its graph")?;
+            stores.destroy(ctx);
+            Ok(())
+        }),
         case("graph_failing_at_run_time_is_reverted_and_reported", |ctx| {
             // Compiles (the field is declared an image) but fails on every event: `energy` is a scalar.
             let broken = GraphSpec {

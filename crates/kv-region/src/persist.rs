@@ -214,6 +214,31 @@ pub fn remove_stale_snapshot(files: &SegmentFiles) -> KvResult<bool> {
     }
 }
 
+/// Removes the files of a segment that holds nothing (one a store no longer has); true if there
+/// were some. The order keeps a crash in the middle harmless: the log first, made durable, then
+/// the snapshots (a log left without its snapshot would fail the next load, a snapshot without
+/// its log loads). The bytes of damaged log tails (`<log>.damaged-*`) stay, for forensics. Only
+/// for a segment known to be empty: whatever its files held is gone.
+pub fn remove_segment_files(files: &SegmentFiles) -> KvResult<bool> {
+    let remove = |path: &Path| match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(path)(e)),
+    };
+    let dir = files.log.parent().unwrap_or(Path::new("."));
+    let mut any = remove(&files.log)?;
+    if any {
+        sync_dir(dir)?;
+    }
+    for path in [&files.temporary, &files.previous, &files.snapshot] {
+        any |= remove(path)?;
+    }
+    if any {
+        sync_dir(dir)?;
+    }
+    Ok(any)
+}
+
 /// A writer that keeps the CRC-32 and length of what went through it.
 struct ChecksummedWriter<W> {
     inner: W,
@@ -758,5 +783,31 @@ mod tests {
         // A missing log stays missing.
         compact_log(&dir.join("none.log"), 1).unwrap();
         assert!(!dir.join("none.log").exists());
+    }
+
+    #[test]
+    fn a_segment_s_files_are_removed_and_its_damaged_tails_kept() {
+        let dir = temp_dir("remove");
+        let files = SegmentFiles::new(&dir, "/component/source/3/");
+        let other = SegmentFiles::new(&dir, "/component/source/1/");
+        let damaged = PathBuf::from(format!("{}.damaged-1", files.log.display()));
+        for path in [
+            &files.snapshot,
+            &files.previous,
+            &files.log,
+            &files.temporary,
+            &damaged,
+            &other.snapshot,
+            &other.log,
+        ] {
+            fs::write(path, b"x").unwrap();
+        }
+        assert!(remove_segment_files(&files).unwrap());
+        for path in [&files.snapshot, &files.previous, &files.log, &files.temporary] {
+            assert!(!path.exists(), "{}", path.display());
+        }
+        assert!(damaged.exists() && other.snapshot.exists() && other.log.exists());
+        assert!(!remove_segment_files(&files).unwrap(), "nothing left to remove");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -143,7 +143,8 @@ impl KeyValueStore {
     /// Creates the store's region, formats every segment, and, given a data directory, rebuilds
     /// the contents from it (snapshots, then logs) before returning. Call from an inner task
     /// (typically the top-level one); the region lives until [`destroy`](Self::destroy) or the
-    /// runtime's shutdown.
+    /// runtime's shutdown. What the load found, warnings included, comes back per segment in
+    /// [`LoadStats`]: reporting the warnings is the caller's (they are not logged here).
     pub fn create(ctx: &TaskContext, config: &StoreConfig, data_dir: Option<&Path>) -> KvResult<(Self, Vec<LoadStats>)> {
         config.validate()?;
         let tasks = tasks()?;

@@ -146,7 +146,8 @@ pub struct LoadStats {
     /// Log records replayed on top of the snapshot.
     pub replayed: usize,
     pub seq: u64,
-    /// Damaged files that were passed over, torn log tails.
+    /// Damaged files that were passed over, torn log tails: for the caller to report (the load
+    /// does not log them).
     pub warnings: Vec<String>,
 }
 
@@ -251,9 +252,8 @@ fn load_task(ctx: &TaskContext, args: PersistArgs) -> Result<LoadStats, TaskErro
             .ok_or_else(|| KvError::Layout("no segment".into()))?;
         load_segment(segment, &args)
     })?;
-    for warning in &stats.warnings {
-        tracing::warn!(segment = %stats.prefix, "{warning}");
-    }
+    // The warnings are the caller's to report (ami2's driver logs each once, with its context,
+    // and counts it): logged here too, every one would be said twice.
     Ok(stats)
 }
 

@@ -47,6 +47,7 @@ pub use handshake::{HandshakePolicy, Hello, Refused, Role, Welcome, DEFAULT_HAND
 pub use message::{ClientMessage, ServerMessage};
 pub use requests::{
     check_base_version, graph_json_bytes, graph_too_large, Accepted, Edit, NodeDoc, Reason, Rejected, Request, MAX_GRAPH_BYTES,
+    MAX_LISTED_REASONS, MAX_REASON_TEXT_BYTES,
 };
 pub use results::{Bin, Dropped, SubscriberQueue, TooLarge, DEFAULT_SUBSCRIBER_QUEUE};
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ErrorCode;
+use crate::error::{truncate, ErrorCode};
 
 /// A graph node, in the same JSON shape as a node of the graph format (docs/graph.md):
 /// `{"id", "op", "inputs", "params"}`; `inputs` may be omitted when empty and `params` omitted or
@@ -238,6 +238,17 @@ pub struct Accepted {
     pub version: u64,
 }
 
+/// The most reasons a `rejected` answer lists ([`Rejected::new`]); `total_reasons` says how many
+/// there were in all. A request of tens of thousands of failing edits (a request frame holds that
+/// many) would otherwise get an answer larger than a frame.
+pub const MAX_LISTED_REASONS: usize = 100;
+
+/// The longest `node` and `message` of a listed reason, in bytes (longer ones are cut at a
+/// character boundary and end in `…`). With [`MAX_LISTED_REASONS`], a `rejected` answer is at
+/// most about 100 × 2 × 515 bytes, 6 × that with every character escaped in JSON: well within a
+/// frame ([`MAX_FRAME_BYTES`](crate::MAX_FRAME_BYTES)).
+pub const MAX_REASON_TEXT_BYTES: usize = 512;
+
 /// The answer to a rejected request: nothing changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,8 +257,43 @@ pub struct Rejected {
     pub id: u64,
     /// The current graph version (unchanged), to rebase on after a `conflict`.
     pub version: u64,
-    /// Why; at least one.
+    /// Why; at least one, at most [`MAX_LISTED_REASONS`] from a server that bounds them
+    /// ([`Rejected::new`]).
     pub reasons: Vec<Reason>,
+    /// How many reasons there were in all, when `reasons` lists only the first of them; absent
+    /// (or `null`) when it lists them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_reasons: Option<u64>,
+}
+
+impl Rejected {
+    /// The answer rejecting request `id` at graph `version` for `reasons`, bounded so that it
+    /// always fits a frame: the first [`MAX_LISTED_REASONS`] reasons, each node and message cut
+    /// to [`MAX_REASON_TEXT_BYTES`], and `total_reasons` when some were left out.
+    pub fn new(id: u64, version: u64, mut reasons: Vec<Reason>) -> Self {
+        let total = reasons.len();
+        reasons.truncate(MAX_LISTED_REASONS);
+        for reason in &mut reasons {
+            if reason.message.len() > MAX_REASON_TEXT_BYTES {
+                reason.message = truncate(&reason.message, MAX_REASON_TEXT_BYTES);
+            }
+            if let Some(node) = reason.node.as_mut().filter(|node| node.len() > MAX_REASON_TEXT_BYTES) {
+                *node = truncate(node, MAX_REASON_TEXT_BYTES);
+            }
+        }
+        Rejected {
+            id,
+            version,
+            total_reasons: (total > reasons.len()).then_some(total as u64),
+            reasons,
+        }
+    }
+
+    /// How many reasons the answer does not list (`total_reasons` minus those listed).
+    pub fn unlisted(&self) -> u64 {
+        self.total_reasons
+            .map_or(0, |total| total.saturating_sub(self.reasons.len() as u64))
+    }
 }
 
 /// One reason for a rejection.
@@ -291,11 +337,11 @@ pub fn check_base_version(request: &Request, current: u64) -> Result<(), Rejecte
     if request.base_version == current {
         Ok(())
     } else {
-        Err(Rejected {
-            id: request.id,
-            version: current,
-            reasons: vec![Reason::conflict(request.base_version, current)],
-        })
+        Err(Rejected::new(
+            request.id,
+            current,
+            vec![Reason::conflict(request.base_version, current)],
+        ))
     }
 }
 
@@ -460,5 +506,38 @@ mod tests {
         });
         let frame = encode_frame(&request, MAX_FRAME_BYTES).unwrap();
         assert!(frame.len() < MAX_FRAME_BYTES / 2, "{} bytes", frame.len());
+    }
+
+    /// However many reasons a request has, and however long their texts, the answer fits a
+    /// frame: it lists the first `MAX_LISTED_REASONS` and says how many there were.
+    #[test]
+    fn a_rejection_of_any_number_of_reasons_fits_a_frame() {
+        use crate::{encode_frame, ServerMessage, MAX_FRAME_BYTES};
+        // The longest texts, in characters JSON escapes to 6 bytes each.
+        let long = "\u{1}".repeat(4 * MAX_REASON_TEXT_BYTES);
+        let reasons: Vec<Reason> = (0..30_000)
+            .map(|i| Reason::new(ErrorCode::UnknownNode, Some(format!("{i}{long}")), format!("edit {i}: {long}")))
+            .collect();
+        let rejected = Rejected::new(1, 2, reasons);
+        assert_eq!(rejected.reasons.len(), MAX_LISTED_REASONS);
+        assert_eq!(
+            (rejected.total_reasons, rejected.unlisted()),
+            (Some(30_000), 30_000 - MAX_LISTED_REASONS as u64)
+        );
+        assert!(rejected.reasons[7].node.as_deref().unwrap().starts_with("7\u{1}"));
+        assert!(rejected.reasons[7].message.starts_with("edit 7: "));
+        assert!(rejected.reasons.iter().all(|r| r.message.len() <= MAX_REASON_TEXT_BYTES + 3));
+        let frame = encode_frame(&ServerMessage::Rejected(rejected), MAX_FRAME_BYTES).unwrap();
+        assert!(frame.len() < MAX_FRAME_BYTES, "{} bytes", frame.len());
+
+        // A few short reasons: all listed as they are, no total.
+        let few = vec![
+            Reason::conflict(1, 2),
+            Reason::new(ErrorCode::UnknownNode, Some("x".into()), "edit 0: no node `x`"),
+        ];
+        let rejected = Rejected::new(1, 2, few.clone());
+        assert_eq!((rejected.reasons, rejected.total_reasons), (few, None));
+        let text = serde_json::to_string(&Rejected::new(1, 2, vec![Reason::conflict(1, 2)])).unwrap();
+        assert!(!text.contains("total_reasons"), "{text}");
     }
 }

@@ -255,19 +255,18 @@ async fn handle(mut conn: Connection<TcpStream>, policy: &HandshakePolicy, graph
         };
         let answer = match msg {
             ClientMessage::Request(req) if !hello.role.allows(&ClientMessage::Request(req.clone())) => {
-                ServerMessage::Rejected(protocol1::Rejected {
-                    id: req.id,
-                    version: graph.lock().await.version,
-                    reasons: vec![protocol1::Reason::new(ErrorCode::Forbidden, None, "subscribers cannot edit")],
-                })
+                ServerMessage::Rejected(protocol1::Rejected::new(
+                    req.id,
+                    graph.lock().await.version,
+                    vec![protocol1::Reason::new(ErrorCode::Forbidden, None, "subscribers cannot edit")],
+                ))
             }
             ClientMessage::Request(req) => {
                 let mut g = graph.lock().await;
-                match req.validate().map_err(|reasons| protocol1::Rejected {
-                    id: req.id,
-                    version: g.version,
-                    reasons,
-                }) {
+                match req
+                    .validate()
+                    .map_err(|reasons| protocol1::Rejected::new(req.id, g.version, reasons))
+                {
                     Err(rejected) => ServerMessage::Rejected(rejected),
                     Ok(()) => match check_base_version(&req, g.version) {
                         Err(rejected) => ServerMessage::Rejected(rejected),

@@ -115,11 +115,23 @@ fn server_examples() -> Vec<(ServerMessage, Value)> {
                     Reason::conflict(4, 6),
                     Reason::new(ErrorCode::InvalidGraph, Some("m".into()), "cycle"),
                 ],
+                total_reasons: None,
             }),
             json!({"type": "rejected", "id": 9, "version": 6, "reasons": [
                 {"code": "conflict", "node": null, "message": "the request is based on version 4, the graph is at version 6"},
                 {"code": "invalid_graph", "node": "m", "message": "cycle"}
             ]}),
+        ),
+        (
+            ServerMessage::Rejected(Rejected {
+                id: 9,
+                version: 6,
+                reasons: vec![Reason::new(ErrorCode::UnknownNode, Some("n0".into()), "edit 0: no node `n0`")],
+                total_reasons: Some(30_000),
+            }),
+            json!({"type": "rejected", "id": 9, "version": 6, "reasons": [
+                {"code": "unknown_node", "node": "n0", "message": "edit 0: no node `n0`"}
+            ], "total_reasons": 30000}),
         ),
         (
             ServerMessage::Graph {

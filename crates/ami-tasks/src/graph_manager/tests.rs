@@ -189,11 +189,7 @@ fn json_wrapper_travels_as_text_through_bincode() {
         incidents: Vec::new(),
         answers: vec![(
             1,
-            Answer::Rejected(Rejected {
-                id: 2,
-                version: 3,
-                reasons: vec![Reason::new(ErrorCode::Conflict, Some("x".into()), "m")],
-            }),
+            Answer::Rejected(Rejected::new(2, 3, vec![Reason::new(ErrorCode::Conflict, Some("x".into()), "m")])),
         )],
         version: 3,
         graph: Some(default_graph()),
@@ -363,6 +359,49 @@ mod control {
         assert_eq!(edited_graph(&view, 4).unwrap(), Some(small));
         assert_eq!(read_json(&view, &made_graph_key(4)).unwrap().unwrap()["by"], "third");
         assert!(keys_of(4).iter().all(|key| replayed(&log).contains(key)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The puts that go with a version (the service's mark of its built-in graph) are put back as
+    /// they were when the batch writing the version fails, in memory and in the log.
+    #[test]
+    fn marks_written_with_a_version_that_fails_are_put_back() {
+        let dir = std::env::temp_dir().join(format!("ami2-graph-marks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("control.log");
+        let mut bytes = segment(64, 64 << 10);
+        let mut view = View::write(&mut bytes).unwrap();
+        write_version(&mut view, Some(&log), 0, &same(default_graph()), "first").unwrap();
+        let (builtin, other) = ("/control/graph/builtin", "/control/graph/other");
+        apply_ops(&mut view, vec![Op::put_json(builtin, &1)], Some(&log))
+            .and_then(check)
+            .unwrap();
+        // The documents are written; the batch of the version cannot be logged (a folder as its log).
+        let mut calls = 0;
+        let why = write_version_with(
+            |ops| {
+                calls += 1;
+                apply_ops(&mut view, ops, Some(if calls == 2 { &dir } else { &log })).and_then(check)
+            },
+            1,
+            vec![
+                Op::put_json(graph_key(2), &default_graph()),
+                Op::put_json(made_graph_key(2), &made_graph_doc("x")),
+            ],
+            vec![Op::put_json(builtin, &2), Op::put_json(other, &2)],
+            vec![Op::put_json(builtin, &1), Op::Delete { key: other.into() }],
+        )
+        .unwrap_err();
+        assert!(why.contains("writing the graph version (2) to Control"), "{why}");
+        assert_eq!(version(&view), Some(1));
+        assert_eq!(read_json(&view, builtin).unwrap(), Some(serde_json::json!(1)));
+        for key in [graph_key(2), made_graph_key(2), other.to_string()] {
+            assert_eq!(view.get(&key).unwrap(), None, "{key} in memory");
+        }
+        let on_disk = replayed(&log);
+        assert!(on_disk.contains(builtin) && on_disk.contains(&graph_key(1)), "{on_disk:?}");
+        assert!(!on_disk.contains(&graph_key(2)) && !on_disk.contains(other), "{on_disk:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

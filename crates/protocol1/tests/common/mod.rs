@@ -120,11 +120,16 @@ pub fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
         })),
         (arb_code(), ".{0,16}").prop_map(|(code, message)| ServerMessage::Refused(Refused { code, message })),
         (any::<u64>(), any::<u64>()).prop_map(|(id, version)| ServerMessage::Accepted(Accepted { id, version })),
-        (any::<u64>(), any::<u64>(), vec(arb_reason(), 1..4)).prop_map(|(id, version, reasons)| ServerMessage::Rejected(Rejected {
-            id,
-            version,
-            reasons
-        })),
+        (any::<u64>(), any::<u64>(), vec(arb_reason(), 1..4), option::of(any::<u64>())).prop_map(
+            |(id, version, reasons, total_reasons)| {
+                ServerMessage::Rejected(Rejected {
+                    id,
+                    version,
+                    reasons,
+                    total_reasons,
+                })
+            }
+        ),
         (any::<u64>(), arb_json()).prop_map(|(version, graph)| ServerMessage::Graph { version, graph }),
         arb_json().prop_map(|status| ServerMessage::Status { status }),
         (".{0,20}", option::of(arb_json())).prop_map(|(key, value)| ServerMessage::Value { key, value }),
