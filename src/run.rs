@@ -41,6 +41,13 @@ pub struct RunArgs {
     /// Time bins per second.
     #[arg(long, default_value_t = 20.0)]
     display_rate: f64,
+    /// A bin is published once every partition's data has gone past its end, or at the latest
+    /// when the newest data is this many seconds (stream time) past it; what a slower partition
+    /// brings for it afterwards is counted as late partials, not merged. Raise it when partitions
+    /// lag each other (a loaded machine, an uneven stream) and complete bins matter more than
+    /// their latency.
+    #[arg(long, default_value_t = 2.0)]
+    bin_wait: f64,
     /// A data source hands over a batch that is not full at most this often (microseconds),
     /// gathering the frames that come meanwhile: a stream slower than the pipeline then costs far
     /// less CPU, and a frame waits at most this long (frames reaching a new time bin go out at
@@ -226,6 +233,11 @@ impl RunArgs {
             return Err(refused(anyhow::anyhow!("--stall-timeout must be positive")));
         }
         let attempt_ms = (self.stall_timeout * 1000.0) as u64;
+        if !(0.0..=MAX_BIN_WAIT_SECONDS).contains(&self.bin_wait) {
+            return Err(refused(anyhow::anyhow!(
+                "--bin-wait must be between 0 and {MAX_BIN_WAIT_SECONDS} seconds"
+            )));
+        }
         if self.snapshot_interval.is_nan() || self.snapshot_interval < 0.0 {
             return Err(refused(anyhow::anyhow!("--snapshot-interval must be 0 or more seconds")));
         }
@@ -247,6 +259,7 @@ impl RunArgs {
             max_batch_size,
             max_frame_bytes: Some(max_frame_bytes),
             display_rate_hz: self.display_rate,
+            bin_wait_ms: (self.bin_wait * 1000.0) as u64,
             batch_interval_us: self.batch_interval_us,
             graph,
             stall_limits: ami_tasks::health::StallLimits {
@@ -265,6 +278,11 @@ impl RunArgs {
         Ok((config, recording))
     }
 }
+
+/// Longest `--bin-wait`. The bins waiting are held in the global reducer's state, which travels
+/// in its future from one reduction to the next: a partition without data for a minute keeps
+/// 1,200 bins of 20 Hz there.
+const MAX_BIN_WAIT_SECONDS: f64 = 60.0;
 
 /// CPU processors for a single-process run of `partitions` partitions, when the default would
 /// give fewer (on small machines it leaves a core to Legion's utility processor): one per

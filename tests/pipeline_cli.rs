@@ -553,7 +553,7 @@ fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
     std::fs::write(&empty, r#"{"nodes": [], "results": []}"#).unwrap();
     let missing = dir.join("missing.json");
     let data = dir.join("data");
-    let cases: [&[&str]; 9] = [
+    let cases: [&[&str]; 10] = [
         &["--graph", empty.to_str().unwrap()],
         &["--graph", missing.to_str().unwrap()],
         &["--partitions", "0"],
@@ -563,6 +563,7 @@ fn the_supervisor_does_not_restart_a_service_that_refuses_its_arguments() {
         &["--listen", "garbage"],
         &["--token-file", missing.to_str().unwrap()],
         &["--realtime"],
+        &["--bin-wait", "61"],
     ];
     for case in cases {
         let mut args = vec!["run", "--supervise", "--data-dir", data.to_str().unwrap()];
@@ -755,7 +756,8 @@ fn scan_run(dir: &Path, data: Option<&Path>, args: &[&str]) -> (Vec<Value>, u64,
 fn another_partition_count_on_a_data_directory_analyses_every_frame_once() {
     let dir = scratch("repartition-synthetic");
     let data = dir.join("data");
-    let stream = ["--frames", "6000", "--image-size", "0"];
+    // Bins wait for every partition (see the replay's test below).
+    let stream = ["--frames", "6000", "--image-size", "0", "--bin-wait", "60"];
     let (reference, events, _) = scan_run(&dir, None, &[&stream[..], &["--rate", "0"]].concat());
     assert_eq!(events, 6000);
     // 2 partitions, stopped part-way; 4 (more), stopped part-way; 3 (fewer), to the end.
@@ -818,10 +820,13 @@ fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_
     // Replayed at the recorded pace (1,000 frames a second): 4 partitions stopped part-way, then
     // 2, then 3 as fast as possible to the end of the recording.
     let data = dir.join("data");
-    let paced = ["--source", &source, "--realtime", "--seconds", "2"];
+    // Partitions paced alone may lag each other by seconds on a loaded machine: bins wait for
+    // all of them (no late partials), so that they can be compared with the single run's.
+    let paced = ["--source", &source, "--realtime", "--seconds", "2", "--bin-wait", "60"];
     let mut runs = Vec::new();
     let mut total = 0;
-    for (partitions, args) in [("4", &paced[..]), ("2", &paced[..]), ("3", &["--source", &source][..])] {
+    let fast = ["--source", &source, "--bin-wait", "60"];
+    for (partitions, args) in [("4", &paced[..]), ("2", &paced[..]), ("3", &fast[..])] {
         let (bins, events, stderr) = scan_run(&dir, Some(&data), &[args, &["--partitions", partitions]].concat());
         assert!(events > 0 && total + events <= 4000, "{events} events after {total}: {stderr}");
         total += events;
