@@ -820,8 +820,8 @@ fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_
     // Replayed at the recorded pace (1,000 frames a second): 4 partitions stopped part-way, then
     // 2, then 3 as fast as possible to the end of the recording.
     let data = dir.join("data");
-    // Partitions paced alone may lag each other by seconds on a loaded machine: bins wait for
-    // all of them (no late partials), so that they can be compared with the single run's.
+    // A loaded machine may hold one partition back for seconds: bins wait for all of them (no
+    // late partials), so that they can be compared with the single run's.
     let paced = ["--source", &source, "--realtime", "--seconds", "2", "--bin-wait", "60"];
     let mut runs = Vec::new();
     let mut total = 0;

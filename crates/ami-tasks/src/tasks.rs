@@ -329,6 +329,7 @@ pub fn reset_process_state() {
     if let Some(sources) = SOURCES.get() {
         sources.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+    crate::source::file::forget_replay_clocks();
     let mut cache = graph_cache();
     cache.compiled.clear();
     cache.failed.clear();

@@ -6,8 +6,11 @@
 //!
 //! With `realtime: false` the replay goes as fast as possible. With `realtime: true` it paces by
 //! the frames' time stamps: a frame is delivered no earlier than `start + (timestamp -
-//! first_timestamp)`, where `start` is when this run read its first record and `first_timestamp`
-//! that record's time stamp (time stamps that go backwards are delivered at once).
+//! first_timestamp)`, where `start` is when the process's first partition of this run read its
+//! first record and `first_timestamp` that record's time stamp (time stamps that go backwards are
+//! delivered at once). The partitions of a process share that clock: one that
+//! starts later or is retried is behind the stream and catches up, where a clock of its own would
+//! have it trail the others for good, by more than a bin waits for it on a loaded machine.
 //!
 //! [`SourcePosition::offset`] is the byte offset of the next record to read and `next_seq` is one
 //! past the last frame delivered; reopening from a position seeks to the offset, so nothing is
@@ -18,7 +21,9 @@
 //! intact frame; the source logs where with `tracing::warn!` and says it in
 //! [`SourceStats::note`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::recording::RecordingReader;
@@ -32,6 +37,25 @@ struct Pending {
     offset: u64,
 }
 
+/// Wall clock and time stamp of the first record a partition of this run read: the pacing
+/// reference of a recording's partitions in this process (see the [module docs](self)).
+type ReplayClock = Arc<OnceLock<(Instant, u64)>>;
+
+/// The clocks of the recordings replayed in this process, by path and recording (its creation
+/// time: a file recorded again is another recording).
+static REPLAY_CLOCKS: Mutex<BTreeMap<(PathBuf, u64), ReplayClock>> = Mutex::new(BTreeMap::new());
+
+/// The clock of the recording made at `created` at `path`, made by the first partition asking.
+fn replay_clock(path: &Path, created: u64) -> ReplayClock {
+    let mut clocks = REPLAY_CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    clocks.entry((path.to_path_buf(), created)).or_default().clone()
+}
+
+/// Forgets the replay clocks: the next run paces from its own start.
+pub fn forget_replay_clocks() {
+    REPLAY_CLOCKS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Replays a recording for one partition (see the [module docs](self)).
 pub struct FileDataSource {
     path: PathBuf,
@@ -39,8 +63,8 @@ pub struct FileDataSource {
     partition: usize,
     partitions: usize,
     realtime: bool,
-    /// Wall clock and time stamp of the first record of this run: the pacing reference.
-    reference: Option<(Instant, u64)>,
+    /// The pacing reference, shared with the recording's other partitions in this process.
+    clock: ReplayClock,
     pending: Option<Pending>,
     next_seq: u64,
     delivered: u64,
@@ -91,7 +115,7 @@ impl FileDataSource {
             partition,
             partitions,
             realtime,
-            reference: None,
+            clock: replay_clock(path, created),
             pending: None,
             next_seq: from.map_or(0, |f| f.next_seq),
             delivered: 0,
@@ -116,7 +140,7 @@ impl FileDataSource {
                 self.finish();
                 return Ok(None);
             };
-            self.reference.get_or_insert_with(|| (Instant::now(), timestamp_ns));
+            self.clock.get_or_init(|| (Instant::now(), timestamp_ns));
             if !is_mine(seq, self.partition, self.partitions) {
                 continue;
             }
@@ -151,8 +175,8 @@ impl FileDataSource {
 
     /// When `timestamp_ns` is due on the wall clock.
     fn due(&self, timestamp_ns: u64) -> Instant {
-        match self.reference {
-            Some((start, first)) if self.realtime => start + Duration::from_nanos(timestamp_ns.saturating_sub(first)),
+        match self.clock.get() {
+            Some(&(start, first)) if self.realtime => start + Duration::from_nanos(timestamp_ns.saturating_sub(first)),
             _ => Instant::now(),
         }
     }
