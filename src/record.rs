@@ -67,9 +67,19 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 }
 
 pub fn record(args: RecordArgs) -> Result<()> {
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the recording at the frames written so far: a complete
+    // recording of them, rather than a process killed half-way that leaves its temporary file
+    // (as large as what was recorded) behind.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let config = SourceConfig::Synthetic(args.synthetic.config(Some(args.frames), None));
     let mut synthetic = source::open(&config, 0, 1, None)?;
+    let stopped = stop.clone();
     let frames = std::iter::from_fn(move || loop {
+        if stopped.load(Ordering::SeqCst) {
+            return None;
+        }
         match synthetic.next_batch(1, Duration::from_secs(1)) {
             Ok(batch) if batch.ended => return None,
             Ok(mut batch) => {
@@ -87,6 +97,12 @@ pub fn record(args: RecordArgs) -> Result<()> {
     let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n))
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
+    if stop.load(Ordering::SeqCst) && summary.frames < args.frames {
+        eprintln!(
+            "ami2 record: stopped by a signal after {} of {} frames",
+            summary.frames, args.frames
+        );
+    }
     println!("wrote {}: {summary}", args.output.display());
     Ok(())
 }

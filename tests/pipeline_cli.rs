@@ -84,6 +84,55 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
     );
 }
 
+#[test]
+fn a_recording_stopped_by_ctrl_c_keeps_its_frames_and_leaves_no_temporary_file() {
+    let dir = scratch("record-interrupted");
+    let file = dir.join("long.rec");
+    let stderr_file = scratch("record-interrupted-stderr").join("stderr");
+    // Far more frames than it will write before the signal.
+    let mut child = common::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(["record", file.to_str().unwrap(), "--frames", "100000000", "--image-size", "16"])
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_file).unwrap())
+            .spawn()
+            .expect("ami2 runs"),
+    );
+    // Until its temporary file holds frames.
+    let written = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(&dir) < 1 << 20 {
+        assert!(Instant::now() < deadline, "ami2 record wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupted = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status();
+    assert!(interrupted.unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ami2 record did not end after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped by a signal after"), "{stderr}");
+    // A complete recording of what was recorded, and nothing else in the folder.
+    let summary = ami_tasks::source::recording_info(&file).unwrap();
+    assert!(summary.intact && summary.frames > 0, "{summary:?}");
+    assert_eq!(summary.last_seq, Some(summary.frames - 1), "{summary:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["long.rec"], "files left behind");
+}
+
 /// A bin's value of `result`.
 fn result<'b>(bin: &'b Value, name: &str) -> &'b Value {
     bin["values"]
