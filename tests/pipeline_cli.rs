@@ -85,6 +85,43 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
 }
 
 #[test]
+fn a_replay_continued_past_the_end_of_its_recording_says_there_is_nothing_left() {
+    let dir = scratch("replayed-again");
+    let file = dir.join("short.rec");
+    let data_dir = dir.join("data");
+    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "100", "--image-size", "16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let source = format!("file:{}", file.display());
+    let run = || {
+        ami2(&with_legion(&[
+            "run",
+            "--source",
+            &source,
+            "--json",
+            "--metrics",
+            "0",
+            "--no-listen",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]))
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert_eq!(total_events(&bins(&first)), 100);
+    assert!(!stderr.contains("already replayed"), "{stderr}");
+    // The same data directory again: nothing is left, and the run says why.
+    let again = run();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(total_events(&bins(&again)), 0);
+    assert!(
+        stderr.contains(&format!("recording {} was already replayed to its end", file.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_recording_stopped_by_ctrl_c_keeps_its_frames_and_leaves_no_temporary_file() {
     let dir = scratch("record-interrupted");
     let file = dir.join("long.rec");
