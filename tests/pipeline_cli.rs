@@ -410,6 +410,74 @@ fn the_built_in_graph_is_fitted_again_when_the_frames_change_shape() {
 }
 
 #[test]
+fn frames_grown_beyond_the_telemetry_buffers_end_the_run_saying_it_must_start_again() {
+    // The producer restarts with frames far larger than those the service sized its telemetry
+    // buffers for (images of 512x512 after none): the run ends, saying why and what to do,
+    // rather than that a store "is full" and needs "more capacity", which no user can give it.
+    let name = format!("ami2-cli-grown-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let producer = |size: &str, rate: &str| {
+        common::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_ami2"))
+                .args([
+                    "daq-sim",
+                    "--name",
+                    &name,
+                    "--rate",
+                    rate,
+                    "--slots",
+                    "16",
+                    "--waveform-length",
+                    "16",
+                ])
+                .args(["--image-size", size])
+                .env_remove("LD_LIBRARY_PATH")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("daq-sim starts"),
+        )
+    };
+    let small = producer("0", "200");
+    let started = Instant::now();
+    while !ring.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source = format!("shm:{name}");
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--batch-size",
+        "1",
+        "--seconds",
+        "30",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&args))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ami2 run starts");
+    std::thread::sleep(Duration::from_secs(4));
+    drop(small);
+    let large = producer("512", "50");
+    let out = run.wait_with_output().unwrap();
+    drop(large);
+    let _ = std::fs::remove_file(&ring);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("more than an empty telemetry buffer holds") && stderr.contains("must start again"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_behind() {
     // The default stream's frames take about 130 KiB: an automatic batch starts at 31 of them,
     // and the tuner may use 3 to 496 (an eighth of it to 16 times it, doubling).

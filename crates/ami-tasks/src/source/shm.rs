@@ -67,6 +67,10 @@
 //!
 //! Frames larger than the slot capacity are refused by the producer
 //! ([`SourceError::FrameTooLarge`]). One producer per ring at a time.
+//!
+//! The service sizes its telemetry buffers for the ring's slots when it starts: a producer
+//! restarted with frames too large for them ends the run with an error that says so, and a
+//! supervisor starts it again, sized for the new ring.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
