@@ -13,6 +13,22 @@ use serde_json::{Map, Value};
 use crate::graph_versions;
 use crate::table::LiveTable;
 
+/// Refuses an address that is not `HOST:PORT` (a port of 1 to 65535), so that a typo is named
+/// as such instead of reported as a service that does not answer.
+fn check_address(addr: &str) -> Result<()> {
+    let port = addr.rsplit_once(':').and_then(|(host, port)| {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        (!host.is_empty()).then(|| port.parse::<u16>().ok().filter(|&p| p > 0)).flatten()
+    });
+    if port.is_none() {
+        anyhow::bail!(
+            "--connect (or AMI2_ADDR) {addr:?} is not an address: give HOST:PORT, e.g. {}",
+            protocol1::DEFAULT_ADDR
+        );
+    }
+    Ok(())
+}
+
 /// Where the service is.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
@@ -26,6 +42,7 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     fn client(&self, role: Role) -> Result<BlockingClient> {
+        check_address(&self.connect).map_err(crate::refused)?;
         let token = match &self.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

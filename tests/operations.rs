@@ -155,6 +155,24 @@ fn cron_install_writes_an_entry_in_the_cron_folder_and_uninstall_removes_it() {
 }
 
 #[test]
+fn client_commands_refuse_an_address_that_is_not_host_and_port() {
+    // A typo in the address is named as such (a refused argument), not reported as a service
+    // that does not run.
+    for addr in ["localhost", "127.0.0.1:99999", ":7820", "127.0.0.1:"] {
+        for command in [&["status"][..], &["get", "/control/graph/version"], &["graph", "show"], &["watch"]] {
+            let args: Vec<&str> = command.iter().copied().chain(["--connect", addr]).collect();
+            let out = common::ami2_within(&args, Duration::from_secs(20)).unwrap_or_else(|| panic!("ami2 {args:?} did not end"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "ami2 {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("--connect (or AMI2_ADDR) {addr:?} is not an address")),
+                "ami2 {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_failed_command_prints_its_error_and_causes_without_a_backtrace() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["status", "--connect", "127.0.0.1:1"])
