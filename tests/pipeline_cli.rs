@@ -85,6 +85,49 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
 }
 
 #[test]
+fn partitions_beyond_legions_processors_per_process_run_and_too_many_processors_are_refused() {
+    // An IO processor per partition would take Legion past the 64 processors it runs in a
+    // process (it aborted at start): the sources stay on the CPU processors instead.
+    let args = with_legion(&[
+        "run",
+        "--partitions",
+        "70",
+        "--frames",
+        "140",
+        "--json",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ]);
+    let out = ami2_within(&args, Duration::from_secs(300)).expect("the run ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(total_events(&bins(&out)), 140, "{stderr}");
+    // Asked for in the Legion arguments: refused before the runtime starts.
+    let out = ami2(&[
+        "run",
+        "--frames",
+        "10",
+        "--metrics",
+        "0",
+        "--no-listen",
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+        "-ll:io",
+        "70",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ask for 72 processors in a process") && !stderr.contains("LEGION ERROR"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_replay_continued_past_the_end_of_its_recording_says_there_is_nothing_left() {
     let dir = scratch("replayed-again");
     let file = dir.join("short.rec");
