@@ -159,7 +159,7 @@ pub struct StatusArgs {
     connect: ConnectArgs,
     /// Health check (for watchdogs): print one line and exit with status 1 unless the service
     /// answers and its pipeline reported within this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = crate::seconds_arg)]
     check: Option<f64>,
 }
 

@@ -114,7 +114,7 @@ pub struct DaqSimArgs {
     name: String,
     /// Frames per second, stamped with the Unix time each is due (0 = as fast as possible,
     /// stamped from 0 like `ami2 run`'s synthetic stream).
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = crate::rate_arg)]
     rate: f64,
     /// Frames to produce (default: until Ctrl-C).
     #[arg(long)]

@@ -58,7 +58,7 @@ pub struct RunArgs {
     #[arg(long)]
     frames: Option<u64>,
     /// Synthetic source: frames per second (0 = as fast as possible).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::rate_arg)]
     rate: Option<f64>,
     /// Synthetic source: random seed.
     #[arg(long, default_value_t = 1)]
@@ -74,7 +74,7 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Stop after this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::seconds_arg)]
     seconds: Option<f64>,
     /// Keep the service running: restart it (from the data directory) whenever it dies.
     #[arg(long)]
