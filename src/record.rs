@@ -158,9 +158,16 @@ pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
         stream.start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     }
     let mut synthetic = source::open(&SourceConfig::Synthetic(stream), 0, 1, None)?;
+    let needed = ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?;
     let slot_bytes = match args.slot_bytes {
+        // Checked before the ring is made: a ring of slots too small holds no frame.
+        Some(bytes) if bytes < needed => {
+            return Err(crate::refused(anyhow::anyhow!(
+                "--slot-bytes {bytes} cannot hold this stream's frames: a slot needs {needed} bytes (the default)"
+            )))
+        }
         Some(bytes) => bytes,
-        None => ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?,
+        None => needed,
     };
     let slots = args.slots.unwrap_or_else(|| default_slots(slot_bytes));
     let mut producer = ShmProducer::create(&args.name, slots, slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;

@@ -128,6 +128,19 @@ fn partitions_beyond_legions_processors_per_process_run_and_too_many_processors_
 }
 
 #[test]
+fn daq_sim_refuses_slots_too_small_for_its_frames_before_making_the_ring() {
+    let name = format!("ami2-cli-small-slots-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let out = ami2(&["daq-sim", "--name", &name, "--slot-bytes", "100", "--frames", "10", "--rate", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let made = ring.exists();
+    let _ = std::fs::remove_file(&ring);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--slot-bytes 100 cannot hold this stream's frames"), "{stderr}");
+    assert!(!made, "a ring of slots too small was left in /dev/shm");
+}
+
+#[test]
 fn a_replay_continued_past_the_end_of_its_recording_says_there_is_nothing_left() {
     let dir = scratch("replayed-again");
     let file = dir.join("short.rec");
