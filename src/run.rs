@@ -161,6 +161,11 @@ impl RunArgs {
                 }
                 SourceConfig::Synthetic(synthetic)
             }
+            Some(("file", "")) => {
+                return Err(refused(anyhow::anyhow!(
+                    "--source file:PATH needs the path of a recording (`ami2 record` makes one)"
+                )))
+            }
             Some(("file", path)) => SourceConfig::File {
                 path: PathBuf::from(path),
                 realtime: self.realtime,

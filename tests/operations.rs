@@ -207,6 +207,15 @@ fn numbers_that_are_not_seconds_or_rates_are_refused_not_ignored_nor_a_panic() {
 }
 
 #[test]
+fn a_file_source_without_a_path_is_refused() {
+    // Refused (not restarted by a supervisor), rather than "recording  does not exist".
+    let out = ami2(&with_legion(&["run", "--source", "file:", "--metrics", "0", "--no-listen"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--source file:PATH needs the path of a recording"), "{stderr}");
+}
+
+#[test]
 fn a_failed_command_prints_its_error_and_causes_without_a_backtrace() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["status", "--connect", "127.0.0.1:1"])
