@@ -303,6 +303,11 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
 /// Prints each bin as a JSON line, or with `--table` a row per time bin; notices (dropped bins,
 /// reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
+    if args.results.iter().any(|name| name.is_empty()) {
+        return Err(crate::refused(anyhow::anyhow!(
+            "a result name is empty: name results as the graph's result nodes (`ami2 graph show`)"
+        )));
+    }
     let mut client = args.connect.client(Role::Subscriber)?;
     // With no names, follow the graph the workers run: its results now, and those of each new
     // version (or of the version they revert to when one fails at run time).

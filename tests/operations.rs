@@ -207,6 +207,16 @@ fn numbers_that_are_not_seconds_or_rates_are_refused_not_ignored_nor_a_panic() {
 }
 
 #[test]
+fn watch_refuses_an_empty_result_name_before_connecting() {
+    // No service needed: the name is refused first (it would never name a result).
+    let out =
+        common::ami2_within(&["watch", "energy_hist", "", "--connect", "127.0.0.1:1"], Duration::from_secs(20)).expect("ami2 watch ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a result name is empty"), "{stderr}");
+}
+
+#[test]
 fn a_file_source_without_a_path_is_refused() {
     // Refused (not restarted by a supervisor), rather than "recording  does not exist".
     let out = ami2(&with_legion(&["run", "--source", "file:", "--metrics", "0", "--no-listen"]));
