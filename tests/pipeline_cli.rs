@@ -534,6 +534,52 @@ fn frames_grown_beyond_the_telemetry_buffers_end_the_run_saying_it_must_start_ag
 }
 
 #[test]
+fn events_of_a_producer_restarted_with_an_earlier_clock_are_said_to_be_in_no_result() {
+    // A live producer (Unix time stamps) is replaced by one whose stamps count from 0: its
+    // events fall in bins long published, so none reaches a result. The run says so, rather
+    // than counting events that no bin shows without a word.
+    let name = format!("ami2-cli-clock-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let mut live = paced_daq_sim(&name, "16");
+    let started = Instant::now();
+    while !ring.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source = format!("shm:{name}");
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--json",
+        "--seconds",
+        "10",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&args))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ami2 run starts");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = live.kill();
+    let _ = live.wait();
+    let restarted = ami2(&["daq-sim", "--name", &name, "--rate", "0", "--frames", "20000", "--image-size", "16"]);
+    let out = run.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&ring);
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("came for time bins already published, and are in no result"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn batches_start_from_the_frames_bytes_and_are_tuned_only_while_the_sources_are_behind() {
     // The default stream's frames take about 130 KiB: an automatic batch starts at 31 of them,
     // and the tuner may use 3 to 496 (an eighth of it to 16 times it, doubling).
