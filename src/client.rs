@@ -13,6 +13,22 @@ use serde_json::{Map, Value};
 use crate::graph_versions;
 use crate::table::LiveTable;
 
+/// Refuses an address that is not `HOST:PORT` (a port of 1 to 65535), so that a typo is named
+/// as such instead of reported as a service that does not answer.
+fn check_address(addr: &str) -> Result<()> {
+    let port = addr.rsplit_once(':').and_then(|(host, port)| {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        (!host.is_empty()).then(|| port.parse::<u16>().ok().filter(|&p| p > 0)).flatten()
+    });
+    if port.is_none() {
+        anyhow::bail!(
+            "--connect (or AMI2_ADDR) {addr:?} is not an address: give HOST:PORT, e.g. {}",
+            protocol1::DEFAULT_ADDR
+        );
+    }
+    Ok(())
+}
+
 /// Where the service is.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
@@ -26,6 +42,7 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     fn client(&self, role: Role) -> Result<BlockingClient> {
+        check_address(&self.connect).map_err(crate::refused)?;
         let token = match &self.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -142,7 +159,7 @@ pub struct StatusArgs {
     connect: ConnectArgs,
     /// Health check (for watchdogs): print one line and exit with status 1 unless the service
     /// answers and its pipeline reported within this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = crate::seconds_arg)]
     check: Option<f64>,
 }
 
@@ -291,6 +308,11 @@ fn edits(args: &EditArgs, graph: &Value) -> Result<Vec<Edit>> {
 /// Prints each bin as a JSON line, or with `--table` a row per time bin; notices (dropped bins,
 /// reconnects) go to stderr.
 pub fn watch(args: WatchArgs) -> Result<()> {
+    if args.results.iter().any(|name| name.is_empty()) {
+        return Err(crate::refused(anyhow::anyhow!(
+            "a result name is empty: name results as the graph's result nodes (`ami2 graph show`)"
+        )));
+    }
     let mut client = args.connect.client(Role::Subscriber)?;
     // With no names, follow the graph the workers run: its results now, and those of each new
     // version (or of the version they revert to when one fails at run time).

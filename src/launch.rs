@@ -57,7 +57,7 @@ pub struct LaunchArgs {
     #[arg(long, value_enum, default_value = "p2p")]
     bootstrap: Bootstrap,
     /// Seconds every process has to join the run before the launch is abandoned.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = crate::seconds_arg)]
     start_timeout: f64,
     /// p2p: first TCP port on 127.0.0.1 (process i uses port + i); default: free ports.
     #[arg(long)]

@@ -197,6 +197,27 @@ pub fn unloadable(err: impl Into<anyhow::Error>) -> anyhow::Error {
     exit_with(STORE_EXIT_CODE, err)
 }
 
+/// Parses an option given in seconds: a number of 0 or more that a `Duration` holds (not NaN,
+/// infinite or negative, which would be ignored or end the command with a panic).
+pub fn seconds_arg(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value >= 0.0 && std::time::Duration::try_from_secs_f64(value).is_ok() {
+        Ok(value)
+    } else {
+        Err("a number of seconds, 0 or more, is needed".into())
+    }
+}
+
+/// Parses a rate in frames per second: a finite number of 0 or more (0: as fast as possible).
+pub fn rate_arg(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err("a number of frames per second, 0 or more (0: as fast as possible), is needed".into())
+    }
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())

@@ -67,9 +67,19 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 }
 
 pub fn record(args: RecordArgs) -> Result<()> {
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the recording at the frames written so far: a complete
+    // recording of them, rather than a process killed half-way that leaves its temporary file
+    // (as large as what was recorded) behind.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let config = SourceConfig::Synthetic(args.synthetic.config(Some(args.frames), None));
     let mut synthetic = source::open(&config, 0, 1, None)?;
+    let stopped = stop.clone();
     let frames = std::iter::from_fn(move || loop {
+        if stopped.load(Ordering::SeqCst) {
+            return None;
+        }
         match synthetic.next_batch(1, Duration::from_secs(1)) {
             Ok(batch) if batch.ended => return None,
             Ok(mut batch) => {
@@ -87,6 +97,12 @@ pub fn record(args: RecordArgs) -> Result<()> {
     let summary = source::write_recording(&args.output, frames, |n| bar.set_position(n))
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
+    if stop.load(Ordering::SeqCst) && summary.frames < args.frames {
+        eprintln!(
+            "ami2 record: stopped by a signal after {} of {} frames",
+            summary.frames, args.frames
+        );
+    }
     println!("wrote {}: {summary}", args.output.display());
     Ok(())
 }
@@ -98,7 +114,7 @@ pub struct DaqSimArgs {
     name: String,
     /// Frames per second, stamped with the Unix time each is due (0 = as fast as possible,
     /// stamped from 0 like `ami2 run`'s synthetic stream).
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = crate::rate_arg)]
     rate: f64,
     /// Frames to produce (default: until Ctrl-C).
     #[arg(long)]
@@ -142,9 +158,16 @@ pub fn daq_sim(args: DaqSimArgs) -> Result<()> {
         stream.start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     }
     let mut synthetic = source::open(&SourceConfig::Synthetic(stream), 0, 1, None)?;
+    let needed = ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?;
     let slot_bytes = match args.slot_bytes {
+        // Checked before the ring is made: a ring of slots too small holds no frame.
+        Some(bytes) if bytes < needed => {
+            return Err(crate::refused(anyhow::anyhow!(
+                "--slot-bytes {bytes} cannot hold this stream's frames: a slot needs {needed} bytes (the default)"
+            )))
+        }
         Some(bytes) => bytes,
-        None => ShmProducer::slot_bytes_for(&first_frame(&args.synthetic)?)?,
+        None => needed,
     };
     let slots = args.slots.unwrap_or_else(|| default_slots(slot_bytes));
     let mut producer = ShmProducer::create(&args.name, slots, slot_bytes).with_context(|| format!("creating the ring {}", args.name))?;

@@ -65,7 +65,7 @@ pub struct RunArgs {
     #[arg(long)]
     frames: Option<u64>,
     /// Synthetic source: frames per second (0 = as fast as possible).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::rate_arg)]
     rate: Option<f64>,
     /// Synthetic source: random seed [default: 1].
     #[arg(long)]
@@ -81,7 +81,7 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Stop after this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::seconds_arg)]
     seconds: Option<f64>,
     /// Keep the service running: restart it (from the data directory) whenever it dies.
     #[arg(long)]
@@ -168,6 +168,11 @@ impl RunArgs {
                     }
                 }
                 SourceConfig::Synthetic(synthetic)
+            }
+            Some(("file", "")) => {
+                return Err(refused(anyhow::anyhow!(
+                    "--source file:PATH needs the path of a recording (`ami2 record` makes one)"
+                )))
             }
             Some(("file", path)) => SourceConfig::File {
                 path: PathBuf::from(path),
@@ -295,7 +300,11 @@ fn cpu_processors_for(partitions: usize, ranks: usize, legion_args: &[String]) -
         return None;
     }
     let default = runtime::cpu_processors(&[]);
-    let wanted = partitions.min(runtime::cores());
+    // Within the processors Legion runs in a process, beside the others the arguments ask for.
+    let others = runtime::local_processors(legion_args).saturating_sub(runtime::cpu_processors(legion_args));
+    let wanted = partitions
+        .min(runtime::cores())
+        .min(runtime::MAX_LOCAL_PROCESSORS.saturating_sub(others));
     (wanted > default).then_some(wanted)
 }
 
@@ -458,8 +467,18 @@ pub fn run(args: RunArgs, demo: bool) -> Result<()> {
     if let Some(cpus) = cpu_processors_for(config.partitions, ranks, &legion_args) {
         legion_args.extend(["-ll:cpu".to_string(), cpus.to_string()]);
     }
-    if let Some(io) = io_processors_for(config.partitions, ranks, args.service_nodes, &legion_args).filter(|&n| n > 0) {
+    // IO processors only within the processors Legion runs in a process (else the sources stay
+    // on the CPU processors).
+    let room = runtime::MAX_LOCAL_PROCESSORS.saturating_sub(runtime::local_processors(&legion_args));
+    if let Some(io) = io_processors_for(config.partitions, ranks, args.service_nodes, &legion_args).filter(|&n| n > 0 && n <= room) {
         legion_args.extend(["-ll:io".to_string(), io.to_string()]);
+    }
+    let processors = runtime::local_processors(&legion_args);
+    if processors > runtime::MAX_LOCAL_PROCESSORS {
+        return Err(refused(anyhow::anyhow!(
+            "the Legion arguments ask for {processors} processors in a process (-ll:cpu, -ll:util, -ll:io, ...); this Legion runs at most {}",
+            runtime::MAX_LOCAL_PROCESSORS
+        )));
     }
     // Every process of a multi-process run (`ami2 launch`, mpirun) writes its own profile.
     let tool_flags = crate::profiling::legion_flags(args.tools.profile.as_deref(), args.tools.spy.as_deref(), ranks, &legion_args)?;

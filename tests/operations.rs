@@ -155,6 +155,77 @@ fn cron_install_writes_an_entry_in_the_cron_folder_and_uninstall_removes_it() {
 }
 
 #[test]
+fn client_commands_refuse_an_address_that_is_not_host_and_port() {
+    // A typo in the address is named as such (a refused argument), not reported as a service
+    // that does not run.
+    for addr in ["localhost", "127.0.0.1:99999", ":7820", "127.0.0.1:"] {
+        for command in [&["status"][..], &["get", "/control/graph/version"], &["graph", "show"], &["watch"]] {
+            let args: Vec<&str> = command.iter().copied().chain(["--connect", addr]).collect();
+            let out = common::ami2_within(&args, Duration::from_secs(20)).unwrap_or_else(|| panic!("ami2 {args:?} did not end"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "ami2 {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("--connect (or AMI2_ADDR) {addr:?} is not an address")),
+                "ami2 {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn numbers_that_are_not_seconds_or_rates_are_refused_not_ignored_nor_a_panic() {
+    let run = ["run", "--frames", "10", "--metrics", "0", "--no-listen"];
+    let cases: [(&[&str], &str); 5] = [
+        (&["launch", "--np", "1"], "--start-timeout"),
+        (&run, "--seconds"),
+        (&run, "--rate"),
+        (&["daq-sim", "--frames", "10", "--name", "ami2-ops-rate"], "--rate"),
+        (&["status", "--connect", "127.0.0.1:1"], "--check"),
+    ];
+    for (command, option) in cases {
+        for value in ["NaN", "inf", "-1"] {
+            let given = format!("{option}={value}");
+            let mut args: Vec<&str> = command.to_vec();
+            args.push(&given);
+            if command[0] == "launch" {
+                args.extend(run);
+            }
+            if command.contains(&"run") || command[0] == "launch" {
+                args.extend(common::LEGION);
+            }
+            let out = common::ami2_within(&args, Duration::from_secs(60)).unwrap_or_else(|| panic!("ami2 {args:?} did not end"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "ami2 {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("invalid value '{value}' for '{option}")),
+                "ami2 {args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "ami2 {args:?}: {stderr}");
+        }
+    }
+    let _ = std::fs::remove_file("/dev/shm/ami2-ops-rate");
+}
+
+#[test]
+fn watch_refuses_an_empty_result_name_before_connecting() {
+    // No service needed: the name is refused first (it would never name a result).
+    let out =
+        common::ami2_within(&["watch", "energy_hist", "", "--connect", "127.0.0.1:1"], Duration::from_secs(20)).expect("ami2 watch ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a result name is empty"), "{stderr}");
+}
+
+#[test]
+fn a_file_source_without_a_path_is_refused() {
+    // Refused (not restarted by a supervisor), rather than "recording  does not exist".
+    let out = ami2(&with_legion(&["run", "--source", "file:", "--metrics", "0", "--no-listen"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--source file:PATH needs the path of a recording"), "{stderr}");
+}
+
+#[test]
 fn a_failed_command_prints_its_error_and_causes_without_a_backtrace() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami2"))
         .args(["status", "--connect", "127.0.0.1:1"])

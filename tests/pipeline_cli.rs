@@ -116,6 +116,148 @@ fn options_of_the_synthetic_source_are_refused_with_another_source() {
     }
 }
 
+#[test]
+fn partitions_beyond_legions_processors_per_process_run_and_too_many_processors_are_refused() {
+    // An IO processor per partition would take Legion past the 64 processors it runs in a
+    // process (it aborted at start): the sources stay on the CPU processors instead.
+    let args = with_legion(&[
+        "run",
+        "--partitions",
+        "70",
+        "--frames",
+        "140",
+        "--json",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ]);
+    let out = ami2_within(&args, Duration::from_secs(300)).expect("the run ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(total_events(&bins(&out)), 140, "{stderr}");
+    // Asked for in the Legion arguments: refused before the runtime starts.
+    let out = ami2(&[
+        "run",
+        "--frames",
+        "10",
+        "--metrics",
+        "0",
+        "--no-listen",
+        "--",
+        "-ll:cpu",
+        "1",
+        "-ll:util",
+        "1",
+        "-ll:io",
+        "70",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ask for 72 processors in a process") && !stderr.contains("LEGION ERROR"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn daq_sim_refuses_slots_too_small_for_its_frames_before_making_the_ring() {
+    let name = format!("ami2-cli-small-slots-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let out = ami2(&["daq-sim", "--name", &name, "--slot-bytes", "100", "--frames", "10", "--rate", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let made = ring.exists();
+    let _ = std::fs::remove_file(&ring);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--slot-bytes 100 cannot hold this stream's frames"), "{stderr}");
+    assert!(!made, "a ring of slots too small was left in /dev/shm");
+}
+
+#[test]
+fn a_replay_continued_past_the_end_of_its_recording_says_there_is_nothing_left() {
+    let dir = scratch("replayed-again");
+    let file = dir.join("short.rec");
+    let data_dir = dir.join("data");
+    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "100", "--image-size", "16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let source = format!("file:{}", file.display());
+    let run = || {
+        ami2(&with_legion(&[
+            "run",
+            "--source",
+            &source,
+            "--json",
+            "--metrics",
+            "0",
+            "--no-listen",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]))
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert_eq!(total_events(&bins(&first)), 100);
+    assert!(!stderr.contains("already replayed"), "{stderr}");
+    // The same data directory again: nothing is left, and the run says why.
+    let again = run();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(total_events(&bins(&again)), 0);
+    assert!(
+        stderr.contains(&format!("recording {} was already replayed to its end", file.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_recording_stopped_by_ctrl_c_keeps_its_frames_and_leaves_no_temporary_file() {
+    let dir = scratch("record-interrupted");
+    let file = dir.join("long.rec");
+    let stderr_file = scratch("record-interrupted-stderr").join("stderr");
+    // Far more frames than it will write before the signal.
+    let mut child = common::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ami2"))
+            .args(["record", file.to_str().unwrap(), "--frames", "100000000", "--image-size", "16"])
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_file).unwrap())
+            .spawn()
+            .expect("ami2 runs"),
+    );
+    // Until its temporary file holds frames.
+    let written = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(&dir) < 1 << 20 {
+        assert!(Instant::now() < deadline, "ami2 record wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupted = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status();
+    assert!(interrupted.unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ami2 record did not end after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped by a signal after"), "{stderr}");
+    // A complete recording of what was recorded, and nothing else in the folder.
+    let summary = ami_tasks::source::recording_info(&file).unwrap();
+    assert!(summary.intact && summary.frames > 0, "{summary:?}");
+    assert_eq!(summary.last_seq, Some(summary.frames - 1), "{summary:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["long.rec"], "files left behind");
+}
+
 /// A bin's value of `result`.
 fn result<'b>(bin: &'b Value, name: &str) -> &'b Value {
     bin["values"]
@@ -353,6 +495,120 @@ fn the_built_in_graph_is_fitted_again_when_the_frames_change_shape() {
     assert_eq!(failures[0]["version"], 1, "{failures:?}");
     assert!(summary["incidents_total"].as_u64().unwrap() <= 3, "{summary}");
     assert!(stderr.contains("fitted again to the source's frames, it is version 2"), "{stderr}");
+}
+
+#[test]
+fn frames_grown_beyond_the_telemetry_buffers_end_the_run_saying_it_must_start_again() {
+    // The producer restarts with frames far larger than those the service sized its telemetry
+    // buffers for (images of 512x512 after none): the run ends, saying why and what to do,
+    // rather than that a store "is full" and needs "more capacity", which no user can give it.
+    let name = format!("ami2-cli-grown-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let producer = |size: &str, rate: &str| {
+        common::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_ami2"))
+                .args([
+                    "daq-sim",
+                    "--name",
+                    &name,
+                    "--rate",
+                    rate,
+                    "--slots",
+                    "16",
+                    "--waveform-length",
+                    "16",
+                ])
+                .args(["--image-size", size])
+                .env_remove("LD_LIBRARY_PATH")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("daq-sim starts"),
+        )
+    };
+    let small = producer("0", "200");
+    let started = Instant::now();
+    while !ring.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source = format!("shm:{name}");
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--batch-size",
+        "1",
+        "--seconds",
+        "30",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&args))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ami2 run starts");
+    std::thread::sleep(Duration::from_secs(4));
+    drop(small);
+    let large = producer("512", "50");
+    let out = run.wait_with_output().unwrap();
+    drop(large);
+    let _ = std::fs::remove_file(&ring);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("more than an empty telemetry buffer holds") && stderr.contains("must start again"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn events_of_a_producer_restarted_with_an_earlier_clock_are_said_to_be_in_no_result() {
+    // A live producer (Unix time stamps) is replaced by one whose stamps count from 0: its
+    // events fall in bins long published, so none reaches a result. The run says so, rather
+    // than counting events that no bin shows without a word.
+    let name = format!("ami2-cli-clock-{}", std::process::id());
+    let ring = Path::new("/dev/shm").join(&name);
+    let mut live = paced_daq_sim(&name, "16");
+    let started = Instant::now();
+    while !ring.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source = format!("shm:{name}");
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--json",
+        "--seconds",
+        "10",
+        "--metrics",
+        "0",
+        "--no-listen",
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(with_legion(&args))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ami2 run starts");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = live.kill();
+    let _ = live.wait();
+    let restarted = ami2(&["daq-sim", "--name", &name, "--rate", "0", "--frames", "20000", "--image-size", "16"]);
+    let out = run.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&ring);
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("came for time bins already published, and are in no result"),
+        "{stderr}"
+    );
 }
 
 #[test]

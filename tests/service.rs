@@ -365,6 +365,80 @@ fn a_slow_subscriber_loses_its_oldest_bins_and_slows_nobody() {
     assert!(dropped > 0, "no dropped notice");
 }
 
+/// Resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS");
+    kb << 10
+}
+
+#[test]
+fn subscribers_that_do_not_read_hold_bounded_memory_however_large_the_bins() {
+    // Four results of 16,384 bins (about 0.5 MB each in memory): ten subscribers that never read
+    // used to hold 256 of them each, over 1.3 GB in all.
+    let dir = scratch("stalled-memory");
+    let graph = dir.join("graph.json");
+    let histogram = |id: &str| json!({"id": id, "op": "histogram", "inputs": ["energy"], "params": {"bins": 16384, "low": 0, "high": 10}});
+    let doc = json!({
+        "nodes": [
+            {"id": "energy", "op": "select", "params": {"field": "energy", "kind": "scalar"}},
+            histogram("h1"), histogram("h2"), histogram("h3"), histogram("h4"),
+        ],
+        "results": ["h1", "h2", "h3", "h4"],
+    });
+    std::fs::write(&graph, doc.to_string()).unwrap();
+    let extra = [
+        "--graph",
+        graph.to_str().unwrap(),
+        "--image-size",
+        "0",
+        "--rate",
+        "200",
+        "--display-rate",
+        "10",
+        "--stall-timeout",
+        "120",
+        "--metrics",
+        "0",
+    ];
+    let service = Service::start(&dir, "127.0.0.1:0", &extra);
+    let editor = client(&service.addr);
+    let mut watcher = subscriber(&service.addr, &["h1"]);
+    next_bin(&mut watcher);
+    drop(watcher);
+    let before = resident_bytes(service.child.id());
+    let subscribe = ClientMessage::Subscribe {
+        results: ["h1", "h2", "h3", "h4"].map(String::from).to_vec(),
+    };
+    let stuck: Vec<TcpStream> = (0..10)
+        .map(|i| {
+            let mut stream = TcpStream::connect(&service.addr).unwrap();
+            let hello = ClientMessage::Hello(Hello::new(format!("stuck-{i}"), Role::Subscriber));
+            let mut bytes = protocol1::encode_frame(&hello, usize::MAX).unwrap();
+            bytes.extend(protocol1::encode_frame(&subscribe, usize::MAX).unwrap());
+            stream.write_all(&bytes).unwrap();
+            stream
+        })
+        .collect();
+    // Until every stuck subscriber has had a full queue's worth of bins dropped.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while editor.status().unwrap()["server"]["bins_dropped"].as_u64().unwrap() < 10 * 256 {
+        assert!(Instant::now() < deadline, "the stuck subscribers' bins were never dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let grown = resident_bytes(service.child.id()).saturating_sub(before);
+    assert!(
+        grown < 800 << 20,
+        "{} MB more held for 10 subscribers that do not read",
+        grown >> 20
+    );
+    drop(stuck);
+}
+
 #[test]
 fn listening_off_loopback_needs_a_token() {
     let out = common::ami2(&["run", "--listen", "0.0.0.0:0", "--frames", "10"]);

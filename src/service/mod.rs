@@ -51,7 +51,8 @@ pub struct ServiceArgs {
     /// Close a client connection silent for this many seconds.
     #[arg(long, default_value_t = protocol1::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
-    /// Bins queued per client before the oldest are dropped.
+    /// Bins queued per client before the oldest are dropped (fewer when they would take more than
+    /// 32 MiB of memory).
     #[arg(long, default_value_t = protocol1::DEFAULT_SUBSCRIBER_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     subscriber_queue: usize,
 }

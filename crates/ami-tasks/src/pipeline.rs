@@ -314,6 +314,25 @@ fn warn_if_behind(sources: &BTreeMap<usize, (SourcePosition, SourceStats)>, warn
     }
 }
 
+/// Warns, at most once per 10 s, while partials keep arriving for bins already published: their
+/// events are in no result, which the counters alone (`late_partials`) do not make plain.
+/// `warned_upto` is the late partials counted when it last warned.
+fn warn_if_late(late_partials: u64, warned_upto: &mut u64, warnings: &RateLimitedCount) {
+    if late_partials <= *warned_upto || warnings.note().is_none() {
+        return;
+    }
+    tracing::warn!(
+        component = "driver",
+        late_partials,
+        "{} partials of events came for time bins already published, and are in no result: a partition \
+         lags its stream more than the other ones by more than the bin wait, or the stream's time stamps went \
+         back (a producer restarted with an earlier clock, whose events count as late until its time stamps \
+         pass the newest bin published)",
+        late_partials - *warned_upto
+    );
+    *warned_upto = late_partials;
+}
+
 /// What the observer wants after a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -868,6 +887,8 @@ fn run_on_stores(
     let mut snapshot_failures = SnapshotFailures::new();
     let mut marked_bad: HashSet<u64> = HashSet::new();
     let behind_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
+    let late_warnings = RateLimitedCount::new(std::time::Duration::from_secs(10));
+    let mut late_warned_upto = 0;
     let mut handle = |report: GlobalReport, summary: &mut RunSummary| -> Result<bool, PipelineError> {
         incident_log.record(ctx, stores, report.incidents.clone(), summary)?;
         let monitor_incidents = monitors.poll(ctx)?;
@@ -889,6 +910,7 @@ fn run_on_stores(
         summary.bins_dropped_early = report.state.bins_dropped_early;
         summary.sources.extend(report.sources.clone());
         warn_if_behind(&report.sources, &behind_warnings);
+        warn_if_late(report.state.late_partials, &mut late_warned_upto, &late_warnings);
         merge_by_task(&mut summary.ran_on, report.ran_on.clone());
         merge_by_task(&mut summary.processors, report.processors.clone());
         summary.task_cpu.add(report.cpu);

@@ -564,7 +564,17 @@ impl FrameSink for ChunkSink<'_, '_> {
             .map_err(|e| sink_error(e.to_string()))?
             .is_some_and(|w| w.remaining() >= need);
         if !fits {
-            self.open_chunk(seq, need).map_err(|e| sink_error(e.to_string()))?;
+            let first = self.written == 0;
+            self.open_chunk(seq, need).map_err(|e| match e {
+                // The buffer is empty, and still too small: no retry can store this frame.
+                kv_region::KvError::StoreFull { .. } | kv_region::KvError::ValueTooLarge { .. } if first => sink_error(format!(
+                    "it takes {need} bytes, more than an empty telemetry buffer holds. The buffers were sized when \
+                     the service started, for the source's frames then: its frames have grown since (a producer \
+                     restarted with larger frames?), and the service must start again to size them anew \
+                     (`ami2 run --supervise` does)"
+                )),
+                e => sink_error(e.to_string()),
+            })?;
         }
         self.written += need;
         self.writer()

@@ -63,6 +63,20 @@ pub fn launch_rank() -> Option<u32> {
         })
 }
 
+/// Most processors Legion runs in one process, CPU, utility, IO and others together
+/// (`LEGION_MAX_NUM_PROCS`, fixed when Legion was built): with more it aborts at start.
+pub const MAX_LOCAL_PROCESSORS: usize = legion_sys::LEGION_MAX_NUM_PROCS as usize;
+
+/// Processors Legion starts in one process with `args`, completed with the defaults: `-ll:cpu`,
+/// `-ll:util`, `-ll:io`, `-ll:gpu`, `-ll:omp` and `-ll:py` together.
+pub fn local_processors(args: &[String]) -> usize {
+    let all = with_default_args(args);
+    ["-ll:cpu", "-ll:util", "-ll:io", "-ll:gpu", "-ll:omp", "-ll:py"]
+        .iter()
+        .filter_map(|flag| flag_value(&all, flag)?.parse::<usize>().ok())
+        .sum()
+}
+
 /// Megabytes of Realm system memory when the caller does not say (`-ll:csize`).
 pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 
@@ -74,7 +88,7 @@ pub const DEFAULT_SYSTEM_MEMORY_MB: u64 = 1024;
 pub fn default_args() -> Vec<String> {
     let cores = cores();
     let util = if cores > 8 { 2 } else { 1 };
-    let cpus = cores.saturating_sub(util + 1).max(1);
+    let cpus = cores.saturating_sub(util + 1).clamp(1, MAX_LOCAL_PROCESSORS - util);
     // Realm logs to stdout unless told otherwise; stdout belongs to the program.
     let mut args = vec![
         "-ll:cpu".into(),

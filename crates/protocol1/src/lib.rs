@@ -49,7 +49,7 @@ pub use requests::{
     check_base_version, graph_json_bytes, graph_too_large, Accepted, Edit, NodeDoc, Reason, Rejected, Request, MAX_GRAPH_BYTES,
     MAX_LISTED_REASONS, MAX_REASON_TEXT_BYTES,
 };
-pub use results::{Bin, Dropped, SubscriberQueue, TooLarge, DEFAULT_SUBSCRIBER_QUEUE};
+pub use results::{value_bytes, Bin, Dropped, SubscriberQueue, TooLarge, DEFAULT_SUBSCRIBER_QUEUE, SUBSCRIBER_QUEUE_BYTES};
 
 /// The address the service listens on by default (loopback only; any other address needs an
 /// access token, see [`HandshakePolicy::for_listen_addr`]).

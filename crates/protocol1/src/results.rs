@@ -12,6 +12,29 @@ use crate::message::ServerMessage;
 /// Default capacity of a subscriber's queue of bins.
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
 
+/// Most memory the bins waiting in a subscriber's queue may take (their values as held in
+/// memory, [`value_bytes`]), whatever their count: 256 bins of a 65,536-bin histogram would take
+/// over 500 MB per subscriber that does not read, and a few such subscribers would exhaust the
+/// server's memory.
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 32 << 20;
+
+/// The memory a JSON value takes, about: a `Value` per element, and the bytes of strings and
+/// object keys.
+pub fn value_bytes(value: &Value) -> usize {
+    let node = std::mem::size_of::<Value>();
+    match value {
+        Value::String(s) => node + s.len(),
+        Value::Array(items) => node + items.iter().map(value_bytes).sum::<usize>(),
+        Value::Object(map) => {
+            node + map
+                .iter()
+                .map(|(k, v)| std::mem::size_of::<String>() + k.len() + value_bytes(v))
+                .sum::<usize>()
+        }
+        _ => node,
+    }
+}
+
 /// One finished time bin of one result, as stored under `/results/<result>/<bin:012>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +81,9 @@ pub struct TooLarge {
     pub max: u64,
 }
 
-/// A connection's outgoing queue on the server: at most `bin_cap` bins, the oldest dropped
-/// when a new one arrives and the queue is full, and at most `other_cap` other messages
+/// A connection's outgoing queue on the server: at most `bin_cap` bins taking at most
+/// [`SUBSCRIBER_QUEUE_BYTES`] (the newest bin is always kept), the oldest dropped when a new one
+/// arrives and the queue is full, and at most `other_cap` other messages
 /// (answers), which are never dropped — a client that lets answers pile up is misbehaving
 /// ([`ProtocolError::QueueFull`], code `busy`: disconnect it).
 ///
@@ -69,8 +93,11 @@ pub struct TooLarge {
 pub struct SubscriberQueue {
     bin_cap: usize,
     other_cap: usize,
-    items: VecDeque<ServerMessage>,
+    /// Queued messages, each with the memory its bin's value takes (0 for other messages).
+    items: VecDeque<(ServerMessage, usize)>,
     bins: usize,
+    /// Memory of the queued bins' values.
+    bin_bytes: usize,
     dropped: u64,
     too_large: Option<TooLarge>,
     dropped_total: u64,
@@ -84,6 +111,7 @@ impl SubscriberQueue {
             other_cap,
             items: VecDeque::new(),
             bins: 0,
+            bin_bytes: 0,
             dropped: 0,
             too_large: None,
             dropped_total: 0,
@@ -93,20 +121,22 @@ impl SubscriberQueue {
     /// Queues a message. A bin never fails (the oldest queued bin is dropped when full);
     /// another message fails with `QueueFull` when `other_cap` of them are waiting.
     pub fn push(&mut self, msg: ServerMessage) -> Result<(), ProtocolError> {
+        let bytes = match &msg {
+            ServerMessage::Bin(bin) => value_bytes(&bin.value),
+            _ if self.items.len() - self.bins >= self.other_cap => {
+                return Err(ProtocolError::QueueFull { cap: self.other_cap });
+            }
+            _ => 0,
+        };
         if matches!(msg, ServerMessage::Bin(_)) {
-            if self.bins == self.bin_cap {
-                if let Some(pos) = self.items.iter().position(|m| matches!(m, ServerMessage::Bin(_))) {
-                    self.items.remove(pos);
-                    self.bins -= 1;
-                    self.dropped += 1;
-                    self.dropped_total += 1;
-                }
+            // Room for it: the oldest bins go while there are too many, or they take too much.
+            while self.bins > 0 && (self.bins == self.bin_cap || self.bin_bytes + bytes > SUBSCRIBER_QUEUE_BYTES) {
+                self.drop_oldest_bin();
             }
             self.bins += 1;
-        } else if self.items.len() - self.bins >= self.other_cap {
-            return Err(ProtocolError::QueueFull { cap: self.other_cap });
+            self.bin_bytes += bytes;
         }
-        self.items.push_back(msg);
+        self.items.push_back((msg, bytes));
         Ok(())
     }
 
@@ -118,11 +148,23 @@ impl SubscriberQueue {
             let too_large = self.too_large.take();
             return Some(ServerMessage::Dropped(Dropped { count, too_large }));
         }
-        let msg = self.items.pop_front()?;
+        let (msg, bytes) = self.items.pop_front()?;
         if matches!(msg, ServerMessage::Bin(_)) {
             self.bins -= 1;
+            self.bin_bytes -= bytes;
         }
         Some(msg)
+    }
+
+    fn drop_oldest_bin(&mut self) {
+        if let Some(pos) = self.items.iter().position(|(m, _)| matches!(m, ServerMessage::Bin(_))) {
+            if let Some((_, bytes)) = self.items.remove(pos) {
+                self.bins -= 1;
+                self.bin_bytes -= bytes;
+                self.dropped += 1;
+                self.dropped_total += 1;
+            }
+        }
     }
 
     /// Counts a bin of `result` as dropped without queueing it: as a message it takes `bytes`,
@@ -226,6 +268,43 @@ mod tests {
         q.push(bin(10)).unwrap();
         q.push(bin(11)).unwrap();
         assert_eq!(q.pop(), Some(ServerMessage::Dropped(Dropped { count: 1, too_large: None })));
+    }
+
+    #[test]
+    fn large_bins_are_bounded_by_the_memory_they_take_not_only_by_their_count() {
+        // Bins of a 65,536-bin histogram (about 2 MB each in memory): a subscriber that does not
+        // read keeps the newest few, not 256 of them (over 500 MB).
+        let mut q = SubscriberQueue::default();
+        let counts = Value::Array(vec![Value::from(0u64); 65_536]);
+        for b in 0..256 {
+            let mut msg = bin(b);
+            if let ServerMessage::Bin(bin) = &mut msg {
+                bin.value = serde_json::json!({"counts": counts.clone(), "low": 0.0, "high": 10.0});
+            }
+            q.push(msg).unwrap();
+        }
+        let per_bin = 65_536 * std::mem::size_of::<Value>();
+        assert!(q.len() * per_bin <= 32 << 20, "{} bins of {per_bin} bytes kept", q.len());
+        assert!(q.len() >= 8, "only {} bins kept", q.len());
+        assert_eq!(q.dropped_total(), 256 - q.len() as u64);
+        let notice = q.pop();
+        assert_eq!(
+            notice,
+            Some(ServerMessage::Dropped(Dropped {
+                count: 256 - q.len() as u64,
+                too_large: None
+            }))
+        );
+        let kept: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|m| bin_no(&m)).collect();
+        assert_eq!(kept.last(), Some(&255), "the newest bin is kept");
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        // A single bin larger than the bound still goes out.
+        let mut huge = bin(256);
+        if let ServerMessage::Bin(bin) = &mut huge {
+            bin.value = Value::Array(vec![Value::from(0u64); 2 << 20]);
+        }
+        q.push(huge).unwrap();
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! delivered twice or skipped. A frame read but held back by the pacing is not counted as read:
 //! the position stays at its record.
 //!
+//! A replay continued at the end of the file (a recording already replayed to its end with the
+//! same data directory) delivers nothing and says so with a warning.
+//!
 //! A damaged recording (truncated, or a record failing its CRC) ends the replay at the last
 //! intact frame; the source logs where with `tracing::warn!` and says it in
 //! [`SourceStats::note`].
@@ -108,6 +111,17 @@ impl FileDataSource {
         if let Some(from) = from {
             reader.seek(from.offset)?;
         }
+        // A replay continued at the end of the file has nothing left: say so, rather than a run
+        // that ends at once with no events and no reason.
+        let note = (from.is_some() && reader.offset() == reader.file_len()).then(|| {
+            format!(
+                "recording {} was already replayed to its end (the saved position is at its last byte): nothing is left to replay; a data directory without this position replays it again",
+                path.display()
+            )
+        });
+        if let Some(note) = &note {
+            tracing::warn!(component = "data_source", partition, "{note}");
+        }
         Ok(FileDataSource {
             path: path.to_path_buf(),
             start_offset: reader.offset(),
@@ -121,7 +135,7 @@ impl FileDataSource {
             delivered: 0,
             records_read: 0,
             ended: false,
-            note: None,
+            note,
             behind: None,
         })
     }

@@ -250,6 +250,8 @@ pub enum SourceError {
     Encode { seq: u64, reason: String },
     #[error("shared-memory ring {name:?} does not exist ({}); is the producer running?", path.display())]
     ShmMissing { name: String, path: PathBuf },
+    #[error("shared-memory ring {name:?} has a producer already (another process writes it): one producer per ring; stop that one first, or name this ring otherwise")]
+    ShmHasProducer { name: String },
     #[error("invalid shared-memory name {name:?}: {reason}")]
     ShmName { name: String, reason: String },
     #[error("shared-memory ring {name:?}: bad header: {reason}")]

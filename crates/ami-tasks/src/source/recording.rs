@@ -22,7 +22,8 @@
 //!
 //! A file that ends exactly after a record is intact. [`write_recording`] writes to a temporary
 //! file next to the target (`.<name>.tmp-<pid>`), fsyncs it, renames it over the target and
-//! fsyncs the directory, so a recording is either complete or absent.
+//! fsyncs the directory, so a recording is either complete or absent. `ami2 record` stopped by
+//! Ctrl-C (or SIGTERM) ends the recording at the frames written so far and says so.
 //!
 //! # Damage
 //!

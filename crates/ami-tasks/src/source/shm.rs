@@ -66,9 +66,18 @@
 //! restart. A consumer opened without a position starts at the oldest valid slot.
 //!
 //! Frames larger than the slot capacity are refused by the producer
-//! ([`SourceError::FrameTooLarge`]). One producer per ring at a time.
+//! ([`SourceError::FrameTooLarge`]). One producer per ring at a time: a producer
+//! holds a lock (`flock`) on the ring while it lives, and a second one is refused
+//! (`SourceError::ShmHasProducer`) rather than reset the ring under the first.
+//!
+//! The service sizes its telemetry buffers for the ring's slots when it starts: a producer
+//! restarted with frames too large for them ends the run with an error that says so, and a
+//! supervisor starts it again, sized for the new ring.
 
 use std::fs::{File, OpenOptions};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -271,7 +280,8 @@ const SLOT_GROWTH_BYTES: usize = 20;
 pub struct ShmProducer {
     name: String,
     path: PathBuf,
-    file: File,
+    /// The ring, locked (`flock`) for as long as this producer lives: one producer per ring.
+    file: Flock<File>,
     header: Header,
     stride: u64,
     buf: Vec<u8>,
@@ -305,6 +315,13 @@ impl ShmProducer {
             .truncate(false)
             .open(&path)
             .map_err(io("cannot create shared memory"))?;
+        // A second producer would reset the ring under the first, and both would write it:
+        // consumers would see a "restart" at every other frame and read frames again.
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(file) => file,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(SourceError::ShmHasProducer { name: name.to_string() }),
+            Err((_, errno)) => return Err(io("cannot lock shared memory")(errno.into())),
+        };
         let previous = match read_header(&file).map_err(io("cannot read shared memory"))? {
             HeaderRead::Valid(h) => h.epoch,
             _ => 0,
@@ -996,7 +1013,8 @@ mod tests {
         }
         assert_eq!(seqs(&mut consumer, 100), [0, 1, 2, 3, 4]);
         let old_epoch = producer.epoch();
-        // In place (same file), with a different geometry.
+        // In place (same file), with a different geometry, once the first producer is gone.
+        drop(producer);
         let mut producer = ShmProducer::create(&ring.0, 8, 2048).unwrap();
         assert_ne!(producer.epoch(), old_epoch);
         for seq in 100..103 {
@@ -1006,6 +1024,7 @@ mod tests {
         assert_eq!(consumer.stats().producer_restarts, 1);
         // Unlinked and recreated (a new file at the path).
         ShmProducer::remove(&ring.0).unwrap();
+        drop(producer);
         let mut producer = ShmProducer::create(&ring.0, 8, 2048).unwrap();
         for seq in 200..202 {
             producer.push(&frame(seq)).unwrap();
@@ -1013,6 +1032,26 @@ mod tests {
         assert_eq!(seqs(&mut consumer, 100), [200, 201]);
         assert_eq!(consumer.stats().producer_restarts, 2);
         assert_eq!(consumer.stats().overruns, 0);
+    }
+
+    #[test]
+    fn a_second_producer_is_refused_while_the_first_lives_and_its_frames_stay_intact() {
+        let ring = Ring::new("two-producers");
+        let mut first = ShmProducer::create(&ring.0, 16, 4096).unwrap();
+        let mut consumer = SharedMemoryDataSource::open(&ring.0, 0, 1, None).unwrap();
+        first.push(&frame(0)).unwrap();
+        let err = ShmProducer::create(&ring.0, 16, 4096).err().expect("a second producer is refused");
+        assert!(err.to_string().contains("has a producer already"), "{err}");
+        // The first producer's ring is untouched, and it goes on.
+        first.push(&frame(1)).unwrap();
+        assert_eq!(seqs(&mut consumer, 100), [0, 1]);
+        assert_eq!(consumer.stats().producer_restarts, 0);
+        // Once it is gone, another producer may take the ring.
+        drop(first);
+        let mut second = ShmProducer::create(&ring.0, 16, 4096).unwrap();
+        second.push(&frame(10)).unwrap();
+        assert_eq!(seqs(&mut consumer, 100), [10]);
+        assert_eq!(consumer.stats().producer_restarts, 1);
     }
 
     #[test]
