@@ -208,13 +208,14 @@ pub fn seconds_arg(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses a rate in frames per second: a finite number of 0 or more (0: as fast as possible).
+/// Parses a rate in frames per second: a number from 0 (as fast as possible) to 1e9, past which
+/// frames 1 ns apart would share their time stamps.
 pub fn rate_arg(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if value.is_finite() && value >= 0.0 {
+    if (0.0..=1e9).contains(&value) {
         Ok(value)
     } else {
-        Err("a number of frames per second, 0 or more (0: as fast as possible), is needed".into())
+        Err("a number of frames per second from 0 (as fast as possible) to 1e9 is needed".into())
     }
 }
 

@@ -248,7 +248,17 @@ impl RunArgs {
         }
         let recording = match &source {
             SourceConfig::File { path, .. } => {
-                Some(ami_tasks::source::recording_info(path).with_context(|| format!("reading {}", path.display()))?)
+                let info = ami_tasks::source::recording_info(path).map_err(|error| {
+                    // A start again would fail the same way: refused, so --supervise stops.
+                    let unusable = error.is_unusable_recording();
+                    let error = anyhow::Error::new(error).context(format!("reading {}", path.display()));
+                    if unusable {
+                        refused(error)
+                    } else {
+                        error
+                    }
+                })?;
+                Some(info)
             }
             _ => None,
         };

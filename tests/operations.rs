@@ -203,6 +203,18 @@ fn numbers_that_are_not_seconds_or_rates_are_refused_not_ignored_nor_a_panic() {
             assert!(!stderr.contains("panicked"), "ami2 {args:?}: {stderr}");
         }
     }
+    // A rate past 1e9 frames a second would give frames 1 ns apart the same time stamp.
+    for command in [&run[..], &["daq-sim", "--frames", "10", "--name", "ami2-ops-rate"][..]] {
+        let mut args: Vec<&str> = command.to_vec();
+        args.push("--rate=2e9");
+        if command[0] == "run" {
+            args.extend(common::LEGION);
+        }
+        let out = common::ami2_within(&args, Duration::from_secs(60)).unwrap_or_else(|| panic!("ami2 {args:?} did not end"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "ami2 {args:?}: {stderr}");
+        assert!(stderr.contains("from 0 (as fast as possible) to 1e9"), "ami2 {args:?}: {stderr}");
+    }
     let _ = std::fs::remove_file("/dev/shm/ami2-ops-rate");
 }
 
@@ -223,6 +235,35 @@ fn a_file_source_without_a_path_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--source file:PATH needs the path of a recording"), "{stderr}");
+}
+
+#[test]
+fn a_file_source_that_is_not_a_readable_recording_is_refused() {
+    // Missing, not a recording, or a recording of another format version: a start again would
+    // fail the same way, so it is refused (exit code 2, which a supervisor does not restart).
+    let dir = scratch("unusable-recording");
+    let missing = dir.join("missing.rec");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a recording at all, but long enough to hold a header of one\n".repeat(4)).unwrap();
+    let future = dir.join("future.rec");
+    let out = ami2(&["record", future.to_str().unwrap(), "--frames", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The format version is the u32 at bytes 8..12 (docs/sources.md, "Format").
+    let mut bytes = std::fs::read(&future).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(&future, bytes).unwrap();
+    for (file, says) in [(&missing, "does not exist"), (&text, "not"), (&future, "version")] {
+        let source = format!("file:{}", file.display());
+        let args = with_legion(&["run", "--supervise", "--source", &source, "--metrics", "0", "--no-listen"]);
+        let out = common::ami2_within(&args, Duration::from_secs(60)).expect("the supervisor ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains(says),
+            "{file:?}: {stderr}"
+        );
+        assert!(!stderr.contains("restart 1"), "{file:?}: {stderr}");
+    }
 }
 
 #[test]

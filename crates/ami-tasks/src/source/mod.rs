@@ -264,6 +264,20 @@ pub enum SourceError {
     FrameTooLarge { seq: u64, bytes: usize, slot_bytes: usize },
 }
 
+impl SourceError {
+    /// The file given as a recording is missing or is not a recording this build can read (its
+    /// magic, version or header): opening it again would fail the same way.
+    pub fn is_unusable_recording(&self) -> bool {
+        matches!(
+            self,
+            SourceError::FileMissing { .. }
+                | SourceError::BadMagic { .. }
+                | SourceError::UnsupportedVersion { .. }
+                | SourceError::BadHeader { .. }
+        )
+    }
+}
+
 /// Opens the source for `partition` of `partitions`, continuing from `from` when given. A
 /// position converted to a new partition count is opened without its
 /// [`delivered_before`](SourcePosition::delivered_before), and the source put in a
