@@ -37,6 +37,18 @@ pub fn ami2(args: &[&str]) -> Output {
         .expect("ami2 runs")
 }
 
+/// Starts `ami2 ARGS` in the background, its stdout to `stdout` and its stderr piped (for
+/// `wait_with_output`).
+pub fn spawn_ami2(args: &[&str], stdout: std::process::Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ami2"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ami2 starts")
+}
+
 /// Runs `ami2 ARGS` to completion, or kills it after `limit` (then `None`): for commands that
 /// must end by themselves, where a failure would otherwise hang the test.
 pub fn ami2_within(args: &[&str], limit: Duration) -> Option<Output> {

@@ -144,15 +144,19 @@ fn close(a: &Value, b: &Value) -> bool {
 /// Fresh stores without a data directory, sized for one partition of tiny frames (for cases
 /// that exercise Control or Results directly).
 fn small_stores(ctx: &TaskContext) -> Result<Stores, TaskError> {
-    let sizes = ami_tasks::stores::StoreSizes {
+    Ok(Stores::create(ctx, &small_sizes(), None)?.0)
+}
+
+/// Store sizes of one partition with room for a few small frames.
+fn small_sizes() -> ami_tasks::stores::StoreSizes {
+    ami_tasks::stores::StoreSizes {
         partitions: 1,
         buffers: 2,
         frames_per_buffer: 1,
         max_frame_bytes: 1024,
         chunk_bytes: 4096,
         result_keys: 64,
-    };
-    Ok(Stores::create(ctx, &sizes, None)?.0)
+    }
 }
 
 /// Runs the energy graph, then switches to a graph that compiles but fails on every event.
@@ -745,18 +749,10 @@ fn main() -> ExitCode {
             // written (a folder in its place): an error, and no part of the version in Control,
             // as for a version the graph manager cannot write.
             use ami_tasks::graph_manager::made_graph_key;
-            use ami_tasks::stores::{graph_key, StoreSizes, GRAPH_VERSION_KEY};
+            use ami_tasks::stores::{graph_key, GRAPH_VERSION_KEY};
             let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("install-graph-fails");
             let _ = std::fs::remove_dir_all(&dir);
-            let sizes = StoreSizes {
-                partitions: 1,
-                buffers: 2,
-                frames_per_buffer: 1,
-                max_frame_bytes: 1024,
-                chunk_bytes: 4096,
-                result_keys: 64,
-            };
-            let (stores, _) = Stores::create(ctx, &sizes, Some(&dir))?;
+            let (stores, _) = Stores::create(ctx, &small_sizes(), Some(&dir))?;
             check(install_graph(ctx, &stores, &energy_graph())? == 1, "the first version is 1")?;
             let log = kv_region::persist::SegmentFiles::new(&dir.join("control"), "/control/").log;
             check(log.is_file(), format!("no log {}", log.display()))?;
