@@ -29,7 +29,7 @@ use crate::partition_change::source_state_doc;
 use crate::rate_limited::RateLimitedCount;
 use crate::retention::WrittenBins;
 use crate::robust::{self, robustly, Incident, RetryPolicy};
-use crate::source::{self, DataSource, FrameSink, SourceConfig, SourceError, SourcePosition, SourceStats, Written};
+use crate::source::{self, DataSource, FrameSink, PacingClock, SourceConfig, SourceError, SourcePosition, SourceStats, Written};
 use crate::stores::{bad_graph_key, chunk_key, graph_key, result_key, source_state_key, GRAPH_VERSION_KEY};
 use crate::task_cpu::{CpuStopwatch, TaskCpu};
 use crate::PipelineError;
@@ -329,11 +329,18 @@ pub fn reset_process_state() {
     if let Some(sources) = SOURCES.get() {
         sources.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
-    crate::source::file::forget_replay_clocks();
+    *pacing_clock() = None;
     let mut cache = graph_cache();
     cache.compiled.clear();
     cache.failed.clear();
     cache.last_good = None;
+}
+
+/// The pacing clock this process's partitions share (a new one for each run).
+static PACING: Mutex<Option<PacingClock>> = Mutex::new(None);
+
+fn pacing_clock() -> std::sync::MutexGuard<'static, Option<PacingClock>> {
+    PACING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<SharedSource, TaskError> {
@@ -342,7 +349,9 @@ fn source_for(args: &SourceArgs, saved: Option<SourcePosition>) -> Result<Shared
     if let Some(source) = sources.get(&args.partition) {
         return Ok(source.clone());
     }
-    let opened = source::open(&args.source, args.partition, args.partitions, saved.as_ref())?;
+    let mut opened = source::open(&args.source, args.partition, args.partitions, saved.as_ref())?;
+    // A source reopened after a failed attempt keeps the run's pace too.
+    opened.share_pacing(pacing_clock().get_or_insert_with(PacingClock::default).clone());
     let shared = Arc::new(Mutex::new(OpenSource {
         source: opened,
         last_handover: None,

@@ -412,7 +412,7 @@ fn realtime_replay_follows_the_time_stamps() {
 }
 
 #[test]
-fn the_partitions_of_a_realtime_replay_keep_one_clock() {
+fn the_partitions_of_a_realtime_replay_can_share_one_clock() {
     let dir = Dir::new("realtime-partitions");
     let path = dir.path("run.rec");
     // 80 frames 5 ms apart (400 ms of stream), in 2 partitions.
@@ -421,13 +421,16 @@ fn the_partitions_of_a_realtime_replay_keep_one_clock() {
         path: path.clone(),
         realtime: true,
     };
+    let clock = source::PacingClock::default();
     let mut first = source::open(&config, 0, 2, None).unwrap();
+    first.share_pacing(clock.clone());
     assert!(!first.next_batch(10, Duration::from_millis(1)).unwrap().frames.is_empty());
     // Partition 1 starts 150 ms after partition 0 (a loaded machine, a retry): by the clock the
     // two share, its frames of those 150 ms are due at once (seq 1, 3, ..., 29: 15 frames), not
     // paced from its own start, which would have it trail partition 0 by 150 ms for good.
     std::thread::sleep(Duration::from_millis(150));
     let mut late = source::open(&config, 1, 2, None).unwrap();
+    late.share_pacing(clock);
     let caught_up = late.next_batch(100, Duration::from_millis(1)).unwrap().frames;
     assert!(caught_up.len() >= 10, "only {} frames due for the late partition", caught_up.len());
     assert!(caught_up.iter().all(|f| f.seq % 2 == 1));

@@ -8,9 +8,8 @@
 //! the frames' time stamps: a frame is delivered no earlier than `start + (timestamp -
 //! first_timestamp)`, where `start` is when the process's first partition of this run read its
 //! first record and `first_timestamp` that record's time stamp (time stamps that go backwards are
-//! delivered at once). The partitions of a process share that clock: one that
-//! starts later or is retried is behind the stream and catches up, where a clock of its own would
-//! have it trail the others for good, by more than a bin waits for it on a loaded machine.
+//! delivered at once). In the pipeline the partitions of a process share that clock
+//! ([`PacingClock`](super::PacingClock)).
 //!
 //! [`SourcePosition::offset`] is the byte offset of the next record to read and `next_seq` is one
 //! past the last frame delivered; reopening from a position seeks to the offset, so nothing is
@@ -24,13 +23,13 @@
 //! intact frame; the source logs where with `tracing::warn!` and says it in
 //! [`SourceStats::note`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::recording::RecordingReader;
-use super::{check_partition, decode_frame, is_mine, peek_seq_timestamp, Batch, DataSource, SourceError, SourcePosition, SourceStats};
+use super::{
+    check_partition, decode_frame, is_mine, peek_seq_timestamp, Batch, DataSource, PacingClock, SourceError, SourcePosition, SourceStats,
+};
 use crate::event::Frame;
 
 /// A frame read from the file but not delivered yet (held back by the pacing).
@@ -40,25 +39,6 @@ struct Pending {
     offset: u64,
 }
 
-/// Wall clock and time stamp of the first record a partition of this run read: the pacing
-/// reference of a recording's partitions in this process (see the [module docs](self)).
-type ReplayClock = Arc<OnceLock<(Instant, u64)>>;
-
-/// The clocks of the recordings replayed in this process, by path and recording (its creation
-/// time: a file recorded again is another recording).
-static REPLAY_CLOCKS: Mutex<BTreeMap<(PathBuf, u64), ReplayClock>> = Mutex::new(BTreeMap::new());
-
-/// The clock of the recording made at `created` at `path`, made by the first partition asking.
-fn replay_clock(path: &Path, created: u64) -> ReplayClock {
-    let mut clocks = REPLAY_CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    clocks.entry((path.to_path_buf(), created)).or_default().clone()
-}
-
-/// Forgets the replay clocks: the next run paces from its own start.
-pub fn forget_replay_clocks() {
-    REPLAY_CLOCKS.lock().unwrap_or_else(|e| e.into_inner()).clear();
-}
-
 /// Replays a recording for one partition (see the [module docs](self)).
 pub struct FileDataSource {
     path: PathBuf,
@@ -66,8 +46,9 @@ pub struct FileDataSource {
     partition: usize,
     partitions: usize,
     realtime: bool,
-    /// The pacing reference, shared with the recording's other partitions in this process.
-    clock: ReplayClock,
+    /// The pacing reference: wall clock and time stamp of the first record read, shared with the
+    /// stream's other partitions once the pipeline asks ([`DataSource::share_pacing`]).
+    clock: PacingClock,
     pending: Option<Pending>,
     next_seq: u64,
     delivered: u64,
@@ -129,7 +110,7 @@ impl FileDataSource {
             partition,
             partitions,
             realtime,
-            clock: replay_clock(path, created),
+            clock: PacingClock::default(),
             pending: None,
             next_seq: from.map_or(0, |f| f.next_seq),
             delivered: 0,
@@ -237,6 +218,10 @@ impl DataSource for FileDataSource {
             self.behind = Some(newest.map_or(Duration::ZERO, |due| due.elapsed()));
         }
         Ok(Batch { frames, ended })
+    }
+
+    fn share_pacing(&mut self, clock: PacingClock) {
+        self.clock = clock;
     }
 
     fn position(&self) -> SourcePosition {

@@ -54,7 +54,8 @@ pub mod shm;
 pub mod synthetic;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +88,18 @@ pub trait DataSource: Send {
         let batch = self.next_batch(max, timeout)?;
         copy_batch(sink, &batch)
     }
+
+    /// Paces by `clock`, which the stream's other partitions in this process share, instead of a
+    /// clock of its own (see [`PacingClock`]). Sources that do not pace ignore it.
+    fn share_pacing(&mut self, _clock: PacingClock) {}
 }
+
+/// Where a paced stream began: the instant its first partition (in this process) asked for
+/// frames, and the place in the stream it asked from (a time stamp or a sequence number, as the
+/// source paces). Shared by the partitions, so that one that starts later or is retried is behind
+/// the stream and catches up; with a clock of its own it would trail the others for good, and by
+/// more than a bin waits for it (a loaded machine) its partials came late.
+pub type PacingClock = Arc<OnceLock<(Instant, u64)>>;
 
 /// Where a data source's task puts frames: chunks of the telemetry store, written in place
 /// (layout: [`frame_chunk`]).

@@ -236,6 +236,10 @@ impl DataSource for SkipDelivered {
         copy_batch(sink, &batch)
     }
 
+    fn share_pacing(&mut self, clock: super::PacingClock) {
+        self.inner.share_pacing(clock);
+    }
+
     fn position(&self) -> SourcePosition {
         let mut position = self.inner.position();
         if position.stream == self.stream {

@@ -30,7 +30,9 @@
 //! `rate_hz` is `None`. With `rate_hz = Some(r)` the source paces to the wall clock: the whole
 //! source produces `r` frames per second, split across the partitions, so frame `seq` is not
 //! delivered before `start + (seq - first_seq) / r` seconds, where `start` is the first
-//! `next_batch` call and `first_seq` the first frame of this run. `None` is as fast as possible.
+//! `next_batch` call and `first_seq` the first frame of this run (in the pipeline, of the
+//! process's first partition to ask: the partitions share one [`PacingClock`](super::PacingClock)).
+//! `None` is as fast as possible.
 //!
 //! A *live* stream (`live = true`, with a rate) has Unix time stamps instead: `start_ns` is the
 //! Unix time of frame 0, and frame `seq` is delivered once the wall clock reaches its time stamp.
@@ -52,7 +54,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_partition, first_of_partition, Batch, DataSource, FrameSink, SourceError, SourcePosition, SourceStats, Written};
+use super::{
+    check_partition, first_of_partition, Batch, DataSource, FrameSink, PacingClock, SourceError, SourcePosition, SourceStats, Written,
+};
 use crate::event::{FieldValue, Frame};
 use crate::frame_chunk::{FieldShape, FieldSpec};
 
@@ -564,9 +568,10 @@ pub struct SyntheticDataSource {
     live: bool,
     limit: Option<u64>,
     next_seq: u64,
-    /// First frame of this run and when `next_batch` was first called: the pacing reference.
-    first_seq: u64,
-    started: Option<Instant>,
+    /// When `next_batch` was first called, and the first frame then: the pacing reference,
+    /// shared with the stream's other partitions once the pipeline asks
+    /// ([`DataSource::share_pacing`]).
+    clock: PacingClock,
     delivered: u64,
     /// How late the newest frame of the last batch was ([`SourceStats::behind_ms`]).
     behind: Option<Duration>,
@@ -585,8 +590,7 @@ impl SyntheticDataSource {
             live: config.live,
             limit: config.frames,
             next_seq,
-            first_seq: next_seq,
-            started: None,
+            clock: PacingClock::default(),
             delivered: 0,
             behind: None,
         })
@@ -613,7 +617,8 @@ impl SyntheticDataSource {
     ) -> Result<Written, SourceError> {
         let begin = Instant::now();
         let deadline = begin.checked_add(timeout).unwrap_or(begin + Duration::from_secs(86_400));
-        let started = *self.started.get_or_insert(begin);
+        let next_seq = self.next_seq;
+        let started = *self.clock.get_or_init(|| (begin, next_seq));
         let mut written = Written::default();
         while written.frames < max && !self.exhausted() {
             if let Some(Ok(wait)) = self.due_in(self.next_seq, started) {
@@ -654,14 +659,16 @@ impl SyntheticDataSource {
 
     /// Frame `seq`'s time on a paced stream: `Ok(wait)` until it is due, `Err(late)` once it is.
     /// `None` as fast as possible. A live stream is due when the wall clock reaches the frame's
-    /// time stamp; another one at `rate` frames a second from `started`.
-    fn due_in(&self, seq: u64, started: Instant) -> Option<Result<Duration, Duration>> {
+    /// time stamp; another one at `rate` frames a second from `started` (the clock's instant and
+    /// first frame).
+    fn due_in(&self, seq: u64, started: (Instant, u64)) -> Option<Result<Duration, Duration>> {
         let rate = self.rate_hz?;
         Some(if self.live {
             let stamp = UNIX_EPOCH + Duration::from_nanos(self.generator.timestamp_ns(seq));
             stamp.duration_since(SystemTime::now()).map_err(|past| past.duration())
         } else {
-            let due = started + Duration::from_secs_f64(seq.saturating_sub(self.first_seq) as f64 / rate);
+            let (start, first_seq) = started;
+            let due = start + Duration::from_secs_f64(seq.saturating_sub(first_seq) as f64 / rate);
             let now = Instant::now();
             due.checked_duration_since(now).ok_or_else(|| now - due)
         })
@@ -683,6 +690,10 @@ impl DataSource for SyntheticDataSource {
 
     fn write_batch(&mut self, max: usize, timeout: Duration, sink: &mut dyn FrameSink) -> Result<Written, SourceError> {
         self.produce(max, timeout, |generator, seq| generator.write_frame(seq, sink))
+    }
+
+    fn share_pacing(&mut self, clock: PacingClock) {
+        self.clock = clock;
     }
 
     fn position(&self) -> SourcePosition {
@@ -944,6 +955,26 @@ mod tests {
             SyntheticDataSource::open(&unpaced, 0, 1, None),
             Err(SourceError::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn partitions_sharing_a_pacing_clock_keep_one_pace() {
+        let config = SyntheticConfig {
+            rate_hz: Some(200.0),
+            ..SyntheticConfig::scalars_only()
+        };
+        let clock = PacingClock::default();
+        let mut first = SyntheticDataSource::open(&config, 0, 2, None).unwrap();
+        first.share_pacing(clock.clone());
+        assert_eq!(first.next_batch(10, Duration::from_millis(1)).unwrap().frames.len(), 1);
+        // Partition 1 starts 150 ms later: 30 frames of the stream are due by then, its 15 at
+        // once (a clock of its own would give it its first frame only, and the rest 10 ms apart).
+        std::thread::sleep(Duration::from_millis(150));
+        let mut late = SyntheticDataSource::open(&config, 1, 2, None).unwrap();
+        late.share_pacing(clock);
+        let caught_up = late.next_batch(100, Duration::from_millis(1)).unwrap().frames;
+        assert!(caught_up.len() >= 10, "only {} frames due for the late partition", caught_up.len());
+        assert!(caught_up.iter().all(|f| f.seq % 2 == 1));
     }
 
     #[test]
