@@ -9,7 +9,7 @@
 //! first_timestamp)`, where `start` is when the process's first partition of this run read its
 //! first record and `first_timestamp` that record's time stamp (time stamps that go backwards are
 //! delivered at once). In the pipeline the partitions of a process share that clock
-//! ([`PacingClock`](super::PacingClock)).
+//! ([`PacingClock`]).
 //!
 //! [`SourcePosition::offset`] is the byte offset of the next record to read and `next_seq` is one
 //! past the last frame delivered; reopening from a position seeks to the offset, so nothing is

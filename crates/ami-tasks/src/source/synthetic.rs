@@ -31,7 +31,7 @@
 //! source produces `r` frames per second, split across the partitions, so frame `seq` is not
 //! delivered before `start + (seq - first_seq) / r` seconds, where `start` is the first
 //! `next_batch` call and `first_seq` the first frame of this run (in the pipeline, of the
-//! process's first partition to ask: the partitions share one [`PacingClock`](super::PacingClock)).
+//! process's first partition to ask: the partitions share one [`PacingClock`]).
 //! `None` is as fast as possible.
 //!
 //! A *live* stream (`live = true`, with a rate) has Unix time stamps instead: `start_ns` is the
