@@ -399,29 +399,29 @@ fn launch_outcome(failure: anyhow::Error, children: &[Named], done: &[Option<Exi
         who.dedup();
         (!who.is_empty()).then(|| (who.join(", "), who.len() > 1))
     };
-    if let Some((who, several)) = named(crate::STORE_EXIT_CODE) {
-        let error = if several {
-            "their errors above say"
-        } else {
-            "its error above says"
-        };
-        crate::unloadable(anyhow::anyhow!(
-            "{who} cannot load the data directory (exit code {}; {error} what is damaged and how to recover); the other processes were stopped",
-            crate::STORE_EXIT_CODE
-        ))
-    } else if let Some((who, several)) = named(crate::USAGE_EXIT_CODE) {
-        let error = if several {
-            "their errors above say"
-        } else {
-            "its error above says"
-        };
-        crate::refused(anyhow::anyhow!(
-            "{who} refused the arguments (exit code {}; {error} which); the other processes were stopped",
-            crate::USAGE_EXIT_CODE
-        ))
-    } else {
-        failure
+    // 65 before 2: a data directory to repair says more than the arguments a rank refused.
+    let outcomes = [
+        (
+            crate::STORE_EXIT_CODE,
+            "cannot load the data directory",
+            "what is damaged and how to recover",
+        ),
+        (crate::USAGE_EXIT_CODE, "refused the arguments", "which"),
+    ];
+    for (code, what, says) in outcomes {
+        if let Some((who, several)) = named(code) {
+            let error = if several {
+                "their errors above say"
+            } else {
+                "its error above says"
+            };
+            return crate::exit_with(
+                code,
+                anyhow::anyhow!("{who} {what} (exit code {code}; {error} {says}); the other processes were stopped"),
+            );
+        }
     }
+    failure
 }
 
 /// The exit codes the processes of a launch left in its folder ([`note_exit_code`]): (process id,

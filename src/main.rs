@@ -170,7 +170,8 @@ impl std::fmt::Display for ExitWith {
 
 impl std::error::Error for ExitWith {}
 
-fn exit_with(code: i32, err: impl Into<anyhow::Error>) -> anyhow::Error {
+/// `err` as an error that ends ami2 with exit code `code` (its message printed as usual).
+pub fn exit_with(code: i32, err: impl Into<anyhow::Error>) -> anyhow::Error {
     ExitWith {
         code,
         message: format!("{:#}", err.into()),
