@@ -207,10 +207,15 @@ where
 /// Removes a snapshot left half-written by a crash or a failed write (`<stem>.snap.tmp`); true if
 /// there was one. It is never loaded: the rename into place is what completes a snapshot.
 pub fn remove_stale_snapshot(files: &SegmentFiles) -> KvResult<bool> {
-    match fs::remove_file(&files.temporary) {
+    remove_if_present(&files.temporary)
+}
+
+/// Removes `path`; true if it was there.
+fn remove_if_present(path: &Path) -> KvResult<bool> {
+    match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error(&files.temporary)(e)),
+        Err(e) => Err(io_error(path)(e)),
     }
 }
 
@@ -220,18 +225,13 @@ pub fn remove_stale_snapshot(files: &SegmentFiles) -> KvResult<bool> {
 /// its log loads). The bytes of damaged log tails (`<log>.damaged-*`) stay, for forensics. Only
 /// for a segment known to be empty: whatever its files held is gone.
 pub fn remove_segment_files(files: &SegmentFiles) -> KvResult<bool> {
-    let remove = |path: &Path| match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error(path)(e)),
-    };
     let dir = files.log.parent().unwrap_or(Path::new("."));
-    let mut any = remove(&files.log)?;
+    let mut any = remove_if_present(&files.log)?;
     if any {
         sync_dir(dir)?;
     }
     for path in [&files.temporary, &files.previous, &files.snapshot] {
-        any |= remove(path)?;
+        any |= remove_if_present(path)?;
     }
     if any {
         sync_dir(dir)?;
