@@ -246,8 +246,7 @@ fn a_file_source_that_is_not_a_readable_recording_is_refused() {
     let text = dir.join("notes.txt");
     std::fs::write(&text, "not a recording at all, but long enough to hold a header of one\n".repeat(4)).unwrap();
     let future = dir.join("future.rec");
-    let out = ami2(&["record", future.to_str().unwrap(), "--frames", "5"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::record(&future, &["--frames", "5"]);
     // The format version is the u32 at bytes 8..12 (docs/sources.md, "Format").
     let mut bytes = std::fs::read(&future).unwrap();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ami2, ami2_within, scratch, spawn_ami2, with_legion};
+use common::{ami2, ami2_within, record, scratch, spawn_ami2, with_legion};
 use serde_json::Value;
 
 mod common;
@@ -64,10 +64,8 @@ fn run_synthetic_publishes_every_event_in_consecutive_bins_and_says_where_the_cp
 fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
     let dir = scratch("record");
     let file = dir.join("run.rec");
-    let file_arg = format!("file:{}", file.display());
     // Default shapes: the default graph expects them.
-    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "500"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file_arg = record(&file, &["--frames", "500"]);
     let out = ami2(&with_legion(&["run", "--source", &file_arg, "--json", "--partitions", "2"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(total_events(&bins(&out)), 500);
@@ -88,9 +86,7 @@ fn recording_replays_and_a_truncated_one_replays_what_is_intact() {
 fn options_of_the_synthetic_source_are_refused_with_another_source() {
     let dir = scratch("synthetic-options");
     let file = dir.join("run.rec");
-    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "20"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let file_arg = format!("file:{}", file.display());
+    let file_arg = record(&file, &["--frames", "20"]);
     let cases: [(&[&str], &str); 3] = [
         (
             &["--source", &file_arg, "--frames", "10"],
@@ -177,9 +173,7 @@ fn a_replay_continued_past_the_end_of_its_recording_says_there_is_nothing_left()
     let dir = scratch("replayed-again");
     let file = dir.join("short.rec");
     let data_dir = dir.join("data");
-    let out = ami2(&["record", file.to_str().unwrap(), "--frames", "100", "--image-size", "16"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let source = format!("file:{}", file.display());
+    let source = record(&file, &["--frames", "100", "--image-size", "16"]);
     let run = || {
         ami2(&with_legion(&[
             "run",
@@ -272,18 +266,7 @@ fn the_built_in_graph_fits_the_shapes_of_the_source_frames() {
     // given, the service's graph is fitted to the recording's first frame.
     let dir = scratch("fitted-graph");
     let file = dir.join("small.rec");
-    let out = ami2(&[
-        "record",
-        file.to_str().unwrap(),
-        "--frames",
-        "300",
-        "--image-size",
-        "24",
-        "--waveform-length",
-        "40",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let source = format!("file:{}", file.display());
+    let source = record(&file, &["--frames", "300", "--image-size", "24", "--waveform-length", "40"]);
     let out = ami2(&with_legion(&["run", "--source", &source, "--json"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -1042,18 +1025,7 @@ fn source_files(data: &Path) -> BTreeMap<usize, Vec<String>> {
 fn a_replay_continued_with_other_partition_counts_analyses_every_recorded_frame_once() {
     let dir = scratch("repartition-file");
     let file = dir.join("run.rec");
-    let out = ami2(&[
-        "record",
-        file.to_str().unwrap(),
-        "--frames",
-        "4000",
-        "--image-size",
-        "0",
-        "--waveform-length",
-        "16",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let source = format!("file:{}", file.display());
+    let source = record(&file, &["--frames", "4000", "--image-size", "0", "--waveform-length", "16"]);
     let (reference, events, _) = scan_run(&dir, None, &["--source", &source]);
     assert_eq!(events, 4000);
     // Replayed at the recorded pace (1,000 frames a second): 4 partitions stopped part-way, then

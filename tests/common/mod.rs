@@ -37,6 +37,16 @@ pub fn ami2(args: &[&str]) -> Output {
         .expect("ami2 runs")
 }
 
+/// Writes a recording of the synthetic stream to `file` with `ami2 record` (`args` after the
+/// file, e.g. `--frames`); returns the `--source` argument that replays it.
+pub fn record(file: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["record", file.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    let out = ami2(&all);
+    assert!(out.status.success(), "ami2 {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    format!("file:{}", file.display())
+}
+
 /// Starts `ami2 ARGS` in the background, its stdout to `stdout` and its stderr piped (for
 /// `wait_with_output`).
 pub fn spawn_ami2(args: &[&str], stdout: std::process::Stdio) -> std::process::Child {
